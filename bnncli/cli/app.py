@@ -1,0 +1,99 @@
+"""The `bnn` command: one Typer app composed of one module per subcommand.
+
+``main`` runs the app in non-standalone mode so that every failure becomes one line on
+stderr and a non-zero exit; the traceback is shown only with ``BNN_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from bnncli import __version__
+from bnncli.cli import deploy as _deploy
+from bnncli.cli import models as _models
+from bnncli.cli import train as _train
+
+app = typer.Typer(
+    name="bnn",
+    help="Train, evaluate and ship binary neural networks (Bethge et al., 2019: 'Back to Simplicity').",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Train, evaluate and ship binary neural networks."""
+
+
+app.command("train")(_train.train)
+app.command("eval")(_train.evaluate)
+app.command("export")(_deploy.export)
+app.command("pack")(_deploy.pack)
+app.command("predict")(_deploy.predict)
+app.command("models")(_models.models)
+
+
+def _debug() -> bool:
+    return os.environ.get("BNN_DEBUG", "") not in ("", "0")
+
+
+def _is(exc: BaseException, name: str) -> bool:
+    """Class-name check, since Typer may ship its own copy of Click's exceptions."""
+    return any(cls.__name__ == name for cls in type(exc).__mro__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `bnn` script; returns the exit code."""
+    from bnncli.errors import BnnError
+
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="bnn", standalone_mode=False)
+    except BnnError as e:
+        if _debug():
+            raise
+        sys.stderr.write(f"bnn: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("bnn: interrupted\n")
+        return 130
+    except Exception as e:
+        if _is(e, "Exit"):
+            return int(getattr(e, "exit_code", 0) or 0)
+        if _is(e, "NoArgsIsHelpError"):  # `bnn` or `bnn CMD` alone: show the help
+            ctx = getattr(e, "ctx", None)
+            sys.stdout.write((ctx.get_help() if ctx is not None else e.format_message()) + "\n")
+            return 0
+        if _is(e, "UsageError") and not _debug():
+            ctx = getattr(e, "ctx", None)
+            path = ctx.command_path if ctx is not None else "bnn"
+            sys.stderr.write(f"{path}: error: {e.format_message()} (see '{path} --help')\n")
+            return 2
+        if _is(e, "Abort"):
+            sys.stderr.write("bnn: aborted\n")
+            return 130
+        if _debug():
+            raise
+        # A bug: keep it to one line unless debugging.
+        sys.stderr.write(f"bnn: internal error: {type(e).__name__}: {e} (set BNN_DEBUG=1 for the traceback)\n")
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""`bnn models`: the registry with parameter, MAC and size counts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bnncli.cli.common import JsonOpt, out, print_json
+
+
+def models(
+    pattern: Annotated[str | None, typer.Argument(help="Glob filter, e.g. 'binarydensenet*'.")] = None,
+    image_size: Annotated[int, typer.Option(help="Input size the MACs are counted at.", min=8)] = 224,
+    num_classes: Annotated[int, typer.Option(help="Classifier size the counts use.", min=1)] = 1000,
+    json_: JsonOpt = False,
+) -> None:
+    """List registered models with params, binary params, MACs, OPs and 1-bit size (ImageNet head)."""
+    from bnncli.errors import UsageError
+    from bnncli.models import count_model, create_model, list_models, model_family
+
+    names = list_models(pattern)
+    if not names:
+        raise UsageError(f"no model matches {pattern!r}; known: {', '.join(list_models())}")
+    rows = []
+    for name in names:
+        # Count every model as configured for ImageNet-sized input, so rows are comparable.
+        model = create_model(name, num_classes=num_classes, thumbnail=image_size < 50, in_channels=3)
+        s = count_model(model, image_size=image_size)
+        rows.append({
+            "name": name,
+            "family": model_family(name),
+            "params": s.params,
+            "params_with_bn_stats": s.params_with_bn_stats,
+            "binary_params": s.binary_params,
+            "binary_macs": s.binary_macs,
+            "fp_macs": s.fp_macs,
+            "ops": s.ops,
+            "size_bytes": s.size_bytes,
+            "image_size": image_size,
+            "num_classes": num_classes,
+        })
+    if json_:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"bnn models ({num_classes} classes, {image_size}x{image_size})")
+    for col in ("name", "params", "binary params", "binary MACs", "FP MACs", "OPs", "size (1-bit + fp32)"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for r in rows:
+        table.add_row(
+            r["name"], f"{r['params']:,}", f"{r['binary_params']:,}", f"{r['binary_macs']:,}",
+            f"{r['fp_macs']:,}", f"{r['ops']:.3g}", f"{r['size_bytes'] / 2**20:.2f} MiB",
+        )
+    out.print(table)

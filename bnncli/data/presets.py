@@ -1,0 +1,46 @@
+"""Preprocessing presets, stored in checkpoints and artifacts as plain dicts (torch-free).
+
+A preset says how an image file becomes the model's input: convert to RGB (or L for one
+channel), resize the shorter side to ``resize``, center-crop ``image_size``, scale to [0, 1],
+normalize with ``mean`` / ``std``. Training augmentation is chosen by ``name``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnncli.errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRESETS = ("imagenet", "small")
+
+
+def preprocessing(name: str = "imagenet", image_size: int | None = None, in_channels: int = 3,
+                  mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> dict[str, Any]:
+    """The eval-time preprocessing dict for a preset.
+
+    ``imagenet``: resize shorter side to image_size / 0.875 (256 for 224), center crop.
+    ``small``: resize to image_size, no crop margin (CIFAR-style 32 px images).
+    """
+    if name not in PRESETS:
+        raise UsageError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if image_size is None:
+        image_size = 224 if name == "imagenet" else 32
+    if image_size < 8:
+        raise UsageError(f"image size must be at least 8 pixels, not {image_size}")
+    resize = int(round(image_size / 0.875)) if name == "imagenet" else image_size
+    if mean is None:
+        mean = IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels
+    if std is None:
+        std = IMAGENET_STD if in_channels == 3 else (0.5,) * in_channels
+    return {
+        "preset": name,
+        "image_size": int(image_size),
+        "resize": resize,
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "channels": in_channels,
+        "interpolation": "bilinear",
+    }

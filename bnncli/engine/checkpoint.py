@@ -1,0 +1,118 @@
+"""Self-describing checkpoints, written atomically and loaded without unpickling code.
+
+A checkpoint is a dict of tensors and plain Python values (str, int, float, bool, None,
+lists, tuples, dicts), saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``.
+Required keys: ``format``, ``format_version``, ``arch``, ``arch_kwargs``, ``class_names``,
+``preprocessing``, ``model`` (the state dict). Training adds ``epoch``, ``optimizer``,
+``scheduler``, ``scaler``, ``rng``, ``metrics`` and ``config``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bnncli import __version__
+from bnncli.errors import ArtifactError, BnnError
+
+FORMAT = "bnncli-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED = ("arch", "arch_kwargs", "class_names", "preprocessing", "model")
+
+
+def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
+                     **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict of a registry model (built with ``create_model``)."""
+    arch = getattr(model, "bnn_arch", None)
+    if arch is None:
+        raise ArtifactError("only models built with bnncli.create_model can be checkpointed")
+    module = model.module if hasattr(model, "module") else model
+    module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
+    state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "bnncli_version": __version__,
+        "arch": arch,
+        "arch_kwargs": dict(model.bnn_kwargs),
+        "class_names": list(class_names),
+        "preprocessing": dict(preprocessing),
+        "model": state,
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write atomically: a temp file in the same folder, fsync, then rename over ``path``.
+
+    A kill at any instant leaves either the old file or the new one, never a partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate a checkpoint; never executes code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated zip, a foreign pickle, a non-torch file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{path} is not a readable bnncli checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not a bnncli checkpoint (no '{FORMAT}' format marker)")
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has checkpoint format version {version!r}; this bnncli reads up to {FORMAT_VERSION}"
+        )
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ArtifactError(f"{path} lacks the checkpoint fields {', '.join(missing)}")
+    return ckpt
+
+
+def build_model(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the registry model a checkpoint describes, with its weights, in eval mode."""
+    from bnncli.models import create_model
+
+    try:
+        model = create_model(ckpt["arch"], **ckpt["arch_kwargs"])
+        model.load_state_dict(ckpt["model"])
+    except BnnError:
+        raise
+    except Exception as e:
+        raise ArtifactError(f"checkpoint weights do not fit {ckpt['arch']}: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, checkpoint)`` from a checkpoint file; the model is on CPU in eval mode."""
+    ckpt = load_checkpoint(path)
+    return build_model(ckpt), ckpt

@@ -1,0 +1,28 @@
+"""The model registry and the paper's model zoo."""
+
+from bnncli.models import binarydensenet, resnete  # noqa: F401  (registers the models)
+from bnncli.models._registry import create_model, list_models, model_family, model_options, register_model
+from bnncli.models.anchors import ANCHORS
+from bnncli.models.stats import ModelStats, count_model
+
+IMAGENET_MODELS = (
+    "binarydensenet28",
+    "binarydensenet37",
+    "binarydensenet37_dilated",
+    "binarydensenet45",
+    "resnete18",
+    "resnete34",
+    "birealnet18",
+)
+
+__all__ = [
+    "ANCHORS",
+    "IMAGENET_MODELS",
+    "ModelStats",
+    "count_model",
+    "create_model",
+    "list_models",
+    "model_family",
+    "model_options",
+    "register_model",
+]

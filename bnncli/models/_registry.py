@@ -1,0 +1,84 @@
+"""The model registry: small factory functions registered by name.
+
+``create_model`` records the architecture name and its fully resolved keyword arguments on
+the model (``model.bnn_arch``, ``model.bnn_kwargs``) so checkpoints and artifacts can rebuild it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+from bnncli.errors import UsageError
+
+_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+_FAMILIES: dict[str, str] = {}
+
+
+def register_model(family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a factory under its function name; a duplicate name raises."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _FACTORIES:
+            raise ValueError(f"model {name!r} is registered twice")
+        _FACTORIES[name] = fn
+        _FAMILIES[name] = family
+        return fn
+
+    return wrap
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names in registration order, optionally filtered by a glob pattern."""
+    names = list(_FACTORIES)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def model_family(name: str) -> str:
+    return _FAMILIES[_check_name(name)]
+
+
+def _check_name(name: str) -> str:
+    if name not in _FACTORIES:
+        close = difflib.get_close_matches(name, list(_FACTORIES), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(_FACTORIES)}"
+        raise UsageError(f"unknown model {name!r}{hint}")
+    return name
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The options a model accepts with their defaults."""
+    fn = _FACTORIES[_check_name(name)]
+    return {
+        p.name: p.default
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+def resolve_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Fill in defaults; options set to None are dropped first so they never override defaults."""
+    options = model_options(name)
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = sorted(set(given) - set(options))
+    if unknown:
+        raise UsageError(
+            f"model {name!r} has no option {', '.join(unknown)}; its options: {', '.join(options)}"
+        )
+    return {**options, **given}
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model. Unknown names raise :class:`UsageError` listing close matches."""
+    resolved = resolve_kwargs(name, **kwargs)
+    model = _FACTORIES[name](**resolved)
+    model.bnn_arch = name
+    model.bnn_kwargs = resolved
+    return model

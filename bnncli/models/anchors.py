@@ -1,0 +1,13 @@
+"""Published ImageNet accuracies (top-1, top-5 in percent; None where not reported)."""
+
+from __future__ import annotations
+
+ANCHORS: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "binarydensenet28": {"paper": (60.7, None), "larq_zoo": (60.91, 82.83), "authors_2020": (61.7, 83.3)},
+    "binarydensenet37": {"paper": (62.5, None), "larq_zoo": (62.89, 84.19), "authors_2020": (63.3, 84.4)},
+    "binarydensenet37_dilated": {"paper": (63.7, None), "larq_zoo": (64.34, 85.15)},
+    "binarydensenet45": {"larq_zoo": (64.59, 85.21)},
+    "resnete18": {"paper": (58.1, None), "larq_zoo": (58.32, 80.79), "authors_2020": (60.0, 81.9)},
+    "birealnet18": {"paper": (56.4, None)},
+}
+"""Where a number comes from: the 2019 paper, the Larq Zoo re-implementation, the authors' 2020 retrain."""

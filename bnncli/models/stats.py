@@ -1,0 +1,102 @@
+"""Parameter and MAC counts, as the paper and Larq Zoo count them.
+
+Binary MACs are those of :class:`BinaryConv2d`; full-precision MACs those of float convs and
+linear layers (the classifier included). OPs follow the authors: binary MACs / 64 plus the
+full-precision MACs without the classifier. Sizes count trainable parameters only: binary
+weights at 1 bit, everything else at 32 bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from bnncli.nn import BinaryConv2d
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    params: int
+    params_with_bn_stats: int
+    binary_params: int
+    binary_macs: int
+    fp_macs: int
+    fc_macs: int
+    image_size: int
+
+    @property
+    def ops(self) -> float:
+        return self.binary_macs / 64 + (self.fp_macs - self.fc_macs)
+
+    @property
+    def size_bytes(self) -> int:
+        """Trainable parameters with binary weights at 1 bit and the rest at 32 bits."""
+        return (self.binary_params + 7) // 8 + 4 * (self.params - self.binary_params)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ops": self.ops, "size_bytes": self.size_bytes}
+
+
+def _conv_macs(module: nn.Module, out: torch.Tensor) -> int:
+    kh, kw = module.kernel_size
+    groups = getattr(module, "groups", 1)
+    return out[0].numel() * (module.in_channels // groups) * kh * kw
+
+
+def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None = None) -> ModelStats:
+    """Count parameters and MACs of ``model`` for one image of ``image_size`` squared.
+
+    The forward pass runs on the meta device, so it costs no compute or memory.
+    """
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    bn_stats = sum(
+        m.running_mean.numel() + m.running_var.numel()
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    )
+    binary_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d))
+    if in_channels is None:
+        first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, BinaryConv2d)))
+        in_channels = first.in_channels
+
+    totals = {"binary": 0, "fp": 0, "fc": 0}
+
+    def hook(module: nn.Module, _inp, out) -> None:
+        if isinstance(module, BinaryConv2d):
+            totals["binary"] += _conv_macs(module, out)
+        elif isinstance(module, nn.Conv2d):
+            totals["fp"] += _conv_macs(module, out)
+        elif isinstance(module, nn.Linear):
+            macs = out[0].numel() * module.in_features
+            totals["fp"] += macs
+            totals["fc"] += macs
+
+    meta_model = _to_meta(model)
+    handles = [m.register_forward_hook(hook) for m in meta_model.modules()
+               if isinstance(m, (BinaryConv2d, nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            meta_model(torch.empty(1, in_channels, image_size, image_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return ModelStats(
+        params=params,
+        params_with_bn_stats=params + bn_stats,
+        binary_params=binary_params,
+        binary_macs=totals["binary"],
+        fp_macs=totals["fp"],
+        fc_macs=totals["fc"],
+        image_size=image_size,
+    )
+
+
+def _to_meta(model: nn.Module) -> nn.Module:
+    import copy
+
+    if all(p.device.type == "meta" for p in model.parameters()):
+        return model.eval()
+    clone = copy.deepcopy(model).to("meta")
+    return clone.eval()
