@@ -1,0 +1,1 @@
+"""The NumPy reference runtime for packed bnncli artifacts (imports NumPy, never torch)."""
