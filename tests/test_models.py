@@ -1,0 +1,127 @@
+"""The registry and the paper's zoo: exact counts from shared/reference/zoo.md."""
+
+import pytest
+import torch
+
+from bnncli.errors import UsageError
+from bnncli.models import IMAGENET_MODELS, count_model, create_model, list_models, model_options, register_model
+from bnncli.models.binarydensenet import transition_channels
+from bnncli.nn import BinaryConv2d
+
+# zoo.md, "Exact counts (ImageNet head, 1000 classes, 224x224 input)".
+ZOO = {
+    "binarydensenet28": (5_131_496, 5_150_504, 4_202_496, 3_587_383_296, 202_484_224, 4_241_312),
+    "binarydensenet37": (8_702_248, 8_734_120, 7_593_984, 4_506_808_320, 199_738_368, 5_382_304),
+    "binarydensenet37_dilated": (8_702_248, 8_734_120, 7_593_984, 7_774_470_144, 452_625_408, 5_382_304),
+    "binarydensenet45": (13_889_512, 13_939_240, 12_349_440, 6_430_556_160, 244_103_424, 7_703_968),
+    "resnete18": (11_689_640, 11_699_368, 10_985_472, 1_676_279_808, 137_793_536, 4_189_856),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_counts_match_zoo_exactly(name):
+    s = count_model(create_model(name), image_size=224)
+    got = (s.params, s.params_with_bn_stats, s.binary_params, s.binary_macs, s.fp_macs, s.size_bytes)
+    assert got == ZOO[name]
+
+
+def test_ops_as_the_authors_count_them():
+    assert f"{count_model(create_model('binarydensenet28')).ops:.2e}" == "2.58e+08"
+    assert f"{count_model(create_model('binarydensenet37')).ops:.2e}" == "2.70e+08"
+
+
+def test_transition_channels_use_python_round():
+    assert [transition_channels(c, r) for c, r in [(448, 2.7), (544, 2.7), (576, 2.2)]] == [160, 192, 256]
+    assert transition_channels(480, 2.0) == 256  # 240 / 32 = 7.5 rounds to 8 (half to even)
+
+
+def test_resnete18_has_sixteen_binary_3x3_convs_and_fp_downsampling():
+    model = create_model("resnete18")
+    binary = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+    assert len(binary) == 16 and all(m.kernel_size == (3, 3) for m in binary)
+    assert model.features[0].conv.clip_threshold == 1.25
+    assert sum(isinstance(m, BinaryConv2d) for m in create_model("resnete34").modules()) == 32
+
+
+def test_binary_downsampling_ablation_binarizes_the_three_shortcuts():
+    fp = count_model(create_model("resnete18"))
+    binary = count_model(create_model("resnete18", binary_downsample=True))
+    shortcut_weights = 64 * 128 + 128 * 256 + 256 * 512
+    assert binary.params == fp.params
+    assert binary.binary_params - fp.binary_params == shortcut_weights
+    assert fp.fp_macs - binary.fp_macs == binary.binary_macs - fp.binary_macs == 3 * 6_422_528
+
+
+def test_dilated_variant_keeps_resolution_after_stage_two():
+    model = create_model("binarydensenet37_dilated").eval()
+    x = torch.zeros(1, 3, 224, 224, device="meta")
+    feats = model.features.to("meta")(model.stem.to("meta")(x))
+    assert feats.shape[-2:] == (28, 28)
+    dilations = [m.dilation[0] for m in model.modules() if isinstance(m, BinaryConv2d)]
+    assert dilations == [1] * 14 + [2] * 12 + [4] * 6
+
+
+def test_birealnet18_is_the_bireal_comparison_point():
+    model = create_model("birealnet18")
+    conv = model.features[0].conv
+    assert (conv.activation_gradient, conv.scaling) == ("approxsign", "xnor")
+    assert count_model(model).params == 11_689_512  # torchvision resnet18's count: no extra stem BN
+
+
+def test_options_reach_every_binary_conv():
+    model = create_model("binarydensenet28", clip_threshold=1.0, pad_value=-1, scaling="xnor",
+                         activation_gradient="approxsign", weight_gradient="bmxnet")
+    convs = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+    assert len(convs) == 23
+    assert {(c.clip_threshold, c.pad_value, c.scaling, c.activation_gradient, c.weight_gradient) for c in convs} == {
+        (1.0, -1.0, "xnor", "approxsign", "bmxnet")}
+    assert model.bnn_kwargs["pad_value"] == -1 and model.bnn_arch == "binarydensenet28"
+
+
+def test_registry_lists_the_zoo_and_small_variants():
+    names = list_models()
+    assert set(IMAGENET_MODELS) <= set(names)
+    assert {"binarydensenet_tiny", "resnete_tiny", "birealnet_tiny"} <= set(names)
+    assert list_models("resnete*") == [n for n in names if n.startswith("resnete")]
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(UsageError, match="did you mean binarydensenet28"):
+        create_model("binarydensenet82")
+    with pytest.raises(UsageError, match="unknown model"):
+        create_model("zzz")
+
+
+def test_unknown_option_and_none_values():
+    with pytest.raises(UsageError, match="no option depth"):
+        create_model("resnete18", depth=50)
+    with pytest.raises(UsageError, match="no option binary_downsample"):
+        create_model("binarydensenet28", binary_downsample=True)
+    model = create_model("resnete18", clip_threshold=None, num_classes=None)
+    assert model.bnn_kwargs["clip_threshold"] == 1.25 and model.fc.out_features == 1000
+    assert model_options("resnete18")["clip_threshold"] == 1.25
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="registered twice"):
+        @register_model("resnete")
+        def resnete18():  # noqa: F811
+            raise AssertionError
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_trains_on_small_input(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=5, thumbnail=True, in_channels=3)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    out.sum().backward()
+    grads = [m.weight.grad for m in model.modules() if isinstance(m, BinaryConv2d)]
+    assert grads and all(g is not None for g in grads)
+
+
+def test_grayscale_input_and_bad_common_options():
+    assert create_model("resnete_tiny", in_channels=1)(torch.randn(1, 1, 16, 16)).shape == (1, 10)
+    with pytest.raises(UsageError):
+        create_model("resnete_tiny", num_classes=0)
