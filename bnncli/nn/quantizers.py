@@ -15,7 +15,8 @@ from bnncli.errors import UsageError
 
 def binary_sign(x: Tensor) -> Tensor:
     """sign with sign(0) = +1, same dtype as ``x``; no gradient of its own."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    one = x.new_ones(())  # 0-dim operands broadcast: no full-size temporaries
+    return torch.where(x >= 0, one, -one)
 
 
 class _SteSign(torch.autograd.Function):
@@ -23,17 +24,18 @@ class _SteSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, threshold: float) -> Tensor:
-        ctx.threshold = threshold
-        if threshold != float("inf"):
-            ctx.save_for_backward(x)
+        ctx.clipped = threshold != float("inf")
+        if ctx.clipped:
+            # Keep a 1-byte mask rather than the input: a quarter of the memory of fp32.
+            ctx.save_for_backward(x.abs() <= threshold)
         return binary_sign(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        if ctx.threshold == float("inf"):
+        if not ctx.clipped:
             return grad, None
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= ctx.threshold).to(grad.dtype), None
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None
 
 
 class _ApproxSign(torch.autograd.Function):
