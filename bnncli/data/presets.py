@@ -44,3 +44,9 @@ def preprocessing(name: str = "imagenet", image_size: int | None = None, in_chan
         "channels": in_channels,
         "interpolation": "bilinear",
     }
+
+
+def default_preset(image_size: int) -> str:
+    """``small`` (pad + crop + flip) below 64 px, where a random-resized crop to 8% would leave
+    nothing to see; ``imagenet`` (random-resized crop + flip) from 64 px up."""
+    return "small" if image_size < 64 else "imagenet"

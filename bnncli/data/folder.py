@@ -1,0 +1,107 @@
+"""Image folders in the ImageNet layout: ``ROOT/<class>/<image>``, class names from folder names.
+
+Scanning and decoding only (Pillow and the standard library): no torch here, so the packed
+runtime and ``bnn predict`` can reuse the layout rules. Every file is decoded through
+:func:`bnncli.runtime.images.load_image`, the decoder all backends share.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from bnncli.errors import DataError
+from bnncli.runtime.images import load_image
+
+# Every extension a Pillow plugin claims (.jpg, .jpeg, .png, .tif, .webp, .bmp, ...). A file with
+# another extension (labels.txt, .DS_Store) is not an image and is ignored rather than "unreadable".
+IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
+VAL_SPLIT_NAMES = ("val", "validation")
+
+
+def is_image_file(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def class_folders(root: Path) -> list[str]:
+    """Sorted names of the visible sub-folders of ``root``."""
+    try:
+        entries = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"cannot list {root}: {e.strerror or e}") from None
+    return entries
+
+
+def _images_under(folder: Path) -> list[str]:
+    """Image files below ``folder`` (sub-folders included), sorted, as paths."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+    return found
+
+
+class ImageFolderDataset:
+    """One split folder: ``dataset.load(i) -> (PIL image, label)``.
+
+    ``classes`` fixes the label of each class name (the training split's classes, for a
+    validation split); a folder named after no known class is an error, a known class
+    without a folder is fine.
+    """
+
+    def __init__(self, root: str | os.PathLike, classes: list[str] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"data folder not found: {self.root}")
+        folders = class_folders(self.root)
+        if not folders:
+            raise DataError(f"no class folders in {self.root}: expected {self.root}/<class>/<image files>")
+        self.classes = list(classes) if classes is not None else folders
+        index = {name: i for i, name in enumerate(self.classes)}
+        unknown = [f for f in folders if f not in index]
+        if unknown:
+            raise DataError(
+                f"{self.root} has class folders the model does not know: {', '.join(unknown[:5])}"
+                + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            )
+        self.samples: list[tuple[str, int]] = []
+        for name in folders:
+            self.samples.extend((path, index[name]) for path in _images_under(self.root / name))
+        if not self.samples:
+            raise DataError(f"no images found in {self.root} (looked for {', '.join(sorted(_COMMON))} and more)")
+        self.targets = [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def describe(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def load(self, index: int, channels: int = 3) -> tuple[Image.Image, int]:
+        """Decode image ``index``; raises :class:`DataError` (one line, naming the file) if unreadable."""
+        path, label = self.samples[index]
+        return load_image(path, channels=channels), label
+
+
+_COMMON = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif")
+
+
+def split_folders(root: str | os.PathLike) -> tuple[Path | None, Path | None]:
+    """``(train, val)`` folders of a dataset root.
+
+    ``ROOT/train`` and ``ROOT/val`` (or ``ROOT/validation``) in the ImageNet layout; a root
+    without them is a single split folder, returned as ``(root, None)``.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"--data must be a folder (or builtin:NAME), not a file: {root}")
+    val = next((root / n for n in VAL_SPLIT_NAMES if (root / n).is_dir()), None)
+    if (root / "train").is_dir():
+        return root / "train", val
+    if val is not None:
+        return None, val
+    return root, None

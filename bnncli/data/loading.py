@@ -1,0 +1,196 @@
+"""From ``--data`` to batches: dataset sources, per-sample seeded augmentation, skipping of
+unreadable files, and samplers that shard across processes and can start mid-epoch.
+
+Two rules make training reproducible and resumable regardless of the number of DataLoader
+workers: the order of an epoch is a function of ``(seed, epoch)`` (``DistributedSampler``), and
+the random augmentation of one sample is a function of ``(seed, epoch, index)`` (each sample
+seeds its own transform). A resumed run therefore sees exactly the batches the uninterrupted
+run would have seen.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from bnncli.data.builtin import BUILTIN, ShapesDataset
+from bnncli.data.folder import ImageFolderDataset, split_folders
+from bnncli.errors import DataError
+
+BUILTIN_PREFIX = "builtin:"
+
+
+class Source(Protocol):
+    """What a dataset split offers: labels, class names, and decoding of one sample."""
+
+    classes: list[str]
+    targets: list[int]
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int, channels: int = 3) -> tuple[Any, int]: ...
+
+    def describe(self, index: int) -> str: ...
+
+
+@dataclass
+class DataSplits:
+    train: Source | None
+    val: Source | None
+    class_names: list[str]
+    native_size: int | None  # the image size of a built-in dataset; None for folders
+    spec: str
+
+
+def _builtin_name(spec: str) -> str | None:
+    return spec[len(BUILTIN_PREFIX):] if spec.startswith(BUILTIN_PREFIX) else None
+
+
+def open_train_data(spec: str) -> DataSplits:
+    """The train (and val, when present) splits of ``--data`` for training."""
+    name = _builtin_name(spec)
+    if name is not None:
+        train = ShapesDataset(name, "train")
+        return DataSplits(train, ShapesDataset(name, "val"), train.classes, BUILTIN[name].image_size, spec)
+    train_dir, val_dir = split_folders(spec)
+    if train_dir is None:
+        raise DataError(f"{spec} has a val split but no train split: expected {spec}/train/<class>/<images>")
+    train = ImageFolderDataset(train_dir)
+    val = ImageFolderDataset(val_dir, classes=train.classes) if val_dir is not None else None
+    return DataSplits(train, val, train.classes, None, spec)
+
+
+def open_eval_data(spec: str, class_names: Sequence[str]) -> Source:
+    """The split of ``--data`` to evaluate on, labelled with the model's class names.
+
+    A dataset root gives its val split; a folder of class folders is evaluated as it is.
+    """
+    name = _builtin_name(spec)
+    if name is not None:
+        source = ShapesDataset(name, "val")
+        if list(class_names) != source.classes:
+            raise DataError(f"the model's classes are not those of builtin:{name}")
+        return source
+    train_dir, val_dir = split_folders(spec)
+    if val_dir is None and train_dir is not None and train_dir.name == "train":
+        raise DataError(f"{spec} has no val split; pass a split folder itself (e.g. {train_dir}) to evaluate on it")
+    return ImageFolderDataset(val_dir if val_dir is not None else train_dir, classes=list(class_names))
+
+
+# --- samples and batches ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A sample whose file could not be decoded: where, and why (one line)."""
+
+    path: str
+    reason: str
+
+
+class SampleDataset:
+    """Map-style dataset over a source: ``dataset[i]`` or ``dataset[(i, seed)] -> (tensor, label)``.
+
+    With a seed, the random transform draws from a torch generator seeded with it (the global
+    RNG is forked, so the caller's stream is untouched). An unreadable file gives
+    :class:`Skipped` instead of raising, so one bad JPEG never stops an epoch.
+    """
+
+    def __init__(self, source: Source, transform: Callable, channels: int = 3) -> None:
+        self.source = source
+        self.transform = transform
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            img, label = self.source.load(index, self.channels)
+        except DataError as e:
+            return Skipped(self.source.describe(index), str(e))
+        if seed is None:
+            return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img), label
+
+
+def collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Skipped]]:
+    """Stack the readable samples; report the unreadable ones. All unreadable: ``(None, None, skipped)``."""
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [it for it in items if isinstance(it, Skipped)]
+    if not good:
+        return None, None, skipped
+    images = torch.stack([x for x, _ in good])
+    labels = torch.tensor([y for _, y in good], dtype=torch.long)
+    return images, labels, skipped
+
+
+class EpochSampler(Sampler):
+    """Training order: ``DistributedSampler`` (shuffled by seed and epoch, one shard per rank), each
+    index paired with its augmentation seed, optionally starting at position ``start`` of the shard.
+    """
+
+    def __init__(self, dataset: SampleDataset, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                        drop_last=False)
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.epoch = epoch
+        self.start = start
+
+    def sample_seed(self, index: int) -> int:
+        return ((self.seed * 1_000_003 + self.epoch) * 1_000_000_007 + index) % (2**63)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = list(self.inner)[self.start:]
+        return iter([(i, self.sample_seed(i)) for i in order])
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.start
+
+
+class ShardSampler(Sampler):
+    """Evaluation order: every ``world_size``-th sample from ``rank``, no padding and no duplicates,
+    so per-rank sums add up to exactly the whole split."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _worker_init(_worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group. Workers must not die of it: the main process
+    # finishes its step, saves and then shuts the workers down itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(dataset: SampleDataset, sampler: Sampler, batch_size: int, workers: int,
+                pin_memory: bool = False) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -1,0 +1,188 @@
+"""Training configuration: defaults < recipe file < command line.
+
+A recipe (``pipelines/*.toml``) is a flat TOML table whose keys are :class:`TrainConfig` fields,
+plus a ``[model]`` table of model options (``clip_threshold``, ``scaling``, ...) and an optional
+``[reference]`` table of the numbers the experiment should reproduce (kept for the record, never
+used). Unset command-line options are ``None`` and never override the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnncli.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("adam", "radam", "sgd")
+SCHEDULES = ("cosine", "step", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("none", "bf16", "fp16")
+INITS = ("default", "he_normal")
+MODEL_OPTIONS = ("in_channels", "thumbnail", "clip_threshold", "pad_value", "scaling", "activation_gradient",
+                 "weight_gradient", "binary_downsample")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a run computes (paths and display aside).
+
+    Defaults follow the paper: Adam, no weight decay, latent weight clipping (the model's Larq
+    weight variant), training from scratch.
+    """
+
+    arch: str | None = None
+    data: str | None = None
+    epochs: int = 10
+    batch_size: int = 64  # global: divided across processes under torchrun
+    lr: float = 2e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"
+    steps: list[int] = field(default_factory=list)  # epochs where the step schedule multiplies by factor
+    factor: float = 0.1
+    warmup_epochs: float = 0.0
+    image_size: int | None = None  # None: the built-in dataset's size, else 224
+    preset: str | None = None  # None: small below 64 px, imagenet from 64 px
+    init: str = "default"  # or he_normal (the authors' 2019 ablation protocol)
+    workers: int | None = None  # None: 0 on CPU, up to 8 per GPU process
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    model: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    reference: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    t = str(f.type)
+    for name in ("bool", "int", "float", "str"):
+        if t.startswith(name):
+            return name
+    return "list" if t.startswith("list") else "dict"
+
+
+def _check_value(key: str, value: Any, where: str) -> Any:
+    f = FIELDS[key]
+    kind = _type_name(f)
+    if value is None:
+        return value
+    if kind == "list":
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    elif kind == "dict":
+        ok = isinstance(value, dict)
+    elif kind in ("int", "float"):
+        ok = isinstance(value, _TYPES[kind]) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, _TYPES[kind])
+    if not ok:
+        want = {"list": "a list of integers", "dict": "a table"}.get(kind, f"a {kind}")
+        raise UsageError(f"{where}: {key} must be {want}, not {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a recipe file; returns the fields it sets."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"recipe not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"recipe {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise UsageError(f"recipe {path}: unknown key {', '.join(unknown)}; known keys: {', '.join(FIELDS)}")
+    recipe = {k: _check_value(k, v, f"recipe {path}") for k, v in raw.items()}
+    bad = sorted(set(recipe.get("model", {})) - set(MODEL_OPTIONS))
+    if bad:
+        raise UsageError(f"recipe {path}: unknown model option {', '.join(bad)}; known: {', '.join(MODEL_OPTIONS)}")
+    return recipe
+
+
+def resolve_config(base: dict[str, Any] | None = None, recipe: str | os.PathLike | None = None,
+                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then ``base`` (a resumed run's config), then the recipe, then ``overrides``
+    (the command line; ``None`` values are dropped). Model options merge key by key."""
+    merged: dict[str, Any] = TrainConfig().to_dict()
+    layers = [base or {}]
+    if recipe is not None:
+        layers.append(load_recipe(recipe))
+    layers.append({k: v for k, v in (overrides or {}).items() if v is not None})
+    for layer in layers:
+        for key, value in layer.items():
+            if key not in FIELDS:
+                raise UsageError(f"unknown training option {key!r}")
+            value = _check_value(key, value, "options")
+            if key == "model":
+                merged["model"] = {**merged["model"], **{k: v for k, v in value.items() if v is not None}}
+            else:
+                merged[key] = value
+    cfg = TrainConfig(**merged)
+    validate(cfg)
+    return cfg
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    if not cfg.arch:
+        raise UsageError("no model: pass --arch NAME (see `bnn models`) or a --recipe that sets arch")
+    if not cfg.data:
+        raise UsageError("no data: pass --data DIR (ImageNet layout) or --data builtin:shapes")
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _choice("schedule", cfg.schedule, SCHEDULES)
+    _choice("device", cfg.device, DEVICES)
+    _choice("autocast mode", cfg.amp, AMP_MODES)
+    _choice("init", cfg.init, INITS)
+    if cfg.preset is not None:
+        from bnncli.data.presets import PRESETS
+
+        _choice("preset", cfg.preset, PRESETS)
+    for name in ("epochs", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(cfg, name)}")
+    if not cfg.lr > 0:
+        raise UsageError(f"learning rate must be positive, not {cfg.lr}")
+    if cfg.weight_decay < 0 or cfg.warmup_epochs < 0:
+        raise UsageError("weight decay and warmup epochs cannot be negative")
+    if not 0 < cfg.factor <= 1:
+        raise UsageError(f"the step schedule's factor must be in (0, 1], not {cfg.factor}")
+    if cfg.steps != sorted(cfg.steps) or any(s < 1 for s in cfg.steps):
+        raise UsageError(f"schedule steps must be increasing epoch numbers, not {cfg.steps}")
+    if cfg.image_size is not None and cfg.image_size < 8:
+        raise UsageError(f"image size must be at least 8 pixels, not {cfg.image_size}")
+    if cfg.workers is not None and cfg.workers < 0:
+        raise UsageError(f"workers cannot be negative, not {cfg.workers}")
+
+
+def parse_steps(text: str | None) -> list[int] | None:
+    """``"100,110"`` -> ``[100, 110]`` for ``--steps``."""
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UsageError(f"--steps takes comma-separated epoch numbers like 100,110, not {text!r}") from None

@@ -1,0 +1,162 @@
+"""Evaluation: top-1, top-5, loss, per-class accuracy and throughput of any classifier.
+
+The model is any callable from an NCHW float32 batch to logits (a torch tensor or a NumPy array),
+so checkpoints, ONNX sessions and packed artifacts are measured by the same loop.
+:func:`load_eval_model` turns the ``MODEL`` argument of ``bnn eval`` into such a callable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bnncli.engine.checkpoint import build_model, load_checkpoint
+from bnncli.errors import ArtifactError
+
+
+@dataclass
+class EvalModel:
+    """A classifier ready to evaluate, with what it needs to see its data as it was trained."""
+
+    predict: Callable[[torch.Tensor], Any]
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    source: str
+    kind: str
+    arch: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory meaning its ``best.pt`` (``last.pt`` if there is no best)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise ArtifactError(f"{path} holds no checkpoint (best.pt or last.pt)")
+    if not path.exists():
+        raise ArtifactError(f"model not found: {path}")
+    return path
+
+
+def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
+                    amp: str = "none", channels_last: bool = False) -> EvalModel:
+    """The ``MODEL`` argument of ``bnn eval``: a checkpoint file, or a run directory (its best.pt)."""
+    file = resolve_checkpoint(path)
+    ckpt = load_checkpoint(file)
+    device = torch.device(device)
+    model = build_model(ckpt).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            return model(x)
+
+    return EvalModel(
+        predict=predict,
+        class_names=list(ckpt["class_names"]),
+        preprocessing=dict(ckpt["preprocessing"]),
+        source=str(file),
+        kind="checkpoint",
+        arch=ckpt["arch"],
+        device=device,
+        info={"epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics")},
+    )
+
+
+def autocast(device: torch.device, amp: str):
+    """bf16/fp16 autocast on the device, or nothing."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def evaluate(
+    predict: Callable[[torch.Tensor], Any],
+    batches: Iterable,
+    class_names: list[str],
+    *,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    on_skip: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Run ``predict`` over ``batches`` of ``(images, labels, skipped)`` and measure it.
+
+    ``reduce`` sums the counters over processes (sharded evaluation during DDP training).
+    Returns fractions in [0, 1]: ``top1``, ``top5``, mean cross-entropy ``loss``, ``images``,
+    ``skipped``, ``images_per_s`` (wall clock, decoding included), ``model_images_per_s``
+    (time inside ``predict`` only) and ``per_class`` (``{name: {"images", "top1"}}``).
+    """
+    n_classes = len(class_names)
+    k = min(5, n_classes)
+    # One float64 vector of counters, so a single all-reduce combines every process's share.
+    loss_sum = top1 = top5 = images = skipped = 0.0
+    class_seen = torch.zeros(n_classes, dtype=torch.float64)
+    class_correct = torch.zeros(n_classes, dtype=torch.float64)
+    model_seconds = 0.0
+    start = time.perf_counter()
+    for x, y, bad in batches:
+        skipped += len(bad)
+        for s in bad:
+            if on_skip is not None:
+                on_skip(s)
+        if x is None:
+            continue
+        t0 = time.perf_counter()
+        logits = predict(x)
+        logits = torch.as_tensor(logits).float()
+        if logits.is_cuda:
+            torch.cuda.synchronize(logits.device)
+        model_seconds += time.perf_counter() - t0
+        logits = logits.cpu()
+        if logits.shape != (len(y), n_classes):
+            raise ArtifactError(f"the model gave logits of shape {tuple(logits.shape)} for {len(y)} images "
+                                f"and {n_classes} classes")
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        best = logits.topk(k, dim=1).indices
+        hit1 = best[:, 0] == y
+        top1 += hit1.sum().item()
+        top5 += (best == y[:, None]).any(dim=1).sum().item()
+        images += len(y)
+        class_seen.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
+        class_correct.index_add_(0, y, hit1.double())
+        if on_batch is not None:
+            on_batch(len(y) + len(bad))
+    seconds = time.perf_counter() - start
+    totals = torch.cat([torch.tensor([loss_sum, top1, top5, images, skipped], dtype=torch.float64),
+                        class_seen, class_correct])
+    if reduce is not None:
+        totals = reduce(totals)
+    loss_sum, top1, top5, images, skipped = totals[:5].tolist()
+    class_seen, class_correct = totals[5:5 + n_classes], totals[5 + n_classes:]
+    n = max(images, 1.0)
+    return {
+        "top1": top1 / n,
+        "top5": top5 / n,
+        "loss": loss_sum / n,
+        "images": int(images),
+        "skipped": int(skipped),
+        "seconds": seconds,
+        "images_per_s": images / seconds if seconds > 0 else 0.0,
+        "model_images_per_s": images / model_seconds if model_seconds > 0 else 0.0,
+        "per_class": {
+            name: {"images": int(seen), "top1": float(correct / seen)}
+            for name, seen, correct in zip(class_names, class_seen.tolist(), class_correct.tolist())
+            if seen > 0
+        },
+    }
