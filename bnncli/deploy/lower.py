@@ -1,0 +1,261 @@
+"""Lower a registry model to the shared graph, and fold it for the packed runtime.
+
+:func:`lower` traces the model with torch.fx (``BinaryConv2d`` is a leaf) and maps each module
+and function to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
+binary conv keeps its +-1 weights (packed) and pad value. The ONNX exporter emits this graph.
+
+:func:`fold` rewrites it for the packer and runtime without changing what it computes:
+
+* BatchNorm after a float conv (the ImageNet stems) -> into the conv's weights and bias.
+* BatchNorm whose output only binary convs read (every BinaryDenseNet dense layer) -> a
+  per-channel threshold of those convs' binarization: sign(s * x + b) = +1 iff x >= -b / s
+  (s > 0), x <= -b / s (s < 0), or always / never (s = 0, by the sign of b).
+* BatchNorm right after a binary conv (ResNetE) -> the conv's per-channel output scale and bias,
+  together with the XNOR scale alpha when the model uses one.
+* Any other BatchNorm -> an Affine node (scale, shift), as PyTorch computes it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from bnncli.errors import ArtifactError
+from bnncli.nn import BinaryConv2d
+from bnncli.runtime import kernels as K
+from bnncli.runtime.graph import Graph, Node
+from bnncli.runtime.ops import batchnorm_affine
+
+SUPPORTED = ("Conv2d (groups 1, zero padding)", "BinaryConv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d",
+             "AdaptiveAvgPool2d(1)", "Flatten(1)", "Linear", "Identity", "torch.cat(dim=1)", "+")
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, BinaryConv2d) or super().is_leaf_module(m, qualname)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+
+def pack_binary_weight(weight: torch.Tensor) -> np.ndarray:
+    """sign(W) with sign(0) = +1, ``[Cout, Cin, kh, kw]`` -> uint32 words ``[Cout, kh, kw, ceil(Cin/32)]``."""
+    w = weight.detach().cpu().numpy()
+    return K.pack_bits(w.transpose(0, 2, 3, 1) >= 0, K.FILE_WORD_BITS)
+
+
+def lower(model: nn.Module) -> Graph:
+    """The graph of a model in eval mode. Raises ArtifactError naming anything it cannot lower."""
+    model = model.eval()
+    try:
+        fx_graph = _Tracer().trace(model)
+    except Exception as e:
+        raise ArtifactError(f"cannot trace {type(model).__name__} for export: {e}") from None
+    modules = dict(model.named_modules())
+    nodes: list[Node] = []
+    tensors: dict[str, np.ndarray] = {}
+    alias: dict[str, str] = {}  # fx node name -> graph value name
+    graph_input = None
+
+    def value(arg) -> str:
+        if not isinstance(arg, fx.Node):
+            raise ArtifactError(f"cannot lower a constant argument {arg!r}")
+        return alias[arg.name]
+
+    def add(op: str, fx_node: fx.Node, inputs: list[str], attrs: dict[str, Any] | None = None,
+            params: dict[str, np.ndarray] | None = None) -> None:
+        name = fx_node.name
+        refs = {}
+        for role, array in (params or {}).items():
+            tensors[f"{name}.{role}"] = array
+            refs[role] = f"{name}.{role}"
+        nodes.append(Node(op, name, inputs, [name], attrs or {}, refs))
+        alias[fx_node.name] = name
+
+    for n in fx_graph.nodes:
+        if n.op == "placeholder":
+            if graph_input is not None:
+                raise ArtifactError("models with more than one input cannot be exported")
+            graph_input = n.name
+            alias[n.name] = "input"
+        elif n.op == "call_module":
+            m = modules[n.target]
+            x = value(n.args[0])
+            _lower_module(m, n, x, add, alias)
+        elif n.op == "call_function":
+            if n.target is torch.cat:
+                parts = n.args[0]
+                dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+                if dim != 1:
+                    raise ArtifactError(f"torch.cat along dim {dim} cannot be exported (only channels, dim 1)")
+                add("Concat", n, [value(a) for a in parts], {"axis": 1})
+            elif n.target in (operator.add, torch.add) and len(n.args) == 2 and not n.kwargs:
+                add("Add", n, [value(n.args[0]), value(n.args[1])])
+            else:
+                raise ArtifactError(f"cannot export the function {getattr(n.target, '__name__', n.target)}; "
+                                    f"supported: {', '.join(SUPPORTED)}")
+        elif n.op == "output":
+            out = n.args[0]
+            if not isinstance(out, fx.Node):
+                raise ArtifactError("the model must return one tensor")
+            _rename_output(nodes, alias[out.name], "logits")
+        else:
+            raise ArtifactError(f"cannot export fx node kind {n.op!r} ({n.target})")
+    graph = Graph(nodes, tensors)
+    graph.check()
+    return graph
+
+
+def _rename_output(nodes: list[Node], old: str, new: str) -> None:
+    if old == "input":
+        raise ArtifactError("the model returns its input unchanged")
+    for node in nodes:
+        node.outputs = [new if v == old else v for v in node.outputs]
+        node.inputs = [new if v == old else v for v in node.inputs]
+
+
+def _lower_module(m: nn.Module, n: fx.Node, x: str, add, alias: dict[str, str]) -> None:
+    if isinstance(m, BinaryConv2d):
+        params = {"weight": pack_binary_weight(m.weight)}
+        alpha = m.scale()
+        if alpha is not None:
+            params["out_scale"] = _np(alpha)
+        add("BinaryConv", n, [x], {
+            "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair(m.kernel_size),
+            "stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
+            "pad_value": int(m.pad_value),
+        }, params)
+    elif isinstance(m, nn.Conv2d):
+        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+            raise ArtifactError(f"{n.target}: only convolutions with groups=1 and numeric zero padding export")
+        params = {"weight": _np(m.weight)}
+        if m.bias is not None:
+            params["bias"] = _np(m.bias)
+        add("Conv", n, [x], {"stride": _pair(m.stride), "padding": _pair(m.padding),
+                             "dilation": _pair(m.dilation)}, params)
+    elif isinstance(m, nn.BatchNorm2d):
+        if m.running_mean is None or m.running_var is None:
+            raise ArtifactError(f"{n.target}: BatchNorm without running statistics cannot be exported")
+        c = m.num_features
+        gamma = _np(m.weight) if m.weight is not None else np.ones(c, np.float32)
+        beta = _np(m.bias) if m.bias is not None else np.zeros(c, np.float32)
+        add("BatchNorm", n, [x], {"eps": float(m.eps)}, {
+            "weight": gamma, "bias": beta, "running_mean": _np(m.running_mean), "running_var": _np(m.running_var)})
+    elif isinstance(m, nn.ReLU):
+        add("Relu", n, [x])
+    elif isinstance(m, nn.MaxPool2d):
+        if m.ceil_mode or _pair(m.dilation) != [1, 1] or m.return_indices:
+            raise ArtifactError(f"{n.target}: MaxPool2d with ceil_mode, dilation or indices cannot be exported")
+        stride = m.stride if m.stride is not None else m.kernel_size
+        add("MaxPool", n, [x], {"kernel_size": _pair(m.kernel_size), "stride": _pair(stride),
+                                "padding": _pair(m.padding)})
+    elif isinstance(m, nn.AvgPool2d):
+        if m.ceil_mode or _pair(m.padding) != [0, 0] or m.divisor_override is not None:
+            raise ArtifactError(f"{n.target}: only AvgPool2d without padding, ceil_mode or divisor exports")
+        stride = m.stride if m.stride is not None else m.kernel_size
+        add("AvgPool", n, [x], {"kernel_size": _pair(m.kernel_size), "stride": _pair(stride)})
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        if _pair(m.output_size) != [1, 1]:
+            raise ArtifactError(f"{n.target}: only AdaptiveAvgPool2d(1) exports")
+        add("GlobalAvgPool", n, [x])
+    elif isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise ArtifactError(f"{n.target}: only Flatten(1) exports")
+        add("Flatten", n, [x])
+    elif isinstance(m, nn.Linear):
+        params = {"weight": _np(m.weight)}
+        if m.bias is not None:
+            params["bias"] = _np(m.bias)
+        add("Linear", n, [x], {}, params)
+    elif isinstance(m, nn.Identity):
+        alias[n.name] = x
+    else:
+        raise ArtifactError(f"cannot export module {n.target} ({type(m).__name__}); supported: {', '.join(SUPPORTED)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Folding
+
+
+def _only_reader(graph: Graph, value: str) -> Node | None:
+    readers = graph.consumers(value)
+    if len(readers) == 1 and value not in graph.outputs:
+        return readers[0]
+    return None
+
+
+def _remove(graph: Graph, node: Node, replacement: str) -> None:
+    """Drop ``node`` (whose output is not a graph output); its readers read ``replacement`` instead."""
+    graph.nodes.remove(node)
+    old = node.outputs[0]
+    for other in graph.nodes:
+        other.inputs = [replacement if v == old else v for v in other.inputs]
+
+
+def _set(graph: Graph, node: Node, role: str, array: np.ndarray) -> None:
+    name = f"{node.name}.{role}"
+    graph.tensors[name] = array
+    node.params[role] = name
+
+
+def threshold_from_affine(scale: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (t, negate) such that s * x + b >= 0 iff (x >= t, or x <= t where negate)."""
+    s = scale.astype(np.float64)
+    b = shift.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(s != 0, -b / s, np.where(b >= 0, -np.inf, np.inf))
+    return t.astype(np.float32), (s < 0).astype(np.uint8)
+
+
+def fold(graph: Graph) -> Graph:
+    """A copy of ``graph`` with every BatchNorm folded away or turned into an Affine (see module doc)."""
+    g = Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs), dict(n.params))
+               for n in graph.nodes], dict(graph.tensors), list(graph.inputs), list(graph.outputs))
+    for bn in [n for n in g.nodes if n.op == "BatchNorm"]:
+        scale, shift = batchnorm_affine(g.param(bn, "weight"), g.param(bn, "bias"), g.param(bn, "running_mean"),
+                                        g.param(bn, "running_var"), bn.attrs["eps"])
+        x = bn.inputs[0]
+        producer = g.producer(x)
+        readers = g.consumers(bn.outputs[0])
+        foldable = bn.outputs[0] not in g.outputs and producer is not None and _only_reader(g, x) is bn
+        if foldable and producer.op == "Conv":
+            w = g.param(producer, "weight")
+            bias = g.param(producer, "bias")
+            bias = np.zeros(w.shape[0], np.float32) if bias is None else bias
+            _set(g, producer, "weight", (w * scale[:, None, None, None]).astype(np.float32))
+            _set(g, producer, "bias", (bias * scale + shift).astype(np.float32))
+            _remove(g, bn, x)
+        elif foldable and producer.op == "BinaryConv":
+            alpha = g.param(producer, "out_scale")
+            out_scale = scale if alpha is None else (alpha * scale).astype(np.float32)
+            old_bias = g.param(producer, "out_bias")
+            out_bias = shift if old_bias is None else (old_bias * scale + shift).astype(np.float32)
+            _set(g, producer, "out_scale", out_scale)
+            _set(g, producer, "out_bias", out_bias)
+            _remove(g, bn, x)
+        elif readers and bn.outputs[0] not in g.outputs and all(
+                r.op == "BinaryConv" and "in_threshold" not in r.params for r in readers):
+            t, negate = threshold_from_affine(scale, shift)
+            for r in readers:
+                _set(g, r, "in_threshold", t)
+                if negate.any():
+                    _set(g, r, "in_negate", negate)
+            _remove(g, bn, x)
+        else:
+            bn.op = "Affine"
+            bn.attrs = {}
+            bn.params = {}
+            _set(g, bn, "scale", scale)
+            _set(g, bn, "shift", shift)
+    g.prune()
+    g.check()
+    return g

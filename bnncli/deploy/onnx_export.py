@@ -1,0 +1,295 @@
+"""ONNX export: the shared graph written as standard ONNX (opset 17) with ``onnx.helper``.
+
+No exporter magic: every graph op maps to a few standard ONNX ops, so binarization is exact and
+visible in the file.
+
+* sign with sign(0) = +1: ``Where(GreaterOrEqual(x, 0), 1, -1)``; a folded threshold compares
+  against ``t`` instead (``x * d >= t * d`` with d = -1 for negated channels).
+* the binarized input is padded with ``Pad(constant, pad_value)`` for pad values -1 and +1, and by
+  the convolution's own zero padding for 0;
+* binary weights are stored as float +-1 (ONNX has no 1-bit type), the XNOR scale as a Mul.
+
+The batch dimension is dynamic; height and width are those of the model's preprocessing.
+Metadata (``metadata_props``): ``bnncli.format`` = ``bnncli-onnx``, ``bnncli.format_version``,
+``bnncli.version``, ``bnncli.arch``, and JSON-encoded ``bnncli.arch_kwargs``,
+``bnncli.class_names``, ``bnncli.preprocessing``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from bnncli import __version__
+from bnncli.errors import ArtifactError
+from bnncli.runtime import kernels as K
+from bnncli.runtime.graph import Graph, Node
+
+FORMAT = "bnncli-onnx"
+FORMAT_VERSION = 1
+OPSET = 17
+IR_VERSION = 8  # the IR version that introduced opset 17; widely readable
+PREFIX = "bnncli."
+
+
+class _Emitter:
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+        self._consts: dict[tuple, str] = {}
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        if name in self._names:
+            raise ArtifactError(f"duplicate initializer {name}")
+        self._names.add(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, value: float) -> str:
+        """A shared float32 scalar initializer."""
+        key = ("scalar", float(value))
+        if key not in self._consts:
+            self._consts[key] = self.init(f"const_{len(self._consts)}", np.array(value, dtype=np.float32))
+        return self._consts[key]
+
+    def emit(self, op: str, inputs: list[str], output: str, name: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=name, **attrs))
+        return output
+
+    def param(self, node: Node, role: str) -> np.ndarray | None:
+        return self.graph.param(node, role)
+
+    def channel_vector(self, node: Node, role: str, array: np.ndarray) -> str:
+        return self.init(f"{node.name}.{role}", np.asarray(array, np.float32).reshape(1, -1, 1, 1))
+
+    # One method per graph op.
+    def Conv(self, node: Node) -> None:
+        w = self.param(node, "weight").astype(np.float32)
+        inputs = [node.inputs[0], self.init(f"{node.name}.weight", w)]
+        b = self.param(node, "bias")
+        if b is not None:
+            inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
+        ph, pw = node.attrs["padding"]
+        self.emit("Conv", inputs, node.outputs[0], node.name, kernel_shape=list(w.shape[2:]),
+                  strides=node.attrs["stride"], pads=[ph, pw, ph, pw], dilations=node.attrs["dilation"], group=1)
+
+    def BinaryConv(self, node: Node) -> None:
+        a = node.attrs
+        x, name, out = node.inputs[0], node.name, node.outputs[0]
+        t = self.param(node, "in_threshold")
+        if t is None:
+            cond = self.emit("GreaterOrEqual", [x, self.const(0.0)], f"{name}.nonneg", f"{name}.sign_test")
+        else:
+            negate = self.param(node, "in_negate")
+            d = np.ones_like(t) if negate is None else np.where(negate.astype(bool), -1.0, 1.0).astype(np.float32)
+            with np.errstate(invalid="ignore"):
+                td = np.where(np.isinf(t), t * d, t * d).astype(np.float32)
+            xd = self.emit("Mul", [x, self.channel_vector(node, "in_direction", d)], f"{name}.directed",
+                           f"{name}.direct")
+            cond = self.emit("GreaterOrEqual", [xd, self.channel_vector(node, "in_threshold", td)],
+                             f"{name}.nonneg", f"{name}.sign_test")
+        xb = self.emit("Where", [cond, self.const(1.0), self.const(-1.0)], f"{name}.sign", f"{name}.sign")
+        ph, pw = a["padding"]
+        pads = [ph, pw, ph, pw]
+        if (ph or pw) and a["pad_value"] != 0:
+            pad_spec = self.init(f"{name}.pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], dtype=np.int64))
+            xb = self.emit("Pad", [xb, pad_spec, self.const(float(a["pad_value"]))], f"{name}.padded",
+                           f"{name}.pad", mode="constant")
+            pads = [0, 0, 0, 0]
+        w32 = self.param(node, "weight")
+        bits = K.unpack_bits(w32, a["in_channels"])  # [Cout, kh, kw, Cin]
+        w = np.where(bits, 1.0, -1.0).astype(np.float32).transpose(0, 3, 1, 2)
+        scale, bias = self.param(node, "out_scale"), self.param(node, "out_bias")
+        conv_out = out if scale is None and bias is None else f"{name}.dot"
+        y = self.emit("Conv", [xb, self.init(f"{name}.weight_pm1", np.ascontiguousarray(w))], conv_out, name,
+                      kernel_shape=a["kernel_size"], strides=a["stride"], pads=pads, dilations=a["dilation"], group=1)
+        if scale is not None:
+            y = self.emit("Mul", [y, self.channel_vector(node, "out_scale", scale)],
+                          out if bias is None else f"{name}.scaled", f"{name}.scale")
+        if bias is not None:
+            self.emit("Add", [y, self.channel_vector(node, "out_bias", bias)], out, f"{name}.bias")
+
+    def BatchNorm(self, node: Node) -> None:
+        inputs = [node.inputs[0]] + [self.init(f"{node.name}.{r}", self.param(node, r).astype(np.float32))
+                                     for r in ("weight", "bias", "running_mean", "running_var")]
+        self.emit("BatchNormalization", inputs, node.outputs[0], node.name, epsilon=float(node.attrs["eps"]))
+
+    def Affine(self, node: Node) -> None:
+        y = self.emit("Mul", [node.inputs[0], self.channel_vector(node, "scale", self.param(node, "scale"))],
+                      f"{node.name}.scaled", f"{node.name}.scale")
+        self.emit("Add", [y, self.channel_vector(node, "shift", self.param(node, "shift"))], node.outputs[0],
+                  f"{node.name}.shift")
+
+    def Relu(self, node: Node) -> None:
+        self.emit("Relu", node.inputs, node.outputs[0], node.name)
+
+    def MaxPool(self, node: Node) -> None:
+        ph, pw = node.attrs["padding"]
+        self.emit("MaxPool", node.inputs, node.outputs[0], node.name, kernel_shape=node.attrs["kernel_size"],
+                  strides=node.attrs["stride"], pads=[ph, pw, ph, pw])
+
+    def AvgPool(self, node: Node) -> None:
+        self.emit("AveragePool", node.inputs, node.outputs[0], node.name, kernel_shape=node.attrs["kernel_size"],
+                  strides=node.attrs["stride"])
+
+    def GlobalAvgPool(self, node: Node) -> None:
+        self.emit("GlobalAveragePool", node.inputs, node.outputs[0], node.name)
+
+    def Flatten(self, node: Node) -> None:
+        self.emit("Flatten", node.inputs, node.outputs[0], node.name, axis=1)
+
+    def Linear(self, node: Node) -> None:
+        inputs = [node.inputs[0], self.init(f"{node.name}.weight", self.param(node, "weight").astype(np.float32))]
+        b = self.param(node, "bias")
+        if b is not None:
+            inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
+        self.emit("Gemm", inputs, node.outputs[0], node.name, transB=1)
+
+    def Concat(self, node: Node) -> None:
+        self.emit("Concat", node.inputs, node.outputs[0], node.name, axis=1)
+
+    def Add(self, node: Node) -> None:
+        self.emit("Add", node.inputs, node.outputs[0], node.name)
+
+
+def to_onnx(graph: Graph, meta: dict[str, Any]) -> onnx.ModelProto:
+    """The ONNX model of ``graph``; ``meta`` holds arch, arch_kwargs, class_names, preprocessing."""
+    graph.check()
+    em = _Emitter(graph)
+    for node in graph.nodes:
+        method = getattr(em, node.op, None)
+        if method is None or node.op.startswith("_"):
+            raise ArtifactError(f"the ONNX exporter has no mapping for op {node.op!r}")
+        method(node)
+    pp = meta["preprocessing"]
+    size, channels = int(pp["image_size"]), int(pp["channels"])
+    x = helper.make_tensor_value_info(graph.inputs[0], TensorProto.FLOAT, ["batch", channels, size, size])
+    y = helper.make_tensor_value_info(graph.outputs[0], TensorProto.FLOAT, ["batch", len(meta["class_names"])])
+    onnx_graph = helper.make_graph(em.nodes, meta["arch"], [x], [y], em.initializers)
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="bnncli", producer_version=__version__)
+    model.ir_version = IR_VERSION
+    model.doc_string = (f"{meta['arch']} exported by bnncli {__version__}: input float32 NCHW preprocessed as "
+                        f"bnncli.preprocessing says; output logits over bnncli.class_names.")
+    props = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "version": __version__,
+        "arch": meta["arch"],
+        "arch_kwargs": json.dumps(meta["arch_kwargs"], sort_keys=True),
+        "class_names": json.dumps(list(meta["class_names"])),
+        "preprocessing": json.dumps(pp, sort_keys=True),
+    }
+    helper.set_model_props(model, {PREFIX + k: v for k, v in props.items()})
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def read_metadata(model: onnx.ModelProto, source: str = "model") -> dict[str, Any]:
+    """Our metadata from an ONNX model; ArtifactError if it was not exported by bnncli."""
+    props = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
+    if props.get("format") != FORMAT:
+        raise ArtifactError(f"{source} is an ONNX model without bnncli metadata (export it with `bnn export`)")
+    try:
+        version = int(props.get("format_version", ""))
+    except ValueError:
+        version = -1
+    if version < 1 or version > FORMAT_VERSION:
+        raise ArtifactError(f"{source} has bnncli ONNX format version {props.get('format_version')!r}; "
+                            f"this bnncli reads up to {FORMAT_VERSION}")
+    try:
+        meta = {
+            "arch": props["arch"],
+            "arch_kwargs": json.loads(props["arch_kwargs"]),
+            "class_names": json.loads(props["class_names"]),
+            "preprocessing": json.loads(props["preprocessing"]),
+            "format_version": version,
+        }
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{source} has incomplete bnncli metadata ({e})") from None
+    from bnncli.runtime.format import check_preprocessing
+
+    try:
+        check_preprocessing(meta["preprocessing"])
+    except Exception as e:
+        raise ArtifactError(f"{source}: {e}") from None
+    if not (isinstance(meta["class_names"], list) and meta["class_names"]
+            and all(isinstance(c, str) for c in meta["class_names"])):
+        raise ArtifactError(f"{source}: class_names metadata must be a non-empty list of strings")
+    return meta
+
+
+def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def ort_session(model_or_path, threads: int | None = None):
+    """An onnxruntime CPU session (all graph optimizations on)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
+    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class Parity:
+    """How two backends' logits compare on the same inputs."""
+
+    samples: int
+    max_abs_diff: float
+    max_rel_diff: float  # max |a - b| / max |reference|
+    top1_agree: int
+
+    @property
+    def top1_agreement(self) -> float:
+        return self.top1_agree / self.samples if self.samples else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
+                "top1_agree": self.top1_agree, "top1_agreement": self.top1_agreement}
+
+
+def compare(reference: np.ndarray, other: np.ndarray) -> Parity:
+    diff = np.abs(reference.astype(np.float64) - other.astype(np.float64))
+    scale = float(np.abs(reference).max(initial=0.0))
+    max_abs = float(diff.max(initial=0.0))
+    return Parity(samples=int(reference.shape[0]), max_abs_diff=max_abs,
+                  max_rel_diff=max_abs / scale if scale > 0 else max_abs,
+                  top1_agree=int((reference.argmax(1) == other.argmax(1)).sum()))
+
+
+def sample_inputs(preprocessing: dict[str, Any], n: int = 4, seed: int = 0) -> np.ndarray:
+    """Verification inputs: normal noise (the scale of normalized images) and one all-zero image,
+    which makes exact zeros reach binarizations (sign(0) = +1 must hold)."""
+    size, channels = int(preprocessing["image_size"]), int(preprocessing["channels"])
+    x = np.random.default_rng(seed).standard_normal((max(n, 1), channels, size, size)).astype(np.float32)
+    x[-1] = 0.0
+    return x

@@ -1,0 +1,107 @@
+"""`bnn pack`: a checkpoint -> one packed file with 1-bit binary weights (docs/FORMAT.md).
+
+The graph is lowered and folded (``bnncli.deploy.lower.fold``), binary weights are stored as
+bits in 32-bit words, convolution and linear weights and biases in ``float_dtype`` (float32 or
+float16), and the small per-channel vectors (BatchNorm affine, binarization thresholds, output
+scales) in float32. The bytes are decoded again and run by the NumPy runtime against PyTorch
+before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnncli import __version__
+from bnncli.deploy.lower import fold
+from bnncli.deploy.onnx_export import Parity, compare, sample_inputs
+from bnncli.deploy.source import open_checkpoint
+from bnncli.errors import ArtifactError, UsageError
+from bnncli.runtime.format import FLOAT_DTYPES, PREAMBLE_SIZE, decode, encode, write_bytes
+from bnncli.runtime.graph import Graph
+from bnncli.runtime.model import Model
+
+TOLERANCE = 1e-3
+# Tensors stored in the chosen float dtype: the weights of the full-precision layers.
+FLOAT_WEIGHTS = {("Conv", "weight"), ("Conv", "bias"), ("Linear", "weight"), ("Linear", "bias")}
+
+
+def packed_graph(graph: Graph, float_dtype: str = "float32") -> Graph:
+    """Fold ``graph`` and give every tensor its stored dtype."""
+    if float_dtype not in FLOAT_DTYPES:
+        raise UsageError(f"float dtype must be one of {', '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
+    g = fold(graph)
+    for node in g.nodes:
+        for role, name in node.params.items():
+            array = g.tensors[name]
+            if (node.op, role) in FLOAT_WEIGHTS:
+                if float_dtype == "float16" and np.abs(array).max(initial=0) > np.finfo(np.float16).max:
+                    raise ArtifactError(f"{node.name}.{role} exceeds the float16 range; pack with float32")
+                g.tensors[name] = array.astype(float_dtype)
+            elif array.dtype.kind == "f":
+                g.tensors[name] = array.astype(np.float32)
+    return g
+
+
+@dataclass
+class PackResult:
+    path: Path
+    bytes: int
+    float_dtype: str
+    sizes: dict[str, int]
+    binary_params: int
+    parity: Parity
+    ops: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "bytes": self.bytes, "float_dtype": self.float_dtype, "sizes": self.sizes,
+                "binary_params": self.binary_params, "ops": self.ops, "verification": self.parity.as_dict()}
+
+
+def size_breakdown(graph: Graph, data: bytes) -> dict[str, int]:
+    """Bytes by kind: binary weights, float weights, per-channel vectors, header, alignment."""
+    binary = float_w = vectors = 0
+    for node in graph.nodes:
+        for role, name in node.params.items():
+            n = graph.tensors[name].nbytes
+            if node.op == "BinaryConv" and role == "weight":
+                binary += n
+            elif (node.op, role) in FLOAT_WEIGHTS:
+                float_w += n
+            else:
+                vectors += n
+    header = PREAMBLE_SIZE + int.from_bytes(data[12:16], "little")
+    return {"binary_weights": binary, "float_weights": float_w, "per_channel": vectors, "header": header,
+            "alignment": len(data) - header - binary - float_w - vectors, "total": len(data)}
+
+
+def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_dtype: str = "float32",
+               samples: int = 4, tolerance: float = TOLERANCE) -> PackResult:
+    """Pack ``checkpoint`` into ``output``.
+
+    The written bytes are decoded and run first; with float32 a relative logit difference above
+    ``tolerance`` or a different top-1 raises ArtifactError and nothing is written. With float16
+    the differences are reported, not enforced.
+    """
+    src = open_checkpoint(checkpoint)
+    graph = packed_graph(src.graph(), float_dtype)
+    meta = {**src.meta, "float_dtype": float_dtype, "producer": f"bnncli {__version__}"}
+    data = encode(graph, meta)
+    decoded, decoded_meta = decode(data, str(output))
+    runtime = Model(decoded, decoded_meta)
+    x = sample_inputs(src.meta["preprocessing"], samples)
+    parity = compare(src.logits(x), runtime(x))
+    if float_dtype == "float32" and (not parity.max_rel_diff <= tolerance or parity.top1_agree != parity.samples):
+        raise ArtifactError(
+            f"the packed model of {checkpoint} disagrees with PyTorch: largest difference {parity.max_abs_diff:.3g} "
+            f"({parity.max_rel_diff:.3g} relative, tolerance {tolerance:g}), top-1 equal on "
+            f"{parity.top1_agree}/{parity.samples} inputs; nothing written")
+    path = write_bytes(output, data)
+    binary_params = sum(n.attrs["in_channels"] * n.attrs["out_channels"] * n.attrs["kernel_size"][0]
+                        * n.attrs["kernel_size"][1] for n in graph.nodes if n.op == "BinaryConv")
+    return PackResult(path, len(data), float_dtype, size_breakdown(graph, data), binary_params, parity,
+                      graph.op_counts())

@@ -1,0 +1,302 @@
+"""Bit packing and the binary convolution kernels (NumPy only).
+
+Conventions (the same as the packed file format, docs/FORMAT.md):
+
+* sign(x) = +1 if x >= 0 else -1, so sign(0) = +1.
+* Bit polarity: bit 1 means +1, bit 0 means -1.
+* Packed axis: the input channel. Channel ``c`` is bit ``c % B`` (least significant first) of
+  word ``c // B`` of a little-endian unsigned word of ``B`` bits; bits past the last channel
+  ("tail bits") are 0 in weights and activations alike, so they never count as a mismatch.
+* Files store weights in 32-bit words; the kernels compute on 64-bit words.
+
+For +-1 vectors a, b of n channels, ``dot(a, b) = n - 2 * popcount(bits(a) XOR bits(b))``.
+Two kernels compute a binary convolution on packed words and return exact integers:
+:func:`binary_conv_reference` (one output position at a time, obviously right) and
+:func:`binary_conv_fast` (im2col of packed words, a loop over words with an integer
+accumulator, split across threads). The tests check one against the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import numpy as np
+
+WORD_BITS = 64  # the kernels' word
+FILE_WORD_BITS = 32  # the packed file's word
+
+# Output positions per block of the fast kernel: NumPy's broadcast XOR runs about twice as fast
+# on rows of a few thousand words as on short ones, and the temporaries still fit in L2.
+_COLUMN_BLOCK = 4096
+
+
+def n_words(channels: int, word_bits: int = WORD_BITS) -> int:
+    return -(-channels // word_bits)
+
+
+def pack_bits(bits: np.ndarray, word_bits: int = WORD_BITS) -> np.ndarray:
+    """Pack a boolean array along its last axis into little-endian words (tail bits 0)."""
+    bits = np.asarray(bits, dtype=bool)
+    c = bits.shape[-1]
+    nw = n_words(c, word_bits)
+    if nw * word_bits != c:
+        pad = np.zeros(bits.shape[:-1] + (nw * word_bits - c,), dtype=bool)
+        bits = np.concatenate([bits, pad], axis=-1)
+    packed = np.packbits(np.ascontiguousarray(bits), axis=-1, bitorder="little")
+    return packed.view(f"<u{word_bits // 8}").astype(f"u{word_bits // 8}", copy=False)
+
+
+def unpack_bits(words: np.ndarray, channels: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: a boolean array with ``channels`` entries on the last axis."""
+    words = np.ascontiguousarray(words)
+    le = words.astype(words.dtype.newbyteorder("<"), copy=False)
+    bits = np.unpackbits(le.view(np.uint8), axis=-1, bitorder="little")
+    return bits[..., :channels].astype(bool)
+
+
+def tail_bits_clear(words: np.ndarray, channels: int) -> bool:
+    """True when every bit past ``channels`` in the packed last axis is 0."""
+    word_bits = words.dtype.itemsize * 8
+    full = words.shape[-1] * word_bits
+    if full == channels:
+        return True
+    bits = np.unpackbits(np.ascontiguousarray(words).astype(words.dtype.newbyteorder("<"), copy=False)
+                         .view(np.uint8), axis=-1, bitorder="little")
+    return not bits[..., channels:].any()
+
+
+def widen_words(words32: np.ndarray) -> np.ndarray:
+    """uint32 words on the last axis -> uint64 words (the same bits; a zero word pads odd counts)."""
+    words32 = np.ascontiguousarray(words32, dtype="<u4")
+    if words32.shape[-1] % 2:
+        pad = np.zeros(words32.shape[:-1] + (1,), dtype="<u4")
+        words32 = np.concatenate([words32, pad], axis=-1)
+    return np.ascontiguousarray(words32).view("<u8").astype(np.uint64, copy=False)
+
+
+def valid_bits_words(channels: int) -> np.ndarray:
+    """uint64 words with exactly the first ``channels`` bits set: the packed form of all +1."""
+    return pack_bits(np.ones(channels, dtype=bool))
+
+
+def sign_bits(x: np.ndarray, threshold: np.ndarray | None = None, negate: np.ndarray | None = None) -> np.ndarray:
+    """The bit (True = +1) of each input channel on axis 0.
+
+    Without a threshold: x >= 0 (sign(0) = +1). With per-channel ``threshold`` t: x >= t, or
+    x <= t where ``negate`` is set (a BatchNorm with a negative scale folded in).
+    """
+    if threshold is None:
+        return x >= 0
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    t = threshold.reshape(shape)
+    if negate is None or not negate.any():
+        return x >= t
+    d = np.where(negate, np.float32(-1), np.float32(1)).astype(x.dtype).reshape(shape)
+    return (x * d) >= (t * d)
+
+
+def pack_planar(bits: np.ndarray) -> np.ndarray:
+    """Bits ``[C, ...]`` (channel first) -> uint64 words ``[n_words(C), ...]`` (word first).
+
+    Eight channel rows are OR-ed into a byte row (bit i = channel 8k + i), then eight byte rows
+    into a 64-bit word row (byte i = bits 8i..8i+7): a few passes over contiguous rows, several
+    times faster than ``np.packbits`` along the first axis.
+    """
+    c = bits.shape[0]
+    rest = bits.shape[1:]
+    flat = np.ascontiguousarray(bits).reshape(c, -1).view(np.uint8)
+    p = flat.shape[1]
+    wc = n_words(c)
+    if wc * WORD_BITS != c:
+        flat = np.concatenate([flat, np.zeros((wc * WORD_BITS - c, p), np.uint8)])
+    rows = flat.reshape(wc * 8, 8, p)
+    byte_rows = rows[:, 0].copy()
+    tmp = np.empty_like(byte_rows)
+    for i in range(1, 8):
+        np.left_shift(rows[:, i], i, out=tmp)
+        np.bitwise_or(byte_rows, tmp, out=byte_rows)
+    byte_rows = byte_rows.reshape(wc, 8, p)
+    words = byte_rows[:, 0].astype(np.uint64)
+    tmp64 = np.empty_like(words)
+    for i in range(1, 8):
+        np.left_shift(byte_rows[:, i], np.uint64(8 * i), out=tmp64, dtype=np.uint64)
+        np.bitwise_or(words, tmp64, out=words)
+    return words.reshape((wc,) + rest)
+
+
+def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def weight_sums(wbits: np.ndarray, channels: int) -> np.ndarray:
+    """Sum over input channels of the +-1 weights, ``[Cout, kh, kw]`` (int64)."""
+    plus = np.bitwise_count(wbits).sum(axis=-1, dtype=np.int64)  # tail bits are 0
+    return 2 * plus - channels
+
+
+def binary_conv_reference(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride=(1, 1), padding=(0, 0),
+                          dilation=(1, 1), pad_value: float = 0.0) -> np.ndarray:
+    """Binary convolution, one output position at a time.
+
+    Args:
+        xbits: packed input, uint64 ``[Wc, N, H, W]``.
+        wbits: packed weights, uint64 ``[Cout, kh, kw, Wc]``.
+        channels: input channels (the number of valid bits per position).
+        pad_value: what padded input positions are: 0, -1 or +1.
+
+    Returns:
+        int64 ``[Cout, N, Ho, Wo]``: the exact sum of x * w over channels and taps.
+    """
+    _, n, h, w = xbits.shape
+    cout, kh, kw, _ = wbits.shape
+    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
+    wsum = weight_sums(wbits, channels)
+    pad = int(pad_value)
+    out = np.zeros((cout, n, ho, wo), dtype=np.int64)
+    for b in range(n):
+        for oy in range(ho):
+            for ox in range(wo):
+                acc = np.zeros(cout, dtype=np.int64)
+                for ky in range(kh):
+                    for kx in range(kw):
+                        iy = oy * stride[0] - padding[0] + ky * dilation[0]
+                        ix = ox * stride[1] - padding[1] + kx * dilation[1]
+                        if 0 <= iy < h and 0 <= ix < w:
+                            mismatches = np.bitwise_count(xbits[:, b, iy, ix] ^ wbits[:, ky, kx, :]).sum(axis=1)
+                            acc += channels - 2 * mismatches.astype(np.int64)
+                        else:  # a padded position holds pad_value in every channel
+                            acc += pad * wsum[:, ky, kx]
+                out[:, b, oy, ox] = acc
+    return out
+
+
+def _pad_planar(xbits: np.ndarray, padding, fill: np.ndarray) -> np.ndarray:
+    """Pad a planar packed map ``[Wc, N, H, W]`` spatially with the per-word pattern ``fill``."""
+    ph, pw = padding
+    if not (ph or pw):
+        return xbits
+    wc, n, h, w = xbits.shape
+    out = np.empty((wc, n, h + 2 * ph, w + 2 * pw), dtype=np.uint64)
+    out[...] = fill.reshape(wc, 1, 1, 1)
+    out[:, :, ph:ph + h, pw:pw + w] = xbits
+    return out
+
+
+def im2col_words(xbits: np.ndarray, kernel, stride, padding, dilation, fill: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """Packed input ``[Wc, N, H, W]`` -> columns ``[kh * kw * Wc, N * Ho * Wo]`` (tap-major)."""
+    wc, n, h, w = xbits.shape
+    kh, kw = kernel
+    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
+    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):
+        view = xbits[:, :, ::stride[0], ::stride[1]][:, :, :ho, :wo]
+        return np.ascontiguousarray(view).reshape(wc, n * ho * wo), ho, wo
+    xp = _pad_planar(xbits, padding, fill)
+    cols = np.empty((kh, kw, wc, n, ho, wo), dtype=np.uint64)
+    for ky in range(kh):
+        for kx in range(kw):
+            cols[ky, kx] = tap_view(xp, ky, kx, stride, dilation, (ho, wo))
+    return cols.reshape(kh * kw * wc, n * ho * wo), ho, wo
+
+
+def tap_view(x: np.ndarray, ky: int, kx: int, stride, dilation, out_hw) -> np.ndarray:
+    """The strided view of a padded ``[C, N, H, W]`` map that kernel tap (ky, kx) reads."""
+    ho, wo = out_hw
+    y0, x0 = ky * dilation[0], kx * dilation[1]
+    return x[:, :, y0:y0 + stride[0] * (ho - 1) + 1:stride[0], x0:x0 + stride[1] * (wo - 1) + 1:stride[1]]
+
+
+def padding_mask(h: int, w: int, kernel, stride, padding, dilation) -> np.ndarray:
+    """bool ``[kh * kw, Ho * Wo]``: True where tap t of output position p reads padding."""
+    kh, kw = kernel
+    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
+    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
+    iy = np.arange(ho)[None, :] * stride[0] - padding[0] + np.arange(kh)[:, None] * dilation[0]  # [kh, Ho]
+    ix = np.arange(wo)[None, :] * stride[1] - padding[1] + np.arange(kw)[:, None] * dilation[1]  # [kw, Wo]
+    out_y = (iy < 0) | (iy >= h)
+    out_x = (ix < 0) | (ix >= w)
+    mask = out_y[:, None, :, None] | out_x[None, :, None, :]  # [kh, kw, Ho, Wo]
+    return mask.reshape(kh * kw, ho * wo)
+
+
+def _popcount_columns(wcols: np.ndarray, cols: np.ndarray, acc: np.ndarray) -> None:
+    """acc[o, p] += sum_j popcount(wcols[o, j] XOR cols[j, p]) (acc and cols cover the same columns).
+
+    One XOR, one popcount and one add per packed word, into temporaries that are reused; the
+    integer accumulator never needs more than 16 bits for the convolutions of the zoo.
+    """
+    rows, kwords = wcols.shape
+    n = cols.shape[1]
+    tmp = np.empty((rows, n), dtype=np.uint64)
+    cnt = np.empty((rows, n), dtype=np.uint8)
+    for j in range(kwords):
+        np.bitwise_xor(wcols[:, j:j + 1], cols[j:j + 1, :], out=tmp)
+        np.bitwise_count(tmp, out=cnt)
+        np.add(acc, cnt, out=acc)
+
+
+def _blocks(size: int, target: int, minimum: int = 1) -> list[tuple[int, int]]:
+    """Split range(size) into near-equal blocks of about ``target`` (at least ``minimum``)."""
+    count = max(1, min(-(-size // max(target, 1)), size // max(minimum, 1)))
+    edges = [round(i * size / count) for i in range(count + 1)]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride=(1, 1), padding=(0, 0),
+                     dilation=(1, 1), pad_value: float = 0.0, *, pool: Executor | None = None, workers: int = 1,
+                     correction: Callable[[int, int], np.ndarray] | None = None,
+                     fill: np.ndarray | None = None) -> np.ndarray:
+    """The same result as :func:`binary_conv_reference`, as int32, by XNOR + popcount on columns.
+
+    The packed input is unrolled into columns (one per output position, ``kh * kw * Wc`` words
+    each), and every output channel's packed weights are XOR-ed against them word by word. Work is
+    split into blocks of output channels x output positions, run on ``pool`` when given: NumPy
+    releases the GIL inside the XOR, popcount and add loops, so ``workers`` threads run at once.
+
+    Padded positions are filled with the +1 pattern for pad value +1 and with 0 (-1) otherwise;
+    for pad value 0 the -1 that padding contributed, ``-sum_c w[o, c, tap]`` per padded tap, is
+    added back (it depends only on the position and the weights). ``correction(h, w)`` may supply
+    that ``[Cout, Ho * Wo]`` array from a cache; ``fill`` the per-word padding pattern.
+    """
+    wc, n, h, w = xbits.shape
+    cout, kh, kw, wcw = wbits.shape
+    if wcw != wc:
+        raise ValueError(f"input has {wc} words per position, weights {wcw}")
+    if fill is None:
+        fill = valid_bits_words(channels) if pad_value == 1 else np.zeros(wc, dtype=np.uint64)
+    cols, ho, wo = im2col_words(xbits, (kh, kw), stride, padding, dilation, fill)
+    wcols = np.ascontiguousarray(wbits.reshape(cout, kh * kw * wc))
+    kwords, p = cols.shape
+    acc = np.zeros((cout, p), dtype=np.uint16 if kwords * WORD_BITS < 2**16 else np.uint32)
+    workers = max(1, workers if pool is not None else 1)
+    # Long column blocks keep NumPy's broadcast loops fast; output channels split across workers.
+    row_blocks = _blocks(cout, -(-cout // workers), minimum=8)
+    col_blocks = _blocks(p, _COLUMN_BLOCK, minimum=_COLUMN_BLOCK // 2)
+    tasks = [(r, c) for r in row_blocks for c in col_blocks]
+
+    def run(task) -> None:
+        (r0, r1), (c0, c1) = task
+        _popcount_columns(wcols[r0:r1], cols[:, c0:c1], acc[r0:r1, c0:c1])
+
+    if pool is None or len(tasks) == 1:
+        for task in tasks:
+            run(task)
+    else:
+        list(pool.map(run, tasks))
+    dot = (kh * kw * channels) - 2 * acc.astype(np.int32)
+    dot = dot.reshape(cout, n, ho * wo)
+    if pad_value == 0 and (padding[0] or padding[1]):
+        corr = correction(h, w) if correction is not None else zero_pad_correction(wbits, channels, h, w, stride,
+                                                                                  padding, dilation)
+        dot += corr[:, None, :]
+    return dot.reshape(cout, n, ho, wo)
+
+
+def zero_pad_correction(wbits: np.ndarray, channels: int, h: int, w: int, stride, padding, dilation) -> np.ndarray:
+    """int32 ``[Cout, Ho * Wo]``: what to add when padding was computed as -1 but means 0."""
+    cout, kh, kw, _ = wbits.shape
+    mask = padding_mask(h, w, (kh, kw), stride, padding, dilation)  # [K, P]
+    wsum = weight_sums(wbits, channels).reshape(cout, kh * kw)  # [Cout, K]
+    return (wsum @ mask.astype(np.int64)).astype(np.int32)

@@ -1,0 +1,98 @@
+"""The evaluator: walks a graph's nodes through a name -> array dict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bnncli.errors import ArtifactError, DataError
+from bnncli.runtime.graph import Graph
+from bnncli.runtime.ops import BinaryConv, Context, Conv, Linear, Op, build_op
+
+
+def _to_internal(x: np.ndarray) -> np.ndarray:
+    """NCHW -> the runtime's [C, N, H, W]."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+
+
+def _to_public(x: np.ndarray) -> np.ndarray:
+    """The runtime's [C, N, H, W] -> NCHW; 2-D values are already [N, F]."""
+    return np.ascontiguousarray(x.transpose(1, 0, 2, 3)) if x.ndim == 4 else x
+
+
+class Model:
+    """A runnable graph with its metadata.
+
+    ``model(x)`` takes a float32 NCHW batch (preprocessed as ``model.preprocessing`` says) and
+    returns float32 logits ``[N, classes]``. ``model.run(x, intermediates=True)`` returns every
+    value the graph computes, by name, in PyTorch's layout (for debugging against PyTorch).
+    """
+
+    def __init__(self, graph: Graph, meta: dict[str, Any] | None = None, threads: int | None = None) -> None:
+        graph.check()
+        if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+            raise ArtifactError("the runtime runs graphs with one input and one output")
+        self.graph = graph
+        self.meta = dict(meta or {})
+        self.ctx = Context(threads)
+        self.ops: list[Op] = [build_op(node, graph.tensors, self.ctx) for node in graph.nodes]
+        self.in_channels = self._input_channels()
+        last = next((op for op in self.ops if graph.outputs[0] in op.node.outputs), None)
+        classes = self.meta.get("class_names")
+        if isinstance(last, Linear) and classes is not None and len(classes) != last.out_features:
+            raise ArtifactError(f"the model has {last.out_features} outputs but {len(classes)} class names")
+
+    def _input_channels(self) -> int | None:
+        for op in self.ops:
+            if graph_input_reader(op, self.graph.inputs[0]) and isinstance(op, (Conv, BinaryConv)):
+                return op.cin
+        return None
+
+    @property
+    def arch(self) -> str | None:
+        return self.meta.get("arch")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta.get("class_names") or [])
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.meta.get("preprocessing") or {})
+
+    @property
+    def threads(self) -> int:
+        return self.ctx.threads
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run(x)[self.graph.outputs[0]]
+
+    def run(self, x: np.ndarray, intermediates: bool = False) -> dict[str, np.ndarray]:
+        """Evaluate the graph; return the output (and with ``intermediates`` every value) by name."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiu" or x.ndim != 4:
+            raise DataError(f"input must be a float32 array [N, C, H, W], got {x.dtype} with shape {list(x.shape)}")
+        if self.in_channels is not None and x.shape[1] != self.in_channels:
+            raise DataError(f"input has {x.shape[1]} channels; the model takes {self.in_channels}")
+        values: dict[str, np.ndarray] = {self.graph.inputs[0]: _to_internal(x.astype(np.float32, copy=False))}
+        refcount: dict[str, int] = {}
+        for op in self.ops:
+            for v in op.node.inputs:
+                refcount[v] = refcount.get(v, 0) + 1
+        keep = set(self.graph.outputs)
+        for op in self.ops:
+            args = [values[v] for v in op.node.inputs]
+            values[op.node.outputs[0]] = op(*args)
+            if not intermediates:  # free what no later node reads
+                for v in op.node.inputs:
+                    refcount[v] -= 1
+                    if refcount[v] == 0 and v not in keep:
+                        del values[v]
+        if intermediates:
+            return {k: _to_public(v) for k, v in values.items()}
+        return {k: _to_public(values[k]) for k in self.graph.outputs}
+
+
+def graph_input_reader(op: Op, name: str) -> bool:
+    return name in op.node.inputs

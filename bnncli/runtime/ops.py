@@ -1,0 +1,432 @@
+"""The runtime's operations: one small class per op type, registered in :data:`OPS`.
+
+Each class validates its node (inputs, attributes, tensors, dtypes, shapes) when it is built, so
+a malformed artifact fails at load time with a message naming the node, and then computes in
+NumPy. Feature maps flow between ops in the layout ``[C, N, H, W]`` (channels first, then the
+batch): 1x1 convolutions and linear layers become one matrix product with a contiguous operand,
+concatenation along channels is a copy of whole blocks, and the binary kernels read whole
+channel planes. :class:`bnncli.runtime.model.Model` converts from and to PyTorch's NCHW at the edges.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bnncli.errors import ArtifactError
+from bnncli.runtime import kernels as K
+from bnncli.runtime.graph import Node
+
+
+class Context:
+    """What ops share at run time: the thread pool of the binary kernels."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        if threads is None:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.threads = max(1, int(threads))
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bnn-runtime") if self.threads > 1 else None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class Op:
+    """Base class. Subclasses set ``type``, ``arity`` (None: one or more), their required and
+    optional ``params`` and required ``attrs``, and implement ``setup`` and ``__call__``."""
+
+    type: ClassVar[str] = ""
+    arity: ClassVar[int | None] = 1
+    params: ClassVar[tuple[str, ...]] = ()
+    optional_params: ClassVar[tuple[str, ...]] = ()
+    attrs: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, node: Node, tensors: dict[str, np.ndarray], ctx: Context) -> None:
+        self.node = node
+        self.ctx = ctx
+        if self.arity is not None and len(node.inputs) != self.arity:
+            self.fail(f"takes {self.arity} input(s), not {len(node.inputs)}")
+        if self.arity is None and not node.inputs:
+            self.fail("takes at least one input")
+        unknown = sorted(set(node.params) - set(self.params) - set(self.optional_params))
+        missing = [p for p in self.params if p not in node.params]
+        if unknown or missing:
+            self.fail(f"has params {sorted(node.params)}; expected {list(self.params)}"
+                      f"{' and optionally ' + str(list(self.optional_params)) if self.optional_params else ''}")
+        unknown = sorted(set(node.attrs) - set(self.attrs))
+        missing = [a for a in self.attrs if a not in node.attrs]
+        if unknown or missing:
+            self.fail(f"has attributes {sorted(node.attrs)}; expected {list(self.attrs)}")
+        self._tensors = tensors
+        self.setup()
+
+    def fail(self, message: str) -> None:
+        raise ArtifactError(f"node {self.node.name!r} ({self.type}) {message}")
+
+    # Validation helpers.
+    def tensor(self, role: str, kind: str = "f", ndim: int | None = None, shape: tuple | None = None,
+               dtype=np.float32) -> np.ndarray | None:
+        """The node's tensor in ``role`` (None if optional and absent), checked and cast to ``dtype``."""
+        name = self.node.params.get(role)
+        if name is None:
+            return None
+        t = self._tensors[name]
+        if t.dtype.kind != kind:
+            self.fail(f"tensor {role} has dtype {t.dtype}, expected {'a float' if kind == 'f' else 'an unsigned'} type")
+        if ndim is not None and t.ndim != ndim:
+            self.fail(f"tensor {role} has shape {list(t.shape)}, expected {ndim} dimensions")
+        if shape is not None and tuple(t.shape) != tuple(shape):
+            self.fail(f"tensor {role} has shape {list(t.shape)}, expected {list(shape)}")
+        if kind == "f" and not np.isfinite(t).all() and role != "in_threshold":
+            self.fail(f"tensor {role} holds non-finite values")
+        return np.ascontiguousarray(t, dtype=dtype)
+
+    def pair(self, key: str, minimum: int) -> tuple[int, int]:
+        v = self.node.attrs[key]
+        if not (isinstance(v, list) and len(v) == 2 and all(_is_int(i) and i >= minimum for i in v)):
+            self.fail(f"attribute {key} must be two integers >= {minimum}, not {v!r}")
+        return int(v[0]), int(v[1])
+
+    def integer(self, key: str, minimum: int) -> int:
+        v = self.node.attrs[key]
+        if not (_is_int(v) and v >= minimum):
+            self.fail(f"attribute {key} must be an integer >= {minimum}, not {v!r}")
+        return int(v)
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_channels(self, x: np.ndarray, channels: int) -> None:
+        if x.ndim != 4 or x.shape[0] != channels:
+            shape = (x.shape[1], x.shape[0], *x.shape[2:]) if x.ndim == 4 else x.shape
+            self.fail(f"expects a feature map with {channels} channels, got shape {list(shape)} (NCHW)")
+
+
+def _windows(x: np.ndarray, kernel, stride, dilation, out_hw):
+    """Yield the strided views of a padded ``[C, N, H, W]`` map that one kernel tap sees."""
+    for ky in range(kernel[0]):
+        for kx in range(kernel[1]):
+            yield ky, kx, K.tap_view(x, ky, kx, stride, dilation, out_hw)
+
+
+def _pad_hw(x: np.ndarray, padding, value: float) -> np.ndarray:
+    ph, pw = padding
+    if not (ph or pw):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+
+
+class Conv(Op):
+    """Full-precision convolution (groups 1), optional bias: im2col and one matrix product."""
+
+    type = "Conv"
+    params = ("weight",)
+    optional_params = ("bias",)
+    attrs = ("stride", "padding", "dilation")
+
+    def setup(self) -> None:
+        self.weight = self.tensor("weight", ndim=4)
+        self.cout, self.cin, kh, kw = self.weight.shape
+        self.kernel = (kh, kw)
+        self.bias = self.tensor("bias", shape=(self.cout,))
+        self.stride = self.pair("stride", 1)
+        self.padding = self.pair("padding", 0)
+        self.dilation = self.pair("dilation", 1)
+        self.w2 = np.ascontiguousarray(self.weight.reshape(self.cout, -1))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.check_channels(x, self.cin)
+        _, n, h, w = x.shape
+        ho = K.output_size(h, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0])
+        wo = K.output_size(w, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1])
+        if ho < 1 or wo < 1:
+            self.fail(f"input {h}x{w} is too small")
+        if self.kernel == (1, 1) and self.padding == (0, 0):
+            cols = x[:, :, ::self.stride[0], ::self.stride[1]].reshape(self.cin, -1)
+        else:
+            xp = _pad_hw(x, self.padding, 0.0)
+            cols6 = np.empty((self.cin, *self.kernel, n, ho, wo), dtype=np.float32)
+            for ky, kx, view in _windows(xp, self.kernel, self.stride, self.dilation, (ho, wo)):
+                cols6[:, ky, kx] = view
+            cols = cols6.reshape(self.cin * self.kernel[0] * self.kernel[1], n * ho * wo)
+        y = self.w2 @ cols
+        if self.bias is not None:
+            y += self.bias[:, None]
+        return y.reshape(self.cout, n, ho, wo)
+
+
+class BinaryConv(Op):
+    """Binary convolution on packed bits: binarize, pack, XNOR + popcount, then scale/bias.
+
+    bit(x) = x >= in_threshold (x <= in_threshold where in_negate), or x >= 0 without threshold;
+    the binarized input is padded with ``pad_value``; the result is the exact integer sum of
+    +-1 products, times ``out_scale`` plus ``out_bias`` per output channel when present.
+    """
+
+    type = "BinaryConv"
+    params = ("weight",)
+    optional_params = ("in_threshold", "in_negate", "out_scale", "out_bias")
+    attrs = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "pad_value")
+
+    def setup(self) -> None:
+        self.cin = self.integer("in_channels", 1)
+        self.cout = self.integer("out_channels", 1)
+        self.kernel = self.pair("kernel_size", 1)
+        self.stride = self.pair("stride", 1)
+        self.padding = self.pair("padding", 0)
+        self.dilation = self.pair("dilation", 1)
+        pad_value = self.node.attrs["pad_value"]
+        if pad_value not in (0, -1, 1) or isinstance(pad_value, bool):
+            self.fail(f"attribute pad_value must be 0, -1 or 1, not {pad_value!r}")
+        self.pad_value = float(pad_value)
+        words32 = K.n_words(self.cin, K.FILE_WORD_BITS)
+        w32 = self.tensor("weight", kind="u", shape=(self.cout, *self.kernel, words32), dtype=np.uint32)
+        if not K.tail_bits_clear(w32, self.cin):
+            self.fail("tensor weight has bits set past the last input channel (tail bits must be 0)")
+        self.wbits = K.widen_words(w32)
+        self.threshold = self.tensor("in_threshold", shape=(self.cin,))
+        if self.threshold is not None and np.isnan(self.threshold).any():
+            self.fail("tensor in_threshold holds NaN")
+        negate = self.tensor("in_negate", kind="u", shape=(self.cin,), dtype=np.uint8)
+        if negate is not None:
+            if self.threshold is None:
+                self.fail("has in_negate without in_threshold")
+            if negate.max(initial=0) > 1:
+                self.fail("tensor in_negate must hold only 0 and 1")
+        self.negate = None if negate is None else negate.astype(bool)
+        self.scale = self.tensor("out_scale", shape=(self.cout,))
+        self.bias = self.tensor("out_bias", shape=(self.cout,))
+        wc = self.wbits.shape[-1]
+        self.fill = K.valid_bits_words(self.cin) if self.pad_value == 1 else np.zeros(wc, dtype=np.uint64)
+        self._corrections: dict[tuple[int, int], np.ndarray] = {}
+
+    def correction(self, h: int, w: int) -> np.ndarray:
+        key = (h, w)
+        if key not in self._corrections:
+            self._corrections[key] = K.zero_pad_correction(self.wbits, self.cin, h, w, self.stride, self.padding,
+                                                           self.dilation)
+        return self._corrections[key]
+
+    def binarize(self, x: np.ndarray) -> np.ndarray:
+        """The packed input, uint64 ``[words, N, H, W]``."""
+        return K.pack_planar(K.sign_bits(x, self.threshold, self.negate))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.check_channels(x, self.cin)
+        _, _, h, w = x.shape
+        if K.output_size(h, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]) < 1 or \
+                K.output_size(w, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]) < 1:
+            self.fail(f"input {h}x{w} is too small")
+        dot = K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, self.padding, self.dilation,
+                                 self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
+                                 correction=self.correction, fill=self.fill)
+        y = dot.astype(np.float32)
+        if self.scale is not None:
+            y *= self.scale[:, None, None, None]
+        if self.bias is not None:
+            y += self.bias[:, None, None, None]
+        return y
+
+
+class _ChannelAffine(Op):
+    def apply(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        self.check_channels(x, scale.shape[0])
+        y = x * scale[:, None, None, None]
+        y += shift[:, None, None, None]
+        return y
+
+
+class BatchNorm(_ChannelAffine):
+    """Inference BatchNorm: x * s + b with s = weight / sqrt(var + eps), b = bias - mean * s (float32, as PyTorch)."""
+
+    type = "BatchNorm"
+    params = ("weight", "bias", "running_mean", "running_var")
+    attrs = ("eps",)
+
+    def setup(self) -> None:
+        eps = self.node.attrs["eps"]
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+            self.fail(f"attribute eps must be a number >= 0, not {eps!r}")
+        gamma = self.tensor("weight", ndim=1)
+        c = gamma.shape[0]
+        beta, mean, var = (self.tensor(r, shape=(c,)) for r in ("bias", "running_mean", "running_var"))
+        if (var < 0).any():
+            self.fail("tensor running_var holds negative values")
+        self.scale, self.shift = batchnorm_affine(gamma, beta, mean, var, float(eps))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.apply(x, self.scale, self.shift)
+
+
+def batchnorm_affine(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, shift) of an inference BatchNorm, computed in float32 as PyTorch's CPU kernel."""
+    f32 = np.float32
+    invstd = f32(1) / np.sqrt(np.asarray(var, f32) + f32(eps))
+    scale = (invstd * np.asarray(gamma, f32)).astype(f32)
+    shift = (np.asarray(beta, f32) - np.asarray(mean, f32) * scale).astype(f32)
+    return scale, shift
+
+
+class Affine(_ChannelAffine):
+    """Per-channel x * scale + shift (an inference BatchNorm, folded)."""
+
+    type = "Affine"
+    params = ("scale", "shift")
+
+    def setup(self) -> None:
+        self.scale = self.tensor("scale", ndim=1)
+        self.shift = self.tensor("shift", shape=self.scale.shape)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.apply(x, self.scale, self.shift)
+
+
+class Relu(Op):
+    type = "Relu"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, np.float32(0))
+
+
+class MaxPool(Op):
+    """Max pooling; padding counts as -inf (as in PyTorch)."""
+
+    type = "MaxPool"
+    attrs = ("kernel_size", "stride", "padding")
+
+    def setup(self) -> None:
+        self.kernel = self.pair("kernel_size", 1)
+        self.stride = self.pair("stride", 1)
+        self.padding = self.pair("padding", 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
+            self.fail("padding must be at most half the kernel size")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4:
+            self.fail(f"expects a feature map, got {x.ndim} dimensions")
+        ho = K.output_size(x.shape[2], self.kernel[0], self.stride[0], self.padding[0], 1)
+        wo = K.output_size(x.shape[3], self.kernel[1], self.stride[1], self.padding[1], 1)
+        if ho < 1 or wo < 1:
+            self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
+        xp = _pad_hw(x, self.padding, -np.inf)
+        out = None
+        for _, _, view in _windows(xp, self.kernel, self.stride, (1, 1), (ho, wo)):
+            out = view.copy() if out is None else np.maximum(out, view, out=out)
+        return out
+
+
+class AvgPool(Op):
+    """Average pooling without padding (the ResNetE shortcut's 2x2, stride 2)."""
+
+    type = "AvgPool"
+    attrs = ("kernel_size", "stride")
+
+    def setup(self) -> None:
+        self.kernel = self.pair("kernel_size", 1)
+        self.stride = self.pair("stride", 1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4:
+            self.fail(f"expects a feature map, got {x.ndim} dimensions")
+        ho = K.output_size(x.shape[2], self.kernel[0], self.stride[0], 0, 1)
+        wo = K.output_size(x.shape[3], self.kernel[1], self.stride[1], 0, 1)
+        if ho < 1 or wo < 1:
+            self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
+        out = None
+        for _, _, view in _windows(x, self.kernel, self.stride, (1, 1), (ho, wo)):
+            out = view.copy() if out is None else np.add(out, view, out=out)
+        out /= np.float32(self.kernel[0] * self.kernel[1])
+        return out
+
+
+class GlobalAvgPool(Op):
+    """Mean over height and width, keeping them as size 1 (AdaptiveAvgPool2d(1))."""
+
+    type = "GlobalAvgPool"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4:
+            self.fail(f"expects a feature map, got {x.ndim} dimensions")
+        return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+
+
+class Flatten(Op):
+    """NCHW -> [N, C*H*W] (PyTorch's Flatten(1))."""
+
+    type = "Flatten"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4:
+            return x.reshape(x.shape[0], -1)
+        return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1)
+
+
+class Linear(Op):
+    """y = x @ weight.T + bias on ``[N, in]``."""
+
+    type = "Linear"
+    params = ("weight",)
+    optional_params = ("bias",)
+
+    def setup(self) -> None:
+        self.weight = self.tensor("weight", ndim=2)
+        self.out_features, self.in_features = self.weight.shape
+        self.bias = self.tensor("bias", shape=(self.out_features,))
+        self.wt = np.ascontiguousarray(self.weight.T)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            self.fail(f"expects [N, {self.in_features}], got {list(x.shape)}")
+        y = x @ self.wt
+        if self.bias is not None:
+            y += self.bias
+        return y
+
+
+class Concat(Op):
+    """Concatenation along channels (``axis`` 1 in NCHW terms, the only axis supported)."""
+
+    type = "Concat"
+    arity = None
+    attrs = ("axis",)
+
+    def setup(self) -> None:
+        if self.node.attrs["axis"] != 1:
+            self.fail(f"supports only axis 1 (channels), not {self.node.attrs['axis']!r}")
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        if any(x.ndim != 4 or x.shape[1:] != xs[0].shape[1:] for x in xs):
+            self.fail("expects feature maps of one batch and spatial size")
+        return np.concatenate(xs, axis=0)
+
+
+class Add(Op):
+    type = "Add"
+    arity = 2
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if a.shape != b.shape:
+            self.fail(f"adds arrays of different shapes {list(a.shape)} and {list(b.shape)}")
+        return a + b
+
+
+# Every op the runtime knows, in one explicit list.
+OPS: tuple[type[Op], ...] = (
+    Conv, BinaryConv, BatchNorm, Affine, Relu, MaxPool, AvgPool, GlobalAvgPool, Flatten, Linear, Concat, Add,
+)
+OP_TYPES: dict[str, type[Op]] = {cls.type: cls for cls in OPS}
+
+
+def build_op(node: Node, tensors: dict[str, np.ndarray], ctx: Context) -> Op:
+    cls = OP_TYPES.get(node.op)
+    if cls is None:
+        raise ArtifactError(f"node {node.name!r} has unknown op {node.op!r}; the runtime knows {', '.join(OP_TYPES)}")
+    return cls(node, tensors, ctx)
+
