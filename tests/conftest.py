@@ -40,7 +40,7 @@ def _save_variant(img: Image.Image, path_stem: Path, k: int) -> Path:
     elif variant == 6:  # 16-bit grayscale PNG
         path = path_stem.with_suffix(".png")
         arr = (np.asarray(img.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-        Image.fromarray(arr, mode="I;16").save(path)
+        Image.fromarray(arr).save(path)  # uint16 -> mode I;16
     else:  # CMYK JPEG with an EXIF orientation tag (rotated 180 degrees on load)
         path = path_stem.with_suffix(".jpg")
         exif = Image.Exif()
@@ -73,3 +73,45 @@ def image_folder(tmp_path_factory) -> Path:
     (root / "train" / "cross" / "README.txt").write_text("not an image\n")
     (root / "train" / "ring" / ".DS_Store").write_bytes(b"\0\1\2")
     return root
+
+
+# --- Deployment (export, pack, runtime, predict) ---------------------------------------------
+
+
+def randomize_batchnorm(model, seed: int = 0) -> None:
+    """Give every BatchNorm statistics and affine parameters far from identity (some scales
+    negative), so that folding BatchNorm into thresholds and biases is really exercised."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.randn(c, generator=g) * 0.6 + 0.8)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+
+
+def write_checkpoint(path: Path, arch: str = "binarydensenet_tiny", class_names=("a", "b", "c", "d"),
+                     image_size: int = 32, seed: int = 0, **model_kwargs) -> Path:
+    """A checkpoint of a registry model with random weights and randomized BatchNorms."""
+    import torch
+
+    from bnncli import create_model
+    from bnncli.data.presets import preprocessing
+    from bnncli.engine.checkpoint import model_checkpoint, save_checkpoint
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=len(class_names), **model_kwargs)
+    randomize_batchnorm(model, seed)
+    preset = "small" if image_size < 64 else "imagenet"
+    return save_checkpoint(path, model_checkpoint(model.eval(), list(class_names),
+                                                  preprocessing(preset, image_size)))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """binarydensenet_tiny, 4 classes, 32 px 'small' preprocessing, randomized BatchNorms."""
+    return write_checkpoint(tmp_path_factory.mktemp("deploy") / "tiny.pt")

@@ -260,7 +260,13 @@ def _print_eval(r: dict[str, Any]) -> None:
 
 class RichReporter:
     """Training progress on stderr: a bar for the run and one for the epoch (step, loss, accuracy,
-    img/s, ETA), then one summary line per epoch. Only rank 0's reporter is ever called."""
+    img/s, ETA), then one summary line per epoch. Only rank 0's reporter is ever called.
+
+    It implements :class:`bnncli.engine.train.Reporter` by duck typing, so that importing the
+    CLI does not import torch.
+    """
+
+    interval = 0.25  # seconds between step updates
 
     def __init__(self, quiet: bool = False) -> None:
         import os

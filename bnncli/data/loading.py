@@ -13,6 +13,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -77,7 +78,7 @@ def open_eval_data(spec: str, class_names: Sequence[str]) -> Source:
             raise DataError(f"the model's classes are not those of builtin:{name}")
         return source
     train_dir, val_dir = split_folders(spec)
-    if val_dir is None and train_dir is not None and train_dir.name == "train":
+    if val_dir is None and train_dir is not None and train_dir != Path(spec):  # a root with train/ only
         raise DataError(f"{spec} has no val split; pass a split folder itself (e.g. {train_dir}) to evaluate on it")
     return ImageFolderDataset(val_dir if val_dir is not None else train_dir, classes=list(class_names))
 

@@ -78,3 +78,15 @@ def all_gather_object(obj, ctx: Context) -> list:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+def sync_buffers(module: torch.nn.Module, ctx: Context) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step of an epoch each
+    rank holds statistics updated from its own batch. Syncing before validation and saving makes
+    every rank evaluate, and end with, exactly the model rank 0 writes.
+    """
+    if ctx.distributed:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)

@@ -65,7 +65,13 @@ RESUMABLE_OVERRIDES = ("data", "epochs", "workers", "device", "amp", "channels_l
 
 
 class Reporter:
-    """Progress callbacks; the CLI draws them with rich. Only rank 0 gets a real reporter."""
+    """Progress callbacks; the CLI draws them with rich. Only rank 0 gets a real reporter.
+
+    ``step`` is called at most every ``interval`` seconds (and at the end of each epoch): reading
+    the running loss makes a GPU wait, so it is not done on every step.
+    """
+
+    interval = 0.25
 
     def start(self, info: dict[str, Any]) -> None: ...
 
@@ -237,7 +243,7 @@ def weights_digest(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -480,7 +486,7 @@ def _train(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, An
 
             sums.add(loss, logits, y)
             now = time.perf_counter()
-            if now - last_report > 0.25 or step == steps_per_epoch:  # .item() syncs a GPU: not every step
+            if now - last_report >= reporter.interval or step == steps_per_epoch:
                 last_report = now
                 loss_avg, top1 = sums.averages()
                 reporter.step(epoch + 1, step, steps_per_epoch, loss_avg, top1,
@@ -488,6 +494,7 @@ def _train(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, An
 
         train_seconds = time.perf_counter() - t_start
         loss_sum, correct, images, skipped = sums.totals(ctx)
+        distributed.sync_buffers(raw_model, ctx)
         local_images = sums.local_images
 
         # ---- validation on the held-out split (sharded across processes, counts summed).
