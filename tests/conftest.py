@@ -115,3 +115,50 @@ def write_checkpoint(path: Path, arch: str = "binarydensenet_tiny", class_names=
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """binarydensenet_tiny, 4 classes, 32 px 'small' preprocessing, randomized BatchNorms."""
     return write_checkpoint(tmp_path_factory.mktemp("deploy") / "tiny.pt")
+
+
+def make_exact(model, seed: int = 0) -> None:
+    """Give a model weights on which float32 arithmetic is exact in every backend.
+
+    Deep binary networks with random weights are chaotic: a last-bit difference in a float sum
+    (BLAS, onnxruntime and PyTorch add in different orders) can flip one sign near a threshold,
+    and the flip snowballs through dozens of binary layers. With small dyadic values (conv and
+    linear weights in multiples of 1/16, binary latent weights +-0.5, BatchNorm eps 0 with
+    variances that are powers of 4 and gammas +-2^k) the sums before every binarization are exact,
+    so backends that compute the same function binarize identically and agree to float rounding
+    in the last layers; any larger difference is a bug. Feed it inputs in multiples of 1/8.
+    """
+    import torch
+
+    from bnncli.nn import BinaryConv2d
+
+    g = torch.Generator().manual_seed(seed)
+
+    def dyadic(shape, step, limit):
+        n = int(limit / step)
+        return torch.randint(-n, n + 1, shape, generator=g).float() * step
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, BinaryConv2d):
+                m.weight.copy_(torch.where(torch.rand(m.weight.shape, generator=g) < 0.5, -0.5, 0.5))
+            elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.copy_(dyadic(m.weight.shape, 1 / 16, 0.25))
+                if m.bias is not None:
+                    m.bias.copy_(dyadic(m.bias.shape, 1 / 8, 1.0))
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.eps = 0.0
+                m.running_var.copy_(4.0 ** torch.randint(-1, 2, (c,), generator=g).float())
+                m.weight.copy_(2.0 ** torch.randint(-3, 0, (c,), generator=g).float()
+                               * torch.where(torch.rand(c, generator=g) < 0.2, -1.0, 1.0))
+                m.running_mean.copy_(dyadic((c,), 1 / 8, 2.0))
+                m.bias.copy_(dyadic((c,), 1 / 8, 1.0))
+
+
+def exact_inputs(n: int, channels: int = 3, size: int = 32, seed: int = 0):
+    """Inputs in multiples of 1/8 in [-2, 2] (see :func:`make_exact`)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-16, 17, (n, channels, size, size), generator=g).float() / 8

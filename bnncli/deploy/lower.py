@@ -216,8 +216,11 @@ def threshold_from_affine(scale: np.ndarray, shift: np.ndarray) -> tuple[np.ndar
     return t.astype(np.float32), (s < 0).astype(np.uint8)
 
 
-def fold(graph: Graph) -> Graph:
-    """A copy of ``graph`` with every BatchNorm folded away or turned into an Affine (see module doc)."""
+def fold(graph: Graph, into_float_convs: bool = True) -> Graph:
+    """A copy of ``graph`` with every BatchNorm folded away or turned into an Affine (see module doc).
+
+    ``into_float_convs=False`` keeps BatchNorms after float convs as Affine nodes.
+    """
     g = Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs), dict(n.params))
                for n in graph.nodes], dict(graph.tensors), list(graph.inputs), list(graph.outputs))
     for bn in [n for n in g.nodes if n.op == "BatchNorm"]:
@@ -227,7 +230,7 @@ def fold(graph: Graph) -> Graph:
         producer = g.producer(x)
         readers = g.consumers(bn.outputs[0])
         foldable = bn.outputs[0] not in g.outputs and producer is not None and _only_reader(g, x) is bn
-        if foldable and producer.op == "Conv":
+        if foldable and producer.op == "Conv" and into_float_convs:
             w = g.param(producer, "weight")
             bias = g.param(producer, "bias")
             bias = np.zeros(w.shape[0], np.float32) if bias is None else bias

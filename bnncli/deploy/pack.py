@@ -34,7 +34,9 @@ def packed_graph(graph: Graph, float_dtype: str = "float32") -> Graph:
     """Fold ``graph`` and give every tensor its stored dtype."""
     if float_dtype not in FLOAT_DTYPES:
         raise UsageError(f"float dtype must be one of {', '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
-    g = fold(graph)
+    # float16: a BatchNorm after a float conv stays a float32 Affine, so the stored weights are the
+    # trained ones rounded once (folding would round weight * scale instead).
+    g = fold(graph, into_float_convs=float_dtype == "float32")
     for node in g.nodes:
         for role, name in node.params.items():
             array = g.tensors[name]

@@ -1,0 +1,204 @@
+"""The NumPy runtime against PyTorch over the whole registry, without torch, and its edges."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import exact_inputs, make_exact, randomize_batchnorm, write_checkpoint
+from PIL import Image
+
+from bnncli import create_model, list_models
+from bnncli.deploy.lower import fold, lower
+from bnncli.deploy.onnx_export import compare, ort_session, to_onnx
+from bnncli.deploy.pack import packed_graph
+from bnncli.errors import ArtifactError, DataError
+from bnncli.runtime import Model, format, load
+from bnncli.runtime.graph import Graph, Node
+from bnncli.runtime.labels import imagenet_names, readable_labels
+from bnncli.runtime.preprocess import preprocess_image
+
+TINY = [n for n in list_models() if "tiny" in n]
+BIG = [n for n in list_models() if "tiny" not in n]
+
+
+def _model(name: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    if name in BIG:
+        kw = {"thumbnail": True, "num_classes": 10, **kw}  # 32x32 input: the thumbnail stem
+    model = create_model(name, **kw).eval()
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def _meta(model, classes: int, size: int = 32):
+    from bnncli.data.presets import preprocessing
+
+    return {"arch": model.bnn_arch, "arch_kwargs": model.bnn_kwargs, "class_names": [f"c{i}" for i in range(classes)],
+            "preprocessing": preprocessing("small", size), "float_dtype": "float32", "producer": "test"}
+
+
+def _check(reference: np.ndarray, got: np.ndarray) -> None:
+    p = compare(reference, got)
+    assert p.max_rel_diff <= 1e-3, p
+    assert p.top1_agree == p.samples, p
+
+
+def _parity(model, x: torch.Tensor, unfolded: bool = False) -> None:
+    """Packed runtime (the file's bytes, decoded and validated) and onnxruntime against PyTorch."""
+    with torch.no_grad():
+        expected = model(x).numpy()
+    graph = lower(model)
+    meta = _meta(model, expected.shape[1])
+    decoded, decoded_meta = format.decode(format.encode(packed_graph(graph), meta))
+    _check(expected, Model(decoded, decoded_meta, threads=2)(x.numpy()))
+    _check(expected, ort_session(to_onnx(graph, meta)).run(None, {"input": x.numpy()})[0])
+    if unfolded:  # the graph before folding runs too, to the same result
+        _check(expected, Model(graph, threads=1)(x.numpy()))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_models_match_pytorch_with_random_float_weights(name):
+    model = _model(name)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x[2] = 0.0  # exact zeros all the way into the first binarizations
+    _parity(model, x, unfolded=True)
+
+
+@pytest.mark.parametrize("name", TINY + BIG)
+def test_every_registered_model_matches_pytorch_exactly(name):
+    """Every model of the registry, the ImageNet ones with their 32x32 thumbnail stem, on weights
+    where float arithmetic is exact (see conftest.make_exact): no sign can flip by rounding, so
+    this checks that every backend computes PyTorch's function."""
+    model = _model(name)
+    make_exact(model, seed=1)
+    _parity(model, exact_inputs(3, seed=2))
+
+
+@pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
+@pytest.mark.parametrize("name", ["binarydensenet_tiny", "resnete_tiny"])
+def test_every_pad_value_and_the_binary_downsample(name, pad_value):
+    extra = {"binary_downsample": True, "scaling": "xnor"} if name == "resnete_tiny" else {}
+    model = _model(name, seed=3, pad_value=pad_value, **extra)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    _check(expected, Model(packed_graph(lower(model)), threads=2)(x.numpy()))
+
+
+def test_fold_removes_every_batchnorm():
+    for name in ("binarydensenet_tiny", "resnete_tiny", "birealnet_tiny"):
+        ops = fold(lower(_model(name))).op_counts()
+        assert "BatchNorm" not in ops
+    dense = fold(lower(_model("binarydensenet_tiny")))
+    # Dense-layer BatchNorms became binarization thresholds (negative scales flip the comparison).
+    convs = [n for n in dense.nodes if n.op == "BinaryConv"]
+    assert all("in_threshold" in n.params for n in convs)
+    assert any("in_negate" in n.params for n in convs)
+
+
+def test_intermediates_are_returned_in_pytorch_layout():
+    model = _model("resnete_tiny")
+    x = torch.randn(2, 3, 32, 32)
+    seen = {}
+    def keep(module, inputs, output) -> None:
+        seen["stem"] = output.detach().numpy()
+
+    model.stem[0].register_forward_hook(keep)
+    with torch.no_grad():
+        model(x)
+    values = Model(lower(model)).run(x.numpy(), intermediates=True)
+    assert values["stem_0"].shape == seen["stem"].shape == (2, 16, 32, 32)
+    assert np.allclose(values["stem_0"], seen["stem"], atol=1e-5)
+    assert values["input"].shape == (2, 3, 32, 32) and values["logits"].shape == (2, 10)
+
+
+def test_runtime_runs_with_torch_unimportable(tmp_path, tiny_checkpoint):
+    from bnncli.deploy.pack import pack_model
+
+    packed = tmp_path / "tiny.bnn"
+    pack_model(tiny_checkpoint, packed)
+    image = tmp_path / "x.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 50, 3)) * 255).astype(np.uint8)).save(image)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        from bnncli.runtime import load, preprocess_files
+        model = load({str(packed)!r})
+        x = preprocess_files([{str(image)!r}], model.preprocessing)
+        logits = model(x)
+        assert logits.shape == (1, 4), logits.shape
+        assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None and m.split(".")[0] == "torch"]
+        print("ok", int(logits.argmax()))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ok")
+    # The same prediction as in this process.
+    model = load(packed)
+    from bnncli.runtime import preprocess_files
+
+    assert int(res.stdout.split()[1]) == int(model(preprocess_files([image], model.preprocessing)).argmax())
+
+
+def test_load_validates_ops(tmp_path):
+    good = lower(_model("resnete_tiny"))
+    bad = Graph([Node("Softmax", "s", ["input"], ["logits"])], {})
+    with pytest.raises(ArtifactError, match="unknown op 'Softmax'.*knows Conv, BinaryConv"):
+        Model(bad)
+    node = next(n for n in good.nodes if n.op == "BinaryConv")
+    node.attrs["pad_value"] = 0.5
+    with pytest.raises(ArtifactError, match="pad_value must be 0, -1 or 1"):
+        Model(good)
+
+
+def test_bad_input_is_a_data_error():
+    model = Model(lower(_model("resnete_tiny")))
+    with pytest.raises(DataError, match="4 channels; the model takes 3"):
+        model(np.zeros((1, 4, 32, 32), np.float32))
+    with pytest.raises(DataError, match=r"\[N, C, H, W\]"):
+        model(np.zeros((3, 32, 32), np.float32))
+
+
+@pytest.mark.parametrize("size,mode,preset,image_size", [
+    ((50, 40), "RGB", "small", 32), ((40, 50), "RGB", "imagenet", 64), ((32, 32), "RGB", "small", 32),
+    ((300, 257), "RGB", "imagenet", 224), ((37, 61), "L", "small", 24), ((20, 25), "RGB", "small", 32),
+])
+def test_preprocessing_equals_the_torchvision_eval_transform(size, mode, preset, image_size):
+    from torchvision import transforms as T
+
+    from bnncli.data.presets import preprocessing
+
+    channels = 1 if mode == "L" else 3
+    pp = preprocessing(preset, image_size, in_channels=channels)
+    rng = np.random.default_rng(sum(size))
+    image = Image.fromarray((rng.random((size[1], size[0], channels)) * 255).astype(np.uint8).squeeze())
+    tv = T.Compose([T.Resize(pp["resize"], interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+                    T.CenterCrop(pp["image_size"]), T.ToTensor(), T.Normalize(pp["mean"], pp["std"])])
+    expected = tv(image).numpy()
+    got = preprocess_image(image, pp)
+    assert got.shape == expected.shape == (channels, image_size, image_size)
+    assert np.allclose(got, expected, atol=1e-6)
+
+
+def test_synset_ids_get_readable_names():
+    names = imagenet_names()
+    assert len(names) == 1000 and names["n01440764"] == "tench" and names["n15075141"] == "toilet tissue"
+    assert list(names) == sorted(names)  # class index order of ImageNet folders
+    assert readable_labels(["n01440764", "n02102040"]) == ["tench", "English springer"]
+    assert readable_labels(["cat", "n01440764"]) == ["cat", "n01440764"]  # not all synsets: unchanged
+
+
+def test_load_reports_missing_file(tmp_path):
+    with pytest.raises(ArtifactError, match="not found"):
+        load(tmp_path / "nope.bnn")
+
+
+def test_checkpoint_helper_roundtrip(tmp_path):
+    path = write_checkpoint(tmp_path / "r.pt", "resnete_tiny", class_names=("x", "y"))
+    from bnncli.engine.checkpoint import load_model
+
+    model, ckpt = load_model(path)
+    assert ckpt["class_names"] == ["x", "y"] and model.fc.out_features == 2

@@ -1,0 +1,108 @@
+"""Bit packing and the binary convolution kernels: the fast kernel against the slow, obviously
+right one, and both against PyTorch's float convolution on pre-binarized values."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnncli.nn import BinaryConv2d
+from bnncli.runtime import kernels as K
+
+POOL = ThreadPoolExecutor(2)
+
+
+def test_sign_of_exact_zero_is_plus_one():
+    x = np.array([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0], dtype=np.float32)
+    assert K.sign_bits(x).tolist() == [False, False, True, True, True, True]
+    t = np.zeros(6, np.float32)
+    assert K.sign_bits(x, t).tolist() == [False, False, True, True, True, True]
+    # A negated channel (BatchNorm with a negative scale) is +1 where x <= t, zero included.
+    assert K.sign_bits(x, t, np.ones(6, bool)).tolist() == [True, True, True, True, False, False]
+
+
+@pytest.mark.parametrize("channels", [1, 7, 31, 32, 33, 63, 64, 65, 130])
+def test_pack_unpack_roundtrip_keeps_tail_bits_zero(channels):
+    bits = np.random.default_rng(channels).random((3, channels)) < 0.5
+    for word_bits in (32, 64):
+        words = K.pack_bits(bits, word_bits)
+        assert words.shape == (3, -(-channels // word_bits))
+        assert K.tail_bits_clear(words, channels)
+        assert np.array_equal(K.unpack_bits(words, channels), bits)
+    # 32-bit file words widen to the same 64-bit compute words.
+    assert np.array_equal(K.widen_words(K.pack_bits(bits, 32)), K.pack_bits(bits, 64))
+    # Channel-first packing of activations agrees with the row packing.
+    planar = K.pack_planar(bits.T.reshape(channels, 1, 3, 1))
+    assert np.array_equal(planar.reshape(-1, 3).T, K.pack_bits(bits, 64))
+    assert K.valid_bits_words(channels).tolist() == K.pack_bits(np.ones(channels, bool)).tolist()
+
+
+def _case(cin, cout, kernel, h, w, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, cin, h, w)).astype(np.float32)
+    x[0, :, 1, 1] = 0.0  # exact zeros binarize to +1
+    weight = rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)
+    weight[0, 0] = 0.0
+    xbits = K.pack_planar(K.sign_bits(x.transpose(1, 0, 2, 3)))
+    wbits = K.widen_words(K.pack_bits(weight.transpose(0, 2, 3, 1) >= 0, 32))
+    return x, weight, xbits, wbits
+
+
+def _torch_reference(x, weight, stride, padding, dilation, pad_value):
+    xb = torch.where(torch.from_numpy(x) >= 0, 1.0, -1.0)
+    xb = F.pad(xb, (padding, padding, padding, padding), value=pad_value)
+    wb = torch.where(torch.from_numpy(weight) >= 0, 1.0, -1.0)
+    return F.conv2d(xb, wb, None, stride, 0, dilation).numpy()
+
+
+GEOMETRIES = [  # kernel, stride, padding, dilation
+    (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 2), (3, 2, 3, 3), (3, 1, 0, 1), (1, 1, 0, 1), (1, 2, 0, 1),
+]
+
+
+@pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
+@pytest.mark.parametrize("cin", [1, 7, 63, 65, 130])
+def test_fast_kernel_equals_reference_and_torch(cin, pad_value):
+    for i, (k, s, p, d) in enumerate(GEOMETRIES):
+        x, weight, xbits, wbits = _case(cin, 5, k, 7, 6, seed=cin * 10 + i)
+        args = (xbits, wbits, cin, (s, s), (p, p), (d, d), pad_value)
+        slow = K.binary_conv_reference(*args)
+        fast = K.binary_conv_fast(*args)
+        threaded = K.binary_conv_fast(*args, pool=POOL, workers=2)
+        assert fast.dtype == np.int32
+        assert np.array_equal(slow, fast) and np.array_equal(fast, threaded), (k, s, p, d)
+        expected = _torch_reference(x, weight, s, p, d, pad_value)
+        assert np.array_equal(slow.transpose(1, 0, 2, 3), expected), (k, s, p, d)
+
+
+def test_fast_kernel_splits_work_into_blocks_exactly():
+    # Enough output positions and channels for several row and column blocks.
+    x, weight, xbits, wbits = _case(70, 40, 3, 70, 66, seed=1)
+    args = (xbits, wbits, 70, (1, 1), (1, 1), (1, 1), 0.0)
+    fast = K.binary_conv_fast(*args, pool=POOL, workers=2)
+    assert np.array_equal(fast.transpose(1, 0, 2, 3), _torch_reference(x, weight, 1, 1, 1, 0.0))
+
+
+def test_zero_pad_correction_is_the_border_only():
+    _, _, _, wbits = _case(9, 4, 3, 5, 5, seed=2)
+    corr = K.zero_pad_correction(wbits, 9, 5, 5, (1, 1), (1, 1), (1, 1)).reshape(4, 5, 5)
+    assert not corr[:, 1:-1, 1:-1].any()
+    assert corr[:, 0, 0].tolist() == (K.weight_sums(wbits, 9)[:, [0, 0, 0, 1, 2], [0, 1, 2, 0, 0]].sum(1)).tolist()
+
+
+@pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
+def test_binary_conv_op_matches_binaryconv2d_with_exact_zeros(pad_value):
+    from bnncli.deploy.lower import lower
+    from bnncli.runtime.model import Model
+
+    torch.manual_seed(0)
+    layer = torch.nn.Sequential(BinaryConv2d(13, 6, 3, stride=2, padding=2, dilation=2, pad_value=pad_value))
+    with torch.no_grad():
+        layer[0].weight[0, :3] = 0.0  # sign(0) = +1 for weights too
+    x = torch.randn(2, 13, 9, 8)
+    x[:, :, ::2, ::3] = 0.0
+    expected = layer(x).detach().numpy()
+    got = Model(lower(layer), threads=2)(x.numpy())
+    assert np.array_equal(got, expected)
