@@ -30,7 +30,7 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", "-e", min=1, help="[default: 10]")] = None,
     batch_size: Annotated[int | None, typer.Option(
         "--batch-size", "-b", min=1, help="Global batch size, split over torchrun processes [default: 64].")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate [default: 2e-3].")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate [default: 4e-3].")] = None,
     optimizer: Annotated[str | None, typer.Option(
         "--optimizer", help="adam (the paper), radam or sgd [default: adam].")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="[default: 0, as the paper]")] = None,
@@ -103,7 +103,7 @@ def train(
     else:
         cfg = resolve_config(recipe=recipe, overrides=overrides)
 
-    reporter = RichReporter(quiet=False)
+    reporter = RichReporter()
     stop = StopRequest()
     try:
         with graceful_interrupts(stop), reporter:
@@ -268,10 +268,9 @@ class RichReporter:
 
     interval = 0.25  # seconds between step updates
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self) -> None:
         import os
 
-        self.quiet = quiet
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.run_dir: str | None = None
         self.progress = None
@@ -309,8 +308,6 @@ class RichReporter:
         info(f"training {i['arch']} ({i['params']:,} params) on {i['data']}: {i['train_images']:,} train / "
              f"{i['val_images']:,} val images, {i['classes']} classes, {i['image_size']} px ({i['preset']}), "
              f"batch {i['batch_size']}, {where}{resumed} -> {i['run_dir']}")
-        if self.quiet:
-            return
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

@@ -43,7 +43,7 @@ class TrainConfig:
     data: str | None = None
     epochs: int = 10
     batch_size: int = 64  # global: divided across processes under torchrun
-    lr: float = 2e-3
+    lr: float = 4e-3  # Larq Zoo's rate for BinaryDenseNet28, the reproduction of the paper
     optimizer: str = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only

@@ -116,6 +116,8 @@ def evaluate(
             if on_skip is not None:
                 on_skip(s)
         if x is None:
+            if on_batch is not None:
+                on_batch(len(bad))
             continue
         t0 = time.perf_counter()
         logits = predict(x)

@@ -384,7 +384,7 @@ def _train(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, An
         if start_epoch >= cfg.epochs and start_step == 0:
             raise UsageError(f"{run.dir} has finished its {start_epoch} epochs; pass --epochs N (N > {start_epoch}) "
                              "to train longer")
-    elif ctx.is_main and run.last.exists():
+    elif run.last.exists():
         raise UsageError(f"{run.dir} already holds a run; continue it with --resume {run.dir} or choose another --out")
     if ctx.is_main:
         run.dir.mkdir(parents=True, exist_ok=True)
