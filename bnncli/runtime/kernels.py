@@ -224,17 +224,22 @@ def padding_mask(h: int, w: int, kernel, stride, padding, dilation) -> np.ndarra
 def _popcount_columns(wcols: np.ndarray, cols: np.ndarray, acc: np.ndarray) -> None:
     """acc[o, p] += sum_j popcount(wcols[o, j] XOR cols[j, p]) (acc and cols cover the same columns).
 
-    One XOR, one popcount and one add per packed word, into temporaries that are reused; the
-    integer accumulator never needs more than 16 bits for the convolutions of the zoo.
+    One XOR and one popcount per packed word into reused temporaries; the 8-bit counts of up to
+    three words (at most 192) are summed in 8 bits before they are added to the wider accumulator.
     """
     rows, kwords = wcols.shape
     n = cols.shape[1]
     tmp = np.empty((rows, n), dtype=np.uint64)
     cnt = np.empty((rows, n), dtype=np.uint8)
-    for j in range(kwords):
-        np.bitwise_xor(wcols[:, j:j + 1], cols[j:j + 1, :], out=tmp)
-        np.bitwise_count(tmp, out=cnt)
-        np.add(acc, cnt, out=acc)
+    part = np.empty((rows, n), dtype=np.uint8)
+    for j0 in range(0, kwords, 3):
+        np.bitwise_xor(wcols[:, j0:j0 + 1], cols[j0:j0 + 1, :], out=tmp)
+        np.bitwise_count(tmp, out=part)
+        for j in range(j0 + 1, min(j0 + 3, kwords)):
+            np.bitwise_xor(wcols[:, j:j + 1], cols[j:j + 1, :], out=tmp)
+            np.bitwise_count(tmp, out=cnt)
+            np.add(part, cnt, out=part)
+        np.add(acc, part, out=acc)
 
 
 def _blocks(size: int, target: int, minimum: int = 1) -> list[tuple[int, int]]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
 
 from bnncli.errors import ArtifactError, DataError
+from bnncli.runtime import blas
 from bnncli.runtime.graph import Graph
-from bnncli.runtime.ops import BinaryConv, Context, Conv, Linear, Op, build_op
+from bnncli.runtime.ops import BinaryConv, Concat, Context, Conv, Linear, Op, build_op
 
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
@@ -27,6 +29,8 @@ class Model:
     ``model(x)`` takes a float32 NCHW batch (preprocessed as ``model.preprocessing`` says) and
     returns float32 logits ``[N, classes]``. ``model.run(x, intermediates=True)`` returns every
     value the graph computes, by name, in PyTorch's layout (for debugging against PyTorch).
+    One forward pass runs at a time per model (calls from several threads take turns); the
+    model's own thread pool parallelizes inside it.
     """
 
     def __init__(self, graph: Graph, meta: dict[str, Any] | None = None, threads: int | None = None) -> None:
@@ -38,10 +42,31 @@ class Model:
         self.ctx = Context(threads)
         self.ops: list[Op] = [build_op(node, graph.tensors, self.ctx) for node in graph.nodes]
         self.in_channels = self._input_channels()
+        self._plan_concat_growth()
+        self._lock = threading.Lock()
         last = next((op for op in self.ops if graph.outputs[0] in op.node.outputs), None)
         classes = self.meta.get("class_names")
         if isinstance(last, Linear) and classes is not None and len(classes) != last.out_features:
             raise ArtifactError(f"the model has {last.out_features} outputs but {len(classes)} class names")
+
+    def _plan_concat_growth(self) -> None:
+        """For each concatenation, the channels later links of its chain add (see ops.Concat)."""
+        by_output = {op.node.outputs[0]: op for op in self.ops}
+        for op in self.ops:
+            if not isinstance(op, Concat):
+                continue
+            growth, link = 0, op
+            while True:
+                nxt = next((o for o in self.ops if isinstance(o, Concat) and o.node.inputs[0] == link.node.outputs[0]),
+                           None)
+                if nxt is None:
+                    break
+                added = [getattr(by_output.get(v), "cout", None) for v in nxt.node.inputs[1:]]
+                if any(a is None for a in added):
+                    break
+                growth += sum(added)
+                link = nxt
+            op.growth = growth
 
     def _input_channels(self) -> int | None:
         for op in self.ops:
@@ -81,14 +106,17 @@ class Model:
             for v in op.node.inputs:
                 refcount[v] = refcount.get(v, 0) + 1
         keep = set(self.graph.outputs)
-        for op in self.ops:
-            args = [values[v] for v in op.node.inputs]
-            values[op.node.outputs[0]] = op(*args)
-            if not intermediates:  # free what no later node reads
-                for v in op.node.inputs:
-                    refcount[v] -= 1
-                    if refcount[v] == 0 and v not in keep:
-                        del values[v]
+        with self._lock, blas.single_threaded():
+            self.ctx.arena.clear()
+            for op in self.ops:
+                args = [values[v] for v in op.node.inputs]
+                values[op.node.outputs[0]] = op(*args)
+                if not intermediates:  # free what no later node reads
+                    for v in op.node.inputs:
+                        refcount[v] -= 1
+                        if refcount[v] == 0 and v not in keep:
+                            del values[v]
+            self.ctx.arena.clear()
         if intermediates:
             return {k: _to_public(v) for k, v in values.items()}
         return {k: _to_public(values[k]) for k in self.graph.outputs}

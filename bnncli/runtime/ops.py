@@ -17,18 +17,45 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bnncli.errors import ArtifactError
+from bnncli.runtime import blas
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Node
 
 
 class Context:
-    """What ops share at run time: the thread pool of the binary kernels."""
+    """What ops share at run time: the thread pool, and how matrix products are threaded."""
 
     def __init__(self, threads: int | None = None) -> None:
         if threads is None:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads = max(1, int(threads))
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bnn-runtime") if self.threads > 1 else None
+        # With OpenBLAS held to one thread during a forward pass (bnncli.runtime.blas), large
+        # products are split across the pool instead; otherwise the BLAS threads them itself.
+        self.split_products = self.pool is not None and blas.available
+        # Buffers concatenations may append to, by data address; reset for every forward pass.
+        self.arena: dict[int, tuple[np.ndarray, int]] = {}
+
+    def by_channels(self, fn, x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
+        """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps."""
+        out = np.empty(out_shape, dtype=np.float32)
+        c = x.shape[0]
+        if self.pool is None or x.size < 1 << 16 or c < 2:
+            fn(x, out, 0, c)
+            return out
+        edges = [round(i * c / self.threads) for i in range(self.threads + 1)]
+        list(self.pool.map(lambda e: fn(x[e[0]:e[1]], out[e[0]:e[1]], e[0], e[1]), zip(edges, edges[1:])))
+        return out
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b`` (float32), rows of the result split across the pool when worth it."""
+        rows = a.shape[0]
+        if not self.split_products or rows < 16 or rows * b.shape[1] < 1 << 16:
+            return a @ b
+        out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
+        edges = [round(i * rows / self.threads) for i in range(self.threads + 1)]
+        list(self.pool.map(lambda r: np.matmul(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), zip(edges, edges[1:])))
+        return out
 
 
 def _is_int(v: Any) -> bool:
@@ -109,18 +136,34 @@ class Op:
             self.fail(f"expects a feature map with {channels} channels, got shape {list(shape)} (NCHW)")
 
 
-def _windows(x: np.ndarray, kernel, stride, dilation, out_hw):
-    """Yield the strided views of a padded ``[C, N, H, W]`` map that one kernel tap sees."""
-    for ky in range(kernel[0]):
-        for kx in range(kernel[1]):
-            yield ky, kx, K.tap_view(x, ky, kx, stride, dilation, out_hw)
-
-
 def _pad_hw(x: np.ndarray, padding, value: float) -> np.ndarray:
+    """Pad height and width of a ``[C, N, H, W]`` map with a constant (cheaper than np.pad)."""
     ph, pw = padding
     if not (ph or pw):
         return x
-    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=value)
+    c, n, h, w = x.shape
+    out = np.empty((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+    out[:, :, :ph] = value
+    out[:, :, ph + h:] = value
+    out[:, :, ph:ph + h, :pw] = value
+    out[:, :, ph:ph + h, pw + w:] = value
+    out[:, :, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+def _pool(x: np.ndarray, kernel, stride, ufunc) -> np.ndarray:
+    """Separable pooling of a padded map: ``ufunc`` over the kernel's columns, then its rows."""
+    ho = K.output_size(x.shape[2], kernel[0], stride[0], 0, 1)
+    wo = K.output_size(x.shape[3], kernel[1], stride[1], 0, 1)
+    rows = None
+    for kx in range(kernel[1]):
+        view = x[:, :, :, kx:kx + stride[1] * (wo - 1) + 1:stride[1]]
+        rows = view.copy() if rows is None else ufunc(rows, view, out=rows)
+    out = None
+    for ky in range(kernel[0]):
+        view = rows[:, :, ky:ky + stride[0] * (ho - 1) + 1:stride[0]]
+        out = view.copy() if out is None else ufunc(out, view, out=out)
+    return out
 
 
 class Conv(Op):
@@ -141,6 +184,31 @@ class Conv(Op):
         self.dilation = self.pair("dilation", 1)
         self.w2 = np.ascontiguousarray(self.weight.reshape(self.cout, -1))
 
+    def im2col(self, xp: np.ndarray, ho: int, wo: int) -> np.ndarray:
+        """Columns ``[Cin * kh * kw, N * Ho * Wo]`` of a padded map, in the weights' (c, ky, kx) order.
+
+        With a stride, the map is first split into its stride phases (every s-th row and column,
+        each offset), so that every tap copies unit-stride rows; taps are split across the pool.
+        """
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        c, n = xp.shape[:2]
+        phases = {(ry, rx): np.ascontiguousarray(xp[:, :, ry::sh, rx::sw]) if (sh, sw) != (1, 1) else xp
+                  for ry in {ky * dh % sh for ky in range(kh)} for rx in {kx * dw % sw for kx in range(kw)}}
+        cols = np.empty((c, kh, kw, n, ho, wo), dtype=np.float32)
+
+        def fill(kys) -> None:
+            for ky in kys:
+                y0, ry = divmod(ky * dh, sh)
+                for kx in range(kw):
+                    x0, rx = divmod(kx * dw, sw)
+                    cols[:, ky, kx] = phases[(ry, rx)][:, :, y0:y0 + ho, x0:x0 + wo]
+
+        if self.ctx.pool is not None and kh > 1:
+            list(self.ctx.pool.map(fill, [range(i, kh, self.ctx.threads) for i in range(self.ctx.threads)]))
+        else:
+            fill(range(kh))
+        return cols.reshape(c * kh * kw, n * ho * wo)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.check_channels(x, self.cin)
         _, n, h, w = x.shape
@@ -151,12 +219,8 @@ class Conv(Op):
         if self.kernel == (1, 1) and self.padding == (0, 0):
             cols = x[:, :, ::self.stride[0], ::self.stride[1]].reshape(self.cin, -1)
         else:
-            xp = _pad_hw(x, self.padding, 0.0)
-            cols6 = np.empty((self.cin, *self.kernel, n, ho, wo), dtype=np.float32)
-            for ky, kx, view in _windows(xp, self.kernel, self.stride, self.dilation, (ho, wo)):
-                cols6[:, ky, kx] = view
-            cols = cols6.reshape(self.cin * self.kernel[0] * self.kernel[1], n * ho * wo)
-        y = self.w2 @ cols
+            cols = self.im2col(_pad_hw(x, self.padding, 0.0), ho, wo)
+        y = self.ctx.matmul(self.w2, cols)
         if self.bias is not None:
             y += self.bias[:, None]
         return y.reshape(self.cout, n, ho, wo)
@@ -215,8 +279,21 @@ class BinaryConv(Op):
         return self._corrections[key]
 
     def binarize(self, x: np.ndarray) -> np.ndarray:
-        """The packed input, uint64 ``[words, N, H, W]``."""
-        return K.pack_planar(K.sign_bits(x, self.threshold, self.negate))
+        """The packed input, uint64 ``[words, N, H, W]``; column blocks are packed in parallel."""
+        c, n, h, w = x.shape
+        flat = x.reshape(c, n * h * w)
+        p = flat.shape[1]
+        if self.ctx.pool is None or p < 2048:
+            return K.pack_planar(K.sign_bits(flat, self.threshold, self.negate)).reshape(-1, n, h, w)
+        words = np.empty((K.n_words(c), p), dtype=np.uint64)
+        edges = [round(i * p / self.ctx.threads) for i in range(self.ctx.threads + 1)]
+
+        def pack(span) -> None:
+            a, b = span
+            words[:, a:b] = K.pack_planar(K.sign_bits(flat[:, a:b], self.threshold, self.negate))
+
+        list(self.ctx.pool.map(pack, zip(edges, edges[1:])))
+        return words.reshape(-1, n, h, w)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.check_channels(x, self.cin)
@@ -238,9 +315,12 @@ class BinaryConv(Op):
 class _ChannelAffine(Op):
     def apply(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
         self.check_channels(x, scale.shape[0])
-        y = x * scale[:, None, None, None]
-        y += shift[:, None, None, None]
-        return y
+
+        def affine(xs, out, a, b) -> None:
+            np.multiply(xs, scale[a:b, None, None, None], out=out)
+            out += shift[a:b, None, None, None]
+
+        return self.ctx.by_channels(affine, x, x.shape)
 
 
 class BatchNorm(_ChannelAffine):
@@ -292,7 +372,7 @@ class Relu(Op):
     type = "Relu"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.maximum(x, np.float32(0))
+        return self.ctx.by_channels(lambda xs, out, a, b: np.maximum(xs, np.float32(0), out=out), x, x.shape)
 
 
 class MaxPool(Op):
@@ -315,11 +395,10 @@ class MaxPool(Op):
         wo = K.output_size(x.shape[3], self.kernel[1], self.stride[1], self.padding[1], 1)
         if ho < 1 or wo < 1:
             self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
-        xp = _pad_hw(x, self.padding, -np.inf)
-        out = None
-        for _, _, view in _windows(xp, self.kernel, self.stride, (1, 1), (ho, wo)):
-            out = view.copy() if out is None else np.maximum(out, view, out=out)
-        return out
+        def pool(xs, out, a, b) -> None:
+            out[...] = _pool(_pad_hw(xs, self.padding, -np.inf), self.kernel, self.stride, np.maximum)
+
+        return self.ctx.by_channels(pool, x, (x.shape[0], x.shape[1], ho, wo))
 
 
 class AvgPool(Op):
@@ -339,9 +418,7 @@ class AvgPool(Op):
         wo = K.output_size(x.shape[3], self.kernel[1], self.stride[1], 0, 1)
         if ho < 1 or wo < 1:
             self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
-        out = None
-        for _, _, view in _windows(x, self.kernel, self.stride, (1, 1), (ho, wo)):
-            out = view.copy() if out is None else np.add(out, view, out=out)
+        out = _pool(x, self.kernel, self.stride, np.add)
         out /= np.float32(self.kernel[0] * self.kernel[1])
         return out
 
@@ -391,7 +468,14 @@ class Linear(Op):
 
 
 class Concat(Op):
-    """Concatenation along channels (``axis`` 1 in NCHW terms, the only axis supported)."""
+    """Concatenation along channels (``axis`` 1 in NCHW terms, the only axis supported).
+
+    In the runtime's channel-first layout the first ``C`` channels of a map are a contiguous
+    prefix. A concatenation therefore allocates room for the channels the following chain of
+    concatenations will add (``growth``, set by the model at load time: a BinaryDenseNet block
+    grows by its growth rate per layer) and later links of the chain append in place, returning a
+    longer prefix of the same buffer: a dense block copies each feature map once, not once per layer.
+    """
 
     type = "Concat"
     arity = None
@@ -400,11 +484,28 @@ class Concat(Op):
     def setup(self) -> None:
         if self.node.attrs["axis"] != 1:
             self.fail(f"supports only axis 1 (channels), not {self.node.attrs['axis']!r}")
+        self.growth = 0
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
         if any(x.ndim != 4 or x.shape[1:] != xs[0].shape[1:] for x in xs):
             self.fail("expects feature maps of one batch and spatial size")
-        return np.concatenate(xs, axis=0)
+        first, rest = xs[0], xs[1:]
+        used = first.shape[0]
+        total = used + sum(x.shape[0] for x in rest)
+        arena = self.ctx.arena
+        entry = arena.get(first.ctypes.data) if first.size else None
+        if entry is not None and entry[1] == used and entry[0].shape[0] >= total \
+                and entry[0].shape[1:] == first.shape[1:]:
+            buffer = entry[0]  # `first` is the newest prefix of a buffer with room: append in place
+        else:
+            buffer = np.empty((total + self.growth, *first.shape[1:]), dtype=np.float32)
+            buffer[:used] = first
+        offset = used
+        for x in rest:
+            buffer[offset:offset + x.shape[0]] = x
+            offset += x.shape[0]
+        arena[buffer.ctypes.data] = (buffer, total)
+        return buffer[:total]
 
 
 class Add(Op):
