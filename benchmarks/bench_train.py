@@ -8,7 +8,7 @@ binarization itself (sign, straight-through gradient, clamp).
     # CPU, a few steps (minutes on 2 cores)
     python benchmarks/bench_train.py --device cpu --batch-size 16 --steps 3 --warmup 1
     # one GPU: bf16 autocast + channels_last, eager and torch.compile, peak memory
-    python benchmarks/bench_train.py --device cuda --batch-size 256 --steps 50 --amp bf16 --channels-last --compile
+    python benchmarks/bench_train.py --device cuda --compile   # batch 256, 50 steps, bf16, channels_last
 
 Prints a table (or ``--json`` lines): images/s per variant, the BNN / float ratio, peak GPU memory.
 """
@@ -88,7 +88,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="timed steps (default: 50 on GPU, 3 on CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 10 on GPU, 1 on CPU)")
     p.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"), help="default: bf16 on GPU, none on CPU")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="default: on for GPU, off for CPU")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -103,6 +104,7 @@ def main() -> None:
     args.steps = args.steps or (50 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
     args.amp = args.amp or ("bf16" if gpu else "none")
+    args.channels_last = gpu if args.channels_last is None else args.channels_last
     if gpu:
         torch.backends.cudnn.benchmark = True
 

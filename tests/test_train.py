@@ -300,3 +300,12 @@ def test_ctrl_c_saves_and_tells_how_to_resume(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert load_checkpoint(run / "last.pt")["epoch"] == done + 1
+
+
+def test_grayscale_model_trains_and_records_one_channel(tmp_path):
+    cfg = resolve_config(overrides=dict(arch="resnete_tiny", data="builtin:shapes-mini", epochs=1, batch_size=40,
+                                        image_size=16, model={"in_channels": 1}))
+    result = train(cfg, tmp_path / "gray")
+    ckpt = load_checkpoint(tmp_path / "gray" / "best.pt")
+    assert not result.interrupted and ckpt["arch_kwargs"]["in_channels"] == 1
+    assert ckpt["preprocessing"]["channels"] == 1 and len(ckpt["preprocessing"]["mean"]) == 1
