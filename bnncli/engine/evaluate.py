@@ -51,8 +51,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
                     amp: str = "none", channels_last: bool = False) -> EvalModel:
-    """The ``MODEL`` argument of ``bnn eval``: a checkpoint file, or a run directory (its best.pt)."""
+    """The ``MODEL`` argument of ``bnn eval``: a checkpoint, a run directory (its best.pt), an ONNX
+    model or a packed model, told apart by content. ONNX runs on onnxruntime and packed models on
+    the NumPy runtime (both on CPU); checkpoints on ``device``."""
+    from bnncli.deploy.loader import open_model, sniff
+
     file = resolve_checkpoint(path)
+    if sniff(file) != "checkpoint":
+        return _deployed_eval_model(open_model(file))
     ckpt = load_checkpoint(file)
     device = torch.device(device)
     model = build_model(ckpt).to(device)
@@ -76,6 +82,22 @@ def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         arch=ckpt["arch"],
         device=device,
         info={"epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics")},
+    )
+
+
+def _deployed_eval_model(predictor) -> EvalModel:
+    """An ONNX or packed model (a :class:`bnncli.deploy.loader.Predictor`) as an EvalModel."""
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(predictor(x.detach().cpu().numpy()))
+
+    return EvalModel(
+        predict=predict,
+        class_names=predictor.class_names,
+        preprocessing=predictor.preprocessing,
+        source=str(predictor.path),
+        kind=predictor.kind,
+        arch=predictor.arch,
     )
 
 
