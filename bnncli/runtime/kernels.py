@@ -184,7 +184,8 @@ def _pad_planar(xbits: np.ndarray, padding, fill: np.ndarray) -> np.ndarray:
     return out
 
 
-def im2col_words(xbits: np.ndarray, kernel, stride, padding, dilation, fill: np.ndarray) -> tuple[np.ndarray, int, int]:
+def im2col_words(xbits: np.ndarray, kernel, stride, padding, dilation, fill: np.ndarray,
+                 pool: Executor | None = None, workers: int = 1) -> tuple[np.ndarray, int, int]:
     """Packed input ``[Wc, N, H, W]`` -> columns ``[kh * kw * Wc, N * Ho * Wo]`` (tap-major)."""
     wc, n, h, w = xbits.shape
     kh, kw = kernel
@@ -195,9 +196,16 @@ def im2col_words(xbits: np.ndarray, kernel, stride, padding, dilation, fill: np.
         return np.ascontiguousarray(view).reshape(wc, n * ho * wo), ho, wo
     xp = _pad_planar(xbits, padding, fill)
     cols = np.empty((kh, kw, wc, n, ho, wo), dtype=np.uint64)
-    for ky in range(kh):
-        for kx in range(kw):
-            cols[ky, kx] = tap_view(xp, ky, kx, stride, dilation, (ho, wo))
+
+    def fill_rows(kys) -> None:
+        for ky in kys:
+            for kx in range(kw):
+                cols[ky, kx] = tap_view(xp, ky, kx, stride, dilation, (ho, wo))
+
+    if pool is not None and workers > 1 and kh > 1 and cols.size > 1 << 15:
+        list(pool.map(fill_rows, [range(i, kh, workers) for i in range(workers)]))
+    else:
+        fill_rows(range(kh))
     return cols.reshape(kh * kw * wc, n * ho * wo), ho, wo
 
 
@@ -251,14 +259,17 @@ def _blocks(size: int, target: int, minimum: int = 1) -> list[tuple[int, int]]:
 
 def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride=(1, 1), padding=(0, 0),
                      dilation=(1, 1), pad_value: float = 0.0, *, pool: Executor | None = None, workers: int = 1,
-                     correction: Callable[[int, int], np.ndarray] | None = None,
-                     fill: np.ndarray | None = None) -> np.ndarray:
-    """The same result as :func:`binary_conv_reference`, as int32, by XNOR + popcount on columns.
+                     correction: Callable[[int, int], np.ndarray] | None = None, fill: np.ndarray | None = None,
+                     scale: np.ndarray | None = None, bias: np.ndarray | None = None,
+                     dtype=np.int32) -> np.ndarray:
+    """The same result as :func:`binary_conv_reference`, by XNOR + popcount on columns.
 
     The packed input is unrolled into columns (one per output position, ``kh * kw * Wc`` words
     each), and every output channel's packed weights are XOR-ed against them word by word. Work is
     split into blocks of output channels x output positions, run on ``pool`` when given: NumPy
     releases the GIL inside the XOR, popcount and add loops, so ``workers`` threads run at once.
+    Each block also finishes its part of the output: ``dot = n_bits - 2 * mismatches`` in
+    ``dtype`` (int32, or float32 for the runtime), then ``* scale + bias`` per output channel.
 
     Padded positions are filled with the +1 pattern for pad value +1 and with 0 (-1) otherwise;
     for pad value 0 the -1 that padding contributed, ``-sum_c w[o, c, tap]`` per padded tap, is
@@ -271,32 +282,45 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
         raise ValueError(f"input has {wc} words per position, weights {wcw}")
     if fill is None:
         fill = valid_bits_words(channels) if pad_value == 1 else np.zeros(wc, dtype=np.uint64)
-    cols, ho, wo = im2col_words(xbits, (kh, kw), stride, padding, dilation, fill)
+    cols, ho, wo = im2col_words(xbits, (kh, kw), stride, padding, dilation, fill, pool=pool, workers=workers)
     wcols = np.ascontiguousarray(wbits.reshape(cout, kh * kw * wc))
     kwords, p = cols.shape
-    acc = np.zeros((cout, p), dtype=np.uint16 if kwords * WORD_BITS < 2**16 else np.uint32)
+    acc_dtype = np.uint16 if kwords * WORD_BITS < 2**16 else np.uint32
+    n_bits = kh * kw * channels
+    offset = None  # per position, where pad value 0 needs a correction
+    if pad_value == 0 and (padding[0] or padding[1]):
+        corr = correction(h, w) if correction is not None else zero_pad_correction(wbits, channels, h, w, stride,
+                                                                                  padding, dilation)
+        offset = np.tile(corr + n_bits, (1, n)).astype(dtype)  # columns run over batch, then positions
+    out = np.empty((cout, p), dtype=dtype)
     workers = max(1, workers if pool is not None else 1)
     # Long column blocks keep NumPy's broadcast loops fast; output channels split across workers.
     row_blocks = _blocks(cout, -(-cout // workers), minimum=8)
     col_blocks = _blocks(p, _COLUMN_BLOCK, minimum=_COLUMN_BLOCK // 2)
     tasks = [(r, c) for r in row_blocks for c in col_blocks]
+    minus_two = np.asarray(-2, dtype=dtype)
 
     def run(task) -> None:
         (r0, r1), (c0, c1) = task
-        _popcount_columns(wcols[r0:r1], cols[:, c0:c1], acc[r0:r1, c0:c1])
+        acc = np.zeros((r1 - r0, c1 - c0), dtype=acc_dtype)
+        _popcount_columns(wcols[r0:r1], cols[:, c0:c1], acc)
+        block = out[r0:r1, c0:c1]
+        np.multiply(acc, minus_two, out=block)
+        if offset is None:
+            block += np.asarray(n_bits, dtype=dtype)
+        else:
+            block += offset[r0:r1, c0:c1]
+        if scale is not None:
+            block *= scale[r0:r1, None]
+        if bias is not None:
+            block += bias[r0:r1, None]
 
     if pool is None or len(tasks) == 1:
         for task in tasks:
             run(task)
     else:
         list(pool.map(run, tasks))
-    dot = (kh * kw * channels) - 2 * acc.astype(np.int32)
-    dot = dot.reshape(cout, n, ho * wo)
-    if pad_value == 0 and (padding[0] or padding[1]):
-        corr = correction(h, w) if correction is not None else zero_pad_correction(wbits, channels, h, w, stride,
-                                                                                  padding, dilation)
-        dot += corr[:, None, :]
-    return dot.reshape(cout, n, ho, wo)
+    return out.reshape(cout, n, ho, wo)
 
 
 def zero_pad_correction(wbits: np.ndarray, channels: int, h: int, w: int, stride, padding, dilation) -> np.ndarray:

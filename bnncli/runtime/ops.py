@@ -301,15 +301,10 @@ class BinaryConv(Op):
         if K.output_size(h, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]) < 1 or \
                 K.output_size(w, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]) < 1:
             self.fail(f"input {h}x{w} is too small")
-        dot = K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, self.padding, self.dilation,
-                                 self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
-                                 correction=self.correction, fill=self.fill)
-        y = dot.astype(np.float32)
-        if self.scale is not None:
-            y *= self.scale[:, None, None, None]
-        if self.bias is not None:
-            y += self.bias[:, None, None, None]
-        return y
+        return K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, self.padding, self.dilation,
+                                  self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
+                                  correction=self.correction, fill=self.fill, scale=self.scale, bias=self.bias,
+                                  dtype=np.float32)
 
 
 class _ChannelAffine(Op):
