@@ -260,7 +260,7 @@ def test_cli_trains_resumes_and_evaluates_an_image_folder(image_folder, tmp_path
     (["train", "--resume", "{empty}"], "no last.pt"),
     (["eval", "/no/such/run", "--data", "builtin:shapes-mini"], "model not found"),
     (["eval", "{empty}", "--data", "builtin:shapes-mini"], "holds no checkpoint"),
-    (["eval", "{bad_recipe}", "--data", "builtin:shapes-mini"], "not a readable bnncli checkpoint"),
+    (["eval", "{bad_recipe}", "--data", "builtin:shapes-mini"], "is not a bnncli checkpoint"),
     (["eval", "{empty}", "--data", "builtin:shapes-mini", "--min-top1", "60"], "fraction"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, capsys):
