@@ -181,7 +181,7 @@ def test_bad_recipes(tmp_path):
     with pytest.raises(UsageError, match="unknown key learning_rate"):
         load_recipe(bad)
     bad.write_text("epochs = 'ten'\n")
-    with pytest.raises(UsageError, match="epochs must be a int"):
+    with pytest.raises(UsageError, match="epochs must be an integer"):
         load_recipe(bad)
     bad.write_text("epochs = [\n")
     with pytest.raises(UsageError, match="not valid TOML"):

@@ -95,7 +95,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     else:
         ok = isinstance(value, _TYPES[kind])
     if not ok:
-        want = {"list": "a list of integers", "dict": "a table"}.get(kind, f"a {kind}")
+        want = {"list": "a list of integers", "dict": "a table", "int": "an integer", "float": "a number",
+                "str": "a string", "bool": "true or false"}[kind]
         raise UsageError(f"{where}: {key} must be {want}, not {value!r}")
     return float(value) if kind == "float" else value
 
