@@ -183,6 +183,12 @@ def test_bad_recipes(tmp_path):
     bad.write_text("epochs = 'ten'\n")
     with pytest.raises(UsageError, match="epochs must be an integer"):
         load_recipe(bad)
+    bad.write_text('arch = "resnete18"\n[model]\nclip_threshold = "high"\n')
+    with pytest.raises(UsageError, match="clip_threshold of resnete18 must be like 1.25"):
+        resolve_config(recipe=bad, overrides={"data": "d"})
+    bad.write_text('arch = "binarydensenet28"\n[model]\nbinary_downsample = true\n')
+    with pytest.raises(UsageError, match="has no option binary_downsample"):
+        resolve_config(recipe=bad, overrides={"data": "d"})
     bad.write_text("epochs = [\n")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_recipe(bad)

@@ -177,6 +177,26 @@ def validate(cfg: TrainConfig) -> None:
         raise UsageError(f"image size must be at least 8 pixels, not {cfg.image_size}")
     if cfg.workers is not None and cfg.workers < 0:
         raise UsageError(f"workers cannot be negative, not {cfg.workers}")
+    _check_model_options(cfg.arch, cfg.model)
+
+
+def _check_model_options(arch: str, options: dict[str, Any]) -> None:
+    """Model options must exist for ``arch`` and have the type of their default."""
+    from bnncli.models import model_options
+
+    defaults = model_options(arch)  # an unknown arch raises here, with close matches
+    for key, value in options.items():
+        if key not in defaults:
+            raise UsageError(f"model {arch!r} has no option {key}; its options: {', '.join(defaults)}")
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            raise UsageError(f"model option {key} of {arch} must be like {default!r}, not {value!r}")
 
 
 def parse_steps(text: str | None) -> list[int] | None:
