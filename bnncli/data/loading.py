@@ -119,7 +119,9 @@ class SampleDataset:
         if seed is None:
             return self.transform(img), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding with
+            # a stack trace on every call (slow, and a queue that grows for the whole run).
+            torch.default_generator.manual_seed(seed)
             return self.transform(img), label
 
 
