@@ -85,6 +85,17 @@ def test_fast_kernel_splits_work_into_blocks_exactly():
     assert np.array_equal(fast.transpose(1, 0, 2, 3), _torch_reference(x, weight, 1, 1, 1, 0.0))
 
 
+@pytest.mark.parametrize("pad_value", [0.0, 1.0])
+def test_fast_kernel_with_more_channels_than_positions(pad_value):
+    # Late stages at batch 1 (a few positions, hundreds of channels) loop channel-major.
+    x, weight, xbits, wbits = _case(130, 70, 3, 3, 4, seed=5)
+    args = (xbits, wbits, 130, (1, 1), (1, 1), (1, 1), pad_value)
+    for kw in ({}, {"pool": POOL, "workers": 2}):
+        fast = K.binary_conv_fast(*args, **kw)
+        assert np.array_equal(fast, K.binary_conv_reference(*args))
+        assert np.array_equal(fast.transpose(1, 0, 2, 3), _torch_reference(x, weight, 1, 1, 1, pad_value))
+
+
 def test_zero_pad_correction_is_the_border_only():
     _, _, _, wbits = _case(9, 4, 3, 5, 5, seed=2)
     corr = K.zero_pad_correction(wbits, 9, 5, 5, (1, 1), (1, 1), (1, 1)).reshape(4, 5, 5)

@@ -3,8 +3,9 @@
 The graph is lowered and folded (``bnncli.deploy.lower.fold``), binary weights are stored as
 bits in 32-bit words, convolution and linear weights and biases in ``float_dtype`` (float32 or
 float16; the first convolution, which reads the image, always float32), and the small
-per-channel vectors (BatchNorm affine, binarization thresholds, output scales) in float32. The bytes are decoded again and run by the NumPy runtime against PyTorch
-before anything is written.
+per-channel vectors (BatchNorm affine, binarization thresholds, output scales) in float32.
+The bytes are decoded again and run by the NumPy runtime against PyTorch before anything is
+written.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Each class validates its node (inputs, attributes, tensors, dtypes, shapes) when it is built, so
 a malformed artifact fails at load time with a message naming the node, and then computes in
 NumPy. Feature maps flow between ops in the layout ``[C, N, H, W]`` (channels first, then the
-batch): 1x1 convolutions and linear layers become one matrix product with a contiguous operand,
-concatenation along channels is a copy of whole blocks, and the binary kernels read whole
-channel planes. :class:`bnncli.runtime.model.Model` converts from and to PyTorch's NCHW at the edges.
+batch): 1x1 convolutions become one matrix product with a contiguous operand, the first C
+channels of a map are a contiguous prefix (so dense blocks concatenate in place), and the binary
+kernels read whole channel planes. :class:`bnncli.runtime.model.Model` converts from and to PyTorch's NCHW at the edges.
 """
 
 from __future__ import annotations
@@ -272,6 +272,7 @@ class BinaryConv(Op):
         self._corrections: dict[tuple[int, int], np.ndarray] = {}
 
     def correction(self, h: int, w: int) -> np.ndarray:
+        """What zero padding adds back per output channel and position, once per input size."""
         key = (h, w)
         if key not in self._corrections:
             self._corrections[key] = K.zero_pad_correction(self.wbits, self.cin, h, w, self.stride, self.padding,
