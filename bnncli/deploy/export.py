@@ -44,6 +44,8 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, sample
         raise ArtifactError(
             f"ONNX export of {checkpoint} disagrees with PyTorch: largest difference {parity.max_abs_diff:.3g} "
             f"({parity.max_rel_diff:.3g} relative, tolerance {tolerance:g}), top-1 equal on "
-            f"{parity.top1_agree}/{parity.samples} inputs; nothing written")
+            f"{parity.top1_agree}/{parity.samples} inputs; nothing written (in an untrained network with random "
+            f"BatchNorm statistics a last-bit float difference that flips one binarization can do this; see "
+            f"docs/deployment.md, Parity)")
     path = save_onnx(model, output)
     return ExportResult(path, path.stat().st_size, OPSET, parity)

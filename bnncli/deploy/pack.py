@@ -106,7 +106,9 @@ def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_d
         raise ArtifactError(
             f"the packed model of {checkpoint} disagrees with PyTorch: largest difference {parity.max_abs_diff:.3g} "
             f"({parity.max_rel_diff:.3g} relative, tolerance {tolerance:g}), top-1 equal on "
-            f"{parity.top1_agree}/{parity.samples} inputs; nothing written")
+            f"{parity.top1_agree}/{parity.samples} inputs; nothing written (in an untrained network with random "
+            f"BatchNorm statistics a last-bit float difference that flips one binarization can do this; see "
+            f"docs/deployment.md, Parity)")
     path = write_bytes(output, data)
     binary_params = sum(n.attrs["in_channels"] * n.attrs["out_channels"] * n.attrs["kernel_size"][0]
                         * n.attrs["kernel_size"][1] for n in graph.nodes if n.op == "BinaryConv")
