@@ -104,6 +104,8 @@ def test_default_model_is_bnn_model_else_the_newest_run(tmp_path, monkeypatch, c
     monkeypatch.setenv("BNN_MODEL", str(models["packed"]))
     assert main(["predict", image]) == 0
     assert "packed model" in capsys.readouterr().err
+    assert main(["predict", image, "--model", str(old)]) == 0  # a run directory: its best.pt
+    assert "runs/old/best.pt" in capsys.readouterr().err
 
 
 def test_imagenet_synsets_are_shown_as_names(tmp_path, image_folder, capsys):

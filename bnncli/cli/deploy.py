@@ -10,13 +10,17 @@ import typer
 
 from bnncli.cli.common import JsonOpt, err, info, out, print_json
 
-CheckpointArg = Annotated[Path, typer.Argument(help="A checkpoint written by `bnn train` (e.g. runs/NAME/best.pt).")]
+CheckpointArg = Annotated[Path, typer.Argument(
+    help="A checkpoint written by `bnn train` (runs/NAME/best.pt), or its run directory.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
                                          help="Random inputs the result is verified on against PyTorch.")]
 
 
 def _default_output(checkpoint: Path, suffix: str) -> Path:
-    return checkpoint.with_suffix(suffix)
+    """Next to the checkpoint, with ``suffix`` (runs/NAME/best.pt -> runs/NAME/best.onnx)."""
+    from bnncli.deploy.loader import _resolve
+
+    return _resolve(checkpoint).with_suffix(suffix)
 
 
 def export(

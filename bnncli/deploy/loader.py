@@ -100,13 +100,24 @@ class PackedPredictor(Predictor):
         return self.runtime(x)
 
 
+def _resolve(path: str | os.PathLike) -> Path:
+    """A run directory stands for its best.pt, else last.pt (torch-free copy of
+    ``bnncli.deploy.source.resolve_model_path``)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+    return path
+
+
 def sniff(path: str | os.PathLike) -> str:
     """``checkpoint``, ``onnx`` or ``packed`` from the first bytes; ArtifactError when none fits."""
-    path = Path(path)
+    path = _resolve(path)
     if not path.exists():
         raise ArtifactError(f"model not found: {path}")
     if not path.is_file():
-        raise ArtifactError(f"{path} is not a file")
+        raise ArtifactError(f"{path} is not a model file (nor a run directory with best.pt or last.pt)")
     with open(path, "rb") as f:
         head = f.read(16)
     if not head:
@@ -119,11 +130,12 @@ def sniff(path: str | os.PathLike) -> str:
 
 
 def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """Open a checkpoint, ONNX model or packed model, told apart by content.
+    """Open a checkpoint, ONNX model or packed model, told apart by content (a run directory
+    stands for its best.pt).
 
     ``threads`` limits onnxruntime's and the packed runtime's threads (default: all CPUs).
     """
-    path = Path(path)
+    path = _resolve(path)
     kind = sniff(path)
     if kind == "checkpoint":
         return CheckpointPredictor(path)

@@ -34,6 +34,10 @@ class Source:
 
 
 def open_checkpoint(path: str | os.PathLike) -> Source:
+    """A checkpoint file, or a run directory (its best.pt), opened for deployment."""
+    from bnncli.deploy.loader import _resolve
+
+    path = _resolve(path)
     model, ckpt = load_model(path)
     meta = {k: ckpt[k] for k in ("arch", "arch_kwargs", "class_names", "preprocessing")}
     meta["arch_kwargs"] = dict(meta["arch_kwargs"])
