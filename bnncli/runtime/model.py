@@ -69,8 +69,9 @@ class Model:
             op.growth = growth
 
     def _input_channels(self) -> int | None:
+        """Channels the first convolution reading the graph input expects (checked on every call)."""
         for op in self.ops:
-            if graph_input_reader(op, self.graph.inputs[0]) and isinstance(op, (Conv, BinaryConv)):
+            if self.graph.inputs[0] in op.node.inputs and isinstance(op, (Conv, BinaryConv)):
                 return op.cin
         return None
 
@@ -121,6 +122,3 @@ class Model:
             return {k: _to_public(v) for k, v in values.items()}
         return {k: _to_public(values[k]) for k in self.graph.outputs}
 
-
-def graph_input_reader(op: Op, name: str) -> bool:
-    return name in op.node.inputs
