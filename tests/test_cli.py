@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from test_models import ZOO
 
 from bnncli.cli.app import main
-from test_models import ZOO
 
 SUBCOMMANDS = ("train", "eval", "export", "pack", "predict", "models")
 

@@ -141,7 +141,8 @@ def train(
 
 
 def evaluate(
-    model: Annotated[Path, typer.Argument(help="A checkpoint (.pt), or a run directory (its best.pt).")],
+    model: Annotated[Path, typer.Argument(
+        help="A checkpoint, a run directory (its best.pt), an ONNX file or a packed file; told apart by content.")],
     data: Annotated[str, typer.Option(
         "--data", "-d", help="A split folder (DIR/<class>/*), a dataset root (its val split), or builtin:shapes.")],
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,

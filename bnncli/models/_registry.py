@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
