@@ -29,6 +29,8 @@ FILE_WORD_BITS = 32  # the packed file's word
 # Output positions per block of the fast kernel: NumPy's broadcast XOR runs about twice as fast
 # on rows of a few thousand words as on short ones, and the temporaries still fit in L2.
 _COLUMN_BLOCK = 4096
+# Output positions x channels below which the fast kernel stays on one thread (per worker).
+_PARALLEL_MIN_WORDS_PER_WORD_ROW = 65536
 
 
 def n_words(channels: int, word_bits: int = WORD_BITS) -> int:
@@ -202,7 +204,7 @@ def im2col_words(xbits: np.ndarray, kernel, stride, padding, dilation, fill: np.
             for kx in range(kw):
                 cols[ky, kx] = tap_view(xp, ky, kx, stride, dilation, (ho, wo))
 
-    if pool is not None and workers > 1 and kh > 1 and cols.size > 1 << 15:
+    if pool is not None and workers > 1 and kh > 1 and cols.size >= 1 << 18:
         list(pool.map(fill_rows, [range(i, kh, workers) for i in range(workers)]))
     else:
         fill_rows(range(kh))
@@ -310,6 +312,10 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
         add = np.full((cout, 1), n_bits, dtype=dtype)
     minus_two = np.asarray(-2, dtype=dtype)
     out = np.empty((cout, p), dtype=dtype)
+    # Threads pay off only on large blocks: every NumPy call hands the GIL over twice, which costs
+    # about as much as a call on a few tens of thousands of words.
+    if cout * p < _PARALLEL_MIN_WORDS_PER_WORD_ROW * workers:
+        workers = 1
     workers = max(1, workers if pool is not None else 1)
     # The XOR loop runs along the longer of output positions and output channels: few positions
     # (late stages at batch 1: 49 in a 7x7 map) against many channels go channel-major.

@@ -21,6 +21,10 @@ from bnncli.runtime import blas
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Node
 
+# Work below this many elements runs on the calling thread: each NumPy call hands the GIL over
+# twice, and on small arrays that costs more than a second core saves.
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
 
 class Context:
     """What ops share at run time: the thread pool, and how matrix products are threaded."""
@@ -40,7 +44,7 @@ class Context:
         """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps."""
         out = np.empty(out_shape, dtype=np.float32)
         c = x.shape[0]
-        if self.pool is None or x.size < 1 << 16 or c < 2:
+        if self.pool is None or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
             fn(x, out, 0, c)
             return out
         edges = [round(i * c / self.threads) for i in range(self.threads + 1)]
@@ -50,7 +54,7 @@ class Context:
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a @ b`` (float32), rows of the result split across the pool when worth it."""
         rows = a.shape[0]
-        if not self.split_products or rows < 16 or rows * b.shape[1] < 1 << 16:
+        if not self.split_products or rows < 16 or rows * b.shape[1] < PARALLEL_MIN_ELEMENTS:
             return a @ b
         out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
         edges = [round(i * rows / self.threads) for i in range(self.threads + 1)]
@@ -203,7 +207,7 @@ class Conv(Op):
                     x0, rx = divmod(kx * dw, sw)
                     cols[:, ky, kx] = phases[(ry, rx)][:, :, y0:y0 + ho, x0:x0 + wo]
 
-        if self.ctx.pool is not None and kh > 1:
+        if self.ctx.pool is not None and kh > 1 and cols.size >= PARALLEL_MIN_ELEMENTS:
             list(self.ctx.pool.map(fill, [range(i, kh, self.ctx.threads) for i in range(self.ctx.threads)]))
         else:
             fill(range(kh))
@@ -284,7 +288,7 @@ class BinaryConv(Op):
         c, n, h, w = x.shape
         flat = x.reshape(c, n * h * w)
         p = flat.shape[1]
-        if self.ctx.pool is None or p < 2048:
+        if self.ctx.pool is None or c * p < PARALLEL_MIN_ELEMENTS:
             return K.pack_planar(K.sign_bits(flat, self.threshold, self.negate)).reshape(-1, n, h, w)
         words = np.empty((K.n_words(c), p), dtype=np.uint64)
         edges = [round(i * p / self.ctx.threads) for i in range(self.ctx.threads + 1)]
