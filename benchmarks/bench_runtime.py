@@ -74,6 +74,20 @@ def worker(engine: str, path: str, batch: int, repeats: int, threads: int) -> di
             "peak_rss_mib": _status_kib("VmHWM") / 1024, "model_peak_mib": (_status_kib("VmHWM") - base) / 1024}
 
 
+def cpu_capacity() -> float:
+    """How many CPUs a pure-Python loop gets right now (2.0 on an idle 2-core machine): two
+    copies run at once against one alone. Shared machines vary; the figure is printed with the
+    results so they can be read in context."""
+    code = "import time\nt=time.perf_counter()\nfor i in range(3_000_000): pass\nprint(time.perf_counter()-t)"
+
+    def run(n: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(n)]
+        return max(float(p.communicate()[0]) for p in procs)
+
+    alone = run(1)
+    return round(2 * alone / run(2), 2)
+
+
 def _measure(engine: str, path: Path, batch: int, repeats: int, threads: int) -> dict:
     here = str(Path(__file__).parent)
     code = (f"import json, sys; sys.path.insert(0, {here!r}); from bench_runtime import worker; "
@@ -165,7 +179,8 @@ def main() -> None:
     results = {"machine": {"cpus": cpus, "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version(), "numpy": np.__version__,
                            "onnxruntime": __import__("onnxruntime").__version__, "threads": args.threads,
-                           "load_average_before": os.getloadavg()}, "models": {}}
+                           "cpu_capacity_before": cpu_capacity()}, "models": {}}
+    print(f"CPU capacity now: {results['machine']['cpu_capacity_before']} of {cpus} CPUs", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             packed, onnx_path, model = _build(name, args.size, Path(tmp))
@@ -195,7 +210,8 @@ def main() -> None:
                 print(f"{name} parity vs PyTorch at {args.size}: random weights {entry['parity_random_weights']}; "
                       f"exact weights {entry['parity_exact_weights']}", flush=True)
             results["models"][name] = entry
-    results["machine"]["load_average_after"] = os.getloadavg()
+    results["machine"]["cpu_capacity_after"] = cpu_capacity()
+    print(f"CPU capacity now: {results['machine']['cpu_capacity_after']} of {cpus} CPUs", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
