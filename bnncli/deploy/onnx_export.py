@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bnncli import __version__
 from bnncli.errors import ArtifactError
+from bnncli.fileio import write_bytes
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Graph, Node
 
@@ -231,19 +231,7 @@ def read_metadata(model: onnx.ModelProto, source: str = "model") -> dict[str, An
 
 def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, model.SerializeToString())
 
 
 def ort_session(model_or_path, threads: int | None = None):

@@ -22,7 +22,8 @@ from bnncli.deploy.lower import fold
 from bnncli.deploy.onnx_export import Parity, compare, sample_inputs
 from bnncli.deploy.source import open_checkpoint
 from bnncli.errors import ArtifactError, UsageError
-from bnncli.runtime.format import FLOAT_DTYPES, PREAMBLE_SIZE, decode, encode, write_bytes
+from bnncli.fileio import write_bytes
+from bnncli.runtime.format import FLOAT_DTYPES, PREAMBLE_SIZE, decode, encode
 from bnncli.runtime.graph import Graph
 from bnncli.runtime.model import Model
 

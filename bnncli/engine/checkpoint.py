@@ -10,7 +10,6 @@ Required keys: ``format``, ``format_version``, ``arch``, ``arch_kwargs``, ``clas
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from bnncli import __version__
 from bnncli.errors import ArtifactError, BnnError
+from bnncli.fileio import atomic_open
 
 FORMAT = "bnncli-checkpoint"
 FORMAT_VERSION = 1
@@ -48,38 +48,11 @@ def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: di
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
-    """Write atomically: a temp file in the same folder, fsync, then rename over ``path``.
-
-    A kill at any instant leaves either the old file or the new one, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write atomically (:func:`bnncli.fileio.atomic_open`): a kill at any instant leaves either
+    the old file or the new one, never a partial file."""
+    with atomic_open(path) as f:
+        torch.save(checkpoint, f)
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from bnncli.errors import ArtifactError
+from bnncli.fileio import write_bytes
 from bnncli.runtime.graph import Graph, Node
 
 MAGIC = b"\x89BNN\r\n\x1a\n"
@@ -104,23 +104,6 @@ def encode(graph: Graph, meta: dict[str, Any]) -> bytes:
 def write_packed(path: str | os.PathLike, graph: Graph, meta: dict[str, Any]) -> Path:
     """Encode and write atomically; returns the path."""
     return write_bytes(path, encode(graph, meta))
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def is_packed(prefix: bytes) -> bool:
