@@ -125,3 +125,34 @@ def test_grayscale_input_and_bad_common_options():
     assert create_model("resnete_tiny", in_channels=1)(torch.randn(1, 1, 16, 16)).shape == (1, 10)
     with pytest.raises(UsageError):
         create_model("resnete_tiny", num_classes=0)
+
+
+@pytest.mark.parametrize("name", ["binarydensenet_tiny", "resnete_tiny", "birealnet_tiny"])
+def test_float_weights_option_reaches_every_full_precision_layer(name):
+    from bnncli.nn import FloatConv2d, FloatLinear, is_float_layer
+
+    default = create_model(name)
+    assert default.bnn_kwargs["float_weights"] == "float16" and model_options(name)["float_weights"] == "float16"
+    floats = [m for m in default.modules() if is_float_layer(m)]
+    # Every nn.Conv2d / nn.Linear of a registry model is a float layer that follows the option.
+    plain = [m for m in default.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert floats and len(floats) == len(plain)
+    assert all(isinstance(m, (FloatConv2d, FloatLinear)) and m.float_weights == "float16" for m in floats)
+    fp32 = create_model(name, float_weights="float32")
+    assert all(m.float_weights == "float32" for m in fp32.modules() if is_float_layer(m))
+    with pytest.raises(UsageError, match="float weights must be one of"):
+        create_model(name, float_weights="int8")
+
+
+def test_checkpoints_without_float_weights_rebuild_with_float32_layers():
+    """Checkpoints written before the option existed were trained with plain float32 layers."""
+    from bnncli.engine.checkpoint import build_model
+    from bnncli.nn import is_float_layer
+
+    model = create_model("resnete_tiny", float_weights="float32")
+    kwargs = {k: v for k, v in model.bnn_kwargs.items() if k != "float_weights"}
+    ckpt = {"arch": "resnete_tiny", "arch_kwargs": kwargs, "model": model.state_dict()}
+    rebuilt = build_model(ckpt)
+    assert all(m.float_weights == "float32" for m in rebuilt.modules() if is_float_layer(m))
+    ckpt["arch_kwargs"] = {**kwargs, "float_weights": "float16"}
+    assert all(m.float_weights == "float16" for m in build_model(ckpt).modules() if is_float_layer(m))

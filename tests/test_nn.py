@@ -5,7 +5,17 @@ import torch
 import torch.nn.functional as F
 
 from bnncli.errors import UsageError
-from bnncli.nn import BinaryConv2d, approx_sign, binary_sign, clamp_latent_weights, ste_sign
+from bnncli.nn import (
+    BinaryConv2d,
+    FloatConv2d,
+    FloatLinear,
+    approx_sign,
+    binary_sign,
+    clamp_latent_weights,
+    round_to_float16,
+    set_float_weights,
+    ste_sign,
+)
 
 
 def test_sign_of_exact_zero_is_plus_one():
@@ -123,3 +133,29 @@ def test_binary_conv_runs_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
     assert torch.equal(y.float(), layer(x))  # +-1 sums are exact in bf16 at this fan-in
+
+
+def test_round_to_float16_is_exact_and_passes_gradients_straight_through():
+    w = torch.tensor([0.1, -1e-7, 3.0e-5, 1.0 / 3, 1e6, -1e6], requires_grad=True)
+    r = round_to_float16(w)
+    expected = w.detach().clamp(-65504, 65504).half().float()
+    assert torch.equal(r, expected)  # nearest float16 value, saturated, bit for bit
+    assert torch.equal(r.half().float(), r)  # representable: storing it as float16 loses nothing
+    r.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_float_layers_compute_with_float16_valued_weights_only_when_asked():
+    torch.manual_seed(0)
+    conv, fc = FloatConv2d(3, 4, 3, padding=1, bias=True), FloatLinear(5, 2)
+    x, v = torch.randn(2, 3, 6, 6), torch.randn(2, 5)
+    model = torch.nn.ModuleList([conv, fc])
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))  # float32 by default
+    assert set_float_weights(model, "float16") == 2
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight.half().float(), conv.bias.half().float(), padding=1))
+    assert torch.equal(fc(v), F.linear(v, fc.weight.half().float(), fc.bias.half().float()))
+    assert not torch.equal(conv.weight.detach(), conv.weight.detach().half().float())  # the latent stays float32
+    fc(v).sum().backward()
+    assert torch.allclose(fc.weight.grad, torch.ones(2, 1) * v.sum(0))
+    with pytest.raises(UsageError, match="float weights must be one of"):
+        set_float_weights(model, "bfloat16")

@@ -9,6 +9,7 @@ from conftest import write_checkpoint
 
 from bnncli.cli.app import main
 from bnncli.deploy.pack import pack_model
+from bnncli.engine.checkpoint import load_model
 from bnncli.errors import ArtifactError
 from bnncli.runtime import format as fmt
 from bnncli.runtime import load
@@ -39,42 +40,58 @@ def test_binarydensenet28_fits_the_size_bound(tmp_path, bdn28_checkpoint, float_
         # folded BatchNorms take no more room than their gammas and betas.
         assert size - result.sizes["header"] <= bound
     else:
-        # float16 keeps the per-channel vectors (thresholds, BatchNorm affines) and the first
-        # convolution (7x7x3x64 = 9,408 weights) in float32; everything else at 16 bits.
-        extra = result.sizes["per_channel"] // 2 + 2 * 9_408
-        assert size - result.sizes["header"] - extra <= bound
+        # float16 keeps the per-channel vectors (thresholds, BatchNorm affines) in float32 and
+        # everything else at 16 bits, the first convolution included: the model computes with
+        # float16-valued weights (float_weights=float16), so nothing is rounded.
+        assert result.lossless and result.rounded == []
+        assert size - result.sizes["header"] - result.sizes["per_channel"] // 2 <= bound
     assert result.sizes["header"] < 20_000
     if float_dtype == "float32":
         assert result.parity.max_rel_diff <= 1e-3 and result.parity.top1_agree == 1
 
 
-def test_float16_stores_half_precision_and_loses_nothing_on_representable_weights(tmp_path):
-    """Weights rounded to float16 beforehand: the float16 file computes what the float32 one does."""
-    from bnncli.engine.checkpoint import load_checkpoint, save_checkpoint
-
+def test_float16_is_lossless_for_a_model_with_float16_valued_weights(tmp_path):
+    """The default float_weights=float16: the float16 file stores exactly what the model computes with."""
     path = write_checkpoint(tmp_path / "t.pt", "resnete_tiny", seed=4)
-    ckpt = load_checkpoint(path)
-    ckpt["model"] = {k: (v.half().float() if v.is_floating_point() and "bn" not in k else v)
-                     for k, v in ckpt["model"].items()}
-    save_checkpoint(path, ckpt)
     r32 = pack_model(path, tmp_path / "a.bnn", "float32")
     r16 = pack_model(path, tmp_path / "b.bnn", "float16")
-    assert r16.bytes < r32.bytes
+    assert r16.bytes < r32.bytes and r16.lossless
     graph, meta = fmt.read_packed(tmp_path / "b.bnn")
     assert meta["float_dtype"] == "float16"
-    stored = {(n.op, role): graph.tensors[t].dtype for n in graph.nodes for role, t in n.params.items()}
-    assert stored[("Conv", "weight")] == np.float16 and stored[("Linear", "weight")] == np.float16
-    assert stored[("BinaryConv", "weight")] == np.uint32 and stored[("BinaryConv", "out_bias")] == np.float32
+    stored = {(n.op, role, n.inputs[0] == "input"): graph.tensors[t].dtype
+              for n in graph.nodes for role, t in n.params.items()}
+    assert stored[("Conv", "weight", True)] == np.float16  # the first convolution too
+    assert stored[("Conv", "weight", False)] == np.float16 and stored[("Linear", "weight", False)] == np.float16
+    assert stored[("BinaryConv", "weight", False)] == np.uint32
+    assert stored[("BinaryConv", "out_bias", False)] == np.float32
+    # The stored float16 values are the model's own: the deployed weights of every float layer.
+    model, _ = load_model(path)
+    first = [t for n in graph.nodes if n.op == "Conv" and n.inputs[0] == "input" for r, t in n.params.items()
+             if r == "weight"][0]
+    assert np.array_equal(graph.tensors[first].astype(np.float32), model.stem[0].deployed(model.stem[0].weight)
+                          .detach().numpy())
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     a, b = load(tmp_path / "a.bnn")(x), load(tmp_path / "b.bnn")(x)
     assert np.allclose(a, b, rtol=1e-5, atol=1e-5) and (a.argmax(1) == b.argmax(1)).all()
     assert r16.parity.max_rel_diff <= 1e-3
 
 
+def test_float16_rounds_a_model_with_float32_weights_and_says_so(tmp_path, capsys):
+    path = write_checkpoint(tmp_path / "t.pt", "resnete_tiny", seed=4, float_weights="float32")
+    r16 = pack_model(path, tmp_path / "b.bnn", "float16")
+    assert not r16.lossless and r16.rounded
+    graph, _ = fmt.read_packed(tmp_path / "b.bnn")
+    first = [n for n in graph.nodes if n.op == "Conv" and n.inputs[0] == "input"][0]
+    assert graph.tensors[first.params["weight"]].dtype == np.float32  # the first conv is not rounded
+    assert first.params["weight"] not in r16.rounded
+    assert main(["pack", str(path), "-o", str(tmp_path / "c.bnn"), "--float-dtype", "float16"]) == 0
+    assert "float16 rounded" in capsys.readouterr().out
+
+
 def test_float16_overflow_is_refused(tmp_path):
     from bnncli.engine.checkpoint import load_checkpoint, save_checkpoint
 
-    path = write_checkpoint(tmp_path / "big.pt", "resnete_tiny")
+    path = write_checkpoint(tmp_path / "big.pt", "resnete_tiny", float_weights="float32")
     ckpt = load_checkpoint(path)
     ckpt["model"]["fc.weight"][0, 0] = 1e6
     save_checkpoint(path, ckpt)

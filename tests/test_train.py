@@ -219,8 +219,14 @@ def test_cli_trains_resumes_and_evaluates_an_image_folder(image_folder, tmp_path
     code, _, err = bnn(capsys, "train", "--resume", run, "--lr", "0.1")
     assert code == 2 and "cannot change lr" in err
 
+    # A run begun before the float_weights option existed resumes with the float32 layers it had.
+    assert load_checkpoint(run / "last.pt")["arch_kwargs"]["float_weights"] == "float16"  # the default
+    legacy = load_checkpoint(run / "last.pt")
+    del legacy["arch_kwargs"]["float_weights"]
+    save_checkpoint(run / "last.pt", legacy)
     code, out, err = bnn(capsys, "train", "--resume", run, "--epochs", "3", "--json")
     assert code == 0, err
+    assert load_checkpoint(run / "last.pt")["arch_kwargs"]["float_weights"] == "float32"
     summary = json.loads(out)
     assert summary["epochs_done"] == 3 and not summary["interrupted"] and summary["last"]["epoch"] == 3
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
@@ -263,6 +269,8 @@ def test_cli_trains_resumes_and_evaluates_an_image_folder(image_folder, tmp_path
     (["train", "-a", "binarydensenet_tiny", "-d", "builtin:shapes-mini", "--optimizer", "lamb"], "unknown optimizer"),
     (["train", "-a", "binarydensenet_tiny", "-d", "builtin:shapes-mini", "--scaling", "abc"], "unknown scaling"),
     (["train", "-a", "binarydensenet_tiny", "-d", "builtin:nope"], "unknown built-in dataset"),
+    (["train", "-a", "binarydensenet_tiny", "-d", "builtin:shapes-mini", "--float-weights", "bf16"],
+     "float weights must be one of"),
     (["train", "--resume", "{empty}"], "no last.pt"),
     (["eval", "/no/such/run", "--data", "builtin:shapes-mini"], "model not found"),
     (["eval", "{empty}", "--data", "builtin:shapes-mini"], "holds no checkpoint"),

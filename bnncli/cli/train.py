@@ -52,6 +52,9 @@ def train(
     binary_downsample: Annotated[bool | None, typer.Option(
         "--binary-downsample/--fp-downsample", help="ResNetE shortcut convs binary (ablation) or full precision.")
     ] = None,
+    float_weights: Annotated[str | None, typer.Option(
+        "--float-weights", help="float16: the full-precision layers compute with float16-valued weights, so "
+        "`bnn pack --float-dtype float16` is lossless; float32: plain float layers [default: float16].")] = None,
     image_size: Annotated[int | None, typer.Option(
         "--image-size", min=8, help="Training crop [default: 32 for builtin:shapes, else 224].")] = None,
     preset: Annotated[str | None, typer.Option(
@@ -82,7 +85,7 @@ def train(
 
     model_options = {"clip_threshold": clip_threshold, "scaling": scaling, "activation_gradient": activation_gradient,
                      "weight_gradient": weight_gradient, "pad_value": pad_value,
-                     "binary_downsample": binary_downsample}
+                     "binary_downsample": binary_downsample, "float_weights": float_weights}
     overrides: dict[str, Any] = {
         "arch": arch, "data": data, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
         "weight_decay": weight_decay, "schedule": schedule, "steps": parse_steps(steps), "factor": factor,

@@ -25,7 +25,7 @@ import torch
 from torch import fx, nn
 
 from bnncli.errors import ArtifactError
-from bnncli.nn import BinaryConv2d
+from bnncli.nn import BinaryConv2d, is_float_layer
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Graph, Node
 from bnncli.runtime.ops import batchnorm_affine
@@ -36,11 +36,17 @@ SUPPORTED = ("Conv2d (groups 1, zero padding)", "BinaryConv2d", "BatchNorm2d", "
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, BinaryConv2d) or super().is_leaf_module(m, qualname)
+        return isinstance(m, BinaryConv2d) or is_float_layer(m) or super().is_leaf_module(m, qualname)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().to(torch.float32).numpy().copy()
+
+
+def _param(m: nn.Module, name: str) -> np.ndarray:
+    """A float layer's parameter as the layer computes with it (float16-valued weights rounded)."""
+    t = getattr(m, name)
+    return _np(m.deployed(t) if is_float_layer(m) else t)
 
 
 def _pair(v) -> list[int]:
@@ -137,9 +143,9 @@ def _lower_module(m: nn.Module, n: fx.Node, x: str, add, alias: dict[str, str]) 
     elif isinstance(m, nn.Conv2d):
         if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
             raise ArtifactError(f"{n.target}: only convolutions with groups=1 and numeric zero padding export")
-        params = {"weight": _np(m.weight)}
+        params = {"weight": _param(m, "weight")}
         if m.bias is not None:
-            params["bias"] = _np(m.bias)
+            params["bias"] = _param(m, "bias")
         add("Conv", n, [x], {"stride": _pair(m.stride), "padding": _pair(m.padding),
                              "dilation": _pair(m.dilation)}, params)
     elif isinstance(m, nn.BatchNorm2d):
@@ -172,9 +178,9 @@ def _lower_module(m: nn.Module, n: fx.Node, x: str, add, alias: dict[str, str]) 
             raise ArtifactError(f"{n.target}: only Flatten(1) exports")
         add("Flatten", n, [x])
     elif isinstance(m, nn.Linear):
-        params = {"weight": _np(m.weight)}
+        params = {"weight": _param(m, "weight")}
         if m.bias is not None:
-            params["bias"] = _np(m.bias)
+            params["bias"] = _param(m, "bias")
         add("Linear", n, [x], {}, params)
     elif isinstance(m, nn.Identity):
         alias[n.name] = x

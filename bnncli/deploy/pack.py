@@ -2,10 +2,10 @@
 
 The graph is lowered and folded (``bnncli.deploy.lower.fold``), binary weights are stored as
 bits in 32-bit words, convolution and linear weights and biases in ``float_dtype`` (float32 or
-float16; the first convolution, which reads the image, always float32), and the small
-per-channel vectors (BatchNorm affine, binarization thresholds, output scales) in float32.
-The bytes are decoded again and run by the NumPy runtime against PyTorch before anything is
-written.
+float16; the first convolution, which reads the image, stays float32 unless its weights are
+float16 values already), and the small per-channel vectors (BatchNorm affine, binarization
+thresholds, output scales) in float32. The bytes are decoded again and run by the NumPy runtime
+against PyTorch before anything is written.
 """
 
 from __future__ import annotations
@@ -32,27 +32,44 @@ TOLERANCE = 1e-3
 FLOAT_WEIGHTS = {("Conv", "weight"), ("Conv", "bias"), ("Linear", "weight"), ("Linear", "bias")}
 
 
+def exact_in_float16(array: np.ndarray) -> bool:
+    """True when every value of ``array`` is a float16 value (float16 storage then loses nothing)."""
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(array.astype(np.float16).astype(array.dtype), array))
+
+
 def packed_graph(graph: Graph, float_dtype: str = "float32") -> Graph:
     """Fold ``graph`` and give every tensor its stored dtype."""
     if float_dtype not in FLOAT_DTYPES:
         raise UsageError(f"float dtype must be one of {', '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
     # float16: a BatchNorm after a float conv stays a float32 Affine, so the stored weights are the
-    # trained ones rounded once (folding would round weight * scale instead).
+    # trained ones (float16 values already, for models trained with float_weights=float16) rather
+    # than weight * scale, which would need rounding.
     g = fold(graph, into_float_convs=float_dtype == "float32")
     for node in g.nodes:
         # The first convolution sees the pixels and feeds the first binarizations: rounding its
         # weights to float16 flips far more decisions downstream than any other layer, for 1%
-        # of the float weights (BinaryDenseNet28: 9,408). It stays float32.
+        # of the float weights (BinaryDenseNet28: 9,408). Unless its weights are float16 values
+        # already, it stays float32.
         first = node.op == "Conv" and set(node.inputs) & set(g.inputs)
         for role, name in node.params.items():
             array = g.tensors[name]
-            if (node.op, role) in FLOAT_WEIGHTS and not first:
-                if float_dtype == "float16" and np.abs(array).max(initial=0) > np.finfo(np.float16).max:
+            if (node.op, role) in FLOAT_WEIGHTS and float_dtype == "float16" and \
+                    not (first and not exact_in_float16(array)):
+                if np.abs(array).max(initial=0) > np.finfo(np.float16).max:
                     raise ArtifactError(f"{node.name}.{role} exceeds the float16 range; pack with float32")
-                g.tensors[name] = array.astype(float_dtype)
+                g.tensors[name] = array.astype(np.float16)
             elif array.dtype.kind == "f":
                 g.tensors[name] = array.astype(np.float32)
     return g
+
+
+def rounded_tensors(graph: Graph, float_dtype: str = "float16") -> list[str]:
+    """The tensors whose stored values differ from ``graph``'s when packed in ``float_dtype``."""
+    packed = packed_graph(graph, float_dtype)
+    folded = fold(graph, into_float_convs=float_dtype == "float32")
+    return [name for name, t in packed.tensors.items()
+            if t.dtype == np.float16 and not np.array_equal(t.astype(np.float32), folded.tensors[name])]
 
 
 @dataclass
@@ -64,10 +81,17 @@ class PackResult:
     binary_params: int
     parity: Parity
     ops: dict[str, int] = field(default_factory=dict)
+    # float16 only: float weights that float16 storage rounded (none for a float_weights=float16 model).
+    rounded: list[str] = field(default_factory=list)
+
+    @property
+    def lossless(self) -> bool:
+        return not self.rounded
 
     def as_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "bytes": self.bytes, "float_dtype": self.float_dtype, "sizes": self.sizes,
-                "binary_params": self.binary_params, "ops": self.ops, "verification": self.parity.as_dict()}
+                "binary_params": self.binary_params, "ops": self.ops, "lossless": self.lossless,
+                "rounded_tensors": self.rounded, "verification": self.parity.as_dict()}
 
 
 def size_breakdown(graph: Graph, data: bytes) -> dict[str, int]:
@@ -91,19 +115,23 @@ def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_d
                samples: int = 4, tolerance: float = TOLERANCE) -> PackResult:
     """Pack ``checkpoint`` into ``output``.
 
-    The written bytes are decoded and run first; with float32 a relative logit difference above
-    ``tolerance`` or a different top-1 raises ArtifactError and nothing is written. With float16
-    the differences are reported, not enforced.
+    The written bytes are decoded and run first; a relative logit difference above ``tolerance``
+    or a different top-1 raises ArtifactError and nothing is written. That holds for float32 and
+    for a float16 file that stores every weight unchanged (a model trained with float16-valued
+    float weights); when float16 storage rounds weights (a model trained with float32 float
+    weights), the differences are reported, not enforced, and ``rounded`` names those tensors.
     """
     src = open_checkpoint(checkpoint)
-    graph = packed_graph(src.graph(), float_dtype)
+    lowered = src.graph()
+    graph = packed_graph(lowered, float_dtype)
+    rounded = rounded_tensors(lowered) if float_dtype == "float16" else []
     meta = {**src.meta, "float_dtype": float_dtype, "producer": f"bnncli {__version__}"}
     data = encode(graph, meta)
     decoded, decoded_meta = decode(data, str(output))
     runtime = Model(decoded, decoded_meta)
     x = sample_inputs(src.meta["preprocessing"], samples)
     parity = compare(src.logits(x), runtime(x))
-    if float_dtype == "float32" and (not parity.max_rel_diff <= tolerance or parity.top1_agree != parity.samples):
+    if not rounded and (not parity.max_rel_diff <= tolerance or parity.top1_agree != parity.samples):
         raise ArtifactError(
             f"the packed model of {checkpoint} disagrees with PyTorch: largest difference {parity.max_abs_diff:.3g} "
             f"({parity.max_rel_diff:.3g} relative, tolerance {tolerance:g}), top-1 equal on "
@@ -114,4 +142,4 @@ def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_d
     binary_params = sum(n.attrs["in_channels"] * n.attrs["out_channels"] * n.attrs["kernel_size"][0]
                         * n.attrs["kernel_size"][1] for n in graph.nodes if n.op == "BinaryConv")
     return PackResult(path, len(data), float_dtype, size_breakdown(graph, data), binary_params, parity,
-                      graph.op_counts())
+                      graph.op_counts(), rounded)

@@ -80,10 +80,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the registry model a checkpoint describes, with its weights, in eval mode."""
-    from bnncli.models import create_model
+    from bnncli.models import LEGACY_OPTIONS, create_model
 
     try:
-        model = create_model(ckpt["arch"], **ckpt["arch_kwargs"])
+        model = create_model(ckpt["arch"], **{**LEGACY_OPTIONS, **ckpt["arch_kwargs"]})
         model.load_state_dict(ckpt["model"])
     except BnnError:
         raise

@@ -53,7 +53,7 @@ from bnncli.engine.curves import plot_curves
 from bnncli.engine.evaluate import autocast, evaluate
 from bnncli.engine.optim import build_optimizer, build_scheduler
 from bnncli.errors import DataError, UsageError
-from bnncli.models import create_model
+from bnncli.models import LEGACY_OPTIONS, create_model
 from bnncli.nn import BinaryConv2d, clamp_latent_weights
 
 # What may change when a run is resumed: where the data lives and how fast it runs, and the
@@ -338,6 +338,10 @@ def _train(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, An
     seed_everything(cfg.seed)
     model_options = {"num_classes": len(data.class_names), **cfg.model}
     model_options.setdefault("thumbnail", image_size < 50)  # small inputs get the 3x3 stem
+    if resume is not None:  # a run started before an option existed keeps what it was trained with
+        for key, value in LEGACY_OPTIONS.items():
+            if key not in resume["arch_kwargs"]:
+                model_options[key] = value
     raw_model = create_model(cfg.arch, **model_options)
     if cfg.init == "he_normal":
         he_normal_(raw_model)

@@ -1,7 +1,15 @@
 """The model registry and the paper's model zoo."""
 
 from bnncli.models import binarydensenet, resnete  # noqa: F401  (registers the models)
-from bnncli.models._registry import create_model, list_models, model_family, model_options, register_model
+from bnncli.models._registry import (
+    COMMON_OPTIONS,
+    LEGACY_OPTIONS,
+    create_model,
+    list_models,
+    model_family,
+    model_options,
+    register_model,
+)
 from bnncli.models.anchors import ANCHORS
 from bnncli.models.stats import ModelStats, count_model
 
@@ -17,7 +25,9 @@ IMAGENET_MODELS = (
 
 __all__ = [
     "ANCHORS",
+    "COMMON_OPTIONS",
     "IMAGENET_MODELS",
+    "LEGACY_OPTIONS",
     "ModelStats",
     "count_model",
     "create_model",

@@ -2,6 +2,8 @@
 
 ``create_model`` records the architecture name and its fully resolved keyword arguments on
 the model (``model.bnn_arch``, ``model.bnn_kwargs``) so checkpoints and artifacts can rebuild it.
+Besides its factory's keyword arguments every model takes the :data:`COMMON_OPTIONS`, which
+``create_model`` applies to the built model.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from typing import Any
 from torch import nn
 
 from bnncli.errors import UsageError
+from bnncli.nn import set_float_weights
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+# Options of every model, with defaults, applied after the factory. float_weights: the precision
+# of the full-precision layers' weights (bnncli.nn.float_layers); float16 makes float16 packing lossless.
+COMMON_OPTIONS: dict[str, Any] = {"float_weights": "float16"}
+# What a checkpoint written before an option existed was trained with.
+LEGACY_OPTIONS: dict[str, Any] = {"float_weights": "float32"}
 _FAMILIES: dict[str, str] = {}
 
 
@@ -57,11 +65,12 @@ def _check_name(name: str) -> str:
 def model_options(name: str) -> dict[str, Any]:
     """The options a model accepts with their defaults."""
     fn = _FACTORIES[_check_name(name)]
-    return {
+    options = {
         p.name: p.default
         for p in inspect.signature(fn).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
+    return {**options, **COMMON_OPTIONS}
 
 
 def resolve_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
@@ -79,7 +88,8 @@ def resolve_kwargs(name: str, **kwargs: Any) -> dict[str, Any]:
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model. Unknown names raise :class:`UsageError` listing close matches."""
     resolved = resolve_kwargs(name, **kwargs)
-    model = _FACTORIES[name](**resolved)
+    model = _FACTORIES[name](**{k: v for k, v in resolved.items() if k not in COMMON_OPTIONS})
+    set_float_weights(model, resolved["float_weights"])
     model.bnn_arch = name
     model.bnn_kwargs = resolved
     return model

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from bnncli.errors import UsageError
 from bnncli.models._registry import register_model
 from bnncli.models.common import BatchNorm2d, BinaryOptions, check_common
+from bnncli.nn import FloatConv2d, FloatLinear
 
 
 class DenseLayer(nn.Module):
@@ -35,7 +36,7 @@ class Transition(nn.Sequential):
         self.bn = BatchNorm2d(in_channels)
         self.pool = nn.MaxPool2d(2, 2) if pool else nn.Identity()
         self.relu = nn.ReLU(inplace=False)
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.conv = FloatConv2d(in_channels, out_channels, 1, bias=False)
 
 
 def transition_channels(channels: int, reduction: float) -> int:
@@ -62,10 +63,10 @@ class BinaryDenseNet(nn.Module):
         if not (len(layers) == len(dilations) == len(reductions) + 1):
             raise UsageError("BinaryDenseNet needs one reduction fewer than stages")
         if thumbnail:
-            self.stem = nn.Sequential(nn.Conv2d(in_channels, stem_channels, 3, 1, 1, bias=False))
+            self.stem = nn.Sequential(FloatConv2d(in_channels, stem_channels, 3, 1, 1, bias=False))
         else:
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, stem_channels, 7, 2, 3, bias=False),
+                FloatConv2d(in_channels, stem_channels, 7, 2, 3, bias=False),
                 BatchNorm2d(stem_channels),
                 nn.ReLU(inplace=False),
                 nn.MaxPool2d(3, 2, 1),
@@ -86,7 +87,7 @@ class BinaryDenseNet(nn.Module):
         self.head_relu = nn.ReLU(inplace=False)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = FloatLinear(channels, num_classes)
         self.num_features = channels
 
     def forward(self, x: Tensor) -> Tensor:

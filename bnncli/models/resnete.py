@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from bnncli.models._registry import register_model
 from bnncli.models.common import BatchNorm2d, BinaryOptions, check_common
+from bnncli.nn import FloatConv2d, FloatLinear
 
 
 class Downsample(nn.Sequential):
@@ -22,7 +23,7 @@ class Downsample(nn.Sequential):
         super().__init__()
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
         if binary is None:
-            self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+            self.conv = FloatConv2d(in_channels, out_channels, 1, bias=False)
         else:
             self.conv = binary.conv(in_channels, out_channels, 1)
         self.bn = BatchNorm2d(out_channels)
@@ -64,13 +65,13 @@ class ResNetE(nn.Module):
         check_common(num_classes, in_channels)
         stem_width = widths[0]
         if thumbnail:
-            stem: list[nn.Module] = [nn.Conv2d(in_channels, stem_width, 3, 1, 1, bias=False), BatchNorm2d(stem_width)]
+            stem: list[nn.Module] = [FloatConv2d(in_channels, stem_width, 3, 1, 1, bias=False), BatchNorm2d(stem_width)]
         elif bireal:
             # Bi-Real: conv -> BN -> maxpool, no ReLU and no extra BN.
-            stem = [nn.Conv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
+            stem = [FloatConv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
                     nn.MaxPool2d(3, 2, 1)]
         else:
-            stem = [nn.Conv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
+            stem = [FloatConv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
                     nn.ReLU(inplace=False), nn.MaxPool2d(3, 2, 1), BatchNorm2d(stem_width)]
         self.stem = nn.Sequential(*stem)
         layers: list[nn.Module] = []
@@ -85,7 +86,7 @@ class ResNetE(nn.Module):
         self.head_relu = nn.Identity() if bireal else nn.ReLU(inplace=False)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = FloatLinear(channels, num_classes)
         self.num_features = channels
 
     def forward(self, x: Tensor) -> Tensor:

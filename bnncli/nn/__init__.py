@@ -1,5 +1,13 @@
 """Quantizers and binary layers."""
 
+from bnncli.nn.float_layers import (
+    FLOAT_WEIGHTS,
+    FloatConv2d,
+    FloatLinear,
+    is_float_layer,
+    round_to_float16,
+    set_float_weights,
+)
 from bnncli.nn.layers import PAD_VALUES, SCALINGS, BinaryConv2d, clamp_latent_weights
 from bnncli.nn.quantizers import (
     ACTIVATION_GRADIENTS,
@@ -14,15 +22,21 @@ from bnncli.nn.quantizers import (
 
 __all__ = [
     "ACTIVATION_GRADIENTS",
+    "FLOAT_WEIGHTS",
     "PAD_VALUES",
     "SCALINGS",
     "WEIGHT_GRADIENTS",
     "ApproxSign",
     "BinaryConv2d",
+    "FloatConv2d",
+    "FloatLinear",
     "IdentitySteSign",
     "SteSign",
     "approx_sign",
     "binary_sign",
     "clamp_latent_weights",
+    "is_float_layer",
+    "round_to_float16",
+    "set_float_weights",
     "ste_sign",
 ]
