@@ -23,6 +23,16 @@ def test_sign_of_exact_zero_is_plus_one():
     assert K.sign_bits(x, t, np.ones(6, bool)).tolist() == [True, True, True, True, False, False]
 
 
+def test_thresholds_compare_each_channel_its_own_way():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, (6, 2, 3, 5)).astype(np.float32)  # many values equal to a threshold
+    t = rng.integers(-2, 3, 6).astype(np.float32)
+    negate = np.array([0, 1, 1, 0, 1, 0], bool)
+    expected = np.where(negate[:, None, None, None], x <= t[:, None, None, None], x >= t[:, None, None, None])
+    assert np.array_equal(K.sign_bits(x, t, negate), expected)
+    assert np.array_equal(K.sign_bits(x, t, np.zeros(6, bool)), x >= t[:, None, None, None])
+
+
 @pytest.mark.parametrize("channels", [1, 7, 31, 32, 33, 63, 64, 65, 130])
 def test_pack_unpack_roundtrip_keeps_tail_bits_zero(channels):
     bits = np.random.default_rng(channels).random((3, channels)) < 0.5
@@ -77,17 +87,41 @@ def test_fast_kernel_equals_reference_and_torch(cin, pad_value):
         assert np.array_equal(slow.transpose(1, 0, 2, 3), expected), (k, s, p, d)
 
 
-def test_fast_kernel_splits_work_into_blocks_exactly():
-    # Enough output positions and channels for several row and column blocks.
+@pytest.mark.parametrize("block_words", [K._BLOCK_WORDS, 4096, 600])
+def test_fast_kernel_splits_work_into_blocks_exactly(monkeypatch, block_words):
+    # Smaller blocks than the default give several row blocks and then column blocks too.
+    monkeypatch.setattr(K, "_BLOCK_WORDS", block_words)
     x, weight, xbits, wbits = _case(70, 40, 3, 70, 66, seed=1)
     args = (xbits, wbits, 70, (1, 1), (1, 1), (1, 1), 0.0)
-    fast = K.binary_conv_fast(*args, pool=POOL, workers=2)
-    assert np.array_equal(fast.transpose(1, 0, 2, 3), _torch_reference(x, weight, 1, 1, 1, 0.0))
+    expected = _torch_reference(x, weight, 1, 1, 1, 0.0)
+    for kw in ({}, {"pool": POOL, "workers": 2}):
+        fast = K.binary_conv_fast(*args, **kw)
+        assert np.array_equal(fast.transpose(1, 0, 2, 3), expected)
+
+
+@pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
+def test_float_epilogue_rounds_once_like_dot_times_scale_plus_bias(pad_value):
+    # The float path forms dot / 2 and multiplies by 2 * scale: bit for bit dot * scale + bias.
+    _, _, xbits, wbits = _case(65, 12, 3, 9, 8, seed=3)
+    rng = np.random.default_rng(4)
+    scale = rng.standard_normal(12).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+    args = (xbits, wbits, 65, (2, 1), (1, 1), (1, 1), pad_value)
+    dot = K.binary_conv_reference(*args).astype(np.float32)
+    for s, b in ((scale, bias), (scale, None), (None, bias), (None, None)):
+        expected = dot * (s if s is not None else np.ones(12, np.float32))[:, None, None, None]
+        if b is not None:
+            expected = expected + b[:, None, None, None]
+        for kw in ({}, {"pool": POOL, "workers": 2}):
+            got = K.binary_conv_fast(*args, scale=s, bias=b, dtype=np.float32, **kw)
+            assert got.dtype == np.float32 and np.array_equal(got, expected)
 
 
 @pytest.mark.parametrize("pad_value", [0.0, 1.0])
-def test_fast_kernel_with_more_channels_than_positions(pad_value):
-    # Late stages at batch 1 (a few positions, hundreds of channels) loop channel-major.
+def test_fast_kernel_with_more_channels_than_positions(monkeypatch, pad_value):
+    # Late stages at batch 1 (a few positions, hundreds of channels) loop channel-major; with no
+    # size threshold, the position blocks are split across both threads.
+    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS_PER_WORD_ROW", 0)
     x, weight, xbits, wbits = _case(130, 70, 3, 3, 4, seed=5)
     args = (xbits, wbits, 130, (1, 1), (1, 1), (1, 1), pad_value)
     for kw in ({}, {"pool": POOL, "workers": 2}):
@@ -117,3 +151,60 @@ def test_binary_conv_op_matches_binaryconv2d_with_exact_zeros(pad_value):
     expected = layer(x).detach().numpy()
     got = Model(lower(layer), threads=2)(x.numpy())
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (3, 1, 1), (2, 2, 0), (2, 1, 1), (3, 3, 1), (1, 1, 0),
+                                                   (4, 2, 2)])
+def test_pools_leave_out_padding_as_pytorch(kernel, stride, padding):
+    # Max pools skip taps that fall on padding instead of padding with -inf (with kernel 2 and
+    # padding 1 no tap covers every output, so -inf fills first); a ReLU deferred into the pool
+    # (ops.MaxPool.relu) gives the ReLU of the max, which is the max of the ReLUs.
+    from bnncli.deploy.lower import lower
+    from bnncli.runtime.model import Model
+
+    x = torch.randn(2, 5, 11, 9)
+    pool = torch.nn.MaxPool2d(kernel, stride, padding)
+    pools = [pool, torch.nn.Sequential(torch.nn.ReLU(), pool)]
+    if padding == 0:
+        pools.append(torch.nn.AvgPool2d(kernel, stride))
+    for module in pools:
+        layer = module if isinstance(module, torch.nn.Sequential) else torch.nn.Sequential(module)
+        model = Model(lower(layer), threads=2)
+        got = model(x.numpy())
+        if isinstance(module, torch.nn.AvgPool2d):  # sums in another order than PyTorch
+            assert np.allclose(got, layer(x).numpy(), rtol=1e-6, atol=1e-7)
+            continue
+        assert np.array_equal(got, layer(x).numpy()), module
+        # With intermediates the ReLU runs on its own, and its value is the ReLU's.
+        values = model.run(x.numpy(), intermediates=True)
+        assert all(np.array_equal(values[k], layer[:i + 1](x).numpy()) for i, k in enumerate(list(values)[1:]))
+
+
+def test_add_overwrites_only_inputs_nothing_reads_later():
+    from bnncli.deploy.lower import lower
+    from bnncli.runtime.model import Model
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.relu = torch.nn.ReLU()
+            self.pool = torch.nn.MaxPool2d(2)
+
+        def forward(self, x):
+            a = self.conv(x)
+            b = x + a  # the graph input: never overwritten
+            c = a + b  # `a` is read again below
+            r = self.relu(c)  # deferred into the pool: `r` is `c` until the pool
+            d = c + a  # `c` is still live under the deferred ReLU's name
+            return self.pool(r) + self.pool(d)
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(2, 3, 8, 8)
+    given = x.numpy().copy()
+    with torch.no_grad():
+        expected = net(x).numpy()
+    got = Model(lower(net), threads=2)(given)
+    assert np.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(given, x.numpy())

@@ -26,9 +26,11 @@ import numpy as np
 WORD_BITS = 64  # the kernels' word
 FILE_WORD_BITS = 32  # the packed file's word
 
-# Output positions per block of the fast kernel: NumPy's broadcast XOR runs about twice as fast
-# on rows of a few thousand words as on short ones, and the temporaries still fit in L2.
-_COLUMN_BLOCK = 4096
+# Output channels x output positions per block of the fast kernel: about 1 MB of uint64 XOR
+# results, which stay in a core's 2 MiB L2 with the block's counts and accumulator (measured: 64
+# channels x 3136 positions in one block run 15% slower than in two). Much smaller blocks pay
+# NumPy's per-call overhead more often.
+_BLOCK_WORDS = 1 << 17
 # Output positions x channels below which the fast kernel stays on one thread (per worker).
 _PARALLEL_MIN_WORDS_PER_WORD_ROW = 65536
 
@@ -92,18 +94,26 @@ def sign_bits(x: np.ndarray, threshold: np.ndarray | None = None, negate: np.nda
         return x >= 0
     shape = (-1,) + (1,) * (x.ndim - 1)
     t = threshold.reshape(shape)
-    if negate is None or not negate.any():
-        return x >= t
-    d = np.where(negate, np.float32(-1), np.float32(1)).astype(x.dtype).reshape(shape)
-    return (x * d) >= (t * d)
+    bits = x >= t
+    if negate is not None and negate.any():
+        # Only the negated channels are compared again (a third or so in trained models):
+        # cheaper than flipping the sign of every channel, which writes a whole float copy.
+        rows = np.flatnonzero(negate)
+        bits[rows] = x[rows] <= t[rows]
+    return bits
+
+
+_BIT_SHIFTS = np.arange(8, dtype=np.uint8)[None, :, None]
 
 
 def pack_planar(bits: np.ndarray) -> np.ndarray:
     """Bits ``[C, ...]`` (channel first) -> uint64 words ``[n_words(C), ...]`` (word first).
 
-    Eight channel rows are OR-ed into a byte row (bit i = channel 8k + i), then eight byte rows
-    into a 64-bit word row (byte i = bits 8i..8i+7): a few passes over contiguous rows, several
-    times faster than ``np.packbits`` along the first axis.
+    Each channel row is shifted by its bit position within its byte and every eight rows are
+    OR-ed into a byte row (bit i = channel 8k + i), in two NumPy calls; then the eight byte rows
+    of each word are interleaved into little-endian words by one transposing copy. A few passes
+    over contiguous rows, several times faster than ``np.packbits`` along the first axis, and
+    with few calls, which matters on the small maps of late stages.
     """
     c = bits.shape[0]
     rest = bits.shape[1:]
@@ -112,18 +122,9 @@ def pack_planar(bits: np.ndarray) -> np.ndarray:
     wc = n_words(c)
     if wc * WORD_BITS != c:
         flat = np.concatenate([flat, np.zeros((wc * WORD_BITS - c, p), np.uint8)])
-    rows = flat.reshape(wc * 8, 8, p)
-    byte_rows = rows[:, 0].copy()
-    tmp = np.empty_like(byte_rows)
-    for i in range(1, 8):
-        np.left_shift(rows[:, i], i, out=tmp)
-        np.bitwise_or(byte_rows, tmp, out=byte_rows)
-    byte_rows = byte_rows.reshape(wc, 8, p)
-    words = byte_rows[:, 0].astype(np.uint64)
-    tmp64 = np.empty_like(words)
-    for i in range(1, 8):
-        np.left_shift(byte_rows[:, i], np.uint64(8 * i), out=tmp64, dtype=np.uint64)
-        np.bitwise_or(words, tmp64, out=words)
+    shifted = np.left_shift(flat.reshape(wc * 8, 8, p), _BIT_SHIFTS)
+    byte_rows = np.bitwise_or.reduce(shifted, axis=1).reshape(wc, 8, p)  # byte i of word k: channels 64k + 8i ...
+    words = np.ascontiguousarray(byte_rows.transpose(0, 2, 1)).view("<u8").astype(np.uint64, copy=False)
     return words.reshape((wc,) + rest)
 
 
@@ -204,8 +205,8 @@ def im2col_words(xbits: np.ndarray, kernel, stride, padding, dilation, fill: np.
             for kx in range(kw):
                 cols[ky, kx] = tap_view(xp, ky, kx, stride, dilation, (ho, wo))
 
-    if pool is not None and workers > 1 and kh > 1 and cols.size >= 1 << 18:
-        list(pool.map(fill_rows, [range(i, kh, workers) for i in range(workers)]))
+    if kh > 1 and cols.size >= 1 << 18:
+        run_tasks(fill_rows, [range(i, kh, workers) for i in range(workers)], pool, workers)
     else:
         fill_rows(range(kh))
     return cols.reshape(kh * kw * wc, n * ho * wo), ho, wo
@@ -247,17 +248,22 @@ def _popcount_columns(a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
     tmp = np.empty((rows, n), dtype=np.uint64)
     cnt = np.empty((rows, n), dtype=np.uint8)
     part = np.empty((rows, n), dtype=np.uint8)
+    # The operands of word j as broadcastable views made once: late stages at batch 1 make a few
+    # hundred calls on small arrays, where building views and looking up ufuncs show.
+    a_cols = np.ascontiguousarray(a.T)[:, :, None]  # [J, R, 1]
+    b_rows = b[:, None, :]  # [J, 1, C]
+    xor, count, add = np.bitwise_xor, np.bitwise_count, np.add
     old = np.getbufsize()
     np.setbufsize(min(8192, max(16, n // 16 * 16)))
     try:
         for j0 in range(0, kwords, 3):
-            np.bitwise_xor(a[:, j0:j0 + 1], b[j0:j0 + 1, :], out=tmp)
-            np.bitwise_count(tmp, out=part)
+            xor(a_cols[j0], b_rows[j0], tmp)
+            count(tmp, part)
             for j in range(j0 + 1, min(j0 + 3, kwords)):
-                np.bitwise_xor(a[:, j:j + 1], b[j:j + 1, :], out=tmp)
-                np.bitwise_count(tmp, out=cnt)
-                np.add(part, cnt, out=part)
-            np.add(acc, part, out=acc)
+                xor(a_cols[j], b_rows[j], tmp)
+                count(tmp, cnt)
+                add(part, cnt, part)
+            add(acc, part, acc)
     finally:
         np.setbufsize(old)
 
@@ -269,24 +275,72 @@ def _blocks(size: int, target: int, minimum: int = 1) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
+def run_tasks(fn: Callable, tasks: list, pool: Executor | None = None, workers: int = 1) -> None:
+    """``fn(task)`` for every task, on the calling thread and up to ``workers - 1`` pool threads.
+
+    The calling thread takes tasks too rather than waiting for the pool: on a machine with as
+    many cores as workers, one thread fewer is woken up and handed the GIL for every parallel
+    step, which matters at batch 1, where a step takes about a millisecond. Tasks come from one
+    shared iterator (a list iterator's ``next`` is atomic in CPython), so a thread that gets
+    ahead takes more of them.
+    """
+    if pool is None or workers < 2 or len(tasks) < 2:
+        for task in tasks:
+            fn(task)
+        return
+    shared = iter(tasks)
+
+    def drain() -> None:
+        for task in shared:
+            fn(task)
+
+    helpers = [pool.submit(drain) for _ in range(min(workers, len(tasks)) - 1)]
+    try:
+        drain()
+    finally:  # wait for the helpers even on an error: they write into the caller's arrays
+        for future in helpers:
+            future.result()
+
+
+def dot_offset(wbits: np.ndarray, channels: int, h: int, w: int, stride, padding, dilation,
+               pad_value: float) -> np.ndarray:
+    """int32 ``[Cout, Ho * Wo]`` (``[Cout, 1]`` without zero padding): ``dot + 2 * mismatches``.
+
+    That is the number of bits a position compares, plus, for pad value 0, what padding adds
+    back (see :func:`binary_conv_fast`).
+    """
+    cout, kh, kw, _ = wbits.shape
+    n_bits = kh * kw * channels
+    if pad_value == 0 and (padding[0] or padding[1]):
+        return zero_pad_correction(wbits, channels, h, w, stride, padding, dilation) + np.int32(n_bits)
+    return np.full((cout, 1), n_bits, dtype=np.int32)
+
+
+def half_dot_offset(offset: np.ndarray) -> np.ndarray:
+    """:func:`dot_offset` / 2 in float32: exact, as the offsets are integers far below 2**23."""
+    return (offset * 0.5).astype(np.float32)
+
+
 def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride=(1, 1), padding=(0, 0),
                      dilation=(1, 1), pad_value: float = 0.0, *, pool: Executor | None = None, workers: int = 1,
-                     correction: Callable[[int, int], np.ndarray] | None = None, fill: np.ndarray | None = None,
+                     half_offset: Callable[[int, int], np.ndarray] | None = None, fill: np.ndarray | None = None,
                      scale: np.ndarray | None = None, bias: np.ndarray | None = None,
                      dtype=np.int32) -> np.ndarray:
     """The same result as :func:`binary_conv_reference`, by XNOR + popcount on columns.
 
     The packed input is unrolled into columns (one per output position, ``kh * kw * Wc`` words
     each), and every output channel's packed weights are XOR-ed against them word by word. Work is
-    split into blocks of output channels x output positions, run on ``pool`` when given: NumPy
-    releases the GIL inside the XOR, popcount and add loops, so ``workers`` threads run at once.
-    Each block also finishes its part of the output: ``dot = n_bits - 2 * mismatches`` in
-    ``dtype`` (int32, or float32 for the runtime), then ``* scale + bias`` per output channel.
+    split into blocks of output channels x output positions, run on the calling thread and
+    ``pool`` (:func:`run_tasks`): NumPy releases the GIL inside the XOR, popcount and add loops, so
+    ``workers`` threads run at once. Each block also finishes its part of the output:
+    ``dot = offset - 2 * mismatches`` (:func:`dot_offset`) in ``dtype`` (int32, or float32 for the
+    runtime), then ``* scale + bias`` per output channel.
 
     Padded positions are filled with the +1 pattern for pad value +1 and with 0 (-1) otherwise;
     for pad value 0 the -1 that padding contributed, ``-sum_c w[o, c, tap]`` per padded tap, is
-    added back (it depends only on the position and the weights). ``correction(h, w)`` may supply
-    that ``[Cout, Ho * Wo]`` array from a cache; ``fill`` the per-word padding pattern.
+    added back (it depends only on the position and the weights). For a float ``dtype``,
+    ``half_offset(h, w)`` may supply :func:`half_dot_offset` from a cache; ``fill`` is the per-word
+    padding pattern.
     """
     wc, n, h, w = xbits.shape
     cout, kh, kw, wcw = wbits.shape
@@ -298,25 +352,25 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
     wcols = np.ascontiguousarray(wbits.reshape(cout, kh * kw * wc))
     kwords, p = cols.shape
     acc_dtype = np.uint16 if kwords * WORD_BITS < 2**16 else np.uint32
-    n_bits = kh * kw * channels
-    # dot = n_bits + padding correction - 2 * mismatches, exact (integers below 2**24 are exact in
-    # float32 too); then * scale + bias. Folding the scale into the first two terms would save a
-    # pass but make two large rounded terms cancel.
-    if pad_value == 0 and (padding[0] or padding[1]):
-        corr = correction(h, w) if correction is not None else zero_pad_correction(
-            wbits, channels, h, w, stride, padding, dilation)
-        add = (corr + n_bits).astype(dtype)
-        if n > 1:  # columns run over the batch, then positions
-            add = np.tile(add, (1, n))
+    floating = np.issubdtype(dtype, np.floating)
+    # Integers below 2**24 are exact in float32, so the dot stays exact before the scale. In
+    # float, dot / 2 = offset / 2 - mismatches is formed in one pass (offset / 2 is a
+    # half-integer, exact too) and then multiplied by 2 * scale, which rounds once, exactly as
+    # dot * scale would. Folding the scale into the offset instead would save another pass but
+    # make two large rounded terms cancel.
+    if floating:
+        offset = half_offset(h, w) if half_offset is not None else half_dot_offset(
+            dot_offset(wbits, channels, h, w, stride, padding, dilation, pad_value))
+        factor = np.float32(2) * (scale[:, None] if scale is not None else np.ones((cout, 1), np.float32))
     else:
-        add = np.full((cout, 1), n_bits, dtype=dtype)
-    minus_two = np.asarray(-2, dtype=dtype)
+        offset = dot_offset(wbits, channels, h, w, stride, padding, dilation, pad_value)
+    if n > 1 and offset.shape[1] > 1:  # columns run over the batch, then positions
+        offset = np.tile(offset, (1, n))
     out = np.empty((cout, p), dtype=dtype)
     # Threads pay off only on large blocks: every NumPy call hands the GIL over twice, which costs
     # about as much as a call on a few tens of thousands of words.
-    if cout * p < _PARALLEL_MIN_WORDS_PER_WORD_ROW * workers:
+    if pool is None or cout * p < _PARALLEL_MIN_WORDS_PER_WORD_ROW * workers:
         workers = 1
-    workers = max(1, workers if pool is not None else 1)
     # The XOR loop runs along the longer of output positions and output channels: few positions
     # (late stages at batch 1: 49 in a 7x7 map) against many channels go channel-major.
     transposed = p < cout
@@ -324,10 +378,13 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
         wt = np.ascontiguousarray(wcols.T)  # [kwords, Cout]
         tasks = [((0, cout), c) for c in _blocks(p, -(-p // workers), minimum=8)]
     else:
-        # Long column blocks keep the loops fast; output channels are split across workers.
-        row_blocks = _blocks(cout, -(-cout // workers), minimum=8)
-        col_blocks = _blocks(p, _COLUMN_BLOCK, minimum=_COLUMN_BLOCK // 2)
-        tasks = [(r, c) for r in row_blocks for c in col_blocks]
+        # Blocks of about _BLOCK_WORDS: whole rows (output channels) where they fit, as a block
+        # of whole rows is contiguous in the output, which its epilogue then writes about twice
+        # as fast; long rows (large batches) are split into blocks of 32 rows x a few thousand
+        # columns, so that each word of the columns is XOR-ed against many rows while in cache.
+        rows = min(max(_BLOCK_WORDS // p, 32), -(-cout // workers))
+        row_blocks = _blocks(cout, rows, minimum=min(8, cout))
+        tasks = [(r, c) for r in row_blocks for c in _blocks(p, _BLOCK_WORDS // rows, minimum=256)]
 
     def run(task) -> None:
         (r0, r1), (c0, c1) = task
@@ -339,18 +396,17 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
             acc = np.zeros((r1 - r0, c1 - c0), dtype=acc_dtype)
             _popcount_columns(wcols[r0:r1], cols[:, c0:c1], acc)
         block = out[r0:r1, c0:c1]
-        np.multiply(acc, minus_two, out=block)
-        block += add[r0:r1, c0:c1] if add.shape[1] > 1 else add[r0:r1]
-        if scale is not None:
-            block *= scale[r0:r1, None]
-        if bias is not None:
-            block += bias[r0:r1, None]
+        off = offset[r0:r1, c0:c1] if offset.shape[1] > 1 else offset[r0:r1]
+        if floating:
+            np.subtract(off, acc, out=block)
+            block *= factor[r0:r1]
+            if bias is not None:
+                block += bias[r0:r1, None]
+        else:
+            np.multiply(acc, np.asarray(-2, dtype=dtype), out=block)
+            block += off
 
-    if pool is None or len(tasks) == 1:
-        for task in tasks:
-            run(task)
-    else:
-        list(pool.map(run, tasks))
+    run_tasks(run, tasks, pool, workers)
     return out.reshape(cout, n, ho, wo)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from bnncli.errors import ArtifactError, DataError
 from bnncli.runtime import blas
 from bnncli.runtime.graph import Graph
-from bnncli.runtime.ops import BinaryConv, Concat, Context, Conv, Linear, Op, build_op
+from bnncli.runtime.ops import BinaryConv, Concat, Context, Conv, Linear, MaxPool, Op, Relu, build_op
 
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
@@ -43,6 +43,7 @@ class Model:
         self.ops: list[Op] = [build_op(node, graph.tensors, self.ctx) for node in graph.nodes]
         self.in_channels = self._input_channels()
         self._plan_concat_growth()
+        self._deferred = self._defer_relus()
         self._lock = threading.Lock()
         last = next((op for op in self.ops if graph.outputs[0] in op.node.outputs), None)
         classes = self.meta.get("class_names")
@@ -67,6 +68,35 @@ class Model:
                 growth += sum(added)
                 link = nxt
             op.growth = growth
+
+    def _defer_relus(self) -> set[int]:
+        """Relus read only by a max pool, which then applies them to its (smaller) output (see ops.MaxPool).
+
+        Returns the ids of those Relu ops; a forward pass without intermediates passes their
+        input through, and one with intermediates still runs them, so every value keeps its meaning.
+        """
+        readers: dict[str, list[Op]] = {}
+        for op in self.ops:
+            for v in op.node.inputs:
+                readers.setdefault(v, []).append(op)
+        deferred = set()
+        for op in self.ops:
+            out = op.node.outputs[0]
+            if isinstance(op, Relu) and out not in self.graph.outputs and len(readers.get(out, [])) == 1 \
+                    and isinstance(readers[out][0], MaxPool) and readers[out][0].node.inputs == [out]:
+                readers[out][0].relu = True
+                deferred.add(id(op))
+        return deferred
+
+    def _dead_after(self, op: Op, values: dict[str, np.ndarray], refcount: dict[str, int], keep: set[str]) -> bool:
+        """True when ``op`` may overwrite its first input: no later node reads it, it is not a
+        graph input or output (the caller's array, or what it gets back), and no other live
+        value shares its memory (a deferred ReLU's alias, a concatenation's buffer)."""
+        name = op.node.inputs[0]
+        if refcount[name] != 1 or name in keep or name in self.graph.inputs:
+            return False
+        x = values[name]
+        return x.flags.writeable and not any(np.may_share_memory(x, v) for k, v in values.items() if k != name)
 
     def _input_channels(self) -> int | None:
         """Channels the first convolution reading the graph input expects (checked on every call)."""
@@ -111,7 +141,13 @@ class Model:
             self.ctx.arena.clear()
             for op in self.ops:
                 args = [values[v] for v in op.node.inputs]
-                values[op.node.outputs[0]] = op(*args)
+                out = op.node.outputs[0]
+                if not intermediates and id(op) in self._deferred:
+                    values[out] = args[0]
+                elif not intermediates and op.overwrites_first and self._dead_after(op, values, refcount, keep):
+                    values[out] = op(*args, out=args[0])
+                else:
+                    values[out] = op(*args)
                 if not intermediates:  # free what no later node reads
                     for v in op.node.inputs:
                         refcount[v] -= 1

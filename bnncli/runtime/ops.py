@@ -47,9 +47,13 @@ class Context:
         if self.pool is None or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
             fn(x, out, 0, c)
             return out
-        edges = [round(i * c / self.threads) for i in range(self.threads + 1)]
-        list(self.pool.map(lambda e: fn(x[e[0]:e[1]], out[e[0]:e[1]], e[0], e[1]), zip(edges, edges[1:])))
+        self.split(lambda a, b: fn(x[a:b], out[a:b], a, b), c)
         return out
+
+    def split(self, fn, size: int) -> None:
+        """``fn(a, b)`` over ``self.threads`` near-equal blocks of range(size), the calling thread taking one."""
+        edges = [round(i * size / self.threads) for i in range(self.threads + 1)]
+        K.run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])), self.pool, self.threads)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a @ b`` (float32), rows of the result split across the pool when worth it."""
@@ -57,8 +61,7 @@ class Context:
         if not self.split_products or rows < 16 or rows * b.shape[1] < PARALLEL_MIN_ELEMENTS:
             return a @ b
         out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
-        edges = [round(i * rows / self.threads) for i in range(self.threads + 1)]
-        list(self.pool.map(lambda r: np.matmul(a[r[0]:r[1]], b, out=out[r[0]:r[1]]), zip(edges, edges[1:])))
+        self.split(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), rows)
         return out
 
 
@@ -72,6 +75,9 @@ class Op:
 
     type: ClassVar[str] = ""
     arity: ClassVar[int | None] = 1
+    # True for ops whose ``__call__`` takes ``out=``, an array it may write its result into: the
+    # first input, when no later node reads it.
+    overwrites_first: ClassVar[bool] = False
     params: ClassVar[tuple[str, ...]] = ()
     optional_params: ClassVar[tuple[str, ...]] = ()
     attrs: ClassVar[tuple[str, ...]] = ()
@@ -155,19 +161,56 @@ def _pad_hw(x: np.ndarray, padding, value: float) -> np.ndarray:
     return out
 
 
-def _pool(x: np.ndarray, kernel, stride, ufunc) -> np.ndarray:
-    """Separable pooling of a padded map: ``ufunc`` over the kernel's columns, then its rows."""
-    ho = K.output_size(x.shape[2], kernel[0], stride[0], 0, 1)
-    wo = K.output_size(x.shape[3], kernel[1], stride[1], 0, 1)
-    rows = None
-    for kx in range(kernel[1]):
-        view = x[:, :, :, kx:kx + stride[1] * (wo - 1) + 1:stride[1]]
-        rows = view.copy() if rows is None else ufunc(rows, view, out=rows)
-    out = None
-    for ky in range(kernel[0]):
-        view = rows[:, :, ky:ky + stride[0] * (ho - 1) + 1:stride[0]]
-        out = view.copy() if out is None else ufunc(out, view, out=out)
+def _pool_axis(x: np.ndarray, axis: int, out_size: int, kernel: int, stride: int, padding: int, ufunc, fill: float,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """``ufunc`` over the windows of one axis; taps that fall on padding are left out.
+
+    Each tap t of the kernel is one strided view, combined into the outputs whose window holds
+    it inside the map, so no padded copy of the map is made. The first two taps every output
+    reads initialize the result (for no padding, taps 0 and 1); where there are none, ``fill`` does.
+    """
+    size = x.shape[axis]
+    out_shape = x.shape[:axis] + (out_size,) + x.shape[axis + 1:]
+    out = np.empty(out_shape, dtype=x.dtype) if out is None else out
+
+    def along(a: np.ndarray, start: int, stop: int | None, step: int = 1) -> np.ndarray:
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop, step)
+        return a[tuple(index)]
+
+    spans = []  # (first output, last output + 1, view of the map) per tap
+    for t in range(kernel):
+        first = max(0, -(-(padding - t) // stride))
+        last = min(out_size, (size - 1 + padding - t) // stride + 1)
+        if last > first:
+            start = first * stride - padding + t
+            spans.append((first, last, along(x, start, start + stride * (last - first - 1) + 1, stride)))
+    full = [i for i, (first, last, _) in enumerate(spans) if first == 0 and last == out_size][:2]
+    if len(full) == 2:
+        ufunc(spans[full[0]][2], spans[full[1]][2], out=out)
+    elif full:
+        np.copyto(out, spans[full[0]][2])
+    else:
+        out.fill(fill)
+    for i, (first, last, view) in enumerate(spans):
+        if i not in full:
+            target = along(out, first, last)
+            ufunc(target, view, out=target)
     return out
+
+
+def _pool(x: np.ndarray, kernel, stride, padding, ufunc, fill: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Separable pooling of a ``[C, N, H, W]`` map: ``ufunc`` over the kernel's rows, then its columns.
+
+    Rows first: with a stride, the pass along the height reads whole contiguous rows and shrinks
+    the map before the pass along the width, whose strided reads are the slow ones. Padding is
+    left out of the windows, which for a max is padding with -inf (every window holds at least
+    one element of the map when padding is at most half the kernel).
+    """
+    ho = K.output_size(x.shape[2], kernel[0], stride[0], padding[0], 1)
+    wo = K.output_size(x.shape[3], kernel[1], stride[1], padding[1], 1)
+    rows = _pool_axis(x, 2, ho, kernel[0], stride[0], padding[0], ufunc, fill)
+    return _pool_axis(rows, 3, wo, kernel[1], stride[1], padding[1], ufunc, fill, out=out)
 
 
 class Conv(Op):
@@ -208,7 +251,8 @@ class Conv(Op):
                     cols[:, ky, kx] = phases[(ry, rx)][:, :, y0:y0 + ho, x0:x0 + wo]
 
         if self.ctx.pool is not None and kh > 1 and cols.size >= PARALLEL_MIN_ELEMENTS:
-            list(self.ctx.pool.map(fill, [range(i, kh, self.ctx.threads) for i in range(self.ctx.threads)]))
+            K.run_tasks(fill, [range(i, kh, self.ctx.threads) for i in range(self.ctx.threads)], self.ctx.pool,
+                        self.ctx.threads)
         else:
             fill(range(kh))
         return cols.reshape(c * kh * kw, n * ho * wo)
@@ -273,15 +317,15 @@ class BinaryConv(Op):
         self.bias = self.tensor("out_bias", shape=(self.cout,))
         wc = self.wbits.shape[-1]
         self.fill = K.valid_bits_words(self.cin) if self.pad_value == 1 else np.zeros(wc, dtype=np.uint64)
-        self._corrections: dict[tuple[int, int], np.ndarray] = {}
+        self._half_offsets: dict[tuple[int, int], np.ndarray] = {}
 
-    def correction(self, h: int, w: int) -> np.ndarray:
-        """What zero padding adds back per output channel and position, once per input size."""
+    def half_offset(self, h: int, w: int) -> np.ndarray:
+        """What the kernel's epilogue subtracts mismatches from (kernels.half_dot_offset), once per input size."""
         key = (h, w)
-        if key not in self._corrections:
-            self._corrections[key] = K.zero_pad_correction(self.wbits, self.cin, h, w, self.stride, self.padding,
-                                                           self.dilation)
-        return self._corrections[key]
+        if key not in self._half_offsets:
+            self._half_offsets[key] = K.half_dot_offset(K.dot_offset(
+                self.wbits, self.cin, h, w, self.stride, self.padding, self.dilation, self.pad_value))
+        return self._half_offsets[key]
 
     def binarize(self, x: np.ndarray) -> np.ndarray:
         """The packed input, uint64 ``[words, N, H, W]``; column blocks are packed in parallel."""
@@ -291,13 +335,11 @@ class BinaryConv(Op):
         if self.ctx.pool is None or c * p < PARALLEL_MIN_ELEMENTS:
             return K.pack_planar(K.sign_bits(flat, self.threshold, self.negate)).reshape(-1, n, h, w)
         words = np.empty((K.n_words(c), p), dtype=np.uint64)
-        edges = [round(i * p / self.ctx.threads) for i in range(self.ctx.threads + 1)]
 
-        def pack(span) -> None:
-            a, b = span
+        def pack(a: int, b: int) -> None:
             words[:, a:b] = K.pack_planar(K.sign_bits(flat[:, a:b], self.threshold, self.negate))
 
-        list(self.ctx.pool.map(pack, zip(edges, edges[1:])))
+        self.ctx.split(pack, p)
         return words.reshape(-1, n, h, w)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -308,7 +350,7 @@ class BinaryConv(Op):
             self.fail(f"input {h}x{w} is too small")
         return K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, self.padding, self.dilation,
                                   self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
-                                  correction=self.correction, fill=self.fill, scale=self.scale, bias=self.bias,
+                                  half_offset=self.half_offset, fill=self.fill, scale=self.scale, bias=self.bias,
                                   dtype=np.float32)
 
 
@@ -376,7 +418,12 @@ class Relu(Op):
 
 
 class MaxPool(Op):
-    """Max pooling; padding counts as -inf (as in PyTorch)."""
+    """Max pooling; padding counts as -inf (as in PyTorch).
+
+    ``relu`` (set by the model at load time, see ``Model._defer_relus``) applies a ReLU to the
+    result: the max of ReLUs is the ReLU of the max, so a ReLU in front of a pool runs here on
+    the pooled map, a quarter of the elements for the stem's stride-2 pool.
+    """
 
     type = "MaxPool"
     attrs = ("kernel_size", "stride", "padding")
@@ -387,6 +434,7 @@ class MaxPool(Op):
         self.padding = self.pair("padding", 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
             self.fail("padding must be at most half the kernel size")
+        self.relu = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
@@ -396,7 +444,9 @@ class MaxPool(Op):
         if ho < 1 or wo < 1:
             self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
         def pool(xs, out, a, b) -> None:
-            out[...] = _pool(_pad_hw(xs, self.padding, -np.inf), self.kernel, self.stride, np.maximum)
+            _pool(xs, self.kernel, self.stride, self.padding, np.maximum, -np.inf, out=out)
+            if self.relu:
+                np.maximum(out, np.float32(0), out=out)
 
         return self.ctx.by_channels(pool, x, (x.shape[0], x.shape[1], ho, wo))
 
@@ -418,7 +468,7 @@ class AvgPool(Op):
         wo = K.output_size(x.shape[3], self.kernel[1], self.stride[1], 0, 1)
         if ho < 1 or wo < 1:
             self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
-        out = _pool(x, self.kernel, self.stride, np.add)
+        out = _pool(x, self.kernel, self.stride, (0, 0), np.add, 0.0)
         out /= np.float32(self.kernel[0] * self.kernel[1])
         return out
 
@@ -509,13 +559,17 @@ class Concat(Op):
 
 
 class Add(Op):
+    """Elementwise sum; into the first input when the model says that nothing reads it later
+    (``out``, see ``Model.run``), which saves allocating and first touching a new map."""
+
     type = "Add"
     arity = 2
+    overwrites_first = True
 
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if a.shape != b.shape:
             self.fail(f"adds arrays of different shapes {list(a.shape)} and {list(b.shape)}")
-        return a + b
+        return np.add(a, b, out=out)
 
 
 # Every op the runtime knows, in one explicit list.
