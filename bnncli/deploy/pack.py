@@ -40,12 +40,18 @@ def exact_in_float16(array: np.ndarray) -> bool:
 
 def packed_graph(graph: Graph, float_dtype: str = "float32") -> Graph:
     """Fold ``graph`` and give every tensor its stored dtype."""
+    return _packed(graph, float_dtype)[0]
+
+
+def _packed(graph: Graph, float_dtype: str) -> tuple[Graph, list[str]]:
+    """:func:`packed_graph`, and the names of the tensors whose values float16 storage rounded."""
     if float_dtype not in FLOAT_DTYPES:
         raise UsageError(f"float dtype must be one of {', '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
     # float16: a BatchNorm after a float conv stays a float32 Affine, so the stored weights are the
     # trained ones (float16 values already, for models trained with float_weights=float16) rather
     # than weight * scale, which would need rounding.
     g = fold(graph, into_float_convs=float_dtype == "float32")
+    rounded = []
     for node in g.nodes:
         # The first convolution sees the pixels and feeds the first binarizations: rounding its
         # weights to float16 flips far more decisions downstream than any other layer, for 1%
@@ -54,22 +60,18 @@ def packed_graph(graph: Graph, float_dtype: str = "float32") -> Graph:
         first = node.op == "Conv" and set(node.inputs) & set(g.inputs)
         for role, name in node.params.items():
             array = g.tensors[name]
-            if (node.op, role) in FLOAT_WEIGHTS and float_dtype == "float16" and \
-                    not (first and not exact_in_float16(array)):
-                if np.abs(array).max(initial=0) > np.finfo(np.float16).max:
-                    raise ArtifactError(f"{node.name}.{role} exceeds the float16 range; pack with float32")
-                g.tensors[name] = array.astype(np.float16)
-            elif array.dtype.kind == "f":
+            if float_dtype == "float16" and (node.op, role) in FLOAT_WEIGHTS:
+                exact = exact_in_float16(array)
+                if exact or not first:
+                    if np.abs(array).max(initial=0) > np.finfo(np.float16).max:
+                        raise ArtifactError(f"{node.name}.{role} exceeds the float16 range; pack with float32")
+                    g.tensors[name] = array.astype(np.float16)
+                    if not exact:
+                        rounded.append(name)
+                    continue
+            if array.dtype.kind == "f":
                 g.tensors[name] = array.astype(np.float32)
-    return g
-
-
-def rounded_tensors(graph: Graph, float_dtype: str = "float16") -> list[str]:
-    """The tensors whose stored values differ from ``graph``'s when packed in ``float_dtype``."""
-    packed = packed_graph(graph, float_dtype)
-    folded = fold(graph, into_float_convs=float_dtype == "float32")
-    return [name for name, t in packed.tensors.items()
-            if t.dtype == np.float16 and not np.array_equal(t.astype(np.float32), folded.tensors[name])]
+    return g, rounded
 
 
 @dataclass
@@ -122,9 +124,7 @@ def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_d
     weights), the differences are reported, not enforced, and ``rounded`` names those tensors.
     """
     src = open_checkpoint(checkpoint)
-    lowered = src.graph()
-    graph = packed_graph(lowered, float_dtype)
-    rounded = rounded_tensors(lowered) if float_dtype == "float16" else []
+    graph, rounded = _packed(src.graph(), float_dtype)
     meta = {**src.meta, "float_dtype": float_dtype, "producer": f"bnncli {__version__}"}
     data = encode(graph, meta)
     decoded, decoded_meta = decode(data, str(output))
