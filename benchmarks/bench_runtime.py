@@ -98,20 +98,6 @@ def _measure(engine: str, path: Path, batch: int, repeats: int, threads: int) ->
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def _random_batchnorm(model, seed: int = 0) -> None:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.randn(c, generator=g) * 0.6 + 0.8)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.5)
-
-
 def _build(name: str, size: int, folder: Path, exact: bool = False):
     """(packed path, onnx path, torch model) for a 1000-class model."""
     import torch
@@ -123,15 +109,16 @@ def _build(name: str, size: int, folder: Path, exact: bool = False):
     from bnncli.deploy.pack import packed_graph
     from bnncli.runtime.format import write_packed
 
+    # The test suite's weight helpers (tests/conftest.py): exact weights, or random BatchNorms.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from conftest import make_exact, randomize_batchnorm
+
     torch.manual_seed(0)
     model = create_model(name, num_classes=1000).eval()
     if exact:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from conftest import make_exact
-
         make_exact(model)
     else:
-        _random_batchnorm(model)
+        randomize_batchnorm(model)
     meta = {"arch": name, "arch_kwargs": model.bnn_kwargs, "class_names": [f"class{i}" for i in range(1000)],
             "preprocessing": preprocessing("imagenet", size), "float_dtype": "float32", "producer": "benchmark"}
     graph = lower(model)
