@@ -8,7 +8,7 @@ Trains with `bnn train` on the built-in shapes dataset (10 classes, 32 px) unles
 given, writes its 1,000 validation images to a folder as PNG and JPEG files, then runs
 `bnn export` and `bnn pack` (float32 and float16) and classifies every file with the PyTorch
 checkpoint, onnxruntime, the packed float32 and the packed float16 model, each opened by
-content through ``bnncli.deploy.loader.open_model`` and fed the same preprocessed arrays.
+content through ``bnncli.artifacts.open_model`` and fed the same preprocessed arrays.
 Reports accuracy per backend, how many images get the same top-1 in PyTorch, onnxruntime and the
 packed runtime, the float16-vs-float32 top-1 agreement, and the largest logit differences.
 """
@@ -58,8 +58,8 @@ def main() -> None:
 
     import numpy as np
 
-    from bnncli.deploy.loader import open_model
-    from bnncli.deploy.onnx_export import compare
+    from bnncli.artifacts.open import open_model
+    from bnncli.deploy.verify import compare
     from bnncli.runtime.preprocess import preprocess_file
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bnn-agreement-"))

@@ -105,7 +105,8 @@ def _build(name: str, size: int, folder: Path, exact: bool = False):
     from bnncli import create_model
     from bnncli.data.presets import preprocessing
     from bnncli.deploy.lower import lower
-    from bnncli.deploy.onnx_export import save_onnx, to_onnx
+    from bnncli.artifacts.onnx_file import save_onnx
+    from bnncli.deploy.onnx_export import to_onnx
     from bnncli.deploy.pack import packed_graph
     from bnncli.runtime.format import write_packed
 
@@ -132,7 +133,8 @@ def _parity(model, packed: Path, onnx_path: Path, size: int, exact: bool, thread
     import numpy as np
     import torch
 
-    from bnncli.deploy.onnx_export import compare, ort_session
+    from bnncli.artifacts.onnx_file import ort_session
+    from bnncli.deploy.verify import compare
     from bnncli.runtime import load
 
     if exact:

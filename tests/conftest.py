@@ -101,7 +101,7 @@ def write_checkpoint(path: Path, arch: str = "binarydensenet_tiny", class_names=
 
     from bnncli import create_model
     from bnncli.data.presets import preprocessing
-    from bnncli.engine.checkpoint import model_checkpoint, save_checkpoint
+    from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=len(class_names), **model_kwargs)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from bnncli.engine.checkpoint import load_model
+from bnncli.artifacts.checkpoint import load_model
 from bnncli.engine.train import weights_digest
 
 

@@ -11,8 +11,9 @@ from conftest import FOLDER_CLASSES
 
 from bnncli.cli.app import main
 from bnncli.data.presets import preprocessing
-from bnncli.engine.checkpoint import model_checkpoint, save_checkpoint
-from bnncli.engine.evaluate import evaluate, load_eval_model, resolve_checkpoint
+from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
+from bnncli.artifacts.rundir import resolve_model_path as resolve_checkpoint
+from bnncli.engine.evaluate import evaluate, load_eval_model
 from bnncli.errors import ArtifactError
 from bnncli.models import create_model
 

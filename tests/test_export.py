@@ -12,7 +12,8 @@ from bnncli.cli.app import main
 from bnncli.data.presets import preprocessing
 from bnncli.deploy.export import export_onnx
 from bnncli.deploy.lower import lower
-from bnncli.deploy.onnx_export import FORMAT, OPSET, ort_session, read_metadata, to_onnx
+from bnncli.artifacts.onnx_file import FORMAT, ort_session, read_metadata
+from bnncli.deploy.onnx_export import OPSET, to_onnx
 from bnncli.errors import ArtifactError
 from bnncli.nn import BinaryConv2d
 
@@ -103,7 +104,7 @@ def test_export_cli_prints_the_largest_difference(tmp_path, tiny_checkpoint, cap
 def test_a_foreign_onnx_model_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    from bnncli.deploy.loader import open_model
+    from bnncli.artifacts.open import open_model
 
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from bnncli.deploy.loader import open_model, sniff
+from bnncli.artifacts.open import open_model, sniff
 from bnncli.deploy.pack import pack_model
 from bnncli.errors import ArtifactError
 from bnncli.runtime import format as fmt

@@ -146,7 +146,7 @@ def test_float_weights_option_reaches_every_full_precision_layer(name):
 
 def test_checkpoints_without_float_weights_rebuild_with_float32_layers():
     """Checkpoints written before the option existed were trained with plain float32 layers."""
-    from bnncli.engine.checkpoint import build_model
+    from bnncli.artifacts.checkpoint import build_model
     from bnncli.nn import is_float_layer
 
     model = create_model("resnete_tiny", float_weights="float32")

@@ -9,7 +9,7 @@ from conftest import write_checkpoint
 
 from bnncli.cli.app import main
 from bnncli.deploy.pack import pack_model
-from bnncli.engine.checkpoint import load_model
+from bnncli.artifacts.checkpoint import load_model
 from bnncli.errors import ArtifactError
 from bnncli.runtime import format as fmt
 from bnncli.runtime import load
@@ -89,7 +89,7 @@ def test_float16_rounds_a_model_with_float32_weights_and_says_so(tmp_path, capsy
 
 
 def test_float16_overflow_is_refused(tmp_path):
-    from bnncli.engine.checkpoint import load_checkpoint, save_checkpoint
+    from bnncli.artifacts.checkpoint import load_checkpoint, save_checkpoint
 
     path = write_checkpoint(tmp_path / "big.pt", "resnete_tiny", float_weights="float32")
     ckpt = load_checkpoint(path)

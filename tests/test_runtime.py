@@ -12,7 +12,9 @@ from PIL import Image
 
 from bnncli import create_model, list_models
 from bnncli.deploy.lower import fold, lower
-from bnncli.deploy.onnx_export import compare, ort_session, to_onnx
+from bnncli.artifacts.onnx_file import ort_session
+from bnncli.deploy.onnx_export import to_onnx
+from bnncli.deploy.verify import compare
 from bnncli.deploy.pack import packed_graph
 from bnncli.errors import ArtifactError, DataError
 from bnncli.runtime import Model, format, load
@@ -198,7 +200,7 @@ def test_load_reports_missing_file(tmp_path):
 
 def test_checkpoint_helper_roundtrip(tmp_path):
     path = write_checkpoint(tmp_path / "r.pt", "resnete_tiny", class_names=("x", "y"))
-    from bnncli.engine.checkpoint import load_model
+    from bnncli.artifacts.checkpoint import load_model
 
     model, ckpt = load_model(path)
     assert ckpt["class_names"] == ["x", "y"] and model.fc.out_features == 2

@@ -18,9 +18,9 @@ SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
 
 def _default_output(checkpoint: Path, suffix: str) -> Path:
     """Next to the checkpoint, with ``suffix`` (runs/NAME/best.pt -> runs/NAME/best.onnx)."""
-    from bnncli.deploy.loader import _resolve
+    from bnncli.artifacts.rundir import resolve_model_path
 
-    return _resolve(checkpoint).with_suffix(suffix)
+    return resolve_model_path(checkpoint, what="checkpoint").with_suffix(suffix)
 
 
 def export(
@@ -134,7 +134,7 @@ def predict(
     """
     import numpy as np
 
-    from bnncli.deploy.loader import open_model
+    from bnncli.artifacts.open import open_model
     from bnncli.errors import DataError
     from bnncli.runtime.preprocess import preprocess_file
 

@@ -1,12 +1,10 @@
-"""Deployment: lowering to one shared graph, ONNX export, bit packing, and opening any model file.
+"""Deployment: lowering to one shared graph, ONNX export, bit packing, one verification.
 
     registry model --lower--> Graph --to_onnx------------------> model.onnx  (onnxruntime)
                                     --fold + pack (1-bit)------> model.bnn   (bnncli.runtime, NumPy)
 
 ``export_onnx`` and ``pack_model`` start from a checkpoint and verify the result against PyTorch
-before writing; ``open_model`` opens any of checkpoint / ONNX / packed by content. Names are
-imported on first use, so ``from bnncli.deploy import open_model`` does not import torch unless
-the file is a checkpoint.
+(:mod:`bnncli.deploy.verify`) before writing. Opening model files is :mod:`bnncli.artifacts`'s job.
 """
 
 from __future__ import annotations
@@ -21,9 +19,9 @@ _EXPORTS = {
     "packed_graph": "bnncli.deploy.pack",
     "fold": "bnncli.deploy.lower",
     "lower": "bnncli.deploy.lower",
-    "Predictor": "bnncli.deploy.loader",
-    "open_model": "bnncli.deploy.loader",
-    "sniff": "bnncli.deploy.loader",
+    "Parity": "bnncli.deploy.verify",
+    "VerificationError": "bnncli.deploy.verify",
+    "verify": "bnncli.deploy.verify",
 }
 
 __all__ = sorted(_EXPORTS)

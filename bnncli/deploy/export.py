@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnncli.deploy.onnx_export import Parity, compare, ort_session, sample_inputs, save_onnx, to_onnx
-from bnncli.deploy.source import open_checkpoint
-from bnncli.errors import ArtifactError
-
-TOLERANCE = 1e-3  # largest |onnx - torch| / max |torch| accepted
+from bnncli.artifacts.checkpoint import open_checkpoint
+from bnncli.artifacts.onnx_file import ort_session, save_onnx
+from bnncli.deploy.lower import lower
+from bnncli.deploy.onnx_export import OPSET, to_onnx
+from bnncli.deploy.verify import TOLERANCE, Parity, verify
 
 
 @dataclass
@@ -29,23 +29,13 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, sample
                 tolerance: float = TOLERANCE) -> ExportResult:
     """Export ``checkpoint`` to ONNX at ``output`` after checking onnxruntime agrees with PyTorch.
 
-    Raises ArtifactError (and writes nothing) when the checker fails or the largest relative
-    logit difference exceeds ``tolerance`` or a top-1 differs.
+    Raises ArtifactError (and writes nothing) when the checker fails, and VerificationError when
+    the largest relative logit difference exceeds ``tolerance`` or a top-1 differs.
     """
-    from bnncli.deploy.onnx_export import OPSET
-
     src = open_checkpoint(checkpoint)
-    model = to_onnx(src.graph(), src.meta)
-    x = sample_inputs(src.meta["preprocessing"], samples)
-    reference = src.logits(x)
-    got = ort_session(model).run(None, {"input": x})[0]
-    parity = compare(reference, got)
-    if not parity.max_rel_diff <= tolerance or parity.top1_agree != parity.samples:
-        raise ArtifactError(
-            f"ONNX export of {checkpoint} disagrees with PyTorch: largest difference {parity.max_abs_diff:.3g} "
-            f"({parity.max_rel_diff:.3g} relative, tolerance {tolerance:g}), top-1 equal on "
-            f"{parity.top1_agree}/{parity.samples} inputs; nothing written (in an untrained network with random "
-            f"BatchNorm statistics a last-bit float difference that flips one binarization can do this; see "
-            f"docs/deployment.md, Parity)")
+    model = to_onnx(lower(src.model), src.meta)
+    session = ort_session(model)
+    parity = verify(src.logits, lambda x: session.run(None, {"input": x})[0], src.meta["preprocessing"],
+                    what=f"ONNX export of {checkpoint}", samples=samples, tolerance=tolerance)
     path = save_onnx(model, output)
     return ExportResult(path, path.stat().st_size, OPSET, parity)

@@ -10,17 +10,11 @@ visible in the file.
 * binary weights are stored as float +-1 (ONNX has no 1-bit type), the XNOR scale as a Mul.
 
 The batch dimension is dynamic; height and width are those of the model's preprocessing.
-Metadata (``metadata_props``): ``bnncli.format`` = ``bnncli-onnx``, ``bnncli.format_version``,
-``bnncli.version``, ``bnncli.arch``, and JSON-encoded ``bnncli.arch_kwargs``,
-``bnncli.class_names``, ``bnncli.preprocessing``.
+The metadata (``metadata_props``) is written and read by :mod:`bnncli.artifacts.onnx_file`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,16 +22,13 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bnncli import __version__
+from bnncli.artifacts.onnx_file import metadata_props
 from bnncli.errors import ArtifactError
-from bnncli.fileio import write_bytes
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Graph, Node
 
-FORMAT = "bnncli-onnx"
-FORMAT_VERSION = 1
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; widely readable
-PREFIX = "bnncli."
 
 
 class _Emitter:
@@ -92,8 +83,7 @@ class _Emitter:
         else:
             negate = self.param(node, "in_negate")
             d = np.ones_like(t) if negate is None else np.where(negate.astype(bool), -1.0, 1.0).astype(np.float32)
-            with np.errstate(invalid="ignore"):
-                td = np.where(np.isinf(t), t * d, t * d).astype(np.float32)
+            td = (t * d).astype(np.float32)  # infinite thresholds (always/never +1) flip sign with d
             xd = self.emit("Mul", [x, self.channel_vector(node, "in_direction", d)], f"{name}.directed",
                            f"{name}.direct")
             cond = self.emit("GreaterOrEqual", [xd, self.channel_vector(node, "in_threshold", td)],
@@ -181,103 +171,6 @@ def to_onnx(graph: Graph, meta: dict[str, Any]) -> onnx.ModelProto:
     model.ir_version = IR_VERSION
     model.doc_string = (f"{meta['arch']} exported by bnncli {__version__}: input float32 NCHW preprocessed as "
                         f"bnncli.preprocessing says; output logits over bnncli.class_names.")
-    props = {
-        "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
-        "version": __version__,
-        "arch": meta["arch"],
-        "arch_kwargs": json.dumps(meta["arch_kwargs"], sort_keys=True),
-        "class_names": json.dumps(list(meta["class_names"])),
-        "preprocessing": json.dumps(pp, sort_keys=True),
-    }
-    helper.set_model_props(model, {PREFIX + k: v for k, v in props.items()})
+    helper.set_model_props(model, metadata_props(meta))
     onnx.checker.check_model(model, full_check=True)
     return model
-
-
-def read_metadata(model: onnx.ModelProto, source: str = "model") -> dict[str, Any]:
-    """Our metadata from an ONNX model; ArtifactError if it was not exported by bnncli."""
-    props = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
-    if props.get("format") != FORMAT:
-        raise ArtifactError(f"{source} is an ONNX model without bnncli metadata (export it with `bnn export`)")
-    try:
-        version = int(props.get("format_version", ""))
-    except ValueError:
-        version = -1
-    if version < 1 or version > FORMAT_VERSION:
-        raise ArtifactError(f"{source} has bnncli ONNX format version {props.get('format_version')!r}; "
-                            f"this bnncli reads up to {FORMAT_VERSION}")
-    try:
-        meta = {
-            "arch": props["arch"],
-            "arch_kwargs": json.loads(props["arch_kwargs"]),
-            "class_names": json.loads(props["class_names"]),
-            "preprocessing": json.loads(props["preprocessing"]),
-            "format_version": version,
-        }
-    except (KeyError, ValueError) as e:
-        raise ArtifactError(f"{source} has incomplete bnncli metadata ({e})") from None
-    from bnncli.runtime.format import check_preprocessing
-
-    try:
-        check_preprocessing(meta["preprocessing"])
-    except Exception as e:
-        raise ArtifactError(f"{source}: {e}") from None
-    if not (isinstance(meta["class_names"], list) and meta["class_names"]
-            and all(isinstance(c, str) for c in meta["class_names"])):
-        raise ArtifactError(f"{source}: class_names metadata must be a non-empty list of strings")
-    return meta
-
-
-def save_onnx(model: onnx.ModelProto, path: str | os.PathLike) -> Path:
-    """Write atomically (temp file + rename)."""
-    return write_bytes(path, model.SerializeToString())
-
-
-def ort_session(model_or_path, threads: int | None = None):
-    """An onnxruntime CPU session (all graph optimizations on)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    opts.log_severity_level = 3
-    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
-    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-
-
-@dataclass
-class Parity:
-    """How two backends' logits compare on the same inputs."""
-
-    samples: int
-    max_abs_diff: float
-    max_rel_diff: float  # max |a - b| / max |reference|
-    top1_agree: int
-
-    @property
-    def top1_agreement(self) -> float:
-        return self.top1_agree / self.samples if self.samples else 1.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"samples": self.samples, "max_abs_diff": self.max_abs_diff, "max_rel_diff": self.max_rel_diff,
-                "top1_agree": self.top1_agree, "top1_agreement": self.top1_agreement}
-
-
-def compare(reference: np.ndarray, other: np.ndarray) -> Parity:
-    diff = np.abs(reference.astype(np.float64) - other.astype(np.float64))
-    scale = float(np.abs(reference).max(initial=0.0))
-    max_abs = float(diff.max(initial=0.0))
-    return Parity(samples=int(reference.shape[0]), max_abs_diff=max_abs,
-                  max_rel_diff=max_abs / scale if scale > 0 else max_abs,
-                  top1_agree=int((reference.argmax(1) == other.argmax(1)).sum()))
-
-
-def sample_inputs(preprocessing: dict[str, Any], n: int = 4, seed: int = 0) -> np.ndarray:
-    """Verification inputs: normal noise (the scale of normalized images) and one all-zero image,
-    which makes exact zeros reach binarizations (sign(0) = +1 must hold)."""
-    size, channels = int(preprocessing["image_size"]), int(preprocessing["channels"])
-    x = np.random.default_rng(seed).standard_normal((max(n, 1), channels, size, size)).astype(np.float32)
-    x[-1] = 0.0
-    return x

@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 
 from bnncli import __version__
-from bnncli.deploy.lower import fold
-from bnncli.deploy.onnx_export import Parity, compare, sample_inputs
-from bnncli.deploy.source import open_checkpoint
+from bnncli.artifacts.checkpoint import open_checkpoint
+from bnncli.deploy.lower import fold, lower
+from bnncli.deploy.verify import TOLERANCE, Parity, verify
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.fileio import write_bytes
-from bnncli.runtime.format import FLOAT_DTYPES, PREAMBLE_SIZE, decode, encode
+from bnncli.runtime.format import FLOAT_DTYPES, decode, encode, header_size
 from bnncli.runtime.graph import Graph
 from bnncli.runtime.model import Model
 
-TOLERANCE = 1e-3
 # Tensors stored in the chosen float dtype: the weights of the full-precision layers.
 FLOAT_WEIGHTS = {("Conv", "weight"), ("Conv", "bias"), ("Linear", "weight"), ("Linear", "bias")}
 
@@ -108,7 +107,7 @@ def size_breakdown(graph: Graph, data: bytes) -> dict[str, int]:
                 float_w += n
             else:
                 vectors += n
-    header = PREAMBLE_SIZE + int.from_bytes(data[12:16], "little")
+    header = header_size(data)
     return {"binary_weights": binary, "float_weights": float_w, "per_channel": vectors, "header": header,
             "alignment": len(data) - header - binary - float_w - vectors, "total": len(data)}
 
@@ -124,20 +123,12 @@ def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_d
     weights), the differences are reported, not enforced, and ``rounded`` names those tensors.
     """
     src = open_checkpoint(checkpoint)
-    graph, rounded = _packed(src.graph(), float_dtype)
+    graph, rounded = _packed(lower(src.model), float_dtype)
     meta = {**src.meta, "float_dtype": float_dtype, "producer": f"bnncli {__version__}"}
     data = encode(graph, meta)
-    decoded, decoded_meta = decode(data, str(output))
-    runtime = Model(decoded, decoded_meta)
-    x = sample_inputs(src.meta["preprocessing"], samples)
-    parity = compare(src.logits(x), runtime(x))
-    if not rounded and (not parity.max_rel_diff <= tolerance or parity.top1_agree != parity.samples):
-        raise ArtifactError(
-            f"the packed model of {checkpoint} disagrees with PyTorch: largest difference {parity.max_abs_diff:.3g} "
-            f"({parity.max_rel_diff:.3g} relative, tolerance {tolerance:g}), top-1 equal on "
-            f"{parity.top1_agree}/{parity.samples} inputs; nothing written (in an untrained network with random "
-            f"BatchNorm statistics a last-bit float difference that flips one binarization can do this; see "
-            f"docs/deployment.md, Parity)")
+    runtime = Model(*decode(data, str(output)))  # what a reader of the file will run
+    parity = verify(src.logits, runtime, src.meta["preprocessing"], what=f"the packed model of {checkpoint}",
+                    samples=samples, tolerance=tolerance, enforce=not rounded)
     path = write_bytes(output, data)
     binary_params = sum(n.attrs["in_channels"] * n.attrs["out_channels"] * n.attrs["kernel_size"][0]
                         * n.attrs["kernel_size"][1] for n in graph.nodes if n.op == "BinaryConv")

@@ -11,14 +11,15 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from bnncli.engine.checkpoint import build_model, load_checkpoint
+from bnncli.artifacts.checkpoint import build_model, load_checkpoint
+from bnncli.artifacts.open import Predictor, open_model, sniff
+from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.errors import ArtifactError
 
 
@@ -32,31 +33,14 @@ class EvalModel:
     source: str
     kind: str
     arch: str | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or a run directory meaning its ``best.pt`` (``last.pt`` if there is no best)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise ArtifactError(f"{path} holds no checkpoint (best.pt or last.pt)")
-    if not path.exists():
-        raise ArtifactError(f"model not found: {path}")
-    return path
 
 
 def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
                     amp: str = "none", channels_last: bool = False) -> EvalModel:
-    """The ``MODEL`` argument of ``bnn eval``: a checkpoint, a run directory (its best.pt), an ONNX
-    model or a packed model, told apart by content. ONNX runs on onnxruntime and packed models on
-    the NumPy runtime (both on CPU); checkpoints on ``device``."""
-    from bnncli.deploy.loader import open_model, sniff
-
-    file = resolve_checkpoint(path)
+    """The ``MODEL`` argument of ``bnn eval``: any model file :func:`bnncli.artifacts.open_model`
+    opens. ONNX runs on onnxruntime and packed models on the NumPy runtime (both on CPU);
+    checkpoints on ``device``, with ``amp`` autocast and ``channels_last`` if asked."""
+    file = resolve_model_path(path)
     if sniff(file) != "checkpoint":
         return _deployed_eval_model(open_model(file))
     ckpt = load_checkpoint(file)
@@ -73,32 +57,18 @@ def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         with autocast(device, amp):
             return model(x)
 
-    return EvalModel(
-        predict=predict,
-        class_names=list(ckpt["class_names"]),
-        preprocessing=dict(ckpt["preprocessing"]),
-        source=str(file),
-        kind="checkpoint",
-        arch=ckpt["arch"],
-        device=device,
-        info={"epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics")},
-    )
+    return EvalModel(predict=predict, class_names=list(ckpt["class_names"]), preprocessing=dict(ckpt["preprocessing"]),
+                     source=str(file), kind="checkpoint", arch=ckpt["arch"])
 
 
-def _deployed_eval_model(predictor) -> EvalModel:
-    """An ONNX or packed model (a :class:`bnncli.deploy.loader.Predictor`) as an EvalModel."""
+def _deployed_eval_model(predictor: Predictor) -> EvalModel:
+    """An ONNX or packed model as an EvalModel."""
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(predictor(x.detach().cpu().numpy()))
 
-    return EvalModel(
-        predict=predict,
-        class_names=predictor.class_names,
-        preprocessing=predictor.preprocessing,
-        source=str(predictor.path),
-        kind=predictor.kind,
-        arch=predictor.arch,
-    )
+    return EvalModel(predict=predict, class_names=predictor.class_names, preprocessing=predictor.preprocessing,
+                     source=str(predictor.path), kind=predictor.kind, arch=predictor.arch)
 
 
 def autocast(device: torch.device, amp: str):

@@ -31,6 +31,7 @@ import numpy as np
 
 from bnncli.errors import ArtifactError
 from bnncli.fileio import write_bytes
+from bnncli.metadata import MODEL_KEYS, check_model_meta
 from bnncli.runtime.graph import Graph, Node
 
 MAGIC = b"\x89BNN\r\n\x1a\n"
@@ -55,7 +56,6 @@ BINARY_ENCODING = {
 DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint32": np.dtype("<u4"),
           "uint8": np.dtype("u1")}
 FLOAT_DTYPES = ("float32", "float16")
-PREPROCESSING_KEYS = ("preset", "image_size", "resize", "mean", "std", "channels", "interpolation")
 
 
 def _align(n: int) -> int:
@@ -89,7 +89,7 @@ def encode(graph: Graph, meta: dict[str, Any]) -> bytes:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "producer": meta.get("producer", "bnncli"),
-        "model": {k: meta[k] for k in ("arch", "arch_kwargs", "class_names", "preprocessing")},
+        "model": {k: meta[k] for k in MODEL_KEYS},
         "float_dtype": meta["float_dtype"],
         "binary_encoding": BINARY_ENCODING,
         "graph": {"inputs": graph.inputs, "outputs": graph.outputs, "nodes": [n.to_json() for n in graph.nodes]},
@@ -109,6 +109,13 @@ def write_packed(path: str | os.PathLike, graph: Graph, meta: dict[str, Any]) ->
 def is_packed(prefix: bytes) -> bool:
     """Whether the first bytes of a file are the packed format's magic."""
     return prefix[:len(MAGIC)] == MAGIC
+
+
+def header_size(data: bytes) -> int:
+    """Bytes before the payload (preamble + header) of a packed file's ``data``."""
+    if len(data) < PREAMBLE_SIZE or not is_packed(data):
+        raise ArtifactError("not a bnncli packed model (wrong magic bytes or truncated preamble)")
+    return PREAMBLE_SIZE + _PREAMBLE.unpack_from(data)[2]
 
 
 def decode(data: bytes, source: str = "<bytes>") -> tuple[Graph, dict[str, Any]]:
@@ -165,27 +172,6 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def check_preprocessing(pp: Any) -> None:
-    """Validate a preprocessing dict (see bnncli.data.presets); raises with what is wrong."""
-    _require(isinstance(pp, dict), "preprocessing must be an object")
-    missing = [k for k in PREPROCESSING_KEYS if k not in pp]
-    _require(not missing, f"preprocessing lacks {', '.join(missing)}")
-    _require(_is_int(pp["channels"]) and pp["channels"] >= 1, "preprocessing channels must be a positive integer")
-    _require(_is_int(pp["image_size"]) and pp["image_size"] >= 1, "preprocessing image_size must be a positive integer")
-    _require(_is_int(pp["resize"]) and pp["resize"] >= 1, "preprocessing resize must be a positive integer")
-    for key in ("mean", "std"):
-        v = pp[key]
-        _require(isinstance(v, list) and len(v) == pp["channels"] and all(_is_number(x) for x in v),
-                 f"preprocessing {key} must be {pp['channels']} numbers")
-    _require(all(s > 0 for s in pp["std"]), "preprocessing std must be positive")
-    _require(pp["interpolation"] == "bilinear", f"unsupported interpolation {pp['interpolation']!r}")
-    _require(isinstance(pp["preset"], str), "preprocessing preset must be a string")
-
-
 def _parse_header(h: Any, payload: memoryview) -> tuple[Graph, dict[str, Any]]:
     _require(isinstance(h, dict), "header is not a JSON object")
     missing = [k for k in ("format", "format_version", "producer", "model", "float_dtype", "binary_encoding",
@@ -198,16 +184,10 @@ def _parse_header(h: Any, payload: memoryview) -> tuple[Graph, dict[str, Any]]:
     enc = h["binary_encoding"]
     _require(enc == BINARY_ENCODING, f"binary encoding {enc!r} is not the one this reader supports "
                                      f"({BINARY_ENCODING!r})")
-    model = h["model"]
-    _require(isinstance(model, dict), "model must be an object")
-    for key in ("arch", "arch_kwargs", "class_names", "preprocessing"):
-        _require(key in model, f"model lacks {key}")
-    _require(isinstance(model["arch"], str) and model["arch"], "model arch must be a name")
-    _require(isinstance(model["arch_kwargs"], dict), "model arch_kwargs must be an object")
-    names = model["class_names"]
-    _require(isinstance(names, list) and names and all(isinstance(n, str) for n in names),
-             "class_names must be a non-empty list of strings")
-    check_preprocessing(model["preprocessing"])
+    try:
+        model = check_model_meta(h["model"])
+    except ArtifactError as e:
+        raise _Invalid(str(e)) from None
 
     tensors = _parse_tensors(h["tensors"], payload)
     g = h["graph"]
@@ -225,10 +205,7 @@ def _parse_header(h: Any, payload: memoryview) -> tuple[Graph, dict[str, Any]]:
     used = {name for n in nodes for name in n.params.values()}
     _require(used == set(tensors), f"tensors not used by any node: {', '.join(sorted(set(tensors) - used))}")
     meta = {
-        "arch": model["arch"],
-        "arch_kwargs": model["arch_kwargs"],
-        "class_names": list(names),
-        "preprocessing": dict(model["preprocessing"]),
+        **model,
         "float_dtype": h["float_dtype"],
         "producer": h["producer"],
         "format_version": h["format_version"],

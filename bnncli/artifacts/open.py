@@ -1,19 +1,21 @@
-"""Open any bnncli model file -- checkpoint, ONNX or packed -- by its content, not its name.
+"""Open any bnncli model file -- checkpoint, run directory, ONNX or packed -- by its content.
 
-    from bnncli.deploy.loader import open_model
-    predictor = open_model("model.bnn")          # or best.pt, or model.onnx
+    from bnncli.artifacts import open_model
+    predictor = open_model("model.bnn")          # or best.pt, a run directory, or model.onnx
     predictor.kind                               # "checkpoint" | "onnx" | "packed"
     predictor.arch, predictor.class_names, predictor.preprocessing
     logits = predictor(x)                        # x: float32 [N, C, H, W], preprocessed
 
-How a file is told apart:
+How a file is told apart (:func:`sniff`), whatever its name:
 
-* a zip archive (``PK\\x03\\x04``): a PyTorch checkpoint, loaded by
-  :func:`bnncli.engine.checkpoint.load_checkpoint` (no unpickling of code);
+* a zip archive (``PK\\x03\\x04``): a PyTorch checkpoint (:mod:`bnncli.artifacts.checkpoint`,
+  loaded without unpickling code);
 * the packed magic ``\\x89BNN\\r\\n\\x1a\\n``: a packed model, run by :mod:`bnncli.runtime`;
-* otherwise an ONNX protobuf carrying ``bnncli.*`` metadata, run by onnxruntime.
+* otherwise an ONNX protobuf carrying ``bnncli.*`` metadata (:mod:`bnncli.artifacts.onnx_file`),
+  run by onnxruntime.
 
-Anything else raises one :class:`~bnncli.errors.ArtifactError`.
+Anything else raises one :class:`~bnncli.errors.ArtifactError`. Torch is imported only for
+checkpoints, onnx and onnxruntime only for ONNX files.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.errors import ArtifactError
 from bnncli.runtime.format import is_packed
 from bnncli.runtime.labels import readable_labels
 
-KINDS = ("checkpoint", "onnx", "packed")
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -60,7 +62,7 @@ class CheckpointPredictor(Predictor):
     kind = "checkpoint"
 
     def __init__(self, path: Path) -> None:
-        from bnncli.deploy.source import open_checkpoint
+        from bnncli.artifacts.checkpoint import open_checkpoint
 
         self.source = open_checkpoint(path)
         super().__init__(path, self.source.meta)
@@ -72,9 +74,10 @@ class CheckpointPredictor(Predictor):
 class OnnxPredictor(Predictor):
     kind = "onnx"
 
-    def __init__(self, path: Path, model, threads: int | None = None) -> None:
-        from bnncli.deploy.onnx_export import ort_session, read_metadata
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        from bnncli.artifacts.onnx_file import load_onnx, ort_session, read_metadata
 
+        model = load_onnx(path)
         super().__init__(path, read_metadata(model, str(path)))
         try:
             self.session = ort_session(model, threads)
@@ -100,22 +103,9 @@ class PackedPredictor(Predictor):
         return self.runtime(x)
 
 
-def _resolve(path: str | os.PathLike) -> Path:
-    """A run directory stands for its best.pt, else last.pt (torch-free copy of
-    ``bnncli.deploy.source.resolve_model_path``)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                return path / name
-    return path
-
-
 def sniff(path: str | os.PathLike) -> str:
     """``checkpoint``, ``onnx`` or ``packed`` from the first bytes; ArtifactError when none fits."""
-    path = _resolve(path)
-    if not path.exists():
-        raise ArtifactError(f"model not found: {path}")
+    path = resolve_model_path(path)
     if not path.is_file():
         raise ArtifactError(f"{path} is not a model file (nor a run directory with best.pt or last.pt)")
     with open(path, "rb") as f:
@@ -130,24 +120,14 @@ def sniff(path: str | os.PathLike) -> str:
 
 
 def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """Open a checkpoint, ONNX model or packed model, told apart by content (a run directory
-    stands for its best.pt).
+    """Open a checkpoint, run directory, ONNX model or packed model, told apart by content.
 
     ``threads`` limits onnxruntime's and the packed runtime's threads (default: all CPUs).
     """
-    path = _resolve(path)
+    path = resolve_model_path(path)
     kind = sniff(path)
     if kind == "checkpoint":
         return CheckpointPredictor(path)
     if kind == "packed":
         return PackedPredictor(path, threads)
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError):
-        model = None
-    if model is None or not model.HasField("graph") or not model.graph.node:
-        raise ArtifactError(f"{path} is not a bnncli checkpoint, ONNX model or packed model")
-    return OnnxPredictor(path, model, threads)
+    return OnnxPredictor(path, threads)

@@ -2,27 +2,32 @@
 
 A checkpoint is a dict of tensors and plain Python values (str, int, float, bool, None,
 lists, tuples, dicts), saved with ``torch.save`` and loaded with ``torch.load(weights_only=True)``.
-Required keys: ``format``, ``format_version``, ``arch``, ``arch_kwargs``, ``class_names``,
-``preprocessing``, ``model`` (the state dict). Training adds ``epoch``, ``optimizer``,
+Required keys: ``format``, ``format_version``, the model description of
+:data:`bnncli.metadata.MODEL_KEYS` (``arch``, ``arch_kwargs``, ``class_names``, ``preprocessing``)
+and ``model`` (the state dict). Training adds ``epoch``, ``optimizer``,
 ``scheduler``, ``scaler``, ``rng``, ``metrics`` and ``config``.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from bnncli import __version__
 from bnncli.errors import ArtifactError, BnnError
 from bnncli.fileio import atomic_open
+from bnncli.artifacts.rundir import resolve_model_path
+from bnncli.metadata import MODEL_KEYS, model_meta
 
 FORMAT = "bnncli-checkpoint"
 FORMAT_VERSION = 1
-REQUIRED = ("arch", "arch_kwargs", "class_names", "preprocessing", "model")
+REQUIRED = (*MODEL_KEYS, "model")
 
 
 def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
@@ -96,3 +101,25 @@ def load_model(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, checkpoint)`` from a checkpoint file; the model is on CPU in eval mode."""
     ckpt = load_checkpoint(path)
     return build_model(ckpt), ckpt
+
+
+@dataclass
+class CheckpointModel:
+    """A checkpoint opened for inference: the model on CPU in eval mode and its description."""
+
+    path: Path
+    model: nn.Module
+    meta: dict[str, Any]  # bnncli.metadata.MODEL_KEYS
+    checkpoint: dict[str, Any] = field(repr=False)
+
+    @torch.inference_mode()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """PyTorch eval logits of a float32 NCHW batch: the reference every backend is compared with."""
+        return self.model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+
+def open_checkpoint(path: str | os.PathLike) -> CheckpointModel:
+    """A checkpoint file, or a run directory (its best.pt, else last.pt), opened for inference."""
+    path = resolve_model_path(path, what="checkpoint")
+    model, ckpt = load_model(path)
+    return CheckpointModel(path, model, model_meta(ckpt), ckpt)

@@ -1,0 +1,91 @@
+"""ONNX model files: the bnncli metadata they carry, reading them, and an onnxruntime session.
+
+Metadata (``metadata_props``): ``bnncli.format`` = ``bnncli-onnx``, ``bnncli.format_version``,
+``bnncli.version``, ``bnncli.arch``, and JSON-encoded ``bnncli.arch_kwargs``,
+``bnncli.class_names``, ``bnncli.preprocessing`` (the keys of :data:`bnncli.metadata.MODEL_KEYS`).
+The graph itself is written by :mod:`bnncli.deploy.onnx_export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bnncli import __version__
+from bnncli.errors import ArtifactError
+from bnncli.metadata import MODEL_KEYS, check_model_meta
+
+FORMAT = "bnncli-onnx"
+FORMAT_VERSION = 1
+PREFIX = "bnncli."
+
+
+def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
+    """The ``metadata_props`` entries describing the model ``meta`` (see :data:`MODEL_KEYS`)."""
+    props = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "version": __version__,
+             "arch": meta["arch"]}
+    for key in MODEL_KEYS[1:]:
+        props[key] = json.dumps(meta[key], sort_keys=True)
+    return {PREFIX + k: v for k, v in props.items()}
+
+
+def read_metadata(model, source: str = "model") -> dict[str, Any]:
+    """Our metadata from an ONNX ModelProto; ArtifactError if it was not exported by bnncli."""
+    props = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
+    if props.get("format") != FORMAT:
+        raise ArtifactError(f"{source} is an ONNX model without bnncli metadata (export it with `bnn export`)")
+    try:
+        version = int(props.get("format_version", ""))
+    except ValueError:
+        version = -1
+    if version < 1 or version > FORMAT_VERSION:
+        raise ArtifactError(f"{source} has bnncli ONNX format version {props.get('format_version')!r}; "
+                            f"this bnncli reads up to {FORMAT_VERSION}")
+    try:
+        raw = {"arch": props["arch"], **{k: json.loads(props[k]) for k in MODEL_KEYS[1:]}}
+    except (KeyError, ValueError) as e:
+        raise ArtifactError(f"{source} has incomplete bnncli metadata ({e})") from None
+    try:
+        meta = check_model_meta(raw)
+    except ArtifactError as e:
+        raise ArtifactError(f"{source}: {e}") from None
+    return {**meta, "format_version": version}
+
+
+def load_onnx(path: str | os.PathLike):
+    """The ModelProto in ``path`` (no external data); ArtifactError when it is not an ONNX model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError, OSError):
+        model = None
+    if model is None or not model.HasField("graph") or not model.graph.node:
+        raise ArtifactError(f"{path} is not a bnncli checkpoint, ONNX model or packed model")
+    return model
+
+
+def save_onnx(model, path: str | os.PathLike) -> Path:
+    """Write a ModelProto atomically (:mod:`bnncli.fileio`)."""
+    from bnncli.fileio import write_bytes
+
+    return write_bytes(path, model.SerializeToString())
+
+
+def ort_session(model_or_path, threads: int | None = None):
+    """An onnxruntime CPU session (all graph optimizations on) of a ModelProto or a file."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
+    if isinstance(model_or_path, (str, os.PathLike)):
+        source = str(model_or_path)
+    else:
+        source = model_or_path.SerializeToString()
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
