@@ -103,9 +103,9 @@ def _build(name: str, size: int, folder: Path, exact: bool = False):
     import torch
 
     from bnncli import create_model
+    from bnncli.artifacts.onnx_file import save_onnx
     from bnncli.data.presets import preprocessing
     from bnncli.deploy.lower import lower
-    from bnncli.artifacts.onnx_file import save_onnx
     from bnncli.deploy.onnx_export import to_onnx
     from bnncli.deploy.pack import packed_graph
     from bnncli.runtime.format import write_packed

@@ -100,8 +100,8 @@ def write_checkpoint(path: Path, arch: str = "binarydensenet_tiny", class_names=
     import torch
 
     from bnncli import create_model
-    from bnncli.data.presets import preprocessing
     from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
+    from bnncli.data.presets import preprocessing
 
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=len(class_names), **model_kwargs)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import FOLDER_CLASSES
 
-from bnncli.cli.app import main
-from bnncli.data.presets import preprocessing
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.rundir import resolve_model_path as resolve_checkpoint
+from bnncli.cli.app import main
+from bnncli.data.presets import preprocessing
 from bnncli.engine.evaluate import evaluate, load_eval_model
 from bnncli.errors import ArtifactError
 from bnncli.models import create_model

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import write_checkpoint
 
+from bnncli.artifacts.checkpoint import load_model
 from bnncli.cli.app import main
 from bnncli.deploy.pack import pack_model
-from bnncli.artifacts.checkpoint import load_model
 from bnncli.errors import ArtifactError
 from bnncli.runtime import format as fmt
 from bnncli.runtime import load

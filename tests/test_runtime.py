@@ -11,11 +11,11 @@ from conftest import exact_inputs, make_exact, randomize_batchnorm, write_checkp
 from PIL import Image
 
 from bnncli import create_model, list_models
-from bnncli.deploy.lower import fold, lower
 from bnncli.artifacts.onnx_file import ort_session
+from bnncli.deploy.lower import fold, lower
 from bnncli.deploy.onnx_export import to_onnx
-from bnncli.deploy.verify import compare
 from bnncli.deploy.pack import packed_graph
+from bnncli.deploy.verify import compare
 from bnncli.errors import ArtifactError, DataError
 from bnncli.runtime import Model, format, load
 from bnncli.runtime.graph import Graph, Node

@@ -16,8 +16,8 @@ import torch
 from conftest import FOLDER_CLASSES
 from PIL import Image
 
-from bnncli.cli.app import main
 from bnncli.artifacts.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from bnncli.cli.app import main
 from bnncli.engine.config import TrainConfig, load_recipe, resolve_config
 from bnncli.engine.optim import lr_factor
 from bnncli.engine.train import Reporter, StopRequest, load_resume, train

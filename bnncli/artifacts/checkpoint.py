@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from bnncli import __version__
+from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.errors import ArtifactError, BnnError
 from bnncli.fileio import atomic_open
-from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.metadata import MODEL_KEYS, model_meta
 
 FORMAT = "bnncli-checkpoint"

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnncli.artifacts.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from bnncli.data.loading import (
     EpochSampler,
     SampleDataset,
@@ -47,7 +48,6 @@ from bnncli.data.loading import (
 from bnncli.data.presets import default_preset, preprocessing
 from bnncli.data.transforms import eval_transform, train_transform
 from bnncli.engine import distributed
-from bnncli.artifacts.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
 from bnncli.engine.config import TrainConfig
 from bnncli.engine.curves import plot_curves
 from bnncli.engine.evaluate import autocast, evaluate
