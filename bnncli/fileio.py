@@ -1,4 +1,5 @@
-"""Atomic file writing, shared by checkpoints, ONNX files and packed artifacts (torch-free).
+"""Atomic file writing, the one writer of every file bnncli replaces: checkpoints, ONNX and packed
+files, run-directory logs and curves (torch-free).
 
 A kill at any instant leaves either the old file or the complete new one, never a partial file.
 """
@@ -44,3 +45,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_open(path) as f:
         f.write(data)
     return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    return write_bytes(path, text.encode("utf-8"))

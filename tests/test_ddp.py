@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from bnncli.artifacts.checkpoint import load_model
-from bnncli.engine.train import weights_digest
+from bnncli.engine.rng import weights_digest
 
 
 def test_torchrun_two_processes_on_cpu(image_folder, tmp_path):

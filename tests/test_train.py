@@ -20,7 +20,10 @@ from bnncli.artifacts.checkpoint import FORMAT_VERSION, load_checkpoint, save_ch
 from bnncli.cli.app import main
 from bnncli.engine.config import TrainConfig, load_recipe, resolve_config
 from bnncli.engine.optim import lr_factor
-from bnncli.engine.train import Reporter, StopRequest, load_resume, train
+from bnncli.engine.progress import Reporter
+from bnncli.engine.resume import load_resume
+from bnncli.engine.stopping import StopRequest
+from bnncli.engine.train import train
 from bnncli.errors import UsageError
 from bnncli.models import create_model, list_models
 

@@ -12,9 +12,12 @@ import sys
 import typer
 
 from bnncli import __version__
-from bnncli.cli import deploy as _deploy
-from bnncli.cli import models as _models
-from bnncli.cli import train as _train
+from bnncli.cli import eval as eval_cmd
+from bnncli.cli import export as export_cmd
+from bnncli.cli import models as models_cmd
+from bnncli.cli import pack as pack_cmd
+from bnncli.cli import predict as predict_cmd
+from bnncli.cli import train as train_cmd
 
 app = typer.Typer(
     name="bnn",
@@ -40,12 +43,13 @@ def _root(
     """Train, evaluate and ship binary neural networks."""
 
 
-app.command("train")(_train.train)
-app.command("eval")(_train.evaluate)
-app.command("export")(_deploy.export)
-app.command("pack")(_deploy.pack)
-app.command("predict")(_deploy.predict)
-app.command("models")(_models.models)
+# One module per command (bnncli/cli/<command>.py), in the order `bnn --help` lists them.
+app.command("train")(train_cmd.train)
+app.command("eval")(eval_cmd.evaluate)
+app.command("export")(export_cmd.export)
+app.command("pack")(pack_cmd.pack)
+app.command("predict")(predict_cmd.predict)
+app.command("models")(models_cmd.models)
 
 
 def _debug() -> bool:

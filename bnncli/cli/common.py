@@ -1,4 +1,4 @@
-"""What the CLI commands share: option aliases, consoles, JSON output.
+"""What the CLI commands share: option aliases (defined once), consoles, JSON output.
 
 Results go to stdout (tables, or JSON with ``--json``); progress and messages to stderr,
 so ``bnn eval --json | jq`` always sees clean JSON.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -19,7 +20,20 @@ if not out.is_terminal and out.width < 160:
     out.width = 160  # pipes and CI logs: wide enough that tables are not truncated
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for CI).")]
-ArchOpt = Annotated[str, typer.Option("--arch", "-a", help="Model name from `bnn models`.")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", "-a", help="Model name from `bnn models`.")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    "--workers", "-j", min=0, help="DataLoader worker processes [default: 0 on CPU, up to 8 per GPU].")]
+CheckpointArg = Annotated[Path, typer.Argument(
+    help="A checkpoint written by `bnn train` (runs/NAME/best.pt), or its run directory.")]
+SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
+                                         help="Random inputs the result is verified on against PyTorch.")]
+
+
+def default_output(checkpoint: Path, suffix: str) -> Path:
+    """Next to the checkpoint, with ``suffix`` (runs/NAME/best.pt -> runs/NAME/best.onnx)."""
+    from bnncli.artifacts.rundir import resolve_model_path
+
+    return resolve_model_path(checkpoint, what="checkpoint").with_suffix(suffix)
 
 
 def print_json(obj: Any) -> None:

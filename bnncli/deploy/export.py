@@ -11,7 +11,7 @@ from bnncli.artifacts.checkpoint import open_checkpoint
 from bnncli.artifacts.onnx_file import ort_session, save_onnx
 from bnncli.deploy.lower import lower
 from bnncli.deploy.onnx_export import OPSET, to_onnx
-from bnncli.deploy.verify import TOLERANCE, Parity, verify
+from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
 
 
 @dataclass
@@ -25,7 +25,7 @@ class ExportResult:
         return {"path": str(self.path), "bytes": self.bytes, "opset": self.opset, "verification": self.parity.as_dict()}
 
 
-def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, samples: int = 4,
+def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, samples: int = SAMPLES,
                 tolerance: float = TOLERANCE) -> ExportResult:
     """Export ``checkpoint`` to ONNX at ``output`` after checking onnxruntime agrees with PyTorch.
 

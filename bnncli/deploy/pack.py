@@ -20,7 +20,7 @@ import numpy as np
 from bnncli import __version__
 from bnncli.artifacts.checkpoint import open_checkpoint
 from bnncli.deploy.lower import fold, lower
-from bnncli.deploy.verify import TOLERANCE, Parity, verify
+from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.fileio import write_bytes
 from bnncli.runtime.format import FLOAT_DTYPES, decode, encode, header_size
@@ -113,7 +113,7 @@ def size_breakdown(graph: Graph, data: bytes) -> dict[str, int]:
 
 
 def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_dtype: str = "float32",
-               samples: int = 4, tolerance: float = TOLERANCE) -> PackResult:
+               samples: int = SAMPLES, tolerance: float = TOLERANCE) -> PackResult:
     """Pack ``checkpoint`` into ``output``.
 
     The written bytes are decoded and run first; a relative logit difference above ``tolerance``

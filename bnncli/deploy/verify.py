@@ -17,6 +17,7 @@ import numpy as np
 from bnncli.errors import ArtifactError
 
 TOLERANCE = 1e-3  # largest |candidate - reference| / max |reference| accepted
+SAMPLES = 4  # inputs verified on by default (the last one all zeros)
 
 
 class VerificationError(ArtifactError):
@@ -69,7 +70,7 @@ def sample_inputs(preprocessing: dict[str, Any], n: int = 4, seed: int = 0) -> n
 
 
 def verify(reference: Callable[[np.ndarray], np.ndarray], candidate: Callable[[np.ndarray], np.ndarray],
-           preprocessing: dict[str, Any], *, what: str, samples: int = 4, tolerance: float = TOLERANCE,
+           preprocessing: dict[str, Any], *, what: str, samples: int = SAMPLES, tolerance: float = TOLERANCE,
            enforce: bool = True) -> Parity:
     """Run ``reference`` (PyTorch) and ``candidate`` on the same :func:`sample_inputs` and compare.
 

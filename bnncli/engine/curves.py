@@ -10,6 +10,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from bnncli.fileio import atomic_open
+
 _COLORS = {"train": (31, 119, 180), "val": (214, 39, 40), "val top-5": (255, 127, 14)}
 _PANEL_W, _PANEL_H, _MARGIN = 460, 300, 48
 
@@ -85,8 +87,6 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, titl
     _panel(draw, _PANEL_W, f"accuracy {title}".strip(),
            {"train": series("train_top1"), "val": series("val_top1"), "val top-5": series("val_top5")},
            (0.0, 1.0), font, percent=True)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path) as f:
+        img.save(f, format="PNG")
+    return Path(path)

@@ -67,6 +67,14 @@ def all_reduce(t: torch.Tensor, op: str = "sum", ctx: Context | None = None) -> 
     return t
 
 
+def any_rank(flags: list[bool], ctx: Context) -> list[bool]:
+    """Each flag, true on every process when it is true on any (a collective in a process group)."""
+    if not ctx.distributed:
+        return list(flags)
+    t = all_reduce(torch.tensor([float(f) for f in flags], device=ctx.device), "max", ctx)
+    return [bool(v) for v in t.tolist()]
+
+
 def all_gather_object(obj, ctx: Context) -> list:
     if not ctx.distributed:
         return [obj]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from bnncli.artifacts.checkpoint import build_model, load_checkpoint
 from bnncli.artifacts.open import Predictor, open_model, sniff
 from bnncli.artifacts.rundir import resolve_model_path
-from bnncli.errors import ArtifactError
+from bnncli.errors import ArtifactError, DataError
 
 
 @dataclass
@@ -154,3 +154,42 @@ def evaluate(
             if seen > 0
         },
     }
+
+
+def published_numbers(arch: str | None, num_classes: int) -> dict[str, dict[str, float | None]] | None:
+    """Published ImageNet-1k numbers for this architecture, as fractions (None when not ImageNet-1k)."""
+    from bnncli.models import ANCHORS
+
+    if arch not in ANCHORS or num_classes != 1000:
+        return None
+    return {source: {"top1": None if t1 is None else t1 / 100, "top5": None if t5 is None else t5 / 100}
+            for source, (t1, t5) in ANCHORS[arch].items()}
+
+
+def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int = 64, workers: int | None = None,
+                        device: str = "auto", amp: str = "none", channels_last: bool = False,
+                        on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None,
+                        on_skip: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """``bnn eval``: any model file on a labelled folder (or builtin dataset), measured by :func:`evaluate`.
+
+    ``on_start(images)`` is called once the data is open. Returns the measurements with what was
+    measured (model file, kind, arch, data, device) and the published numbers for the arch.
+    """
+    from bnncli.data.loading import SampleDataset, ShardSampler, make_loader, open_eval_data
+    from bnncli.data.transforms import eval_transform
+    from bnncli.engine.distributed import resolve_device
+
+    dev = resolve_device(device)
+    em = load_eval_model(model, dev, amp=amp, channels_last=channels_last)
+    pre = em.preprocessing
+    dataset = SampleDataset(open_eval_data(data, em.class_names), eval_transform(pre), int(pre.get("channels", 3)))
+    if workers is None:
+        workers = 0 if dev.type == "cpu" else 4
+    loader = make_loader(dataset, ShardSampler(len(dataset)), batch_size, workers, pin_memory=dev.type == "cuda")
+    if on_start is not None:
+        on_start(len(dataset))
+    res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip)
+    if res["images"] == 0:
+        raise DataError(f"no readable images in {data}")
+    return {"model": em.source, "kind": em.kind, "arch": em.arch, "data": data, **res, "device": str(dev),
+            "anchors": published_numbers(em.arch, len(em.class_names))}

@@ -1,0 +1,37 @@
+"""`bnn export`: a checkpoint to standard ONNX, verified with onnxruntime before it is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, default_output, out, print_json
+from bnncli.deploy.verify import SAMPLES
+
+
+def export(
+    checkpoint: CheckpointArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: CHECKPOINT.onnx).")]
+    = None,
+    samples: SamplesOpt = SAMPLES,
+    json_: JsonOpt = False,
+) -> None:
+    """Export a checkpoint to standard ONNX (opset 17, dynamic batch), verified with onnxruntime.
+
+    Binarization is written as Where(x >= 0, 1, -1), so sign(0) = +1; the pad value of binary convs
+    as an explicit Pad; binary weights as +-1 floats. Fails, writing nothing, if onnxruntime and
+    PyTorch disagree (relative logit difference above 1e-3 or a different top-1).
+    """
+    from bnncli.deploy.export import export_onnx
+
+    result = export_onnx(checkpoint, output or default_output(checkpoint, ".onnx"), samples=samples)
+    if json_:
+        print_json(result.as_dict())
+        return
+    p = result.parity
+    out.print(f"wrote {result.path} ({result.bytes:,} bytes, ONNX opset {result.opset})", highlight=False)
+    out.print(f"verified against PyTorch with onnxruntime on {p.samples} inputs: largest difference "
+              f"{p.max_abs_diff:.3g} ({p.max_rel_diff:.2g} relative), top-1 equal on {p.top1_agree}/{p.samples}",
+              highlight=False)

@@ -1,0 +1,52 @@
+"""`bnn pack`: a checkpoint to one file with 1-bit binary weights, verified with the NumPy runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, default_output, out, print_json
+from bnncli.deploy.verify import SAMPLES
+from bnncli.runtime.format import FLOAT_DTYPES
+
+
+def pack(
+    checkpoint: CheckpointArg,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: CHECKPOINT.bnn).")]
+    = None,
+    float_dtype: Annotated[str, typer.Option("--float-dtype", help="Storage of the full-precision layers: "
+                                             f"{' or '.join(FLOAT_DTYPES)}.")] = FLOAT_DTYPES[0],
+    samples: SamplesOpt = SAMPLES,
+    json_: JsonOpt = False,
+) -> None:
+    """Pack a checkpoint into one file with 1-bit binary weights (format: docs/FORMAT.md).
+
+    Runs the packed file in the NumPy runtime against PyTorch before writing; a relative logit
+    difference above 1e-3 or a different top-1 is an error, except where float16 storage had to
+    round weights (a model trained with --float-weights float32), which is reported.
+    """
+    from bnncli.deploy.pack import pack_model
+    from bnncli.errors import UsageError
+
+    if float_dtype not in FLOAT_DTYPES:
+        raise UsageError(f"--float-dtype must be {' or '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
+    result = pack_model(checkpoint, output or default_output(checkpoint, ".bnn"), float_dtype, samples=samples)
+    if json_:
+        print_json(result.as_dict())
+        return
+    s, p = result.sizes, result.parity
+    out.print(f"wrote {result.path} ({result.bytes:,} bytes: {s['binary_weights']:,} binary weights at 1 bit, "
+              f"{s['float_weights']:,} {result.float_dtype} weights, {s['per_channel']:,} per-channel float32, "
+              f"{s['header']:,} header)", highlight=False)
+    note = ""
+    if result.float_dtype == "float16":
+        note = (" (float16 stores every weight unchanged: the model computes with float16-valued weights)"
+                if result.lossless else
+                f" (float16 rounded {len(result.rounded)} weight tensors of a model trained with float32 float "
+                f"weights, so small differences are expected; models trained with --float-weights float16, the "
+                f"default, pack losslessly)")
+    out.print(f"verified against PyTorch with the NumPy runtime on {p.samples} inputs: largest difference "
+              f"{p.max_abs_diff:.3g} ({p.max_rel_diff:.2g} relative), top-1 equal on {p.top1_agree}/{p.samples}"
+              f"{note}", highlight=False)
