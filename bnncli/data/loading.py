@@ -45,7 +45,6 @@ class DataSplits:
     val: Source | None
     class_names: list[str]
     native_size: int | None  # the image size of a built-in dataset; None for folders
-    spec: str
 
 
 def _builtin_name(spec: str) -> str | None:
@@ -57,13 +56,13 @@ def open_train_data(spec: str) -> DataSplits:
     name = _builtin_name(spec)
     if name is not None:
         train = ShapesDataset(name, "train")
-        return DataSplits(train, ShapesDataset(name, "val"), train.classes, BUILTIN[name].image_size, spec)
+        return DataSplits(train, ShapesDataset(name, "val"), train.classes, BUILTIN[name].image_size)
     train_dir, val_dir = split_folders(spec)
     if train_dir is None:
         raise DataError(f"{spec} has a val split but no train split: expected {spec}/train/<class>/<images>")
     train = ImageFolderDataset(train_dir)
     val = ImageFolderDataset(val_dir, classes=train.classes) if val_dir is not None else None
-    return DataSplits(train, val, train.classes, None, spec)
+    return DataSplits(train, val, train.classes, None)
 
 
 def open_eval_data(spec: str, class_names: Sequence[str]) -> Source:
