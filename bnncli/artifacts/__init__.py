@@ -18,7 +18,7 @@ pyproject.toml). Names are imported on first use, so opening a packed file never
 
 from __future__ import annotations
 
-import importlib
+from bnncli.lazy import lazy_exports
 
 _EXPORTS = {
     "RunFiles": "bnncli.artifacts.rundir",
@@ -40,8 +40,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'bnncli.artifacts' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import importlib
+from bnncli.lazy import lazy_exports
 
 _EXPORTS = {
     "ExportResult": "bnncli.deploy.export",
@@ -26,8 +26,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'bnncli.deploy' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
