@@ -3,6 +3,8 @@
 :func:`lower` traces the model with torch.fx (``BinaryConv2d`` is a leaf) and maps each module
 and function to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
 binary conv keeps its +-1 weights (packed) and pad value. The ONNX exporter emits this graph.
+Each module type and function has one registered lowering (``@lowers``, ``@lowers_function``)
+returning a node of an op that bnncli/runtime/opset.py declares; :data:`SUPPORTED` lists them.
 
 :func:`fold` rewrites it for the packer and runtime without changing what it computes:
 
@@ -18,6 +20,8 @@ binary conv keeps its +-1 weights (packed) and pad value. The ONNX exporter emit
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,9 +33,7 @@ from bnncli.nn import BinaryConv2d, is_float_layer
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Graph, Node
 from bnncli.runtime.ops import batchnorm_affine
-
-SUPPORTED = ("Conv2d (groups 1, zero padding)", "BinaryConv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "AvgPool2d",
-             "AdaptiveAvgPool2d(1)", "Flatten(1)", "Linear", "Identity", "torch.cat(dim=1)", "+")
+from bnncli.runtime.opset import SPECS
 
 
 class _Tracer(fx.Tracer):
@@ -59,6 +61,43 @@ def pack_binary_weight(weight: torch.Tensor) -> np.ndarray:
     return K.pack_bits(w.transpose(0, 2, 3, 1) >= 0, K.FILE_WORD_BITS)
 
 
+@dataclass
+class Lowered:
+    """What one fx node becomes: a graph node of a declared op (bnncli.runtime.opset).
+
+    :func:`lower` names the node, its output and its tensors (``<node>.<role>``) after the fx node.
+    """
+
+    op: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    args: list | None = None  # a function lowering's: the fx arguments it reads (a module reads its input)
+
+
+# The lowering registry: module type (subclasses included) or function -> (its name in SUPPORTED,
+# lowering). A module lowering is ``fn(module, fx_node) -> Lowered | None`` (None: the module is the
+# identity); a function lowering is ``fn(fx_node) -> Lowered`` with ``args`` set. SUPPORTED, at the
+# end of this section, lists them.
+_MODULES: dict[type[nn.Module], tuple[str, Callable[[Any, fx.Node], Lowered | None]]] = {}
+_FUNCTIONS: dict[Any, tuple[str, Callable[[fx.Node], Lowered]]] = {}
+
+
+def lowers(module_type: type[nn.Module], supported: str):
+    """Register the decorated function as the lowering of ``module_type``; ``supported`` names it in errors."""
+    def register(fn):
+        _MODULES[module_type] = (supported, fn)
+        return fn
+    return register
+
+
+def lowers_function(supported: str, *functions):
+    """Register the decorated function as the lowering of calls to any of ``functions``."""
+    def register(fn):
+        _FUNCTIONS.update((f, (supported, fn)) for f in functions)
+        return fn
+    return register
+
+
 def lower(model: nn.Module) -> Graph:
     """The graph of a model in eval mode. Raises ArtifactError naming anything it cannot lower."""
     model = model.eval()
@@ -77,15 +116,17 @@ def lower(model: nn.Module) -> Graph:
             raise ArtifactError(f"cannot lower a constant argument {arg!r}")
         return alias[arg.name]
 
-    def add(op: str, fx_node: fx.Node, inputs: list[str], attrs: dict[str, Any] | None = None,
-            params: dict[str, np.ndarray] | None = None) -> None:
+    def add(fx_node: fx.Node, lowered: Lowered | None, inputs: list[str]) -> None:
         name = fx_node.name
+        if lowered is None:  # the identity
+            alias[name] = inputs[0]
+            return
         refs = {}
-        for role, array in (params or {}).items():
+        for role, array in lowered.params.items():
             tensors[f"{name}.{role}"] = array
             refs[role] = f"{name}.{role}"
-        nodes.append(Node(op, name, inputs, [name], attrs or {}, refs))
-        alias[fx_node.name] = name
+        nodes.append(_declared(Node(lowered.op, name, inputs, [name], lowered.attrs, refs)))
+        alias[name] = name
 
     for n in fx_graph.nodes:
         if n.op == "placeholder":
@@ -94,21 +135,11 @@ def lower(model: nn.Module) -> Graph:
             graph_input = n.name
             alias[n.name] = "input"
         elif n.op == "call_module":
-            m = modules[n.target]
             x = value(n.args[0])
-            _lower_module(m, n, x, add, alias)
+            add(n, _lower_module(modules[n.target], n), [x])
         elif n.op == "call_function":
-            if n.target is torch.cat:
-                parts = n.args[0]
-                dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-                if dim != 1:
-                    raise ArtifactError(f"torch.cat along dim {dim} cannot be exported (only channels, dim 1)")
-                add("Concat", n, [value(a) for a in parts], {"axis": 1})
-            elif n.target in (operator.add, torch.add) and len(n.args) == 2 and not n.kwargs:
-                add("Add", n, [value(n.args[0]), value(n.args[1])])
-            else:
-                raise ArtifactError(f"cannot export the function {getattr(n.target, '__name__', n.target)}; "
-                                    f"supported: {', '.join(SUPPORTED)}")
+            lowered = _lower_function(n)
+            add(n, lowered, [value(a) for a in lowered.args])
         elif n.op == "output":
             out = n.args[0]
             if not isinstance(out, fx.Node):
@@ -121,6 +152,15 @@ def lower(model: nn.Module) -> Graph:
     return graph
 
 
+def _declared(node: Node) -> Node:
+    """``node``, checked against its op's spec (a failure is a bug in a lowering, not in the model)."""
+    spec = SPECS.get(node.op)
+    problem = spec.mismatch(node) if spec else "has an op that bnncli/runtime/opset.py does not declare"
+    if problem:
+        raise ArtifactError(f"lowering made node {node.name!r} ({node.op}), which {problem}")
+    return node
+
+
 def _rename_output(nodes: list[Node], old: str, new: str) -> None:
     if old == "input":
         raise ArtifactError("the model returns its input unchanged")
@@ -129,63 +169,128 @@ def _rename_output(nodes: list[Node], old: str, new: str) -> None:
         node.inputs = [new if v == old else v for v in node.inputs]
 
 
-def _lower_module(m: nn.Module, n: fx.Node, x: str, add, alias: dict[str, str]) -> None:
-    if isinstance(m, BinaryConv2d):
-        params = {"weight": pack_binary_weight(m.weight)}
-        alpha = m.scale()
-        if alpha is not None:
-            params["out_scale"] = _np(alpha)
-        add("BinaryConv", n, [x], {
-            "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair(m.kernel_size),
-            "stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
-            "pad_value": int(m.pad_value),
-        }, params)
-    elif isinstance(m, nn.Conv2d):
-        if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-            raise ArtifactError(f"{n.target}: only convolutions with groups=1 and numeric zero padding export")
-        params = {"weight": _param(m, "weight")}
-        if m.bias is not None:
-            params["bias"] = _param(m, "bias")
-        add("Conv", n, [x], {"stride": _pair(m.stride), "padding": _pair(m.padding),
-                             "dilation": _pair(m.dilation)}, params)
-    elif isinstance(m, nn.BatchNorm2d):
-        if m.running_mean is None or m.running_var is None:
-            raise ArtifactError(f"{n.target}: BatchNorm without running statistics cannot be exported")
-        c = m.num_features
-        gamma = _np(m.weight) if m.weight is not None else np.ones(c, np.float32)
-        beta = _np(m.bias) if m.bias is not None else np.zeros(c, np.float32)
-        add("BatchNorm", n, [x], {"eps": float(m.eps)}, {
-            "weight": gamma, "bias": beta, "running_mean": _np(m.running_mean), "running_var": _np(m.running_var)})
-    elif isinstance(m, nn.ReLU):
-        add("Relu", n, [x])
-    elif isinstance(m, nn.MaxPool2d):
-        if m.ceil_mode or _pair(m.dilation) != [1, 1] or m.return_indices:
-            raise ArtifactError(f"{n.target}: MaxPool2d with ceil_mode, dilation or indices cannot be exported")
-        stride = m.stride if m.stride is not None else m.kernel_size
-        add("MaxPool", n, [x], {"kernel_size": _pair(m.kernel_size), "stride": _pair(stride),
-                                "padding": _pair(m.padding)})
-    elif isinstance(m, nn.AvgPool2d):
-        if m.ceil_mode or _pair(m.padding) != [0, 0] or m.divisor_override is not None:
-            raise ArtifactError(f"{n.target}: only AvgPool2d without padding, ceil_mode or divisor exports")
-        stride = m.stride if m.stride is not None else m.kernel_size
-        add("AvgPool", n, [x], {"kernel_size": _pair(m.kernel_size), "stride": _pair(stride)})
-    elif isinstance(m, nn.AdaptiveAvgPool2d):
-        if _pair(m.output_size) != [1, 1]:
-            raise ArtifactError(f"{n.target}: only AdaptiveAvgPool2d(1) exports")
-        add("GlobalAvgPool", n, [x])
-    elif isinstance(m, nn.Flatten):
-        if m.start_dim != 1 or m.end_dim != -1:
-            raise ArtifactError(f"{n.target}: only Flatten(1) exports")
-        add("Flatten", n, [x])
-    elif isinstance(m, nn.Linear):
-        params = {"weight": _param(m, "weight")}
-        if m.bias is not None:
-            params["bias"] = _param(m, "bias")
-        add("Linear", n, [x], {}, params)
-    elif isinstance(m, nn.Identity):
-        alias[n.name] = x
-    else:
-        raise ArtifactError(f"cannot export module {n.target} ({type(m).__name__}); supported: {', '.join(SUPPORTED)}")
+def _lower_module(m: nn.Module, n: fx.Node) -> Lowered | None:
+    """The registered lowering of the nearest class of ``m`` (in its MRO) that has one."""
+    entry = next((_MODULES[t] for t in type(m).__mro__ if t in _MODULES), None)
+    if entry is None:
+        raise ArtifactError(f"cannot export module {n.target} ({type(m).__name__}); "
+                            f"supported: {', '.join(SUPPORTED)}")
+    return entry[1](m, n)
+
+
+def _lower_function(n: fx.Node) -> Lowered:
+    entry = _FUNCTIONS.get(n.target)
+    if entry is None:
+        raise _unsupported_function(n)
+    return entry[1](n)
+
+
+def _unsupported_function(n: fx.Node) -> ArtifactError:
+    return ArtifactError(f"cannot export the function {getattr(n.target, '__name__', n.target)}; "
+                         f"supported: {', '.join(SUPPORTED)}")
+
+
+def _optional_bias(m: nn.Module, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if m.bias is not None:
+        params["bias"] = _param(m, "bias")
+    return params
+
+
+@lowers(nn.Conv2d, "Conv2d (groups 1, zero padding)")
+def _conv(m: nn.Conv2d, n: fx.Node) -> Lowered:
+    if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ArtifactError(f"{n.target}: only convolutions with groups=1 and numeric zero padding export")
+    attrs = {"stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation)}
+    return Lowered("Conv", attrs, _optional_bias(m, {"weight": _param(m, "weight")}))
+
+
+@lowers(BinaryConv2d, "BinaryConv2d")
+def _binary_conv(m: BinaryConv2d, n: fx.Node) -> Lowered:
+    params = {"weight": pack_binary_weight(m.weight)}
+    alpha = m.scale()
+    if alpha is not None:
+        params["out_scale"] = _np(alpha)
+    return Lowered("BinaryConv", {
+        "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair(m.kernel_size),
+        "stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
+        "pad_value": int(m.pad_value),
+    }, params)
+
+
+@lowers(nn.BatchNorm2d, "BatchNorm2d")
+def _batchnorm(m: nn.BatchNorm2d, n: fx.Node) -> Lowered:
+    if m.running_mean is None or m.running_var is None:
+        raise ArtifactError(f"{n.target}: BatchNorm without running statistics cannot be exported")
+    c = m.num_features
+    gamma = _np(m.weight) if m.weight is not None else np.ones(c, np.float32)
+    beta = _np(m.bias) if m.bias is not None else np.zeros(c, np.float32)
+    return Lowered("BatchNorm", {"eps": float(m.eps)}, {
+        "weight": gamma, "bias": beta, "running_mean": _np(m.running_mean), "running_var": _np(m.running_var)})
+
+
+@lowers(nn.ReLU, "ReLU")
+def _relu(m: nn.ReLU, n: fx.Node) -> Lowered:
+    return Lowered("Relu")
+
+
+@lowers(nn.MaxPool2d, "MaxPool2d")
+def _max_pool(m: nn.MaxPool2d, n: fx.Node) -> Lowered:
+    if m.ceil_mode or _pair(m.dilation) != [1, 1] or m.return_indices:
+        raise ArtifactError(f"{n.target}: MaxPool2d with ceil_mode, dilation or indices cannot be exported")
+    stride = m.stride if m.stride is not None else m.kernel_size
+    return Lowered("MaxPool", {"kernel_size": _pair(m.kernel_size), "stride": _pair(stride),
+                               "padding": _pair(m.padding)})
+
+
+@lowers(nn.AvgPool2d, "AvgPool2d")
+def _avg_pool(m: nn.AvgPool2d, n: fx.Node) -> Lowered:
+    if m.ceil_mode or _pair(m.padding) != [0, 0] or m.divisor_override is not None:
+        raise ArtifactError(f"{n.target}: only AvgPool2d without padding, ceil_mode or divisor exports")
+    stride = m.stride if m.stride is not None else m.kernel_size
+    return Lowered("AvgPool", {"kernel_size": _pair(m.kernel_size), "stride": _pair(stride)})
+
+
+@lowers(nn.AdaptiveAvgPool2d, "AdaptiveAvgPool2d(1)")
+def _global_avg_pool(m: nn.AdaptiveAvgPool2d, n: fx.Node) -> Lowered:
+    if _pair(m.output_size) != [1, 1]:
+        raise ArtifactError(f"{n.target}: only AdaptiveAvgPool2d(1) exports")
+    return Lowered("GlobalAvgPool")
+
+
+@lowers(nn.Flatten, "Flatten(1)")
+def _flatten(m: nn.Flatten, n: fx.Node) -> Lowered:
+    if m.start_dim != 1 or m.end_dim != -1:
+        raise ArtifactError(f"{n.target}: only Flatten(1) exports")
+    return Lowered("Flatten")
+
+
+@lowers(nn.Linear, "Linear")
+def _linear(m: nn.Linear, n: fx.Node) -> Lowered:
+    return Lowered("Linear", {}, _optional_bias(m, {"weight": _param(m, "weight")}))
+
+
+@lowers(nn.Identity, "Identity")
+def _identity(m: nn.Identity, n: fx.Node) -> None:
+    return None
+
+
+@lowers_function("torch.cat(dim=1)", torch.cat)
+def _cat(n: fx.Node) -> Lowered:
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    if dim != 1:
+        raise ArtifactError(f"torch.cat along dim {dim} cannot be exported (only channels, dim 1)")
+    return Lowered("Concat", {"axis": 1}, args=list(n.args[0]))
+
+
+@lowers_function("+", operator.add, torch.add)
+def _add(n: fx.Node) -> Lowered:
+    if len(n.args) != 2 or n.kwargs:
+        raise _unsupported_function(n)
+    return Lowered("Add", args=list(n.args))
+
+
+# What error messages say the lowering supports: the registry's modules, then its functions.
+SUPPORTED: tuple[str, ...] = tuple(dict.fromkeys(label for label, _ in (*_MODULES.values(), *_FUNCTIONS.values())))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ The metadata (``metadata_props``) is written and read by :mod:`bnncli.artifacts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,27 @@ from bnncli import __version__
 from bnncli.artifacts.onnx_file import metadata_props
 from bnncli.errors import ArtifactError
 from bnncli.runtime import kernels as K
+from bnncli.runtime import opset
 from bnncli.runtime.graph import Graph, Node
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; widely readable
+
+# graph op (bnncli.runtime.opset) -> the _Emitter method that writes its ONNX nodes.
+EMITTERS: dict[str, Callable[[_Emitter, Node], None]] = {}
+
+
+def emits(op: str):
+    """Register the decorated ``_Emitter`` method as the emission of the declared graph op ``op``."""
+    opset.spec(op)  # LookupError for an op the list does not declare
+
+    def register(method: Callable[[_Emitter, Node], None]) -> Callable[[_Emitter, Node], None]:
+        if op in EMITTERS:
+            raise LookupError(f"two ONNX emissions for op {op!r}")
+        EMITTERS[op] = method
+        return method
+
+    return register
 
 
 class _Emitter:
@@ -63,8 +81,9 @@ class _Emitter:
     def channel_vector(self, node: Node, role: str, array: np.ndarray) -> str:
         return self.init(f"{node.name}.{role}", np.asarray(array, np.float32).reshape(1, -1, 1, 1))
 
-    # One method per graph op.
-    def Conv(self, node: Node) -> None:
+    # One method per graph op, registered in EMITTERS.
+    @emits("Conv")
+    def conv(self, node: Node) -> None:
         w = self.param(node, "weight").astype(np.float32)
         inputs = [node.inputs[0], self.init(f"{node.name}.weight", w)]
         b = self.param(node, "bias")
@@ -74,7 +93,8 @@ class _Emitter:
         self.emit("Conv", inputs, node.outputs[0], node.name, kernel_shape=list(w.shape[2:]),
                   strides=node.attrs["stride"], pads=[ph, pw, ph, pw], dilations=node.attrs["dilation"], group=1)
 
-    def BinaryConv(self, node: Node) -> None:
+    @emits("BinaryConv")
+    def binary_conv(self, node: Node) -> None:
         a = node.attrs
         x, name, out = node.inputs[0], node.name, node.outputs[0]
         t = self.param(node, "in_threshold")
@@ -109,46 +129,56 @@ class _Emitter:
         if bias is not None:
             self.emit("Add", [y, self.channel_vector(node, "out_bias", bias)], out, f"{name}.bias")
 
-    def BatchNorm(self, node: Node) -> None:
+    @emits("BatchNorm")
+    def batchnorm(self, node: Node) -> None:
         inputs = [node.inputs[0]] + [self.init(f"{node.name}.{r}", self.param(node, r).astype(np.float32))
                                      for r in ("weight", "bias", "running_mean", "running_var")]
         self.emit("BatchNormalization", inputs, node.outputs[0], node.name, epsilon=float(node.attrs["eps"]))
 
-    def Affine(self, node: Node) -> None:
+    @emits("Affine")
+    def affine(self, node: Node) -> None:
         y = self.emit("Mul", [node.inputs[0], self.channel_vector(node, "scale", self.param(node, "scale"))],
                       f"{node.name}.scaled", f"{node.name}.scale")
         self.emit("Add", [y, self.channel_vector(node, "shift", self.param(node, "shift"))], node.outputs[0],
                   f"{node.name}.shift")
 
-    def Relu(self, node: Node) -> None:
+    @emits("Relu")
+    def relu(self, node: Node) -> None:
         self.emit("Relu", node.inputs, node.outputs[0], node.name)
 
-    def MaxPool(self, node: Node) -> None:
+    @emits("MaxPool")
+    def max_pool(self, node: Node) -> None:
         ph, pw = node.attrs["padding"]
         self.emit("MaxPool", node.inputs, node.outputs[0], node.name, kernel_shape=node.attrs["kernel_size"],
                   strides=node.attrs["stride"], pads=[ph, pw, ph, pw])
 
-    def AvgPool(self, node: Node) -> None:
+    @emits("AvgPool")
+    def avg_pool(self, node: Node) -> None:
         self.emit("AveragePool", node.inputs, node.outputs[0], node.name, kernel_shape=node.attrs["kernel_size"],
                   strides=node.attrs["stride"])
 
-    def GlobalAvgPool(self, node: Node) -> None:
+    @emits("GlobalAvgPool")
+    def global_avg_pool(self, node: Node) -> None:
         self.emit("GlobalAveragePool", node.inputs, node.outputs[0], node.name)
 
-    def Flatten(self, node: Node) -> None:
+    @emits("Flatten")
+    def flatten(self, node: Node) -> None:
         self.emit("Flatten", node.inputs, node.outputs[0], node.name, axis=1)
 
-    def Linear(self, node: Node) -> None:
+    @emits("Linear")
+    def linear(self, node: Node) -> None:
         inputs = [node.inputs[0], self.init(f"{node.name}.weight", self.param(node, "weight").astype(np.float32))]
         b = self.param(node, "bias")
         if b is not None:
             inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
         self.emit("Gemm", inputs, node.outputs[0], node.name, transB=1)
 
-    def Concat(self, node: Node) -> None:
+    @emits("Concat")
+    def concat(self, node: Node) -> None:
         self.emit("Concat", node.inputs, node.outputs[0], node.name, axis=1)
 
-    def Add(self, node: Node) -> None:
+    @emits("Add")
+    def add(self, node: Node) -> None:
         self.emit("Add", node.inputs, node.outputs[0], node.name)
 
 
@@ -157,10 +187,10 @@ def to_onnx(graph: Graph, meta: dict[str, Any]) -> onnx.ModelProto:
     graph.check()
     em = _Emitter(graph)
     for node in graph.nodes:
-        method = getattr(em, node.op, None)
-        if method is None or node.op.startswith("_"):
+        emit = EMITTERS.get(node.op)
+        if emit is None:
             raise ArtifactError(f"the ONNX exporter has no mapping for op {node.op!r}")
-        method(node)
+        emit(em, node)
     pp = meta["preprocessing"]
     size, channels = int(pp["image_size"]), int(pp["channels"])
     x = helper.make_tensor_value_info(graph.inputs[0], TensorProto.FLOAT, ["batch", channels, size, size])

@@ -26,9 +26,10 @@ from bnncli.fileio import write_bytes
 from bnncli.runtime.format import FLOAT_DTYPES, decode, encode, header_size
 from bnncli.runtime.graph import Graph
 from bnncli.runtime.model import Model
+from bnncli.runtime.opset import FLOAT_DTYPE_PARAMS
 
-# Tensors stored in the chosen float dtype: the weights of the full-precision layers.
-FLOAT_WEIGHTS = {("Conv", "weight"), ("Conv", "bias"), ("Linear", "weight"), ("Linear", "bias")}
+# Tensors stored in the chosen float dtype: the weights of the full-precision layers (the op list says which).
+FLOAT_WEIGHTS = FLOAT_DTYPE_PARAMS
 
 
 def exact_in_float16(array: np.ndarray) -> bool:

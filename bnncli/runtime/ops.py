@@ -1,4 +1,4 @@
-"""The runtime's operations: one small class per op type, registered in :data:`OPS`.
+"""The runtime's operations: one small class per graph op of bnncli.runtime.opset, collected in :data:`OPS`.
 
 Each class validates its node (inputs, attributes, tensors, dtypes, shapes) when it is built, so
 a malformed artifact fails at load time with a message naming the node, and then computes in
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bnncli.errors import ArtifactError
-from bnncli.runtime import blas
+from bnncli.runtime import blas, opset
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Node
 
@@ -65,14 +65,21 @@ class Context:
         return out
 
 
+# op name -> its runtime class, filled as the classes below are defined (Op.__init_subclass__).
+_REGISTERED: dict[str, type[Op]] = {}
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 class Op:
-    """Base class. Subclasses set ``type``, ``arity`` (None: one or more), their required and
-    optional ``params`` and required ``attrs``, and implement ``setup`` and ``__call__``."""
+    """Base class. A subclass names its graph op, ``class Conv(Op, op="Conv")``, which registers it
+    and sets ``spec`` (bnncli.runtime.opset) and, from it, ``type``, ``arity`` (None: one or more),
+    the required and optional ``params`` and the required ``attrs``; it implements ``setup`` and
+    ``__call__``."""
 
+    spec: ClassVar[opset.OpSpec]
     type: ClassVar[str] = ""
     arity: ClassVar[int | None] = 1
     # True for ops whose ``__call__`` takes ``out=``, an array it may write its result into: the
@@ -82,22 +89,23 @@ class Op:
     optional_params: ClassVar[tuple[str, ...]] = ()
     attrs: ClassVar[tuple[str, ...]] = ()
 
+    def __init_subclass__(cls, op: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if op is None:
+            return
+        if op in _REGISTERED:
+            raise LookupError(f"two runtime classes for op {op!r}: {_REGISTERED[op].__name__} and {cls.__name__}")
+        s = cls.spec = opset.spec(op)
+        cls.type, cls.arity, cls.params, cls.optional_params, cls.attrs = (
+            s.name, s.arity, s.params, s.optional_params, s.attrs)
+        _REGISTERED[op] = cls
+
     def __init__(self, node: Node, tensors: dict[str, np.ndarray], ctx: Context) -> None:
         self.node = node
         self.ctx = ctx
-        if self.arity is not None and len(node.inputs) != self.arity:
-            self.fail(f"takes {self.arity} input(s), not {len(node.inputs)}")
-        if self.arity is None and not node.inputs:
-            self.fail("takes at least one input")
-        unknown = sorted(set(node.params) - set(self.params) - set(self.optional_params))
-        missing = [p for p in self.params if p not in node.params]
-        if unknown or missing:
-            self.fail(f"has params {sorted(node.params)}; expected {list(self.params)}"
-                      f"{' and optionally ' + str(list(self.optional_params)) if self.optional_params else ''}")
-        unknown = sorted(set(node.attrs) - set(self.attrs))
-        missing = [a for a in self.attrs if a not in node.attrs]
-        if unknown or missing:
-            self.fail(f"has attributes {sorted(node.attrs)}; expected {list(self.attrs)}")
+        problem = self.spec.mismatch(node)
+        if problem:
+            self.fail(problem)
         self._tensors = tensors
         self.setup()
 
@@ -213,13 +221,8 @@ def _pool(x: np.ndarray, kernel, stride, padding, ufunc, fill: float, out: np.nd
     return _pool_axis(rows, 3, wo, kernel[1], stride[1], padding[1], ufunc, fill, out=out)
 
 
-class Conv(Op):
+class Conv(Op, op="Conv"):
     """Full-precision convolution (groups 1), optional bias: im2col and one matrix product."""
-
-    type = "Conv"
-    params = ("weight",)
-    optional_params = ("bias",)
-    attrs = ("stride", "padding", "dilation")
 
     def setup(self) -> None:
         self.weight = self.tensor("weight", ndim=4)
@@ -274,18 +277,13 @@ class Conv(Op):
         return y.reshape(self.cout, n, ho, wo)
 
 
-class BinaryConv(Op):
+class BinaryConv(Op, op="BinaryConv"):
     """Binary convolution on packed bits: binarize, pack, XNOR + popcount, then scale/bias.
 
     bit(x) = x >= in_threshold (x <= in_threshold where in_negate), or x >= 0 without threshold;
     the binarized input is padded with ``pad_value``; the result is the exact integer sum of
     +-1 products, times ``out_scale`` plus ``out_bias`` per output channel when present.
     """
-
-    type = "BinaryConv"
-    params = ("weight",)
-    optional_params = ("in_threshold", "in_negate", "out_scale", "out_bias")
-    attrs = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "pad_value")
 
     def setup(self) -> None:
         self.cin = self.integer("in_channels", 1)
@@ -365,12 +363,8 @@ class _ChannelAffine(Op):
         return self.ctx.by_channels(affine, x, x.shape)
 
 
-class BatchNorm(_ChannelAffine):
+class BatchNorm(_ChannelAffine, op="BatchNorm"):
     """Inference BatchNorm: x * s + b with s = weight / sqrt(var + eps), b = bias - mean * s (float32, as PyTorch)."""
-
-    type = "BatchNorm"
-    params = ("weight", "bias", "running_mean", "running_var")
-    attrs = ("eps",)
 
     def setup(self) -> None:
         eps = self.node.attrs["eps"]
@@ -396,11 +390,8 @@ def batchnorm_affine(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np
     return scale, shift
 
 
-class Affine(_ChannelAffine):
+class Affine(_ChannelAffine, op="Affine"):
     """Per-channel x * scale + shift (an inference BatchNorm, folded)."""
-
-    type = "Affine"
-    params = ("scale", "shift")
 
     def setup(self) -> None:
         self.scale = self.tensor("scale", ndim=1)
@@ -410,23 +401,20 @@ class Affine(_ChannelAffine):
         return self.apply(x, self.scale, self.shift)
 
 
-class Relu(Op):
-    type = "Relu"
+class Relu(Op, op="Relu"):
+    """max(x, 0), channel blocks in parallel on large maps."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.ctx.by_channels(lambda xs, out, a, b: np.maximum(xs, np.float32(0), out=out), x, x.shape)
 
 
-class MaxPool(Op):
+class MaxPool(Op, op="MaxPool"):
     """Max pooling; padding counts as -inf (as in PyTorch).
 
     ``relu`` (set by the model at load time, see ``Model._defer_relus``) applies a ReLU to the
     result: the max of ReLUs is the ReLU of the max, so a ReLU in front of a pool runs here on
     the pooled map, a quarter of the elements for the stem's stride-2 pool.
     """
-
-    type = "MaxPool"
-    attrs = ("kernel_size", "stride", "padding")
 
     def setup(self) -> None:
         self.kernel = self.pair("kernel_size", 1)
@@ -451,11 +439,8 @@ class MaxPool(Op):
         return self.ctx.by_channels(pool, x, (x.shape[0], x.shape[1], ho, wo))
 
 
-class AvgPool(Op):
+class AvgPool(Op, op="AvgPool"):
     """Average pooling without padding (the ResNetE shortcut's 2x2, stride 2)."""
-
-    type = "AvgPool"
-    attrs = ("kernel_size", "stride")
 
     def setup(self) -> None:
         self.kernel = self.pair("kernel_size", 1)
@@ -473,10 +458,8 @@ class AvgPool(Op):
         return out
 
 
-class GlobalAvgPool(Op):
+class GlobalAvgPool(Op, op="GlobalAvgPool"):
     """Mean over height and width, keeping them as size 1 (AdaptiveAvgPool2d(1))."""
-
-    type = "GlobalAvgPool"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
@@ -484,10 +467,8 @@ class GlobalAvgPool(Op):
         return x.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
 
 
-class Flatten(Op):
+class Flatten(Op, op="Flatten"):
     """NCHW -> [N, C*H*W] (PyTorch's Flatten(1))."""
-
-    type = "Flatten"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
@@ -495,12 +476,8 @@ class Flatten(Op):
         return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1)
 
 
-class Linear(Op):
+class Linear(Op, op="Linear"):
     """y = x @ weight.T + bias on ``[N, in]``."""
-
-    type = "Linear"
-    params = ("weight",)
-    optional_params = ("bias",)
 
     def setup(self) -> None:
         self.weight = self.tensor("weight", ndim=2)
@@ -517,7 +494,7 @@ class Linear(Op):
         return y
 
 
-class Concat(Op):
+class Concat(Op, op="Concat"):
     """Concatenation along channels (``axis`` 1 in NCHW terms, the only axis supported).
 
     In the runtime's channel-first layout the first ``C`` channels of a map are a contiguous
@@ -526,10 +503,6 @@ class Concat(Op):
     grows by its growth rate per layer) and later links of the chain append in place, returning a
     longer prefix of the same buffer: a dense block copies each feature map once, not once per layer.
     """
-
-    type = "Concat"
-    arity = None
-    attrs = ("axis",)
 
     def setup(self) -> None:
         if self.node.attrs["axis"] != 1:
@@ -558,12 +531,10 @@ class Concat(Op):
         return buffer[:total]
 
 
-class Add(Op):
+class Add(Op, op="Add"):
     """Elementwise sum; into the first input when the model says that nothing reads it later
     (``out``, see ``Model.run``), which saves allocating and first touching a new map."""
 
-    type = "Add"
-    arity = 2
     overwrites_first = True
 
     def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -572,10 +543,9 @@ class Add(Op):
         return np.add(a, b, out=out)
 
 
-# Every op the runtime knows, in one explicit list.
-OPS: tuple[type[Op], ...] = (
-    Conv, BinaryConv, BatchNorm, Affine, Relu, MaxPool, AvgPool, GlobalAvgPool, Flatten, Linear, Concat, Add,
-)
+# Every op the runtime knows, in the order of bnncli.runtime.opset.OPSET (tests/test_opset.py checks
+# that there is one class per declared op).
+OPS: tuple[type[Op], ...] = tuple(_REGISTERED[s.name] for s in opset.OPSET if s.name in _REGISTERED)
 OP_TYPES: dict[str, type[Op]] = {cls.type: cls for cls in OPS}
 
 
