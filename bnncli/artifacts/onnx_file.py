@@ -15,18 +15,20 @@ from typing import Any
 
 from bnncli import __version__
 from bnncli.errors import ArtifactError
+from bnncli.fileio import write_bytes
 from bnncli.metadata import MODEL_KEYS, check_model_meta
 
 FORMAT = "bnncli-onnx"
 FORMAT_VERSION = 1
 PREFIX = "bnncli."
+JSON_KEYS = tuple(k for k in MODEL_KEYS if k != "arch")  # stored JSON-encoded; arch is stored as it is
 
 
 def metadata_props(meta: dict[str, Any]) -> dict[str, str]:
     """The ``metadata_props`` entries describing the model ``meta`` (see :data:`MODEL_KEYS`)."""
     props = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "version": __version__,
              "arch": meta["arch"]}
-    for key in MODEL_KEYS[1:]:
+    for key in JSON_KEYS:
         props[key] = json.dumps(meta[key], sort_keys=True)
     return {PREFIX + k: v for k, v in props.items()}
 
@@ -44,7 +46,7 @@ def read_metadata(model, source: str = "model") -> dict[str, Any]:
         raise ArtifactError(f"{source} has bnncli ONNX format version {props.get('format_version')!r}; "
                             f"this bnncli reads up to {FORMAT_VERSION}")
     try:
-        raw = {"arch": props["arch"], **{k: json.loads(props[k]) for k in MODEL_KEYS[1:]}}
+        raw = {"arch": props["arch"], **{k: json.loads(props[k]) for k in JSON_KEYS}}
     except (KeyError, ValueError) as e:
         raise ArtifactError(f"{source} has incomplete bnncli metadata ({e})") from None
     try:
@@ -70,8 +72,6 @@ def load_onnx(path: str | os.PathLike):
 
 def save_onnx(model, path: str | os.PathLike) -> Path:
     """Write a ModelProto atomically (:mod:`bnncli.fileio`)."""
-    from bnncli.fileio import write_bytes
-
     return write_bytes(path, model.SerializeToString())
 
 

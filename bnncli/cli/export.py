@@ -32,6 +32,4 @@ def export(
         return
     p = result.parity
     out.print(f"wrote {result.path} ({result.bytes:,} bytes, ONNX opset {result.opset})", highlight=False)
-    out.print(f"verified against PyTorch with onnxruntime on {p.samples} inputs: largest difference "
-              f"{p.max_abs_diff:.3g} ({p.max_rel_diff:.2g} relative), top-1 equal on {p.top1_agree}/{p.samples}",
-              highlight=False)
+    out.print(f"verified against PyTorch with onnxruntime on {p.samples} inputs: {p.describe()}", highlight=False)

@@ -47,6 +47,5 @@ def pack(
                 f" (float16 rounded {len(result.rounded)} weight tensors of a model trained with float32 float "
                 f"weights, so small differences are expected; models trained with --float-weights float16, the "
                 f"default, pack losslessly)")
-    out.print(f"verified against PyTorch with the NumPy runtime on {p.samples} inputs: largest difference "
-              f"{p.max_abs_diff:.3g} ({p.max_rel_diff:.2g} relative), top-1 equal on {p.top1_agree}/{p.samples}"
-              f"{note}", highlight=False)
+    out.print(f"verified against PyTorch with the NumPy runtime on {p.samples} inputs: {p.describe()}{note}",
+              highlight=False)

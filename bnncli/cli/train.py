@@ -22,7 +22,7 @@ D = TrainConfig()  # the defaults --help shows
 
 
 def _default(value: Any) -> str:
-    return f"[default: {', '.join(map(str, value)) if isinstance(value, list) else value}]"
+    return f"[default: {value}]"
 
 
 def _choices(names: tuple[str, ...], default: str) -> str:
@@ -118,9 +118,10 @@ def train(
         with graceful_interrupts(stop), reporter:
             result = run_training(cfg, out_dir, resume=checkpoint, reporter=reporter, stop=stop)
     except KeyboardInterrupt:  # a second Ctrl-C: no time to save, but the last checkpoint is intact
-        if reporter.run_dir is not None and RunFiles(Path(reporter.run_dir)).last.exists():
-            err.print(f"aborted; {RunFiles(Path(reporter.run_dir)).last} holds the last saved state. "
-                      f"Resume with: bnn train --resume {reporter.run_dir}", highlight=False)
+        last = RunFiles(Path(reporter.run_dir)).last if reporter.run_dir is not None else None
+        if last is not None and last.exists():
+            err.print(f"aborted; {last} holds the last saved state. Resume with: bnn train --resume {reporter.run_dir}",
+                      highlight=False)
         raise
     if reporter.is_main:
         _report(result, cfg, json_)
