@@ -16,7 +16,7 @@ import torch
 from conftest import FOLDER_CLASSES
 from PIL import Image
 
-from bnncli.artifacts.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from bnncli.artifacts.checkpoint import FORMAT_VERSION, build_model, load_checkpoint, save_checkpoint
 from bnncli.cli.app import main
 from bnncli.engine.config import TrainConfig, load_recipe, resolve_config
 from bnncli.engine.optim import lr_factor
@@ -326,3 +326,17 @@ def test_grayscale_model_trains_and_records_one_channel(tmp_path):
     ckpt = load_checkpoint(tmp_path / "gray" / "best.pt")
     assert not result.interrupted and ckpt["arch_kwargs"]["in_channels"] == 1
     assert ckpt["preprocessing"]["channels"] == 1 and len(ckpt["preprocessing"]["mean"]) == 1
+
+
+def test_tensorflow_padding_trains_and_is_recorded(tmp_path, capsys):
+    run = tmp_path / "tf"
+    code, _, err = bnn(capsys, "train", "--arch", "resnete_tiny", "--data", "builtin:shapes-mini", "--epochs", "1",
+                       "--batch-size", "40", "--image-size", "32", "--padding", "tensorflow", "--out", run)
+    assert code == 0, err
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["arch_kwargs"]["padding"] == "tensorflow"
+    model = build_model(ckpt)
+    assert model.features[2].conv.padding_rule == "tensorflow"  # its stride-2 binary conv (thumbnail stem)
+    code, _, err = bnn(capsys, "train", "--arch", "resnete_tiny", "--data", "builtin:shapes-mini", "--epochs", "1",
+                       "--padding", "valid", "--out", tmp_path / "bad")
+    assert code == 2 and "padding must be one of symmetric, tensorflow" in err

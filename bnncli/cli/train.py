@@ -71,6 +71,9 @@ def train(
         "--float-weights", help="float16: the full-precision layers compute with float16-valued weights, so "
         "`bnn pack --float-dtype float16` is lossless; float32: plain float layers [default: the model's, float16].")
     ] = None,
+    padding: Annotated[str | None, typer.Option(
+        "--padding", help="How padded stride-2 layers pad: symmetric (PyTorch) or tensorflow (TensorFlow's "
+        "\"same\", as Keras-trained models such as Larq Zoo's) [default: symmetric].")] = None,
     image_size: Annotated[int | None, typer.Option(
         "--image-size", min=8, help="Training crop [default: 32 for builtin:shapes, else 224].")] = None,
     preset: Annotated[str | None, typer.Option(
@@ -102,7 +105,7 @@ def train(
 
     model_options = {"clip_threshold": clip_threshold, "scaling": scaling, "activation_gradient": activation_gradient,
                      "weight_gradient": weight_gradient, "pad_value": pad_value,
-                     "binary_downsample": binary_downsample, "float_weights": float_weights}
+                     "binary_downsample": binary_downsample, "float_weights": float_weights, "padding": padding}
     overrides: dict[str, Any] = {
         "arch": arch, "data": data, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
         "weight_decay": weight_decay, "schedule": schedule, "steps": parse_steps(steps), "factor": factor,

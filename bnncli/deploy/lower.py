@@ -30,15 +30,17 @@ from torch import fx, nn
 
 from bnncli.errors import ArtifactError
 from bnncli.nn import BinaryConv2d, is_float_layer
+from bnncli.nn.padding import PaddingRule
 from bnncli.runtime import kernels as K
 from bnncli.runtime.graph import Graph, Node
 from bnncli.runtime.ops import batchnorm_affine
 from bnncli.runtime.opset import SPECS
+from bnncli.runtime.padding import SAME
 
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, BinaryConv2d) or is_float_layer(m) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (BinaryConv2d, PaddingRule)) or is_float_layer(m) or super().is_leaf_module(m, qualname)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -53,6 +55,11 @@ def _param(m: nn.Module, name: str) -> np.ndarray:
 
 def _pair(v) -> list[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+
+def _padding(m: nn.Module) -> str | list[int]:
+    """A layer's padding attribute: ``"same"`` for TensorFlow's rule, else ``[ph, pw]``."""
+    return SAME if isinstance(m, PaddingRule) and m.tf_same else _pair(m.padding)
 
 
 def pack_binary_weight(weight: torch.Tensor) -> np.ndarray:
@@ -200,7 +207,7 @@ def _optional_bias(m: nn.Module, params: dict[str, np.ndarray]) -> dict[str, np.
 def _conv(m: nn.Conv2d, n: fx.Node) -> Lowered:
     if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise ArtifactError(f"{n.target}: only convolutions with groups=1 and numeric zero padding export")
-    attrs = {"stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation)}
+    attrs = {"stride": _pair(m.stride), "padding": _padding(m), "dilation": _pair(m.dilation)}
     return Lowered("Conv", attrs, _optional_bias(m, {"weight": _param(m, "weight")}))
 
 
@@ -212,7 +219,7 @@ def _binary_conv(m: BinaryConv2d, n: fx.Node) -> Lowered:
         params["out_scale"] = _np(alpha)
     return Lowered("BinaryConv", {
         "in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": _pair(m.kernel_size),
-        "stride": _pair(m.stride), "padding": _pair(m.padding), "dilation": _pair(m.dilation),
+        "stride": _pair(m.stride), "padding": _padding(m), "dilation": _pair(m.dilation),
         "pad_value": int(m.pad_value),
     }, params)
 
@@ -239,7 +246,7 @@ def _max_pool(m: nn.MaxPool2d, n: fx.Node) -> Lowered:
         raise ArtifactError(f"{n.target}: MaxPool2d with ceil_mode, dilation or indices cannot be exported")
     stride = m.stride if m.stride is not None else m.kernel_size
     return Lowered("MaxPool", {"kernel_size": _pair(m.kernel_size), "stride": _pair(stride),
-                               "padding": _pair(m.padding)})
+                               "padding": _padding(m)})
 
 
 @lowers(nn.AvgPool2d, "AvgPool2d")

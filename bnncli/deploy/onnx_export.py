@@ -9,7 +9,9 @@ visible in the file.
   the convolution's own zero padding for 0;
 * binary weights are stored as float +-1 (ONNX has no 1-bit type), the XNOR scale as a Mul.
 
-The batch dimension is dynamic; height and width are those of the model's preprocessing.
+The batch dimension is dynamic; height and width are those of the model's preprocessing, so a
+layer padded by TensorFlow's "same" rule (``padding="same"``) gets the explicit, possibly uneven,
+``pads`` that rule gives at that size (bnncli.runtime.padding).
 The metadata (``metadata_props``) is written and read by :mod:`bnncli.artifacts.onnx_file`.
 """
 
@@ -27,6 +29,7 @@ from bnncli.artifacts.onnx_file import metadata_props
 from bnncli.errors import ArtifactError
 from bnncli.runtime import kernels as K
 from bnncli.runtime import opset
+from bnncli.runtime import padding as P
 from bnncli.runtime.graph import Graph, Node
 
 OPSET = 17
@@ -49,9 +52,32 @@ def emits(op: str):
     return register
 
 
+def _kernel(graph: Graph, node: Node) -> list[int]:
+    return list(graph.param(node, "weight").shape[2:]) if node.op == "Conv" else node.attrs["kernel_size"]
+
+
+def spatial_sizes(graph: Graph, size: tuple[int, int]) -> dict[str, tuple[int, int]]:
+    """(H, W) of every feature map ``graph`` computes from an input of ``size``, by value name."""
+    sizes = {graph.inputs[0]: tuple(size)}
+    for node in graph.nodes:
+        hw = sizes.get(node.inputs[0])
+        if hw is None or node.op in ("Flatten", "Linear"):
+            continue
+        if node.op in ("Conv", "BinaryConv", "MaxPool", "AvgPool"):
+            kernel, stride = _kernel(graph, node), node.attrs["stride"]
+            dilation = node.attrs.get("dilation", [1, 1])
+            pads = P.resolve(node.attrs.get("padding", [0, 0]), hw, kernel, stride, dilation)
+            hw = P.output_hw(hw, kernel, stride, pads, dilation)
+        elif node.op == "GlobalAvgPool":
+            hw = (1, 1)
+        sizes[node.outputs[0]] = hw
+    return sizes
+
+
 class _Emitter:
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, size: tuple[int, int]) -> None:
         self.graph = graph
+        self.sizes = spatial_sizes(graph, size)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: set[str] = set()
@@ -78,6 +104,12 @@ class _Emitter:
     def param(self, node: Node, role: str) -> np.ndarray | None:
         return self.graph.param(node, role)
 
+    def pads(self, node: Node) -> list[int]:
+        """ONNX ``pads`` (top, left, bottom, right) of a padded node at the export size."""
+        a = node.attrs
+        return list(P.resolve(a["padding"], self.sizes[node.inputs[0]], _kernel(self.graph, node), a["stride"],
+                              a.get("dilation", [1, 1])))
+
     def channel_vector(self, node: Node, role: str, array: np.ndarray) -> str:
         return self.init(f"{node.name}.{role}", np.asarray(array, np.float32).reshape(1, -1, 1, 1))
 
@@ -89,9 +121,8 @@ class _Emitter:
         b = self.param(node, "bias")
         if b is not None:
             inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
-        ph, pw = node.attrs["padding"]
         self.emit("Conv", inputs, node.outputs[0], node.name, kernel_shape=list(w.shape[2:]),
-                  strides=node.attrs["stride"], pads=[ph, pw, ph, pw], dilations=node.attrs["dilation"], group=1)
+                  strides=node.attrs["stride"], pads=self.pads(node), dilations=node.attrs["dilation"], group=1)
 
     @emits("BinaryConv")
     def binary_conv(self, node: Node) -> None:
@@ -109,10 +140,10 @@ class _Emitter:
             cond = self.emit("GreaterOrEqual", [xd, self.channel_vector(node, "in_threshold", td)],
                              f"{name}.nonneg", f"{name}.sign_test")
         xb = self.emit("Where", [cond, self.const(1.0), self.const(-1.0)], f"{name}.sign", f"{name}.sign")
-        ph, pw = a["padding"]
-        pads = [ph, pw, ph, pw]
-        if (ph or pw) and a["pad_value"] != 0:
-            pad_spec = self.init(f"{name}.pads", np.array([0, 0, ph, pw, 0, 0, ph, pw], dtype=np.int64))
+        pads = self.pads(node)
+        if any(pads) and a["pad_value"] != 0:
+            top, left, bottom, right = pads
+            pad_spec = self.init(f"{name}.pads", np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64))
             xb = self.emit("Pad", [xb, pad_spec, self.const(float(a["pad_value"]))], f"{name}.padded",
                            f"{name}.pad", mode="constant")
             pads = [0, 0, 0, 0]
@@ -148,9 +179,8 @@ class _Emitter:
 
     @emits("MaxPool")
     def max_pool(self, node: Node) -> None:
-        ph, pw = node.attrs["padding"]
         self.emit("MaxPool", node.inputs, node.outputs[0], node.name, kernel_shape=node.attrs["kernel_size"],
-                  strides=node.attrs["stride"], pads=[ph, pw, ph, pw])
+                  strides=node.attrs["stride"], pads=self.pads(node))
 
     @emits("AvgPool")
     def avg_pool(self, node: Node) -> None:
@@ -185,14 +215,14 @@ class _Emitter:
 def to_onnx(graph: Graph, meta: dict[str, Any]) -> onnx.ModelProto:
     """The ONNX model of ``graph``; ``meta`` holds arch, arch_kwargs, class_names, preprocessing."""
     graph.check()
-    em = _Emitter(graph)
-    for node in graph.nodes:
-        emit = EMITTERS.get(node.op)
-        if emit is None:
-            raise ArtifactError(f"the ONNX exporter has no mapping for op {node.op!r}")
-        emit(em, node)
+    unknown = next((node.op for node in graph.nodes if node.op not in EMITTERS), None)
+    if unknown is not None:
+        raise ArtifactError(f"the ONNX exporter has no mapping for op {unknown!r}")
     pp = meta["preprocessing"]
     size, channels = int(pp["image_size"]), int(pp["channels"])
+    em = _Emitter(graph, (size, size))
+    for node in graph.nodes:
+        EMITTERS[node.op](em, node)
     x = helper.make_tensor_value_info(graph.inputs[0], TensorProto.FLOAT, ["batch", channels, size, size])
     y = helper.make_tensor_value_info(graph.outputs[0], TensorProto.FLOAT, ["batch", len(meta["class_names"])])
     onnx_graph = helper.make_graph(em.nodes, meta["arch"], [x], [y], em.initializers)

@@ -28,7 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("default", "he_normal")
 MODEL_OPTIONS = ("in_channels", "thumbnail", "clip_threshold", "pad_value", "scaling", "activation_gradient",
-                 "weight_gradient", "binary_downsample", "float_weights")
+                 "weight_gradient", "binary_downsample", "float_weights", "padding")
 
 
 @dataclass

@@ -17,14 +17,16 @@ from typing import Any
 from torch import nn
 
 from bnncli.errors import UsageError
-from bnncli.nn import set_float_weights
+from bnncli.nn import set_float_weights, set_padding
 
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 # Options of every model, with defaults, applied after the factory. float_weights: the precision
-# of the full-precision layers' weights (bnncli.nn.float_layers); float16 makes float16 packing lossless.
-COMMON_OPTIONS: dict[str, Any] = {"float_weights": "float16"}
+# of the full-precision layers' weights (bnncli.nn.float_layers); float16 makes float16 packing
+# lossless. padding: how padded stride-2 layers pad, "symmetric" (PyTorch) or "tensorflow"
+# (TensorFlow's "same" rule, as Keras-trained models need; bnncli.nn.padding).
+COMMON_OPTIONS: dict[str, Any] = {"float_weights": "float16", "padding": "symmetric"}
 # What a checkpoint written before an option existed was trained with.
-LEGACY_OPTIONS: dict[str, Any] = {"float_weights": "float32"}
+LEGACY_OPTIONS: dict[str, Any] = {"float_weights": "float32", "padding": "symmetric"}
 _FAMILIES: dict[str, str] = {}
 
 
@@ -90,6 +92,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     resolved = resolve_kwargs(name, **kwargs)
     model = _FACTORIES[name](**{k: v for k, v in resolved.items() if k not in COMMON_OPTIONS})
     set_float_weights(model, resolved["float_weights"])
+    set_padding(model, resolved["padding"])
     model.bnn_arch = name
     model.bnn_kwargs = resolved
     return model

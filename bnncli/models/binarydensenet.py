@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from bnncli.errors import UsageError
 from bnncli.models._registry import register_model
 from bnncli.models.common import BatchNorm2d, BinaryOptions, check_common
-from bnncli.nn import FloatConv2d, FloatLinear
+from bnncli.nn import FloatConv2d, FloatLinear, MaxPool2d
 
 
 class DenseLayer(nn.Module):
@@ -69,7 +69,7 @@ class BinaryDenseNet(nn.Module):
                 FloatConv2d(in_channels, stem_channels, 7, 2, 3, bias=False),
                 BatchNorm2d(stem_channels),
                 nn.ReLU(inplace=False),
-                nn.MaxPool2d(3, 2, 1),
+                MaxPool2d(3, 2, 1),
             )
         features: list[nn.Module] = []
         channels = stem_channels

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from bnncli.models._registry import register_model
 from bnncli.models.common import BatchNorm2d, BinaryOptions, check_common
-from bnncli.nn import FloatConv2d, FloatLinear
+from bnncli.nn import FloatConv2d, FloatLinear, MaxPool2d
 
 
 class Downsample(nn.Sequential):
@@ -69,10 +69,10 @@ class ResNetE(nn.Module):
         elif bireal:
             # Bi-Real: conv -> BN -> maxpool, no ReLU and no extra BN.
             stem = [FloatConv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
-                    nn.MaxPool2d(3, 2, 1)]
+                    MaxPool2d(3, 2, 1)]
         else:
             stem = [FloatConv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
-                    nn.ReLU(inplace=False), nn.MaxPool2d(3, 2, 1), BatchNorm2d(stem_width)]
+                    nn.ReLU(inplace=False), MaxPool2d(3, 2, 1), BatchNorm2d(stem_width)]
         self.stem = nn.Sequential(*stem)
         layers: list[nn.Module] = []
         channels = stem_width

@@ -9,6 +9,7 @@ from bnncli.nn.float_layers import (
     set_float_weights,
 )
 from bnncli.nn.layers import PAD_VALUES, SCALINGS, BinaryConv2d, clamp_latent_weights
+from bnncli.nn.padding import PADDINGS, MaxPool2d, set_padding
 from bnncli.nn.quantizers import (
     ACTIVATION_GRADIENTS,
     WEIGHT_GRADIENTS,
@@ -23,6 +24,7 @@ from bnncli.nn.quantizers import (
 __all__ = [
     "ACTIVATION_GRADIENTS",
     "FLOAT_WEIGHTS",
+    "PADDINGS",
     "PAD_VALUES",
     "SCALINGS",
     "WEIGHT_GRADIENTS",
@@ -30,6 +32,7 @@ __all__ = [
     "BinaryConv2d",
     "FloatConv2d",
     "FloatLinear",
+    "MaxPool2d",
     "IdentitySteSign",
     "SteSign",
     "approx_sign",
@@ -38,5 +41,6 @@ __all__ = [
     "is_float_layer",
     "round_to_float16",
     "set_float_weights",
+    "set_padding",
     "ste_sign",
 ]

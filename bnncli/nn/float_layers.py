@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnncli.errors import UsageError
+from bnncli.nn.padding import PaddingRule, tf_pad_arg
 
 FLOAT_WEIGHTS = ("float16", "float32")
 _FLOAT16_MAX = float(torch.finfo(torch.float16).max)
@@ -52,14 +53,20 @@ class _FloatWeights:
         return round_to_float16(t)
 
 
-class FloatConv2d(_FloatWeights, nn.Conv2d):
-    """``nn.Conv2d`` that computes with float16-valued weights when ``float_weights == "float16"``."""
+class FloatConv2d(_FloatWeights, PaddingRule, nn.Conv2d):
+    """``nn.Conv2d`` that computes with float16-valued weights when ``float_weights == "float16"``,
+    and pads by TensorFlow's rule when ``padding_rule == "tensorflow"`` (bnncli.nn.padding)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(x, self.deployed(self.weight), self.deployed(self.bias))
+        weight, bias = self.deployed(self.weight), self.deployed(self.bias)
+        if self.tf_same:
+            x = F.pad(x, tf_pad_arg(x, self.kernel_size, self.stride, self.dilation))
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return self._conv_forward(x, weight, bias)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, float_weights={self.float_weights}"
+        rule = ", padding_rule=tensorflow" if self.tf_same else ""
+        return f"{super().extra_repr()}, float_weights={self.float_weights}{rule}"
 
 
 class FloatLinear(_FloatWeights, nn.Linear):

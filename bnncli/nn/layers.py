@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnncli.errors import UsageError
+from bnncli.nn.padding import PaddingRule, tf_pad_arg
 from bnncli.nn.quantizers import activation_quantizer, binary_sign, weight_quantizer
 
 PAD_VALUES = (0.0, -1.0, 1.0)
@@ -23,7 +24,7 @@ def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
 
 
-class BinaryConv2d(nn.Module):
+class BinaryConv2d(PaddingRule, nn.Module):
     """A convolution on binarized input and weights.
 
     Args:
@@ -33,6 +34,9 @@ class BinaryConv2d(nn.Module):
         weight_gradient: ``"larq"`` (gradient cancelled for |w| > t, latent weights clamped to [-t, t]
             after each optimizer step) or ``"bmxnet"`` (identity gradient, no clamp).
         scaling: ``"none"`` (the paper's default) or ``"xnor"``: per-output-channel alpha = mean|W|.
+
+    ``padding_rule = "tensorflow"`` (bnncli.nn.padding) replaces ``padding`` by TensorFlow's "same"
+    rule for the input at hand; the pads still hold ``pad_value``.
     """
 
     def __init__(
@@ -87,7 +91,10 @@ class BinaryConv2d(nn.Module):
         xb = self.input_quantizer(x)
         wb = self.weight_quantizer(self.weight).to(xb.dtype)
         ph, pw = self.padding
-        if (ph or pw) and self.pad_value != 0.0:
+        if self.tf_same:
+            xb = F.pad(xb, tf_pad_arg(xb, self.kernel_size, self.stride, self.dilation), value=self.pad_value)
+            y = F.conv2d(xb, wb, None, self.stride, 0, self.dilation)
+        elif (ph or pw) and self.pad_value != 0.0:
             xb = F.pad(xb, (pw, pw, ph, ph), value=self.pad_value)
             y = F.conv2d(xb, wb, None, self.stride, 0, self.dilation)
         else:
@@ -103,7 +110,7 @@ class BinaryConv2d(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, pad_value={self.pad_value:g}, "
             f"clip_threshold={self.clip_threshold:g}, weight_gradient={self.weight_gradient}, "
-            f"scaling={self.scaling}"
+            f"scaling={self.scaling}" + (", padding_rule=tensorflow" if self.tf_same else "")
         )
 
 

@@ -33,10 +33,13 @@ from bnncli.errors import ArtifactError
 from bnncli.fileio import write_bytes
 from bnncli.metadata import MODEL_KEYS, check_model_meta
 from bnncli.runtime.graph import Graph, Node
+from bnncli.runtime.padding import SAME
 
 MAGIC = b"\x89BNN\r\n\x1a\n"
 FORMAT = "bnncli-packed"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version; a file is written in the oldest version that can hold it
+READ_VERSIONS = (1, 2)
+# What each version added (docs/FORMAT.md): 2, the padding attribute "same" (TensorFlow's rule).
 _PREAMBLE = struct.Struct("<8sIIQ32s")  # magic, version, header length, payload length, sha256
 PREAMBLE_SIZE = _PREAMBLE.size  # 56
 ALIGN = 8
@@ -85,9 +88,10 @@ def encode(graph: Graph, meta: dict[str, Any]) -> bytes:
                       "offset": start, "nbytes": len(data)})
         offset = start + len(data)
     payload = b"".join(chunks)
+    version = required_version(graph)
     header = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": version,
         "producer": meta.get("producer", "bnncli"),
         "model": {k: meta[k] for k in MODEL_KEYS},
         "float_dtype": meta["float_dtype"],
@@ -96,9 +100,18 @@ def encode(graph: Graph, meta: dict[str, Any]) -> bytes:
         "tensors": table,
     }
     header_bytes = zlib.compress(json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8"), 9)
-    head = struct.pack("<8sIIQ", MAGIC, FORMAT_VERSION, len(header_bytes), len(payload))
+    head = struct.pack("<8sIIQ", MAGIC, version, len(header_bytes), len(payload))
     digest = hashlib.sha256(head + header_bytes + payload).digest()
     return head + digest + header_bytes + payload
+
+
+def _uses_same_padding(nodes: list[Node]) -> bool:
+    return any(n.attrs.get("padding") == SAME for n in nodes)
+
+
+def required_version(graph: Graph) -> int:
+    """The oldest format version that can hold ``graph`` (so older readers load what they can)."""
+    return 2 if _uses_same_padding(graph.nodes) else 1
 
 
 def write_packed(path: str | os.PathLike, graph: Graph, meta: dict[str, Any]) -> Path:
@@ -144,8 +157,9 @@ def _decode(data: bytes) -> tuple[Graph, dict[str, Any]]:
     if len(data) < PREAMBLE_SIZE:
         raise _Invalid(f"truncated: {len(data)} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble")
     _, version, header_len, payload_len, digest = _PREAMBLE.unpack_from(data)
-    if version != FORMAT_VERSION:
-        raise _Invalid(f"packed format version {version}; this bnncli reads version {FORMAT_VERSION}")
+    if version not in READ_VERSIONS:
+        raise _Invalid(f"packed format version {version}; this bnncli reads versions "
+                       f"{', '.join(map(str, READ_VERSIONS))} (a newer bnncli may read it)")
     expected = PREAMBLE_SIZE + header_len + payload_len
     if len(data) < expected:
         raise _Invalid(f"truncated: {len(data)} bytes, the preamble says {expected}")
@@ -160,7 +174,7 @@ def _decode(data: bytes) -> tuple[Graph, dict[str, Any]]:
     except (zlib.error, UnicodeDecodeError, ValueError) as e:
         raise _Invalid(f"unreadable header ({e})") from None
     payload = memoryview(data)[PREAMBLE_SIZE + header_len:]
-    return _parse_header(header, payload)
+    return _parse_header(header, payload, version)
 
 
 def _require(cond: bool, message: str) -> None:
@@ -172,13 +186,13 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _parse_header(h: Any, payload: memoryview) -> tuple[Graph, dict[str, Any]]:
+def _parse_header(h: Any, payload: memoryview, version: int) -> tuple[Graph, dict[str, Any]]:
     _require(isinstance(h, dict), "header is not a JSON object")
     missing = [k for k in ("format", "format_version", "producer", "model", "float_dtype", "binary_encoding",
                            "graph", "tensors") if k not in h]
     _require(not missing, f"header lacks {', '.join(missing)}")
     _require(h["format"] == FORMAT, f"header format is {h['format']!r}, not {FORMAT!r}")
-    _require(h["format_version"] == FORMAT_VERSION, "header and preamble disagree on the format version")
+    _require(h["format_version"] == version, "header and preamble disagree on the format version")
     _require(isinstance(h["producer"], str), "producer must be a string")
     _require(h["float_dtype"] in FLOAT_DTYPES, f"float_dtype {h['float_dtype']!r} is not one of {FLOAT_DTYPES}")
     enc = h["binary_encoding"]
@@ -202,6 +216,7 @@ def _parse_header(h: Any, payload: memoryview) -> tuple[Graph, dict[str, Any]]:
         graph.check()
     except ArtifactError as e:
         raise _Invalid(str(e)) from None
+    _require(version >= 2 or not _uses_same_padding(nodes), 'padding "same" needs format version 2, the file says 1')
     used = {name for n in nodes for name in n.params.values()}
     _require(used == set(tensors), f"tensors not used by any node: {', '.join(sorted(set(tensors) - used))}")
     meta = {

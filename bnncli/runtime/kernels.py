@@ -14,6 +14,9 @@ Two kernels compute a binary convolution on packed words and return exact intege
 :func:`binary_conv_reference` (one output position at a time, obviously right) and
 :func:`binary_conv_fast` (im2col of packed words, a loop over words with an integer
 accumulator, split across threads). The tests check one against the other.
+
+A ``padding`` argument is ``(ph, pw)`` (symmetric) or ``(top, left, bottom, right)``
+(bnncli.runtime.padding), as TensorFlow's "same" rule resolves it on stride-2 layers.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
+
+from bnncli.runtime.padding import as_pads, output_hw
 
 WORD_BITS = 64  # the kernels' word
 FILE_WORD_BITS = 32  # the packed file's word
@@ -128,10 +133,6 @@ def pack_planar(bits: np.ndarray) -> np.ndarray:
     return words.reshape((wc,) + rest)
 
 
-def output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
 def weight_sums(wbits: np.ndarray, channels: int) -> np.ndarray:
     """Sum over input channels of the +-1 weights, ``[Cout, kh, kw]`` (int64)."""
     plus = np.bitwise_count(wbits).sum(axis=-1, dtype=np.int64)  # tail bits are 0
@@ -153,8 +154,8 @@ def binary_conv_reference(xbits: np.ndarray, wbits: np.ndarray, channels: int, s
     """
     _, n, h, w = xbits.shape
     cout, kh, kw, _ = wbits.shape
-    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
+    top, left, _, _ = pads = as_pads(padding)
+    ho, wo = output_hw((h, w), (kh, kw), stride, pads, dilation)
     wsum = weight_sums(wbits, channels)
     pad = int(pad_value)
     out = np.zeros((cout, n, ho, wo), dtype=np.int64)
@@ -164,8 +165,8 @@ def binary_conv_reference(xbits: np.ndarray, wbits: np.ndarray, channels: int, s
                 acc = np.zeros(cout, dtype=np.int64)
                 for ky in range(kh):
                     for kx in range(kw):
-                        iy = oy * stride[0] - padding[0] + ky * dilation[0]
-                        ix = ox * stride[1] - padding[1] + kx * dilation[1]
+                        iy = oy * stride[0] - top + ky * dilation[0]
+                        ix = ox * stride[1] - left + kx * dilation[1]
                         if 0 <= iy < h and 0 <= ix < w:
                             mismatches = np.bitwise_count(xbits[:, b, iy, ix] ^ wbits[:, ky, kx, :]).sum(axis=1)
                             acc += channels - 2 * mismatches.astype(np.int64)
@@ -177,13 +178,13 @@ def binary_conv_reference(xbits: np.ndarray, wbits: np.ndarray, channels: int, s
 
 def _pad_planar(xbits: np.ndarray, padding, fill: np.ndarray) -> np.ndarray:
     """Pad a planar packed map ``[Wc, N, H, W]`` spatially with the per-word pattern ``fill``."""
-    ph, pw = padding
-    if not (ph or pw):
+    top, left, bottom, right = as_pads(padding)
+    if not (top or left or bottom or right):
         return xbits
     wc, n, h, w = xbits.shape
-    out = np.empty((wc, n, h + 2 * ph, w + 2 * pw), dtype=np.uint64)
+    out = np.empty((wc, n, top + h + bottom, left + w + right), dtype=np.uint64)
     out[...] = fill.reshape(wc, 1, 1, 1)
-    out[:, :, ph:ph + h, pw:pw + w] = xbits
+    out[:, :, top:top + h, left:left + w] = xbits
     return out
 
 
@@ -192,12 +193,12 @@ def im2col_words(xbits: np.ndarray, kernel, stride, padding, dilation, fill: np.
     """Packed input ``[Wc, N, H, W]`` -> columns ``[kh * kw * Wc, N * Ho * Wo]`` (tap-major)."""
     wc, n, h, w = xbits.shape
     kh, kw = kernel
-    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
-    if (kh, kw) == (1, 1) and tuple(padding) == (0, 0):
+    pads = as_pads(padding)
+    ho, wo = output_hw((h, w), kernel, stride, pads, dilation)
+    if (kh, kw) == (1, 1) and not any(pads):
         view = xbits[:, :, ::stride[0], ::stride[1]][:, :, :ho, :wo]
         return np.ascontiguousarray(view).reshape(wc, n * ho * wo), ho, wo
-    xp = _pad_planar(xbits, padding, fill)
+    xp = _pad_planar(xbits, pads, fill)
     cols = np.empty((kh, kw, wc, n, ho, wo), dtype=np.uint64)
 
     def fill_rows(kys) -> None:
@@ -222,10 +223,10 @@ def tap_view(x: np.ndarray, ky: int, kx: int, stride, dilation, out_hw) -> np.nd
 def padding_mask(h: int, w: int, kernel, stride, padding, dilation) -> np.ndarray:
     """bool ``[kh * kw, Ho * Wo]``: True where tap t of output position p reads padding."""
     kh, kw = kernel
-    ho = output_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = output_size(w, kw, stride[1], padding[1], dilation[1])
-    iy = np.arange(ho)[None, :] * stride[0] - padding[0] + np.arange(kh)[:, None] * dilation[0]  # [kh, Ho]
-    ix = np.arange(wo)[None, :] * stride[1] - padding[1] + np.arange(kw)[:, None] * dilation[1]  # [kw, Wo]
+    top, left, _, _ = pads = as_pads(padding)
+    ho, wo = output_hw((h, w), kernel, stride, pads, dilation)
+    iy = np.arange(ho)[None, :] * stride[0] - top + np.arange(kh)[:, None] * dilation[0]  # [kh, Ho]
+    ix = np.arange(wo)[None, :] * stride[1] - left + np.arange(kw)[:, None] * dilation[1]  # [kw, Wo]
     out_y = (iy < 0) | (iy >= h)
     out_x = (ix < 0) | (ix >= w)
     mask = out_y[:, None, :, None] | out_x[None, :, None, :]  # [kh, kw, Ho, Wo]
@@ -311,7 +312,7 @@ def dot_offset(wbits: np.ndarray, channels: int, h: int, w: int, stride, padding
     """
     cout, kh, kw, _ = wbits.shape
     n_bits = kh * kw * channels
-    if pad_value == 0 and (padding[0] or padding[1]):
+    if pad_value == 0 and any(as_pads(padding)):
         return zero_pad_correction(wbits, channels, h, w, stride, padding, dilation) + np.int32(n_bits)
     return np.full((cout, 1), n_bits, dtype=np.int32)
 

@@ -19,6 +19,7 @@ import numpy as np
 from bnncli.errors import ArtifactError
 from bnncli.runtime import blas, opset
 from bnncli.runtime import kernels as K
+from bnncli.runtime import padding as P
 from bnncli.runtime.graph import Node
 
 # Work below this many elements runs on the calling thread: each NumPy call hands the GIL over
@@ -136,6 +137,20 @@ class Op:
             self.fail(f"attribute {key} must be two integers >= {minimum}, not {v!r}")
         return int(v[0]), int(v[1])
 
+    def padding(self) -> str | tuple[int, int]:
+        """Attribute ``padding``: two integers >= 0, or ``"same"`` (TensorFlow's rule, bnncli.runtime.padding)."""
+        if self.node.attrs["padding"] == P.SAME:
+            return P.SAME
+        return self.pair("padding", 0)
+
+    def resolve_pads(self, h: int, w: int, dilation=(1, 1)) -> tuple[tuple[int, int, int, int], int, int]:
+        """(top, left, bottom, right), Ho and Wo for an ``h`` x ``w`` input; fails when it is too small."""
+        pads = P.resolve(self.pads, (h, w), self.kernel, self.stride, dilation)
+        ho, wo = P.output_hw((h, w), self.kernel, self.stride, pads, dilation)
+        if ho < 1 or wo < 1:
+            self.fail(f"input {h}x{w} is too small")
+        return pads, ho, wo
+
     def integer(self, key: str, minimum: int) -> int:
         v = self.node.attrs[key]
         if not (_is_int(v) and v >= minimum):
@@ -154,24 +169,27 @@ class Op:
             self.fail(f"expects a feature map with {channels} channels, got shape {list(shape)} (NCHW)")
 
 
-def _pad_hw(x: np.ndarray, padding, value: float) -> np.ndarray:
-    """Pad height and width of a ``[C, N, H, W]`` map with a constant (cheaper than np.pad)."""
-    ph, pw = padding
-    if not (ph or pw):
+def _pad_hw(x: np.ndarray, pads, value: float) -> np.ndarray:
+    """Pad height and width of a ``[C, N, H, W]`` map by (top, left, bottom, right) with a constant
+    (cheaper than np.pad)."""
+    top, left, bottom, right = pads
+    if not (top or left or bottom or right):
         return x
     c, n, h, w = x.shape
-    out = np.empty((c, n, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
-    out[:, :, :ph] = value
-    out[:, :, ph + h:] = value
-    out[:, :, ph:ph + h, :pw] = value
-    out[:, :, ph:ph + h, pw + w:] = value
-    out[:, :, ph:ph + h, pw:pw + w] = x
+    out = np.empty((c, n, top + h + bottom, left + w + right), dtype=x.dtype)
+    out[:, :, :top] = value
+    out[:, :, top + h:] = value
+    out[:, :, top:top + h, :left] = value
+    out[:, :, top:top + h, left + w:] = value
+    out[:, :, top:top + h, left:left + w] = x
     return out
 
 
 def _pool_axis(x: np.ndarray, axis: int, out_size: int, kernel: int, stride: int, padding: int, ufunc, fill: float,
                out: np.ndarray | None = None) -> np.ndarray:
     """``ufunc`` over the windows of one axis; taps that fall on padding are left out.
+
+    ``padding`` is the padding before the map; ``out_size`` (computed with the padding after it) says the rest.
 
     Each tap t of the kernel is one strided view, combined into the outputs whose window holds
     it inside the map, so no padded copy of the map is made. The first two taps every output
@@ -207,18 +225,18 @@ def _pool_axis(x: np.ndarray, axis: int, out_size: int, kernel: int, stride: int
     return out
 
 
-def _pool(x: np.ndarray, kernel, stride, padding, ufunc, fill: float, out: np.ndarray | None = None) -> np.ndarray:
+def _pool(x: np.ndarray, kernel, stride, pads, ufunc, fill: float, out: np.ndarray | None = None) -> np.ndarray:
     """Separable pooling of a ``[C, N, H, W]`` map: ``ufunc`` over the kernel's rows, then its columns.
 
     Rows first: with a stride, the pass along the height reads whole contiguous rows and shrinks
     the map before the pass along the width, whose strided reads are the slow ones. Padding is
     left out of the windows, which for a max is padding with -inf (every window holds at least
-    one element of the map when padding is at most half the kernel).
+    one element of the map when padding is at most half the kernel, and with TensorFlow's
+    "same" rule). ``pads`` is (top, left, bottom, right).
     """
-    ho = K.output_size(x.shape[2], kernel[0], stride[0], padding[0], 1)
-    wo = K.output_size(x.shape[3], kernel[1], stride[1], padding[1], 1)
-    rows = _pool_axis(x, 2, ho, kernel[0], stride[0], padding[0], ufunc, fill)
-    return _pool_axis(rows, 3, wo, kernel[1], stride[1], padding[1], ufunc, fill, out=out)
+    ho, wo = P.output_hw(x.shape[2:], kernel, stride, pads)
+    rows = _pool_axis(x, 2, ho, kernel[0], stride[0], pads[0], ufunc, fill)
+    return _pool_axis(rows, 3, wo, kernel[1], stride[1], pads[1], ufunc, fill, out=out)
 
 
 class Conv(Op, op="Conv"):
@@ -230,7 +248,7 @@ class Conv(Op, op="Conv"):
         self.kernel = (kh, kw)
         self.bias = self.tensor("bias", shape=(self.cout,))
         self.stride = self.pair("stride", 1)
-        self.padding = self.pair("padding", 0)
+        self.pads = self.padding()
         self.dilation = self.pair("dilation", 1)
         self.w2 = np.ascontiguousarray(self.weight.reshape(self.cout, -1))
 
@@ -263,14 +281,11 @@ class Conv(Op, op="Conv"):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.check_channels(x, self.cin)
         _, n, h, w = x.shape
-        ho = K.output_size(h, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0])
-        wo = K.output_size(w, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1])
-        if ho < 1 or wo < 1:
-            self.fail(f"input {h}x{w} is too small")
-        if self.kernel == (1, 1) and self.padding == (0, 0):
+        pads, ho, wo = self.resolve_pads(h, w, self.dilation)
+        if self.kernel == (1, 1) and not any(pads):
             cols = x[:, :, ::self.stride[0], ::self.stride[1]].reshape(self.cin, -1)
         else:
-            cols = self.im2col(_pad_hw(x, self.padding, 0.0), ho, wo)
+            cols = self.im2col(_pad_hw(x, pads, 0.0), ho, wo)
         y = self.ctx.matmul(self.w2, cols)
         if self.bias is not None:
             y += self.bias[:, None]
@@ -290,7 +305,7 @@ class BinaryConv(Op, op="BinaryConv"):
         self.cout = self.integer("out_channels", 1)
         self.kernel = self.pair("kernel_size", 1)
         self.stride = self.pair("stride", 1)
-        self.padding = self.pair("padding", 0)
+        self.pads = self.padding()
         self.dilation = self.pair("dilation", 1)
         pad_value = self.node.attrs["pad_value"]
         if pad_value not in (0, -1, 1) or isinstance(pad_value, bool):
@@ -321,8 +336,9 @@ class BinaryConv(Op, op="BinaryConv"):
         """What the kernel's epilogue subtracts mismatches from (kernels.half_dot_offset), once per input size."""
         key = (h, w)
         if key not in self._half_offsets:
+            pads = P.resolve(self.pads, (h, w), self.kernel, self.stride, self.dilation)
             self._half_offsets[key] = K.half_dot_offset(K.dot_offset(
-                self.wbits, self.cin, h, w, self.stride, self.padding, self.dilation, self.pad_value))
+                self.wbits, self.cin, h, w, self.stride, pads, self.dilation, self.pad_value))
         return self._half_offsets[key]
 
     def binarize(self, x: np.ndarray) -> np.ndarray:
@@ -343,10 +359,8 @@ class BinaryConv(Op, op="BinaryConv"):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.check_channels(x, self.cin)
         _, _, h, w = x.shape
-        if K.output_size(h, self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]) < 1 or \
-                K.output_size(w, self.kernel[1], self.stride[1], self.padding[1], self.dilation[1]) < 1:
-            self.fail(f"input {h}x{w} is too small")
-        return K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, self.padding, self.dilation,
+        pads, _, _ = self.resolve_pads(h, w, self.dilation)
+        return K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, pads, self.dilation,
                                   self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
                                   half_offset=self.half_offset, fill=self.fill, scale=self.scale, bias=self.bias,
                                   dtype=np.float32)
@@ -419,20 +433,18 @@ class MaxPool(Op, op="MaxPool"):
     def setup(self) -> None:
         self.kernel = self.pair("kernel_size", 1)
         self.stride = self.pair("stride", 1)
-        self.padding = self.pair("padding", 0)
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel)):
+        self.pads = self.padding()
+        if self.pads != P.SAME and any(2 * p > k for p, k in zip(self.pads, self.kernel)):
             self.fail("padding must be at most half the kernel size")
         self.relu = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
-        ho = K.output_size(x.shape[2], self.kernel[0], self.stride[0], self.padding[0], 1)
-        wo = K.output_size(x.shape[3], self.kernel[1], self.stride[1], self.padding[1], 1)
-        if ho < 1 or wo < 1:
-            self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
+        pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
+
         def pool(xs, out, a, b) -> None:
-            _pool(xs, self.kernel, self.stride, self.padding, np.maximum, -np.inf, out=out)
+            _pool(xs, self.kernel, self.stride, pads, np.maximum, -np.inf, out=out)
             if self.relu:
                 np.maximum(out, np.float32(0), out=out)
 
@@ -445,15 +457,13 @@ class AvgPool(Op, op="AvgPool"):
     def setup(self) -> None:
         self.kernel = self.pair("kernel_size", 1)
         self.stride = self.pair("stride", 1)
+        self.pads = (0, 0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
-        ho = K.output_size(x.shape[2], self.kernel[0], self.stride[0], 0, 1)
-        wo = K.output_size(x.shape[3], self.kernel[1], self.stride[1], 0, 1)
-        if ho < 1 or wo < 1:
-            self.fail(f"input {x.shape[2]}x{x.shape[3]} is too small")
-        out = _pool(x, self.kernel, self.stride, (0, 0), np.add, 0.0)
+        self.resolve_pads(x.shape[2], x.shape[3])
+        out = _pool(x, self.kernel, self.stride, (0, 0, 0, 0), np.add, 0.0)
         out /= np.float32(self.kernel[0] * self.kernel[1])
         return out
 

@@ -55,6 +55,7 @@ class OpSpec:
         return None
 
 
+# stride and dilation are pairs; padding is a pair or "same" (TensorFlow's rule, bnncli.runtime.padding).
 _PAIRS = ("stride", "padding", "dilation")
 
 OPSET: tuple[OpSpec, ...] = (
