@@ -20,6 +20,9 @@ from bnncli.errors import ArtifactError
 
 MODEL_KEYS = ("arch", "arch_kwargs", "class_names", "preprocessing")
 PREPROCESSING_KEYS = ("preset", "image_size", "resize", "mean", "std", "channels", "interpolation")
+# How an image becomes the input (bnncli.runtime.preprocess): "bilinear", bnncli's resize then crop;
+# "tf-bicubic", Larq Zoo's crop then TensorFlow 1 bicubic resize.
+INTERPOLATIONS = ("bilinear", "tf-bicubic")
 
 
 def model_meta(source: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,7 +64,8 @@ def check_preprocessing(pp: Any) -> None:
         _require(isinstance(v, list) and len(v) == pp["channels"] and all(_is_number(x) for x in v),
                  f"preprocessing {key} must be {pp['channels']} numbers")
     _require(all(s > 0 for s in pp["std"]), "preprocessing std must be positive")
-    _require(pp["interpolation"] == "bilinear", f"unsupported interpolation {pp['interpolation']!r}")
+    _require(pp["interpolation"] in INTERPOLATIONS, f"unsupported interpolation {pp['interpolation']!r} "
+             f"(this bnncli knows {', '.join(INTERPOLATIONS)})")
     _require(isinstance(pp["preset"], str), "preprocessing preset must be a string")
 
 

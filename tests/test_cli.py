@@ -10,7 +10,7 @@ from test_models import ZOO
 
 from bnncli.cli.app import main
 
-SUBCOMMANDS = ("train", "eval", "export", "pack", "predict", "models")
+SUBCOMMANDS = ("train", "eval", "export", "pack", "predict", "import", "models")
 
 
 def run_bnn(*args, env=None):
@@ -18,7 +18,7 @@ def run_bnn(*args, env=None):
                           env={**os.environ, **(env or {})}, timeout=120)
 
 
-def test_help_lists_the_six_subcommands():
+def test_help_lists_the_subcommands():
     res = run_bnn("--help")
     assert res.returncode == 0
     listed = [line.split()[0] for line in res.stdout.split("Commands:")[1].splitlines() if line.strip()]

@@ -14,6 +14,7 @@ import typer
 from bnncli import __version__
 from bnncli.cli import eval as eval_cmd
 from bnncli.cli import export as export_cmd
+from bnncli.cli import imports as import_cmd
 from bnncli.cli import models as models_cmd
 from bnncli.cli import pack as pack_cmd
 from bnncli.cli import predict as predict_cmd
@@ -49,6 +50,7 @@ app.command("eval")(eval_cmd.evaluate)
 app.command("export")(export_cmd.export)
 app.command("pack")(pack_cmd.pack)
 app.command("predict")(predict_cmd.predict)
+app.add_typer(import_cmd.app, name="import")
 app.command("models")(models_cmd.models)
 
 

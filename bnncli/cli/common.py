@@ -27,6 +27,10 @@ CheckpointArg = Annotated[Path, typer.Argument(
     help="A checkpoint written by `bnn train` (runs/NAME/best.pt), or its run directory.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
                                          help="Random inputs the result is verified on against PyTorch.")]
+ToleranceOpt = Annotated[float, typer.Option(
+    "--tolerance", min=0.0, help="Largest relative logit difference from PyTorch accepted; the top-1 must agree "
+    "regardless. Deep dense nets with random or imported weights can exceed the default where float rounding "
+    "flips one near-zero binarization (docs/deployment.md, Parity).")]
 
 
 def default_output(checkpoint: Path, suffix: str) -> Path:

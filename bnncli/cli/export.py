@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, default_output, out, print_json
-from bnncli.deploy.verify import SAMPLES
+from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, ToleranceOpt, default_output, out, print_json
+from bnncli.deploy.verify import SAMPLES, TOLERANCE
 
 
 def export(
@@ -16,17 +16,19 @@ def export(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: CHECKPOINT.onnx).")]
     = None,
     samples: SamplesOpt = SAMPLES,
+    tolerance: ToleranceOpt = TOLERANCE,
     json_: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to standard ONNX (opset 17, dynamic batch), verified with onnxruntime.
 
     Binarization is written as Where(x >= 0, 1, -1), so sign(0) = +1; the pad value of binary convs
     as an explicit Pad; binary weights as +-1 floats. Fails, writing nothing, if onnxruntime and
-    PyTorch disagree (relative logit difference above 1e-3 or a different top-1).
+    PyTorch disagree (relative logit difference above --tolerance, 1e-3, or a different top-1).
     """
     from bnncli.deploy.export import export_onnx
 
-    result = export_onnx(checkpoint, output or default_output(checkpoint, ".onnx"), samples=samples)
+    result = export_onnx(checkpoint, output or default_output(checkpoint, ".onnx"), samples=samples,
+                         tolerance=tolerance)
     if json_:
         print_json(result.as_dict())
         return

@@ -15,9 +15,11 @@ def models(
     num_classes: Annotated[int, typer.Option(help="Classifier size the counts use.", min=1)] = 1000,
     json_: JsonOpt = False,
 ) -> None:
-    """List registered models with params, binary params, MACs, OPs and 1-bit size (ImageNet head)."""
+    """List registered models with params, binary params, MACs, OPs and 1-bit size (ImageNet head),
+    and which have published ImageNet weights to `bnn import larq`, with their accuracy."""
+    from bnncli.convert.larq import PUBLISHED
     from bnncli.errors import UsageError
-    from bnncli.models import count_model, create_model, list_models, model_family
+    from bnncli.models import ANCHORS, count_model, create_model, list_models, model_family
 
     names = list_models(pattern)
     if not names:
@@ -39,6 +41,7 @@ def models(
             "size_bytes": s.size_bytes,
             "image_size": image_size,
             "num_classes": num_classes,
+            "larq_zoo": _published(name, PUBLISHED, ANCHORS),
         })
     if json_:
         print_json(rows)
@@ -46,11 +49,26 @@ def models(
     from rich.table import Table
 
     table = Table(title=f"bnn models ({num_classes} classes, {image_size}x{image_size})")
-    for col in ("name", "params", "binary params", "binary MACs", "FP MACs", "OPs", "size (1-bit + fp32)"):
+    for col in ("name", "params", "binary params", "binary MACs", "FP MACs", "OPs", "size (1-bit + fp32)",
+                "Larq Zoo weights (top-1)"):
         table.add_column(col, justify="left" if col == "name" else "right")
     for r in rows:
+        zoo = r["larq_zoo"]
         table.add_row(
             r["name"], f"{r['params']:,}", f"{r['binary_params']:,}", f"{r['binary_macs']:,}",
             f"{r['fp_macs']:,}", f"{r['ops']:.3g}", f"{r['size_bytes'] / 2**20:.2f} MiB",
+            f"{zoo['top1']:.2f}%" if zoo else "-",
         )
     out.print(table)
+    if any(r["larq_zoo"] for r in rows):
+        out.print("Models with Larq Zoo weights: download the .h5 file (bnn models --json lists the URLs), then "
+                  "`bnn import larq FILE.h5`.", highlight=False)
+
+
+def _published(name: str, published: dict, anchors: dict) -> dict | None:
+    """Where Larq Zoo's ImageNet weights for ``name`` are and how accurate they are, or None."""
+    if name not in published:
+        return None
+    top1, top5 = anchors[name]["larq_zoo"]
+    p = published[name]
+    return {"model": p.larq_zoo_model, "file": p.file, "url": p.url, "sha256": p.sha256, "top1": top1, "top5": top5}

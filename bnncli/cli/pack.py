@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, default_output, out, print_json
-from bnncli.deploy.verify import SAMPLES
+from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, ToleranceOpt, default_output, out, print_json
+from bnncli.deploy.verify import SAMPLES, TOLERANCE
 from bnncli.runtime.format import FLOAT_DTYPES
 
 
@@ -19,12 +19,13 @@ def pack(
     float_dtype: Annotated[str, typer.Option("--float-dtype", help="Storage of the full-precision layers: "
                                              f"{' or '.join(FLOAT_DTYPES)}.")] = FLOAT_DTYPES[0],
     samples: SamplesOpt = SAMPLES,
+    tolerance: ToleranceOpt = TOLERANCE,
     json_: JsonOpt = False,
 ) -> None:
     """Pack a checkpoint into one file with 1-bit binary weights (format: docs/FORMAT.md).
 
     Runs the packed file in the NumPy runtime against PyTorch before writing; a relative logit
-    difference above 1e-3 or a different top-1 is an error, except where float16 storage had to
+    difference above --tolerance (1e-3) or a different top-1 is an error, except where float16 storage had to
     round weights (a model trained with --float-weights float32), which is reported.
     """
     from bnncli.deploy.pack import pack_model
@@ -32,7 +33,8 @@ def pack(
 
     if float_dtype not in FLOAT_DTYPES:
         raise UsageError(f"--float-dtype must be {' or '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
-    result = pack_model(checkpoint, output or default_output(checkpoint, ".bnn"), float_dtype, samples=samples)
+    result = pack_model(checkpoint, output or default_output(checkpoint, ".bnn"), float_dtype, samples=samples,
+                        tolerance=tolerance)
     if json_:
         print_json(result.as_dict())
         return

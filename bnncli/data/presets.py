@@ -2,7 +2,9 @@
 
 A preset says how an image file becomes the model's input: convert to RGB (or L for one
 channel), resize the shorter side to ``resize``, center-crop ``image_size``, scale to [0, 1],
-normalize with ``mean`` / ``std``. Training augmentation is chosen by ``name``.
+normalize with ``mean`` / ``std``. Preset ``larq`` (models imported from Larq Zoo) instead crops
+``image_size / resize`` of the shorter side and resizes the crop with TensorFlow's bicubic
+(``interpolation: "tf-bicubic"``, bnncli.runtime.preprocess). Training augmentation is chosen by ``name``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from bnncli.errors import UsageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-PRESETS = ("imagenet", "small")
+PRESETS = ("imagenet", "small", "larq")
 
 
 def preprocessing(name: str = "imagenet", image_size: int | None = None, in_channels: int = 3,
@@ -23,6 +25,8 @@ def preprocessing(name: str = "imagenet", image_size: int | None = None, in_chan
 
     ``imagenet``: resize shorter side to image_size / 0.875 (256 for 224), center crop.
     ``small``: resize to image_size, no crop margin (CIFAR-style 32 px images).
+    ``larq``: Larq Zoo's evaluation: centre crop of 0.875 (image_size / resize) of the shorter side,
+    TensorFlow 1 bicubic resize to image_size.
     """
     if name not in PRESETS:
         raise UsageError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -30,7 +34,7 @@ def preprocessing(name: str = "imagenet", image_size: int | None = None, in_chan
         image_size = 224 if name == "imagenet" else 32
     if image_size < 8:
         raise UsageError(f"image size must be at least 8 pixels, not {image_size}")
-    resize = int(round(image_size / 0.875)) if name == "imagenet" else image_size
+    resize = image_size if name == "small" else int(round(image_size / 0.875))
     if mean is None:
         mean = IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels
     if std is None:
@@ -42,7 +46,7 @@ def preprocessing(name: str = "imagenet", image_size: int | None = None, in_chan
         "mean": [float(v) for v in mean],
         "std": [float(v) for v in std],
         "channels": in_channels,
-        "interpolation": "bilinear",
+        "interpolation": "tf-bicubic" if name == "larq" else "bilinear",
     }
 
 

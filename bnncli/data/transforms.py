@@ -9,13 +9,28 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from bnncli.errors import UsageError
+from bnncli.runtime.preprocess import preprocess_image
 
 
-def eval_transform(pre: dict[str, Any]) -> T.Compose:
+class RuntimePreprocess:
+    """The NumPy runtime's preprocessing as a transform (PIL image -> tensor): the one
+    implementation of pipelines torchvision has no equal for (Larq Zoo's ``tf-bicubic``)."""
+
+    def __init__(self, pre: dict[str, Any]) -> None:
+        self.pre = dict(pre)
+
+    def __call__(self, image) -> torch.Tensor:
+        return torch.from_numpy(preprocess_image(image, self.pre))
+
+
+def eval_transform(pre: dict[str, Any]):
+    if pre["interpolation"] != "bilinear":
+        return RuntimePreprocess(pre)
     return T.Compose([
         T.Resize(pre["resize"], interpolation=InterpolationMode.BILINEAR, antialias=True),
         T.CenterCrop(pre["image_size"]),
@@ -27,12 +42,13 @@ def eval_transform(pre: dict[str, Any]) -> T.Compose:
 def train_transform(pre: dict[str, Any]) -> T.Compose:
     """Training augmentation of a preset.
 
-    ``imagenet``: random-resized crop (8-100% of the area, aspect 3/4-4/3) to ``image_size`` and a
-    horizontal flip, as the paper and Larq Zoo train. ``small``: resize to ``image_size``, pad by an
-    eighth on each side (4 px at 32 px, as for CIFAR), random crop back, horizontal flip.
+    ``imagenet`` (and ``larq``): random-resized crop (8-100% of the area, aspect 3/4-4/3) to
+    ``image_size`` and a horizontal flip, as the paper and Larq Zoo train. ``small``: resize to
+    ``image_size``, pad by an eighth on each side (4 px at 32 px, as for CIFAR), random crop back,
+    horizontal flip.
     """
     size = pre["image_size"]
-    if pre["preset"] == "imagenet":
+    if pre["preset"] in ("imagenet", "larq"):
         geometry = [
             T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                                 interpolation=InterpolationMode.BILINEAR, antialias=True),

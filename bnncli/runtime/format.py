@@ -39,7 +39,8 @@ MAGIC = b"\x89BNN\r\n\x1a\n"
 FORMAT = "bnncli-packed"
 FORMAT_VERSION = 2  # the newest version; a file is written in the oldest version that can hold it
 READ_VERSIONS = (1, 2)
-# What each version added (docs/FORMAT.md): 2, the padding attribute "same" (TensorFlow's rule).
+# What each version added (docs/FORMAT.md): 2, the padding attribute "same" (TensorFlow's rule) and
+# the preprocessing interpolation "tf-bicubic" (Larq Zoo's).
 _PREAMBLE = struct.Struct("<8sIIQ32s")  # magic, version, header length, payload length, sha256
 PREAMBLE_SIZE = _PREAMBLE.size  # 56
 ALIGN = 8
@@ -88,7 +89,7 @@ def encode(graph: Graph, meta: dict[str, Any]) -> bytes:
                       "offset": start, "nbytes": len(data)})
         offset = start + len(data)
     payload = b"".join(chunks)
-    version = required_version(graph)
+    version = required_version(graph, meta)
     header = {
         "format": FORMAT,
         "format_version": version,
@@ -109,9 +110,10 @@ def _uses_same_padding(nodes: list[Node]) -> bool:
     return any(n.attrs.get("padding") == SAME for n in nodes)
 
 
-def required_version(graph: Graph) -> int:
-    """The oldest format version that can hold ``graph`` (so older readers load what they can)."""
-    return 2 if _uses_same_padding(graph.nodes) else 1
+def required_version(graph: Graph, meta: dict[str, Any] | None = None) -> int:
+    """The oldest format version that can hold ``graph`` and ``meta`` (so older readers load what they can)."""
+    tf_bicubic = meta is not None and meta.get("preprocessing", {}).get("interpolation") == "tf-bicubic"
+    return 2 if _uses_same_padding(graph.nodes) or tf_bicubic else 1
 
 
 def write_packed(path: str | os.PathLike, graph: Graph, meta: dict[str, Any]) -> Path:
@@ -217,6 +219,8 @@ def _parse_header(h: Any, payload: memoryview, version: int) -> tuple[Graph, dic
     except ArtifactError as e:
         raise _Invalid(str(e)) from None
     _require(version >= 2 or not _uses_same_padding(nodes), 'padding "same" needs format version 2, the file says 1')
+    _require(version >= 2 or model["preprocessing"]["interpolation"] == "bilinear",
+             'interpolation "tf-bicubic" needs format version 2, the file says 1')
     used = {name for n in nodes for name in n.params.values()}
     _require(used == set(tensors), f"tensors not used by any node: {', '.join(sorted(set(tensors) - used))}")
     meta = {

@@ -1,0 +1,327 @@
+"""`bnn import larq`: Larq Zoo Keras weights, checked against Keras' own outputs in every backend.
+
+The fixtures (tests/fixtures/larq) were made with the real larq and larq-zoo (random weights,
+non-trivial BatchNorms; regenerate with the command in tests/fixtures/larq/make_fixtures.py).
+TensorFlow is not needed here: the Keras logits are stored next to the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bnncli.artifacts.checkpoint import load_checkpoint, load_model
+from bnncli.cli.app import main
+from bnncli.convert import keras_h5
+from bnncli.convert.larq import convert, keras_order
+from bnncli.data.presets import preprocessing
+from bnncli.deploy.verify import compare
+from bnncli.errors import ArtifactError, UsageError
+from bnncli.runtime import load as load_packed
+from bnncli.runtime.labels import imagenet_names
+from bnncli.runtime.preprocess import larq_crop_box, preprocess_image
+
+h5py = pytest.importorskip("h5py")
+
+FIXTURES = Path(__file__).parent / "fixtures" / "larq"
+INFO = json.loads((FIXTURES / "fixtures.json").read_text())["fixtures"]
+RESNETE = ["resnete_tiny"]
+DENSENETS = ["binarydensenet_tiny", "binarydensenet_tiny_dilated"]
+
+
+def bnn(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _inputs(name: str, key: str = "inputs") -> np.ndarray:
+    """A fixture's inputs as float32 NCHW (Keras takes NHWC)."""
+    data = np.load(FIXTURES / f"{name}.npz")
+    return np.ascontiguousarray(data[key].astype(np.float32).transpose(0, 3, 1, 2))
+
+
+def _keras_logits(name: str, key: str = "logits") -> np.ndarray:
+    return np.load(FIXTURES / f"{name}.npz")[key]
+
+
+def _check(name: str, logits: np.ndarray, keras: np.ndarray) -> None:
+    """ResNetE: within 1e-4 relative of Keras and the same top-1. BinaryDenseNet: the same top-1
+    on every input (a deep dense net can flip a near-zero sign through float rounding)."""
+    p = compare(keras, logits)
+    assert p.top1_agree == p.samples, (name, p)
+    if name in RESNETE:
+        assert p.max_rel_diff <= 1e-4, (name, p)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory) -> dict[str, Path]:
+    """Each fixture imported through the CLI, for the fixtures' 32 px inputs."""
+    out = tmp_path_factory.mktemp("imported")
+    paths = {}
+    for name, info in INFO.items():
+        target = out / f"{name}.pt"
+        code = main(["import", "larq", str(FIXTURES / info["h5"]), "--arch", name, "-o", str(target),
+                     "--image-size", "32"])
+        assert code == 0
+        paths[name] = target
+    return paths
+
+
+@pytest.mark.parametrize("name", RESNETE + DENSENETS)
+def test_imported_model_matches_keras_in_pytorch(name, imported):
+    model, ckpt = load_model(imported[name])
+    assert ckpt["arch"] == name and ckpt["arch_kwargs"]["padding"] == "tensorflow"
+    assert ckpt["arch_kwargs"]["float_weights"] == "float32" and ckpt["arch_kwargs"]["thumbnail"] is False
+    for key in ("inputs", "inputs_2"):  # 32x32, and 29x61: the padding follows each input size
+        with torch.no_grad():
+            logits = model(torch.from_numpy(_inputs(name, key))).numpy()
+        _check(name, logits, _keras_logits(name, key.replace("inputs", "logits")))
+
+
+@pytest.mark.parametrize("name", RESNETE + DENSENETS)
+def test_imported_model_matches_keras_after_export_and_pack(name, imported, tmp_path, capsys):
+    ckpt = imported[name]
+    code, _, err = bnn(capsys, "export", ckpt, "-o", tmp_path / "m.onnx")
+    assert code == 0, err
+    code, _, err = bnn(capsys, "pack", ckpt, "-o", tmp_path / "m.bnn")
+    assert code == 0, err
+    from bnncli.artifacts.onnx_file import ort_session
+
+    x = _inputs(name)
+    session = ort_session(str(tmp_path / "m.onnx"))
+    _check(name, session.run(None, {"input": x})[0], _keras_logits(name))
+    packed = load_packed(tmp_path / "m.bnn")
+    assert packed.meta["format_version"] == 2  # "same" padding and Larq preprocessing need version 2
+    _check(name, packed(x), _keras_logits(name))
+    _check(name, packed(_inputs(name, "inputs_2")), _keras_logits(name, "logits_2"))  # any input size
+
+
+def test_dense_net_differences_are_reported(imported):
+    """What 'the same top-1' hides: the largest difference from Keras, printed for the record."""
+    for name in DENSENETS:
+        model, _ = load_model(imported[name])
+        with torch.no_grad():
+            p = compare(_keras_logits(name), model(torch.from_numpy(_inputs(name))).numpy())
+        print(f"{name}: max |diff| {p.max_abs_diff:.3g}, relative {p.max_rel_diff:.3g}, "
+              f"top-1 {p.top1_agree}/{p.samples}")
+        assert p.top1_agree == p.samples
+
+
+def test_architecture_is_read_off_the_file_and_the_checkpoint_describes_itself(tmp_path, capsys):
+    code, out, err = bnn(capsys, "import", "larq", FIXTURES / "resnete_tiny.h5", "-o", tmp_path / "r.pt", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["arch"] == "resnete_tiny" and result["params"] == INFO["resnete_tiny"]["params"]["trainable"]
+    ckpt = load_checkpoint(tmp_path / "r.pt")
+    assert ckpt["class_names"] == [f"class_{i}" for i in range(10)]
+    assert ckpt["preprocessing"] == preprocessing("larq", 224)
+    assert ckpt["preprocessing"]["interpolation"] == "tf-bicubic"
+    src = ckpt["source"]
+    assert src["importer"] == "larq" and src["file"] == "resnete_tiny.h5" and src["keras_version"] == "2.19.0"
+    assert len(src["sha256"]) == 64 and src["published"] is False  # random weights, not Larq Zoo's file
+    # The tiny dense nets have the same weights in both variants: the name decides, else --arch.
+    code, _, err = bnn(capsys, "import", "larq", FIXTURES / "binarydensenet_tiny.h5", "-o", tmp_path / "d.pt")
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "d.pt")["arch"] == "binarydensenet_tiny"
+    anonymous = tmp_path / "weights.h5"
+    shutil.copy(FIXTURES / "binarydensenet_tiny.h5", anonymous)
+    code, _, err = bnn(capsys, "import", "larq", anonymous, "-o", tmp_path / "e.pt")
+    assert code == 2 and "fits binarydensenet_tiny and binarydensenet_tiny_dilated" in err and "--arch" in err
+    assert not (tmp_path / "e.pt").exists()
+
+
+def test_a_1000_class_import_names_the_imagenet_synsets(tmp_path):
+    from bnncli.convert.larq import class_names_for
+
+    names = class_names_for(1000, None)
+    assert names == sorted(imagenet_names()) and len(names) == 1000 and names[0] == "n01440764"
+    with pytest.raises(UsageError, match="3 class names given; the model has 10 outputs"):
+        class_names_for(10, ["a", "b", "c"])
+
+
+def test_predict_and_eval_take_the_imported_checkpoint(imported, tmp_path, capsys):
+    ckpt = imported["resnete_tiny"]
+    image = FIXTURES / "preprocess_0.png"
+    code, out, err = bnn(capsys, "predict", "--model", ckpt, image, "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    first = got[0] if isinstance(got, list) else got["predictions"][0]
+    assert "class_" in json.dumps(first)
+    folder = tmp_path / "data"
+    for i in range(2):
+        (folder / f"class_{i}").mkdir(parents=True)
+        shutil.copy(FIXTURES / f"preprocess_{i}.png", folder / f"class_{i}" / "a.png")
+    code, out, err = bnn(capsys, "eval", ckpt, "--data", folder, "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == 2
+
+
+# --- Larq Zoo's preprocessing --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_larq_preprocessing_equals_tensorflows(i):
+    """larq_zoo's preprocess_image_tensor at 28 px (crop padding 4, so the crop is 0.875 as at 224)
+    and sampled values of its 224 px preprocess_input, against bnncli's NumPy pipeline."""
+    data = np.load(FIXTURES / "preprocess.npz")
+    image = Image.open(FIXTURES / f"preprocess_{i}.png")
+    w, h = image.size
+    assert list(larq_crop_box(h, w, 0.875)) == data[f"crop_{i}"].tolist()
+    small = preprocess_image(image, preprocessing("larq", 28)).transpose(1, 2, 0)
+    np.testing.assert_allclose(small, data[f"out_{i}"], rtol=0, atol=2e-5)
+    full = preprocess_image(image, preprocessing("larq", 224)).transpose(1, 2, 0)
+    idx = data[f"full_idx_{i}"].astype(int)
+    np.testing.assert_allclose(full[idx[:, 0], idx[:, 1], idx[:, 2]], data[f"full_val_{i}"], rtol=0, atol=2e-5)
+
+
+def test_every_backend_preprocesses_larq_models_alike():
+    """PyTorch evaluation takes the runtime's own function (bnncli.data.transforms.RuntimePreprocess)."""
+    from bnncli.data.transforms import eval_transform
+
+    pre = preprocessing("larq", 224)
+    image = Image.open(FIXTURES / "preprocess_1.png").convert("RGB")
+    assert np.array_equal(eval_transform(pre)(image).numpy(), preprocess_image(image, pre))
+
+
+# --- refusals: one line, exit 2, nothing written ------------------------------------------------
+
+
+def _copy(tmp_path: Path, name: str = "resnete_tiny.h5") -> Path:
+    target = tmp_path / name
+    shutil.copy(FIXTURES / name, target)
+    return target
+
+
+def _refused(capsys, tmp_path, weights, needle, *extra):
+    out = tmp_path / "out.pt"
+    code, _, err = bnn(capsys, "import", "larq", weights, "-o", out, *extra)
+    assert code == 2 and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def _names(f) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else n for n in f.attrs["layer_names"]]
+
+
+def _set_names(f, names: list[str]) -> None:
+    f.attrs["layer_names"] = np.array(names, dtype=h5py.string_dtype())
+
+
+def _edit(path: Path, fn) -> Path:
+    with h5py.File(path, "r+") as f:
+        fn(f)
+    return path
+
+
+def test_foreign_and_damaged_files_are_refused(tmp_path, capsys):
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5\n")
+    _refused(capsys, tmp_path, text, "is not an HDF5 file")
+    truncated = tmp_path / "cut.h5"
+    truncated.write_bytes((FIXTURES / "resnete_tiny.h5").read_bytes()[:60_000])
+    _refused(capsys, tmp_path, truncated, "damaged or truncated HDF5 file")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.zeros(3)
+    _refused(capsys, tmp_path, other, "not a Keras weights file (no layer_names attribute)")
+    _refused(capsys, tmp_path, tmp_path / "missing.h5", "weights file not found")
+
+
+def test_a_file_that_does_not_fit_names_its_first_misfit_layer(tmp_path, capsys):
+    # Another model's file.
+    _refused(capsys, tmp_path, FIXTURES / "binarydensenet_tiny.h5",
+             "does not fit resnete_tiny: layer conv2d does not fit resnete_tiny's stem.0: kernel is [7, 7, 3, 32], "
+             "expected [7, 7, 3, 16]",
+             "--arch", "resnete_tiny")
+
+    # A wrong shape.
+    def reshape(f):
+        del f["quant_conv2d_3/quant_conv2d_3/kernel:0"]
+        f["quant_conv2d_3/quant_conv2d_3"].create_dataset("kernel:0", data=np.zeros((3, 3, 32, 31), np.float32))
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), reshape),
+             "layer quant_conv2d_3 does not fit resnete_tiny's features.3.conv: kernel is [3, 3, 32, 31], "
+             "expected [3, 3, 32, 32]")
+
+    # A missing layer (its group and its entry in layer_names).
+    def drop(f):
+        _set_names(f, [n for n in _names(f) if n != "quant_conv2d_7"])
+        del f["quant_conv2d_7"]
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), drop), "none for features.7.conv")
+
+    # An extra layer.
+    def extra(f):
+        g = f.create_group("quant_conv2d_8")
+        g.attrs["weight_names"] = np.array(["quant_conv2d_8/kernel:0"], dtype=h5py.string_dtype())
+        g.create_dataset("quant_conv2d_8/kernel:0", data=np.zeros((3, 3, 128, 128), np.float32))
+        _set_names(f, [*_names(f), "quant_conv2d_8"])
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), extra), "layer quant_conv2d_8 is one binary conv more")
+
+    # A layer kind no bnncli model has, and a layer whose weights are missing.
+    def unknown(f):
+        f.move("dense", "depthwise_conv2d")
+        _set_names(f, ["depthwise_conv2d" if n == "dense" else n for n in _names(f)])
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), unknown), "layer depthwise_conv2d is of a kind no bnncli")
+
+    def lose(f):
+        del f["conv2d/conv2d/kernel:0"]
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), lose), "layer conv2d lacks its weight conv2d/kernel:0")
+
+    def nan(f):
+        f["batch_normalization_2/batch_normalization_2/gamma:0"][0] = np.nan
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), nan), "layer batch_normalization_2: gamma holds NaN")
+
+
+def test_a_file_without_its_classifier_is_refused(tmp_path, capsys):
+    def notop(f):
+        _set_names(f, [n for n in _names(f) if n != "dense"])
+        del f["dense"]
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), notop), "no float conv or no dense layer")
+
+
+def test_pairing_follows_creation_order_not_file_order(tmp_path):
+    """The file lists a ResNetE block's main BatchNorm before its shortcut's, which Larq Zoo created
+    first (the trap): pairing by file order would swap them silently. Shuffling layer_names changes nothing."""
+    names = [n.decode() if isinstance(n, bytes) else n for n in INFO["resnete_tiny"]["keras_layer_names"]]
+    assert names.index("batch_normalization_5") < names.index("batch_normalization_4")  # the trap is there
+    model, _, _ = convert(FIXTURES / "resnete_tiny.h5")
+    order = [q for kind, q, _ in keras_order(model) if kind == "BatchNorm"]
+    assert order.index("features.2.shortcut.bn") < order.index("features.2.bn")  # Larq's creation order
+
+    def shuffle(f):
+        layer_names = _names(f)
+        np.random.default_rng(0).shuffle(layer_names)
+        _set_names(f, layer_names)
+    shuffled, _, _ = convert(_edit(_copy(tmp_path), shuffle))
+    a, b = model.state_dict(), shuffled.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def clash(f):  # two layers claiming one creation index: their order is unknown
+        f.move("batch_normalization_5", "batch_normalization_04")
+        _set_names(f, ["batch_normalization_04" if n == "batch_normalization_5" else n for n in _names(f)])
+    with pytest.raises(ArtifactError, match="batch_normalization_04 and batch_normalization_4 claim the same creation"):
+        convert(_edit(_copy(tmp_path, "resnete_tiny.h5"), clash))
+
+
+def test_output_is_never_overwritten_without_force(tmp_path, capsys):
+    out = tmp_path / "r.pt"
+    out.write_bytes(b"precious")
+    code, _, err = bnn(capsys, "import", "larq", FIXTURES / "resnete_tiny.h5", "-o", out)
+    assert code == 2 and "exists; pass --force" in err and out.read_bytes() == b"precious"
+    code, _, err = bnn(capsys, "import", "larq", FIXTURES / "resnete_tiny.h5", "-o", out, "--force")
+    assert code == 0, err
+    assert load_checkpoint(out)["arch"] == "resnete_tiny"
+
+
+def test_missing_h5py_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    _refused(capsys, tmp_path, FIXTURES / "resnete_tiny.h5", "pip install 'bnncli[larq]'")
+    assert keras_h5.INSTALL_HINT.startswith("reading Keras HDF5 files needs h5py")
