@@ -1,0 +1,108 @@
+"""All five Larq Zoo models imported and compared with Keras in PyTorch, onnxruntime and the packed runtime.
+
+    TF_USE_LEGACY_KERAS=1 /work/larqenv/bin/python tests/fixtures/larq/make_fixtures.py --full /work/larq-full
+    python benchmarks/bench_import.py --dir /work/larq-full [--json out.json]
+
+The first command (TensorFlow, larq and larq-zoo in their own environment; see
+tests/fixtures/larq/make_fixtures.py) builds BinaryDenseNet28, 37, 37Dilated, 45 and
+BinaryResNetE18 with larq-zoo, gives them random weights and BatchNorm statistics, and saves each
+as ``<Model>.h5`` (Keras ``save_weights``, the layout of the published files) with an ``.npz`` of
+4 inputs at 224 px and Keras' logits. This script then, per model: ``bnn import larq`` (the
+architecture read off the file), ``bnn export`` and ``bnn pack`` (float32 and float16, with
+``--tolerance 1``: the comparison that matters here is with Keras), and compares each backend's
+logits with Keras' (largest difference, relative to the largest logit, top-1 agreement), and
+reports the file sizes. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODELS = {  # Larq Zoo class -> bnncli model
+    "BinaryDenseNet28": "binarydensenet28",
+    "BinaryDenseNet37": "binarydensenet37",
+    "BinaryDenseNet37Dilated": "binarydensenet37_dilated",
+    "BinaryDenseNet45": "binarydensenet45",
+    "BinaryResNetE18": "resnete18",
+}
+
+
+def bnn(*args) -> None:
+    r = subprocess.run([sys.executable, "-m", "bnncli", *map(str, args)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"bnn {' '.join(map(str, args))} failed:\n{r.stderr}")
+
+
+def parity(keras: np.ndarray, got: np.ndarray) -> dict:
+    from bnncli.deploy.verify import compare
+
+    p = compare(keras, got)
+    return {"max_abs_diff": p.max_abs_diff, "max_rel_diff": p.max_rel_diff, "top1": f"{p.top1_agree}/{p.samples}"}
+
+
+def run_model(larq_name: str, arch: str, src: Path, work: Path) -> dict:
+    import torch
+
+    from bnncli.artifacts.checkpoint import load_model
+    from bnncli.artifacts.onnx_file import ort_session
+    from bnncli.runtime import load
+
+    data = np.load(src / f"{larq_name}.npz")
+    x = np.ascontiguousarray(data["inputs"].astype(np.float32).transpose(0, 3, 1, 2))
+    keras = data["logits"]
+    ckpt, onnx, packed, packed16 = (work / f"{arch}{s}" for s in (".pt", ".onnx", ".bnn", ".f16.bnn"))
+    t0 = time.perf_counter()
+    bnn("import", "larq", src / f"{larq_name}.h5", "-o", ckpt, "--force")
+    imported_s = time.perf_counter() - t0
+    bnn("export", ckpt, "-o", onnx, "--tolerance", 1)
+    bnn("pack", ckpt, "-o", packed, "--tolerance", 1)
+    bnn("pack", ckpt, "-o", packed16, "--float-dtype", "float16", "--tolerance", 1)
+    model, meta = load_model(ckpt)
+    assert meta["arch"] == arch, (meta["arch"], arch)
+    with torch.no_grad():
+        pytorch = model(torch.from_numpy(x)).numpy()
+    return {
+        "larq_zoo_model": larq_name, "arch": arch, "import_seconds": round(imported_s, 1),
+        "h5_bytes": (src / f"{larq_name}.h5").stat().st_size,
+        "pytorch": parity(keras, pytorch),
+        "onnxruntime": parity(keras, ort_session(str(onnx)).run(None, {"input": x})[0]),
+        "packed_float32": parity(keras, load(packed, threads=1)(x)),
+        "packed_float16": parity(keras, load(packed16, threads=1)(x)),
+        "bytes": {"checkpoint": ckpt.stat().st_size, "onnx": onnx.stat().st_size,
+                  "packed_float32": packed.stat().st_size, "packed_float16": packed16.stat().st_size},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", type=Path, default=Path("/work/larq-full"), help="make_fixtures.py --full output")
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    missing = [m for m in args.models if not (args.dir / f"{m}.h5").is_file()]
+    if missing:
+        raise SystemExit(f"{args.dir} lacks {', '.join(missing)}; make them with the first command in this "
+                         f"script's docstring")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            row = run_model(name, MODELS[name], args.dir, Path(tmp))
+            rows.append(row)
+            cells = "  ".join(f"{k} {row[k]['max_rel_diff']:.2g} rel, top-1 {row[k]['top1']}"
+                              for k in ("pytorch", "onnxruntime", "packed_float32", "packed_float16"))
+            print(f"{name:24s} {cells}  packed {row['bytes']['packed_float32']:,} / "
+                  f"{row['bytes']['packed_float16']:,} B", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
