@@ -38,6 +38,7 @@ class Predictor:
     """A model of any kind: ``predictor(x) -> logits`` plus what is needed to feed and read it."""
 
     kind: str = ""
+    backend: str = ""  # what computes it: pytorch, onnxruntime, or the packed runtime's numpy / numba
 
     def __init__(self, path: Path, meta: dict[str, Any]) -> None:
         self.path = path
@@ -60,6 +61,7 @@ class Predictor:
 
 class CheckpointPredictor(Predictor):
     kind = "checkpoint"
+    backend = "pytorch"
 
     def __init__(self, path: Path) -> None:
         from bnncli.artifacts.checkpoint import open_checkpoint
@@ -73,6 +75,7 @@ class CheckpointPredictor(Predictor):
 
 class OnnxPredictor(Predictor):
     kind = "onnx"
+    backend = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
         from bnncli.artifacts.onnx_file import load_onnx, ort_session, read_metadata
@@ -93,10 +96,11 @@ class OnnxPredictor(Predictor):
 class PackedPredictor(Predictor):
     kind = "packed"
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, backend: str | None = None) -> None:
         from bnncli.runtime import load
 
-        self.runtime = load(path, threads=threads)
+        self.runtime = load(path, threads=threads, backend=backend)
+        self.backend = self.runtime.backend
         super().__init__(path, self.runtime.meta)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -119,15 +123,16 @@ def sniff(path: str | os.PathLike) -> str:
     return "onnx"
 
 
-def open_model(path: str | os.PathLike, threads: int | None = None) -> Predictor:
+def open_model(path: str | os.PathLike, threads: int | None = None, backend: str | None = None) -> Predictor:
     """Open a checkpoint, run directory, ONNX model or packed model, told apart by content.
 
-    ``threads`` limits onnxruntime's and the packed runtime's threads (default: all CPUs).
+    ``threads`` limits onnxruntime's and the packed runtime's threads (default: all CPUs);
+    ``backend`` chooses the packed runtime's kernels (bnncli.runtime.backends; default auto).
     """
     path = resolve_model_path(path)
     kind = sniff(path)
     if kind == "checkpoint":
         return CheckpointPredictor(path)
     if kind == "packed":
-        return PackedPredictor(path, threads)
+        return PackedPredictor(path, threads, backend)
     return OnnxPredictor(path, threads)

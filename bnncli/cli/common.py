@@ -27,6 +27,9 @@ CheckpointArg = Annotated[Path, typer.Argument(
     help="A checkpoint written by `bnn train` (runs/NAME/best.pt), or its run directory.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
                                          help="Random inputs the result is verified on against PyTorch.")]
+BackendOpt = Annotated[str | None, typer.Option(
+    "--backend", help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install "
+    "'bnncli[fast]') or auto [default: $BNN_BACKEND, else auto: numba where it is installed].")]
 ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance", min=0.0, help="Largest relative logit difference from PyTorch accepted; the top-1 must agree "
     "regardless. Deep dense nets with random or imported weights can exceed the default where float rounding "

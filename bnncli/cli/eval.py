@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bnncli.cli.common import JsonOpt, WorkersOpt, err, out, print_json, warn
+from bnncli.cli.common import BackendOpt, JsonOpt, WorkersOpt, err, out, print_json, warn
 from bnncli.engine.config import AMP_MODES, DEVICES
 from bnncli.errors import GateFailed, UsageError
 
@@ -24,6 +24,7 @@ def evaluate(
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
     min_top1: Annotated[float | None, typer.Option(
         "--min-top1", help="Exit 1 when top-1 (a fraction, e.g. 0.6) is below this: a CI gate.")] = None,
+    backend: BackendOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Top-1, top-5, loss, images/s and per-class accuracy of a model on labelled images."""
@@ -50,7 +51,8 @@ def evaluate(
         task = progress.add_task("eval", total=None)
         result = evaluate_model_file(model, data, batch_size=batch_size, workers=workers, device=device, amp=amp,
                                      channels_last=channels_last, on_start=lambda n: progress.update(task, total=n),
-                                     on_batch=lambda n: progress.advance(task, n), on_skip=on_skip)
+                                     on_batch=lambda n: progress.advance(task, n), on_skip=on_skip,
+                                     backend=backend)
     if json_:
         print_json(result)
     else:
@@ -66,7 +68,7 @@ def _pct(v: float | None) -> str:
 def _print_eval(r: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{r['arch'] or r['model']} on {r['data']}")
+    table = Table(title=f"{r['arch'] or r['model']} on {r['data']} ({r['kind']}, {r['backend']})")
     for col in ("", "top-1", "top-5", "loss", "images", "images/s"):
         table.add_column(col, justify="left" if not col else "right")
     table.add_row("this model", _pct(r["top1"]), _pct(r["top5"]), f"{r['loss']:.4f}", f"{r['images']:,}",

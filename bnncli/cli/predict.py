@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import JsonOpt, err, info, out, print_json
+from bnncli.cli.common import BackendOpt, JsonOpt, err, info, out, print_json
 
 
 def find_default_model(runs: Path = Path("runs")) -> Path:
@@ -42,6 +42,7 @@ def predict(
     = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 16,
+    backend: BackendOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Classify images with a checkpoint, an ONNX file or a packed model.
@@ -56,7 +57,7 @@ def predict(
     from bnncli.runtime.preprocess import preprocess_file
 
     path = model if model is not None else find_default_model()
-    predictor = open_model(path)
+    predictor = open_model(path, backend=backend)
     labels = predictor.labels
     k = min(top_k, len(labels))
     results: list[dict] = []
@@ -69,7 +70,7 @@ def predict(
         probs = _softmax(predictor(np.stack([x for _, _, x in batch])))
         for (slot, image, _), p in zip(batch, probs):
             order = np.argsort(-p, kind="stable")[:k]
-            results[slot] = {"path": str(image), "top_k": [
+            results[slot] = {"path": str(image), "backend": predictor.backend, "top_k": [
                 {"index": int(i), "label": labels[i], "class_name": predictor.class_names[i],
                  "probability": float(p[i])} for i in order]}
         batch.clear()
@@ -99,7 +100,8 @@ def predict(
 def _print_predictions(results: list[dict], predictor, k: int) -> None:
     from rich.table import Table
 
-    info(f"{predictor.kind} model {predictor.path} ({predictor.arch}, {len(predictor.class_names)} classes)")
+    info(f"{predictor.kind} model {predictor.path} ({predictor.arch}, {len(predictor.class_names)} classes, "
+         f"{predictor.backend})")
     table = Table(title=f"top-{k}")
     for col in ("image", "rank", "label", "probability"):
         table.add_column(col, justify="right" if col in ("rank", "probability") else "left")

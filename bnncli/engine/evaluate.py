@@ -33,16 +33,18 @@ class EvalModel:
     source: str
     kind: str
     arch: str | None = None
+    backend: str = "pytorch"
 
 
 def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
-                    amp: str = "none", channels_last: bool = False) -> EvalModel:
+                    amp: str = "none", channels_last: bool = False, backend: str | None = None) -> EvalModel:
     """The ``MODEL`` argument of ``bnn eval``: any model file :func:`bnncli.artifacts.open_model`
     opens. ONNX runs on onnxruntime and packed models on the NumPy runtime (both on CPU);
-    checkpoints on ``device``, with ``amp`` autocast and ``channels_last`` if asked."""
+    checkpoints on ``device``, with ``amp`` autocast and ``channels_last`` if asked. ``backend``:
+    the packed runtime's kernels (bnncli.runtime.backends)."""
     file = resolve_model_path(path)
     if sniff(file) != "checkpoint":
-        return _deployed_eval_model(open_model(file))
+        return _deployed_eval_model(open_model(file, backend=backend))
     ckpt = load_checkpoint(file)
     device = torch.device(device)
     model = build_model(ckpt).to(device)
@@ -68,7 +70,7 @@ def _deployed_eval_model(predictor: Predictor) -> EvalModel:
         return torch.from_numpy(predictor(x.detach().cpu().numpy()))
 
     return EvalModel(predict=predict, class_names=predictor.class_names, preprocessing=predictor.preprocessing,
-                     source=str(predictor.path), kind=predictor.kind, arch=predictor.arch)
+                     source=str(predictor.path), kind=predictor.kind, arch=predictor.arch, backend=predictor.backend)
 
 
 def autocast(device: torch.device, amp: str):
@@ -169,7 +171,7 @@ def published_numbers(arch: str | None, num_classes: int) -> dict[str, dict[str,
 def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int = 64, workers: int | None = None,
                         device: str = "auto", amp: str = "none", channels_last: bool = False,
                         on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None,
-                        on_skip: Callable[[Any], None] | None = None) -> dict[str, Any]:
+                        on_skip: Callable[[Any], None] | None = None, backend: str | None = None) -> dict[str, Any]:
     """``bnn eval``: any model file on a labelled folder (or builtin dataset), measured by :func:`evaluate`.
 
     ``on_start(images)`` is called once the data is open. Returns the measurements with what was
@@ -180,7 +182,7 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
     from bnncli.engine.distributed import resolve_device
 
     dev = resolve_device(device)
-    em = load_eval_model(model, dev, amp=amp, channels_last=channels_last)
+    em = load_eval_model(model, dev, amp=amp, channels_last=channels_last, backend=backend)
     pre = em.preprocessing
     dataset = SampleDataset(open_eval_data(data, em.class_names), eval_transform(pre), int(pre.get("channels", 3)))
     if workers is None:
@@ -191,5 +193,6 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
     res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip)
     if res["images"] == 0:
         raise DataError(f"no readable images in {data}")
-    return {"model": em.source, "kind": em.kind, "arch": em.arch, "data": data, **res, "device": str(dev),
+    return {"model": em.source, "kind": em.kind, "arch": em.arch, "backend": em.backend, "data": data, **res,
+            "device": str(dev),
             "anchors": published_numbers(em.arch, len(em.class_names))}

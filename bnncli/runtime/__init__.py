@@ -35,13 +35,15 @@ __all__ = [
 ]
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> Model:
+def load(path: str | os.PathLike, threads: int | None = None, backend: str | None = None) -> Model:
     """Load a packed model (``bnn pack``); every field is validated before anything runs.
 
     ``threads``: worker threads of the binary kernels (default: the CPUs this process may use).
+    ``backend``: ``"numpy"``, ``"numba"`` (compiled, the ``fast`` extra) or ``"auto"`` (default:
+    ``$BNN_BACKEND``, else numba where it is installed); see bnncli.runtime.backends.
     """
     graph, meta = read_packed(path)
     try:
-        return Model(graph, meta, threads=threads)
+        return Model(graph, meta, threads=threads, backend=backend)
     except ArtifactError as e:
         raise ArtifactError(f"{path}: {e}") from None

@@ -33,13 +33,14 @@ class Model:
     model's own thread pool parallelizes inside it.
     """
 
-    def __init__(self, graph: Graph, meta: dict[str, Any] | None = None, threads: int | None = None) -> None:
+    def __init__(self, graph: Graph, meta: dict[str, Any] | None = None, threads: int | None = None,
+                 backend: str | None = None) -> None:
         graph.check()
         if len(graph.inputs) != 1 or len(graph.outputs) != 1:
             raise ArtifactError("the runtime runs graphs with one input and one output")
         self.graph = graph
         self.meta = dict(meta or {})
-        self.ctx = Context(threads)
+        self.ctx = Context(threads, backend)
         self.ops: list[Op] = [build_op(node, graph.tensors, self.ctx) for node in graph.nodes]
         self.in_channels = self._input_channels()
         self._plan_concat_growth()
@@ -120,6 +121,11 @@ class Model:
     @property
     def threads(self) -> int:
         return self.ctx.threads
+
+    @property
+    def backend(self) -> str:
+        """The kernels binary convolutions run on: ``numpy`` or ``numba`` (bnncli.runtime.backends)."""
+        return self.ctx.backend
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(x)[self.graph.outputs[0]]

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from bnncli.errors import ArtifactError
-from bnncli.runtime import blas, opset
+from bnncli.runtime import backends, blas, opset
 from bnncli.runtime import kernels as K
 from bnncli.runtime import padding as P
 from bnncli.runtime.graph import Node
@@ -28,12 +28,15 @@ PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
 class Context:
-    """What ops share at run time: the thread pool, and how matrix products are threaded."""
+    """What ops share at run time: the thread pool, how matrix products are threaded, and the
+    backend of the binary convolutions (bnncli.runtime.backends: ``numpy`` or ``numba``)."""
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, backend: str | None = None) -> None:
         if threads is None:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads = max(1, int(threads))
+        self.backend = backends.resolve(backend)
+        self.compiled = backends.compiled_kernels() if self.backend == "numba" else None
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bnn-runtime") if self.threads > 1 else None
         # With OpenBLAS held to one thread during a forward pass (bnncli.runtime.blas), large
         # products are split across the pool instead; otherwise the BLAS threads them itself.
@@ -360,6 +363,10 @@ class BinaryConv(Op, op="BinaryConv"):
         self.check_channels(x, self.cin)
         _, _, h, w = x.shape
         pads, _, _ = self.resolve_pads(h, w, self.dilation)
+        if self.ctx.compiled is not None:  # the numba backend: binarize, pack, XNOR-popcount and epilogue fused
+            return self.ctx.compiled.binary_conv(
+                x, self.wbits, self.cin, self.kernel, self.stride, pads, self.dilation, self.pad_value,
+                self.threshold, self.negate, self.half_offset(h, w), self.scale, self.bias, self.ctx.threads)
         return K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, pads, self.dilation,
                                   self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
                                   half_offset=self.half_offset, fill=self.fill, scale=self.scale, bias=self.bias,

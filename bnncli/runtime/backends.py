@@ -1,0 +1,50 @@
+"""Which kernels the runtime computes with: ``numpy`` (the reference) or ``numba`` (compiled).
+
+The NumPy kernels are the reference and the fallback: the runtime runs with NumPy alone. With
+the ``fast`` extra installed (``pip install "bnncli[fast]"``, numba), the binary convolutions run
+as compiled kernels (bnncli.runtime.numba_kernels) that give bit-identical results; everything
+else stays NumPy. The choice is made once per model, at one seam (``Context.backend``, read by
+the ops), never by forking an op's logic:
+
+* ``load(path, backend=...)`` / ``Model(..., backend=...)``: ``"numpy"``, ``"numba"`` or ``"auto"``;
+* else the environment variable ``BNN_BACKEND``;
+* else ``auto``: numba when it imports, NumPy otherwise.
+
+Asking for ``numba`` where it is not installed is an error that says how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+from bnncli.errors import UsageError
+
+BACKENDS = ("numpy", "numba")
+CHOICES = ("auto", *BACKENDS)
+ENV_VAR = "BNN_BACKEND"
+INSTALL_HINT = "pip install 'bnncli[fast]' (numba)"
+
+
+def compiled_kernels() -> ModuleType | None:
+    """bnncli.runtime.numba_kernels, or None when numba cannot be imported here."""
+    try:
+        from bnncli.runtime import numba_kernels
+    except ImportError:
+        return None
+    return numba_kernels
+
+
+def resolve(name: str | None = None) -> str:
+    """The backend to use for ``name`` (None: ``$BNN_BACKEND``, else ``auto``)."""
+    choice = (name or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if choice not in CHOICES:
+        source = "" if name else f" (from ${ENV_VAR})"
+        raise UsageError(f"unknown runtime backend {choice!r}{source}; choose one of {', '.join(CHOICES)}")
+    if choice == "numpy":
+        return "numpy"
+    if compiled_kernels() is not None:
+        return "numba"
+    if choice == "numba":
+        raise UsageError(f"the numba backend needs numba, which does not import here: {INSTALL_HINT}")
+    return "numpy"

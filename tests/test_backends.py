@@ -1,0 +1,93 @@
+"""The runtime's backends: the choice (argument, $BNN_BACKEND, auto), its report, and the compiled
+backend model by model against the NumPy reference (bit for bit)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import FOLDER_CLASSES, randomize_batchnorm, write_checkpoint
+
+from bnncli import create_model, list_models
+from bnncli.cli.app import main
+from bnncli.deploy.lower import lower
+from bnncli.deploy.pack import packed_graph
+from bnncli.errors import UsageError
+from bnncli.runtime import Model, backends
+
+HAVE_NUMBA = backends.compiled_kernels() is not None
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (the 'fast' extra)")
+
+
+def test_choice_by_argument_environment_and_auto(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert backends.resolve("numpy") == "numpy"
+    assert backends.resolve(None) == ("numba" if HAVE_NUMBA else "numpy")
+    assert backends.resolve("auto") == backends.resolve(None)
+    monkeypatch.setenv(backends.ENV_VAR, "numpy")
+    assert backends.resolve(None) == "numpy"
+    assert backends.resolve("auto") == ("numba" if HAVE_NUMBA else "numpy")  # an argument beats the variable
+    monkeypatch.setenv(backends.ENV_VAR, "cuda")
+    with pytest.raises(UsageError, match=r"unknown runtime backend 'cuda' \(from \$BNN_BACKEND\)"):
+        backends.resolve(None)
+    with pytest.raises(UsageError, match="unknown runtime backend 'gpu'; choose one of auto, numpy, numba"):
+        backends.resolve("gpu")
+
+
+def test_numba_asked_for_but_missing_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(backends, "compiled_kernels", lambda: None)
+    assert backends.resolve("auto") == "numpy"  # auto falls back to the reference
+    with pytest.raises(UsageError, match=r"pip install 'bnncli\[fast\]'"):
+        backends.resolve("numba")
+
+
+def test_predict_and_eval_report_the_backend(tmp_path, capsys, image_folder, monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    ckpt = write_checkpoint(tmp_path / "m.pt", class_names=FOLDER_CLASSES)
+    assert main(["pack", str(ckpt), "-o", str(tmp_path / "m.bnn")]) == 0
+    image = next(p for p in sorted(image_folder.rglob("*.png")))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(tmp_path / "m.bnn"), str(image), "--backend", "numpy", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["backend"] == "numpy"
+    assert main(["predict", "--model", str(ckpt), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["backend"] == "pytorch"
+    assert main(["eval", str(tmp_path / "m.bnn"), "--data", str(image_folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == ("numba" if HAVE_NUMBA else "numpy")
+    code = main(["predict", "--model", str(tmp_path / "m.bnn"), str(image), "--backend", "gpu"])
+    assert code == 2 and "unknown runtime backend 'gpu'" in capsys.readouterr().err
+
+
+def _model(name: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    if "tiny" not in name:
+        kw = {"thumbnail": True, "num_classes": 10, **kw}  # 32x32 inputs
+    model = create_model(name, **kw).eval()
+    randomize_batchnorm(model, seed)
+    return model
+
+
+@needs_numba
+@pytest.mark.parametrize("name", list_models())
+def test_compiled_backend_equals_numpy_bit_for_bit(name):
+    graph = packed_graph(lower(_model(name)))
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    x[2] = 0.0  # exact zeros reach the first binarizations
+    reference = Model(graph, threads=1, backend="numpy")
+    for threads in (1, 2):
+        compiled = Model(graph, threads=threads, backend="numba")
+        assert compiled.backend == "numba"
+        assert np.array_equal(compiled(x), reference(x)), (name, threads)
+
+
+@needs_numba
+@pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
+@pytest.mark.parametrize("padding", ["symmetric", "tensorflow"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_compiled_backend_over_pad_values_padding_rules_and_batches(pad_value, padding, batch):
+    model = _model("resnete_tiny", seed=2, pad_value=pad_value, padding=padding, thumbnail=False,
+                   binary_downsample=True, scaling="xnor")
+    graph = packed_graph(lower(model))
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
+    assert np.array_equal(Model(graph, threads=2, backend="numba")(x), Model(graph, threads=1, backend="numpy")(x))
