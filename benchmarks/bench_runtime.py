@@ -1,15 +1,20 @@
-"""Latency and peak memory of the packed NumPy runtime against onnxruntime fp32, same model, same run.
+"""Latency and peak memory of the packed runtime (NumPy and numba backends) against onnxruntime fp32.
 
     python benchmarks/bench_runtime.py                      # binarydensenet28 and resnete18 at 224
-    python benchmarks/bench_runtime.py --models resnete18 --batches 1 --repeats 10 --json out.json
+    python benchmarks/bench_runtime.py --models resnete18 --batches 1 --threads 1 --repeats 10 --json out.json
 
 For each model (1000 classes, random weights, BatchNorms with random statistics and some negative
 scales, as after training) the script writes a packed file (float32) and an ONNX file (the
 float-equivalent graph: binary convs as +-1 float convs), then measures each engine in its own
-subprocess, so peak memory is that engine's alone: the runtime worker imports NumPy only, the
-onnxruntime worker onnxruntime only. Both get the same thread count (default: all CPUs). Engines
-alternate over ``--rounds`` rounds and the best median is kept, which damps noise from other
-processes. Latency is the median over ``--repeats`` calls after two warm-up calls; peak memory is
+subprocess, so peak memory is that engine's alone: the runtime workers import NumPy (and numba)
+only, the onnxruntime workers onnxruntime only. Engines: ``numpy`` and ``numba`` (the packed
+runtime's backends; numba only where it is installed), ``ort`` (onnxruntime with its defaults) and
+``ort-nospin`` (its intra-op threads told not to spin-wait), and ``openvino`` (float32) where
+OpenVINO is installed. The ratio reported is against the faster of the two onnxruntime settings (the
+less favourable one for bnncli). Each thread count of ``--threads`` (default: 1 and all CPUs) is
+measured separately; all engines get the same count. Engines alternate over ``--rounds`` rounds and
+the best median is kept, which damps noise from other processes. Latency is the median over
+``--repeats`` calls after two warm-up calls; peak memory is
 the process's peak RSS (VmHWM) and its growth over the RSS before the model was loaded.
 
 It also reports parity at full size: the largest relative logit difference and top-1 agreement of
@@ -43,18 +48,31 @@ def worker(engine: str, path: str, batch: int, repeats: int, threads: int) -> di
     import numpy as np
 
     base = _status_kib("VmRSS")
-    if engine == "runtime":
+    if engine in ("numpy", "numba"):
         from bnncli.runtime import load
 
-        model = load(path, threads=threads)
+        model = load(path, threads=threads, backend=engine)
         size = model.preprocessing["image_size"]
         run = model
+    elif engine == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                    "INFERENCE_PRECISION_HINT": "f32"})
+        size = compiled.inputs[0].get_partial_shape()[2].get_length()
+
+        def run(x):
+            return compiled(x)[0]
     else:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if engine == "ort-nospin":
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         size = session.get_inputs()[0].shape[2]
 
@@ -70,6 +88,8 @@ def worker(engine: str, path: str, batch: int, repeats: int, threads: int) -> di
         run(x)
         times.append(time.perf_counter() - start)
     assert "torch" not in sys.modules, "the worker must not import torch"
+    if engine == "numba":
+        assert model.backend == "numba"
     return {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * min(times),
             "peak_rss_mib": _status_kib("VmHWM") / 1024, "model_peak_mib": (_status_kib("VmHWM") - base) / 1024}
 
@@ -150,6 +170,26 @@ def _parity(model, packed: Path, onnx_path: Path, size: int, exact: bool, thread
             "onnxruntime_max_rel_diff": ox.max_rel_diff, "onnxruntime_top1": f"{ox.top1_agree}/{ox.samples}"}
 
 
+def _compare_engines(name: str, packed: Path, onnx_path: Path, engines: list[str], batch: int, threads: int,
+                     args) -> dict:
+    """The best median of each engine over the rounds, and each backend's speed-up over onnxruntime."""
+    repeats = max(3, args.repeats // batch if batch > 1 else args.repeats)
+    best: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for engine in engines:
+            path = packed if engine in ("numpy", "numba") else onnx_path
+            r = _measure(engine, path, batch, repeats, threads)
+            if engine not in best or r["median_ms"] < best[engine]["median_ms"]:
+                best[engine] = r
+    ort_ms = min(best[e]["median_ms"] for e in ("ort", "ort-nospin") if e in best)
+    run = {"batch": batch, "threads": threads, "engines": best, "onnxruntime_best_ms": ort_ms,
+           "speedup_vs_onnxruntime": {e: ort_ms / best[e]["median_ms"] for e in ("numpy", "numba") if e in best}}
+    cells = ", ".join(f"{e} {r['median_ms']:.1f} ms (+{r['model_peak_mib']:.0f} MiB)" for e, r in best.items())
+    speed = ", ".join(f"{e} {v:.2f}x" for e, v in run["speedup_vs_onnxruntime"].items())
+    print(f"{name} batch {batch} threads {threads}: {cells}; faster than onnxruntime: {speed}", flush=True)
+    return run
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["binarydensenet28", "resnete18"])
@@ -157,13 +197,18 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     ap.add_argument("--repeats", type=int, default=20, help="timed calls at batch 1 (fewer at larger batches)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, len(os.sched_getaffinity(0))}))
+    ap.add_argument("--engines", nargs="+", default=None, help="default: every engine installed here")
     ap.add_argument("--no-parity", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
+    import importlib.util
+
     import numpy as np
 
+    engines = args.engines or [e for e in ("numpy", "numba", "ort", "ort-nospin", "openvino")
+                               if e not in ("numba", "openvino") or importlib.util.find_spec(e) is not None]
     cpus = len(os.sched_getaffinity(0))
     results = {"machine": {"cpus": cpus, "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version(), "numpy": np.__version__,
@@ -173,29 +218,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             packed, onnx_path, model = _build(name, args.size, Path(tmp))
-            entry = {"packed_bytes": packed.stat().st_size, "onnx_bytes": onnx_path.stat().st_size, "batches": {}}
-            for batch in args.batches:
-                repeats = max(3, args.repeats // batch if batch > 1 else args.repeats)
-                best: dict[str, dict] = {}
-                for _ in range(args.rounds):
-                    for engine in ("runtime", "onnxruntime"):
-                        r = _measure(engine, packed if engine == "runtime" else onnx_path, batch, repeats,
-                                     args.threads)
-                        if engine not in best or r["median_ms"] < best[engine]["median_ms"]:
-                            best[engine] = r
-                ratio = best["runtime"]["median_ms"] / best["onnxruntime"]["median_ms"]
-                entry["batches"][batch] = {**{f"{e}_{k}": v for e, r in best.items() for k, v in r.items()},
-                                           "latency_ratio": ratio}
-                rt, ox = best["runtime"], best["onnxruntime"]
-                print(f"{name} batch {batch}: runtime {rt['median_ms']:.1f} ms "
-                      f"(peak RSS {rt['peak_rss_mib']:.0f} MiB, +{rt['model_peak_mib']:.0f}), "
-                      f"onnxruntime {ox['median_ms']:.1f} ms "
-                      f"(peak RSS {ox['peak_rss_mib']:.0f} MiB, +{ox['model_peak_mib']:.0f}), ratio {ratio:.2f}x",
-                      flush=True)
+            entry = {"packed_bytes": packed.stat().st_size, "onnx_bytes": onnx_path.stat().st_size, "runs": []}
+            for threads in args.threads:
+                for batch in args.batches:
+                    entry["runs"].append(_compare_engines(name, packed, onnx_path, engines, batch, threads, args))
             if not args.no_parity:
-                entry["parity_random_weights"] = _parity(model, packed, onnx_path, args.size, False, args.threads)
+                entry["parity_random_weights"] = _parity(model, packed, onnx_path, args.size, False, args.threads[-1])
                 ex_packed, ex_onnx, ex_model = _build(name, args.size, Path(tmp), exact=True)
-                entry["parity_exact_weights"] = _parity(ex_model, ex_packed, ex_onnx, args.size, True, args.threads)
+                entry["parity_exact_weights"] = _parity(ex_model, ex_packed, ex_onnx, args.size, True,
+                                                        args.threads[-1])
                 print(f"{name} parity vs PyTorch at {args.size}: random weights {entry['parity_random_weights']}; "
                       f"exact weights {entry['parity_exact_weights']}", flush=True)
             results["models"][name] = entry
