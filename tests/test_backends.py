@@ -91,3 +91,43 @@ def test_compiled_backend_over_pad_values_padding_rules_and_batches(pad_value, p
     graph = packed_graph(lower(model))
     x = np.random.default_rng(batch).standard_normal((batch, 3, 64, 64)).astype(np.float32)
     assert np.array_equal(Model(graph, threads=2, backend="numba")(x), Model(graph, threads=1, backend="numpy")(x))
+
+
+def test_the_runtime_runs_where_numba_cannot_be_imported(tmp_path):
+    """The 'fast' extra is optional: with numba unimportable, auto falls back to NumPy."""
+    import subprocess
+    import sys
+    import textwrap
+
+    graph = packed_graph(lower(_model("binarydensenet_tiny")))
+    from bnncli.data.presets import preprocessing
+    from bnncli.runtime import format
+
+    meta = {"arch": "binarydensenet_tiny", "arch_kwargs": {}, "class_names": [f"c{i}" for i in range(10)],
+            "preprocessing": preprocessing("small", 32), "float_dtype": "float32", "producer": "test"}
+    path = format.write_packed(tmp_path / "m.bnn", graph, meta)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["numba"] = None  # as if the extra were not installed
+        import numpy as np
+        from bnncli.runtime import load
+        m = load({str(path)!r})
+        assert m.backend == "numpy", m.backend
+        print(m(np.zeros((1, 3, 32, 32), np.float32)).shape)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={k: v for k, v in __import__("os").environ.items() if k != backends.ENV_VAR})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "(1, 10)"
+
+
+@needs_numba
+def test_a_cold_cache_says_it_is_compiling(tmp_path, capsys, monkeypatch, image_folder):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.setattr(backends, "compiled_cache_is_warm", lambda: False)
+    ckpt = write_checkpoint(tmp_path / "m.pt", class_names=FOLDER_CLASSES)
+    assert main(["pack", str(ckpt), "-o", str(tmp_path / "m.bnn")]) == 0
+    capsys.readouterr()
+    image = next(p for p in sorted(image_folder.rglob("*.png")))
+    assert main(["predict", "--model", str(tmp_path / "m.bnn"), str(image), "--threads", "1"]) == 0
+    assert "compiling the numba kernels" in capsys.readouterr().err

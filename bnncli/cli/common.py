@@ -30,6 +30,9 @@ SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
 BackendOpt = Annotated[str | None, typer.Option(
     "--backend", help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install "
     "'bnncli[fast]') or auto [default: $BNN_BACKEND, else auto: numba where it is installed].")]
+ThreadsOpt = Annotated[int | None, typer.Option(
+    "--threads", min=1, help="Threads of the packed runtime and onnxruntime [default: the CPUs this process may "
+    "use].")]
 ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance", min=0.0, help="Largest relative logit difference from PyTorch accepted; the top-1 must agree "
     "regardless. Deep dense nets with random or imported weights can exceed the default where float rounding "
@@ -47,6 +50,16 @@ def print_json(obj: Any) -> None:
     """Write ``obj`` as JSON to stdout, unstyled."""
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()
+
+
+def note_compiling(backend: str) -> None:
+    """Say so when the numba kernels are about to be compiled, so a first run does not look hung."""
+    if backend != "numba":
+        return
+    from bnncli.runtime.backends import compiled_cache_is_warm
+
+    if not compiled_cache_is_warm():
+        info("compiling the numba kernels: once per machine, 10-20 s; later runs load them from numba's cache")
 
 
 def info(message: str) -> None:

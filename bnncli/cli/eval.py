@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bnncli.cli.common import BackendOpt, JsonOpt, WorkersOpt, err, out, print_json, warn
+from bnncli.cli.common import BackendOpt, JsonOpt, ThreadsOpt, WorkersOpt, err, note_compiling, out, print_json, warn
 from bnncli.engine.config import AMP_MODES, DEVICES
 from bnncli.errors import GateFailed, UsageError
 
@@ -25,6 +25,7 @@ def evaluate(
     min_top1: Annotated[float | None, typer.Option(
         "--min-top1", help="Exit 1 when top-1 (a fraction, e.g. 0.6) is below this: a CI gate.")] = None,
     backend: BackendOpt = None,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Top-1, top-5, loss, images/s and per-class accuracy of a model on labelled images."""
@@ -52,7 +53,7 @@ def evaluate(
         result = evaluate_model_file(model, data, batch_size=batch_size, workers=workers, device=device, amp=amp,
                                      channels_last=channels_last, on_start=lambda n: progress.update(task, total=n),
                                      on_batch=lambda n: progress.advance(task, n), on_skip=on_skip,
-                                     backend=backend)
+                                     backend=backend, threads=threads, on_open=note_compiling)
     if json_:
         print_json(result)
     else:

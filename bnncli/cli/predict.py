@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import BackendOpt, JsonOpt, err, info, out, print_json
+from bnncli.cli.common import BackendOpt, JsonOpt, ThreadsOpt, err, info, note_compiling, out, print_json
 
 
 def find_default_model(runs: Path = Path("runs")) -> Path:
@@ -43,6 +43,7 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 16,
     backend: BackendOpt = None,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Classify images with a checkpoint, an ONNX file or a packed model.
@@ -57,7 +58,8 @@ def predict(
     from bnncli.runtime.preprocess import preprocess_file
 
     path = model if model is not None else find_default_model()
-    predictor = open_model(path, backend=backend)
+    predictor = open_model(path, threads=threads, backend=backend)
+    note_compiling(predictor.backend)
     labels = predictor.labels
     k = min(top_k, len(labels))
     results: list[dict] = []

@@ -37,14 +37,15 @@ class EvalModel:
 
 
 def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
-                    amp: str = "none", channels_last: bool = False, backend: str | None = None) -> EvalModel:
+                    amp: str = "none", channels_last: bool = False, backend: str | None = None,
+                    threads: int | None = None) -> EvalModel:
     """The ``MODEL`` argument of ``bnn eval``: any model file :func:`bnncli.artifacts.open_model`
     opens. ONNX runs on onnxruntime and packed models on the NumPy runtime (both on CPU);
     checkpoints on ``device``, with ``amp`` autocast and ``channels_last`` if asked. ``backend``:
     the packed runtime's kernels (bnncli.runtime.backends)."""
     file = resolve_model_path(path)
     if sniff(file) != "checkpoint":
-        return _deployed_eval_model(open_model(file, backend=backend))
+        return _deployed_eval_model(open_model(file, threads=threads, backend=backend))
     ckpt = load_checkpoint(file)
     device = torch.device(device)
     model = build_model(ckpt).to(device)
@@ -171,18 +172,22 @@ def published_numbers(arch: str | None, num_classes: int) -> dict[str, dict[str,
 def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int = 64, workers: int | None = None,
                         device: str = "auto", amp: str = "none", channels_last: bool = False,
                         on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None,
-                        on_skip: Callable[[Any], None] | None = None, backend: str | None = None) -> dict[str, Any]:
+                        on_skip: Callable[[Any], None] | None = None, backend: str | None = None,
+                        threads: int | None = None, on_open: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``bnn eval``: any model file on a labelled folder (or builtin dataset), measured by :func:`evaluate`.
 
-    ``on_start(images)`` is called once the data is open. Returns the measurements with what was
-    measured (model file, kind, arch, data, device) and the published numbers for the arch.
+    ``on_open(backend)`` is called once the model is open, ``on_start(images)`` once the data is.
+    Returns the measurements with what was measured (model file, kind, arch, backend, data,
+    device) and the published numbers for the arch.
     """
     from bnncli.data.loading import SampleDataset, ShardSampler, make_loader, open_eval_data
     from bnncli.data.transforms import eval_transform
     from bnncli.engine.distributed import resolve_device
 
     dev = resolve_device(device)
-    em = load_eval_model(model, dev, amp=amp, channels_last=channels_last, backend=backend)
+    em = load_eval_model(model, dev, amp=amp, channels_last=channels_last, backend=backend, threads=threads)
+    if on_open is not None:
+        on_open(em.backend)
     pre = em.preprocessing
     dataset = SampleDataset(open_eval_data(data, em.class_names), eval_transform(pre), int(pre.get("channels", 3)))
     if workers is None:
