@@ -189,6 +189,10 @@ def test_special_values_and_layouts():
         expected = numpy_conv(x, wbits, cin, (1, 1), (1, 1), (1, 1), 1.0, thr, neg)
         got = NK.binary_conv(x, wbits, cin, (3, 3), (1, 1), (1, 1), (1, 1), 1.0, thr, neg)
         assert same_bits(got, expected)
+    ro = x.copy()
+    ro.flags.writeable = False  # a read-only input (e.g. a memory map) is copied, not compiled for
+    assert same_bits(NK.binary_conv(ro, wbits, cin, None, (1, 1), (1, 1)), numpy_conv(x, wbits, cin, (1, 1), (1, 1),
+                                                                                      (1, 1), 0.0))
     big = rng.standard_normal((cin, n, h, 2 * w)).astype(np.float32)[..., ::2]  # not contiguous
     assert same_bits(NK.binary_conv(big, wbits, cin, None, (1, 1), (1, 1)), numpy_conv(big, wbits, cin, (1, 1), (1, 1),
                                                                                        (1, 1), 0.0))
@@ -207,6 +211,19 @@ def test_rejects_what_does_not_fit():
         NK.binary_conv(np.zeros((5, 1, 2, 2), np.float32), wbits, 5)
     with pytest.raises(ValueError, match="out"):
         NK.binary_conv(x, wbits, 5, out=np.empty((2, 1, 3, 3), np.float32))
+
+
+def test_cache_is_warm_after_calls():
+    x, wbits, *_ = make_case(3, 2, 3, 1, 5, 5, seed=0)
+    NK.binary_conv(x, wbits, 3)  # serial
+    kernel = NK.BinaryConvKernel(wbits, 3)
+    old = NK.PARALLEL_MIN_WORK
+    try:
+        NK.PARALLEL_MIN_WORK = 0
+        kernel(x, (0, 0), 2)  # the pool's share
+    finally:
+        NK.PARALLEL_MIN_WORK = old
+    assert NK.cache_is_warm()
 
 
 def test_popcount_intrinsic():

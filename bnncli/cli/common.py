@@ -59,7 +59,7 @@ def note_compiling(backend: str) -> None:
     from bnncli.runtime.backends import compiled_cache_is_warm
 
     if not compiled_cache_is_warm():
-        info("compiling the numba kernels: once per machine, 10-20 s; later runs load them from numba's cache")
+        info("compiling the numba kernels: once per machine, a few seconds; later runs load them from numba's cache")
 
 
 def info(message: str) -> None:

@@ -37,18 +37,10 @@ def compiled_kernels() -> ModuleType | None:
 
 def compiled_cache_is_warm() -> bool:
     """Whether numba's on-disk cache holds the compiled kernels (False: the first call compiles them,
-    10-20 s). The cache is ``__pycache__`` next to bnncli/runtime/numba_kernels.py, or numba's
+    about 5 s here). The cache is ``__pycache__`` next to bnncli/runtime/numba_kernels.py, or numba's
     user-wide cache directory where that is read-only, or ``$NUMBA_CACHE_DIR``."""
     module = compiled_kernels()
-    if module is None:
-        return False
-    indexes = []
-    for value in vars(module).values():
-        cache = getattr(value, "_cache", None)
-        index = getattr(getattr(cache, "_cache_file", None), "_index_path", None)
-        if index is not None:
-            indexes.append(index)
-    return bool(indexes) and all(os.path.exists(p) for p in indexes)
+    return module is not None and module.cache_is_warm()
 
 
 def resolve(name: str | None = None) -> str:

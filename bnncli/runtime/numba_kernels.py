@@ -49,6 +49,7 @@ workqueue layer are serialized by a lock: it must not be entered from two thread
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -152,13 +153,18 @@ else:
                 _sched_yield()
 
 
-class ConvWeights(NamedTuple):
-    """Packed weights transposed for the kernel: uint64 ``[blocks, kh * kw * Wc, block]``."""
+class ConvWeights:
+    """Packed weights transposed for the kernel: ``wt`` uint64 ``[blocks, kh * kw * Wc, block]``.
 
-    wt: np.ndarray
-    cout: int
-    kernel: tuple[int, int]
-    words: int
+    :func:`binary_conv` given these keeps the :class:`BinaryConvKernel` it builds from the
+    other arguments here, keyed by their identity: do not modify those arrays in place.
+    """
+
+    __slots__ = ("wt", "cout", "kernel", "words", "kernels")
+
+    def __init__(self, wt: np.ndarray, cout: int, kernel: tuple[int, int], words: int) -> None:
+        self.wt, self.cout, self.kernel, self.words = wt, cout, kernel, words
+        self.kernels: dict[tuple, tuple[tuple, BinaryConvKernel]] = {}
 
 
 def prepare_weights(wbits: np.ndarray) -> ConvWeights:
@@ -410,7 +416,8 @@ def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, lef
         _pack_task(xs, xf, task, pack_chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
     acc = np.empty((conv_chunk + 1, wt.shape[2]), np.int32)
     for task in range(-(-out.shape[1] // conv_chunk) * wt.shape[0]):
-        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, acc)
+        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias,
+                   out, acc)
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
@@ -440,7 +447,8 @@ def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left
         task = _fetch_add(counters, 16)
         if task >= conv_tasks:
             break
-        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, acc)
+        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias,
+                   out, acc)
         _fetch_add(counters, 24)
 
 
@@ -482,6 +490,21 @@ def _run_shared(args: tuple, workers: int, pool: Executor | None, tasks: int) ->
     _wait_for(args[-1], 24, tasks)
 
 
+def cache_is_warm() -> bool:
+    """Whether numba's disk cache has an index for every function a call compiles (with the current
+    :data:`PARALLEL`): False means the next first call compiles for several seconds. The
+    parallel=True build is compiled only when ``PARALLEL == "prange"``, so it is not asked for
+    otherwise."""
+    functions = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _wait_for]
+    if PARALLEL == "prange":
+        functions.append(_binary_conv_parallel)
+    for f in functions:
+        index = getattr(getattr(getattr(f, "_cache", None), "_cache_file", None), "_index_path", None)
+        if index is None or not os.path.exists(index):
+            return False
+    return True
+
+
 def tap_offsets(kernel, dilation, wp: int, wc: int) -> np.ndarray:
     """int64 ``[kh * kw * Wc]``: where word (ky, kx, j) of a position's receptive field is, from its first word."""
     kh, kw = kernel
@@ -496,16 +519,17 @@ class _Geometry(NamedTuple):
     wo: int
     hp: int
     wp: int
-    offsets: np.ndarray
+    offsets: np.ndarray  # tap_offsets
 
 
 class BinaryConvKernel:
     """One binary conv layer, prepared once (weights transposed, thresholds and scales in the kernel's form).
 
-    ``kernel(x, pads, threads)`` is :func:`binary_conv` on a float32 map ``x`` [C, N, H, W], with
-    the per-size work (output size, tap offsets, ``half_offset``) cached per input size and
-    padding. Arguments as :func:`binary_conv`; the arrays are read when the kernel is built and
-    not kept mutable: build a new kernel if they change.
+    ``kernel(x, pads, threads=1, half_offset=None, out=None, pool=None)`` is :func:`binary_conv`
+    on a float32 map ``x`` [C, N, H, W], with the per-size work (output size, tap offsets,
+    ``half_offset`` when not given) cached per input size and padding. Arguments as
+    :func:`binary_conv`; the arrays are copied into the kernel's form when it is built, so
+    changing them afterwards changes nothing: build a new kernel.
     """
 
     def __init__(self, wbits: np.ndarray, channels: int, stride=(1, 1), dilation=(1, 1), pad_value: float = 0.0,
@@ -526,9 +550,7 @@ class BinaryConvKernel:
         self.dilation = (int(dilation[0]), int(dilation[1]))
         self.pad_value = float(pad_value)
         c = self.channels
-        if threshold is None:
-            if negate is not None:
-                raise ValueError("negate needs a threshold")
+        if threshold is None:  # negate without a threshold means nothing (as in K.sign_bits)
             self.threshold = np.zeros(c, dtype=np.float32)
             self.sign = np.ones(c, dtype=np.float32)
         else:
@@ -560,7 +582,7 @@ class BinaryConvKernel:
         return g
 
     def half_offset(self, h: int, w: int, pads) -> np.ndarray:
-        """K.half_dot_offset(K.dot_offset(...)) for an input size and padding, cached."""
+        """K.half_dot_offset(K.dot_offset(...)) for an input size and padding ([Cout, Ho * Wo] or [Cout, 1]), cached."""
         key = (h, w, tuple(pads))
         half = self._half_offsets.get(key)
         if half is None:
@@ -576,8 +598,8 @@ class BinaryConvKernel:
         c, n, h, w = x.shape
         if c != self.channels:
             raise ValueError(f"input has {c} channels, the layer {self.channels}")
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
+        if not (x.flags.c_contiguous and x.flags.writeable):  # numba compiles read-only arrays separately
+            x = np.array(x, order="C")
         g = self.geometry(h, w, pads)
         cout, ho, wo = self.cout, g.ho, g.wo
         if half_offset is None:
@@ -585,12 +607,13 @@ class BinaryConvKernel:
         elif half_offset.dtype != np.float32 or half_offset.shape not in ((cout, 1), (cout, ho * wo)):
             raise ValueError(f"half_offset must be float32 {(cout, 1)} or {(cout, ho * wo)}, not "
                              f"{half_offset.dtype} {half_offset.shape}")
-        elif not half_offset.flags.c_contiguous:
-            half_offset = np.ascontiguousarray(half_offset)
+        elif not (half_offset.flags.c_contiguous and half_offset.flags.writeable):
+            half_offset = np.array(half_offset, order="C")
         if out is None:
             out = np.empty((cout, n, ho, wo), dtype=np.float32)
-        elif out.shape != (cout, n, ho, wo) or out.dtype != np.float32 or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous float32 {(cout, n, ho, wo)}")
+        elif (out.shape != (cout, n, ho, wo) or out.dtype != np.float32 or not out.flags.c_contiguous
+              or not out.flags.writeable):
+            raise ValueError(f"out must be a writable C-contiguous float32 {(cout, n, ho, wo)}")
         wt = self.weights.wt
         blocks = wt.shape[0]
         positions = n * ho * wo
@@ -637,13 +660,16 @@ def binary_conv(x: np.ndarray, wbits: np.ndarray | None, channels: int, kernel=N
         stride, dilation: pairs. pads4: ``(top, left, bottom, right)`` or ``(ph, pw)``.
         pad_value: 0, -1 or +1.
         threshold: float32 ``[channels]`` or None (``x >= 0``); negate: bool/uint8 ``[channels]``
-            or None (only with a threshold).
+            or None (ignored without a threshold, as in K.sign_bits).
         half_offset: float32 ``[Cout, Ho * Wo]`` or ``[Cout, 1]`` (K.half_dot_offset of
             K.dot_offset); None: computed here.
         scale, bias: float32 ``[Cout]`` or None.
-        threads: 1 runs the serial build; more run the parallel build on up to that many threads
-            (numba's thread count caps it; small layers stay serial).
-        weights: :func:`prepare_weights` of ``wbits``, to skip that step.
+        threads: 1 runs the serial build; more: the calling thread and ``threads - 1`` helpers
+            (:data:`PARALLEL`; capped at numba's thread count, the CPUs by default; layers with
+            less work than :data:`PARALLEL_MIN_WORK` stay on the calling thread).
+        weights: :func:`prepare_weights` of ``wbits``, made once per layer: it also keeps the
+            kernel built from the other arguments (by their identity), so that a call costs a few
+            microseconds of Python instead of some tens.
         out: optional C-contiguous float32 ``[Cout, N, Ho, Wo]`` to write into (returned).
         pool: with ``threads`` > 1, an executor with at least ``threads - 1`` threads to run the
             helpers on (the runtime's); None: a pool of this module's.
@@ -654,5 +680,17 @@ def binary_conv(x: np.ndarray, wbits: np.ndarray | None, channels: int, kernel=N
         raise ValueError(f"kernel {tuple(kernel)} does not match the weights' {tuple(wbits.shape[1:3])}")
     if x.ndim == 4 and x.shape[0] != channels:
         raise ValueError(f"input has {x.shape[0]} channels, the layer {channels}")
-    kern = BinaryConvKernel(wbits, channels, stride, dilation, pad_value, threshold, negate, scale, bias, weights)
+    if weights is None:
+        kern = BinaryConvKernel(wbits, channels, stride, dilation, pad_value, threshold, negate, scale, bias)
+    else:  # a layer called again: its kernel is kept with its weights
+        arrays = (wbits, threshold, negate, scale, bias)
+        key = (channels, tuple(stride), tuple(dilation), float(pad_value), *map(id, arrays))
+        entry = weights.kernels.get(key)
+        if entry is None or any(a is not b for a, b in zip(entry[0], arrays)):
+            if len(weights.kernels) >= 16:
+                weights.kernels.clear()
+            entry = arrays, BinaryConvKernel(wbits, channels, stride, dilation, pad_value, threshold, negate, scale,
+                                             bias, weights)
+            weights.kernels[key] = entry
+        kern = entry[1]
     return kern(x, pads4, threads, half_offset, out, pool)

@@ -334,8 +334,10 @@ class BinaryConv(Op, op="BinaryConv"):
         wc = self.wbits.shape[-1]
         self.fill = K.valid_bits_words(self.cin) if self.pad_value == 1 else np.zeros(wc, dtype=np.uint64)
         self._half_offsets: dict[tuple[int, int], np.ndarray] = {}
-        # The compiled backend's layout of the weights, made once (bnncli.runtime.numba_kernels).
-        self.compiled_weights = self.ctx.compiled.prepare_weights(self.wbits) if self.ctx.compiled else None
+        # The compiled backend's kernel of this layer, prepared once (bnncli.runtime.numba_kernels).
+        self.compiled = None if self.ctx.compiled is None else self.ctx.compiled.BinaryConvKernel(
+            self.wbits, self.cin, self.stride, self.dilation, self.pad_value, self.threshold, self.negate,
+            self.scale, self.bias)
 
     def half_offset(self, h: int, w: int) -> np.ndarray:
         """What the kernel's epilogue subtracts mismatches from (kernels.half_dot_offset), once per input size."""
@@ -365,11 +367,8 @@ class BinaryConv(Op, op="BinaryConv"):
         self.check_channels(x, self.cin)
         _, _, h, w = x.shape
         pads, _, _ = self.resolve_pads(h, w, self.dilation)
-        if self.ctx.compiled is not None:  # the numba backend: binarize, pack, XNOR-popcount and epilogue fused
-            return self.ctx.compiled.binary_conv(
-                x, self.wbits, self.cin, self.kernel, self.stride, pads, self.dilation, self.pad_value,
-                self.threshold, self.negate, self.half_offset(h, w), self.scale, self.bias, self.ctx.threads,
-                weights=self.compiled_weights)
+        if self.compiled is not None:  # the numba backend: binarize, pack, XNOR-popcount and epilogue fused
+            return self.compiled(x, pads, self.ctx.threads, self.half_offset(h, w), pool=self.ctx.pool)
         return K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, pads, self.dilation,
                                   self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
                                   half_offset=self.half_offset, fill=self.fill, scale=self.scale, bias=self.bias,
