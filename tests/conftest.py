@@ -162,3 +162,37 @@ def exact_inputs(n: int, channels: int = 3, size: int = 32, seed: int = 0):
 
     g = torch.Generator().manual_seed(seed)
     return torch.randint(-16, 17, (n, channels, size, size), generator=g).float() / 8
+
+
+def small_registry_model(name: str, seed: int = 0, **kw):
+    """A registry model in eval mode for 32x32 inputs (the ImageNet ones with their thumbnail stem,
+    10 classes), with randomized BatchNorms."""
+    import torch
+
+    from bnncli import create_model
+
+    torch.manual_seed(seed)
+    if "tiny" not in name:
+        kw = {"thumbnail": True, "num_classes": 10, **kw}
+    model = create_model(name, **kw).eval()
+    randomize_batchnorm(model, seed)
+    return model
+
+
+def rewrite_packed_header(data: bytes, edit, version: int | None = None) -> bytes:
+    """A packed file's bytes with ``edit`` applied to its header JSON (and, given ``version``, the
+    preamble's format version changed), re-sealed with a valid checksum."""
+    import hashlib
+    import json
+    import struct
+    import zlib
+
+    from bnncli.runtime import format as fmt
+
+    _, old_version, hlen, plen, _ = struct.unpack_from("<8sIIQ32s", data)
+    header = json.loads(zlib.decompress(data[56:56 + hlen]))
+    edit(header)
+    new_header = zlib.compress(json.dumps(header).encode())
+    payload = data[56 + hlen:]
+    head = struct.pack("<8sIIQ", fmt.MAGIC, old_version if version is None else version, len(new_header), plen)
+    return head + hashlib.sha256(head + new_header + payload).digest() + new_header + payload

@@ -7,10 +7,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import FOLDER_CLASSES, randomize_batchnorm, write_checkpoint
+from conftest import FOLDER_CLASSES, small_registry_model, write_checkpoint
 
-from bnncli import create_model, list_models
+from bnncli import list_models
 from bnncli.cli.app import main
 from bnncli.deploy.lower import lower
 from bnncli.deploy.pack import packed_graph
@@ -59,13 +58,7 @@ def test_predict_and_eval_report_the_backend(tmp_path, capsys, image_folder, mon
     assert code == 2 and "unknown runtime backend 'gpu'" in capsys.readouterr().err
 
 
-def _model(name: str, seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    if "tiny" not in name:
-        kw = {"thumbnail": True, "num_classes": 10, **kw}  # 32x32 inputs
-    model = create_model(name, **kw).eval()
-    randomize_batchnorm(model, seed)
-    return model
+_model = small_registry_model
 
 
 @needs_numba

@@ -1,13 +1,11 @@
 """The packed file format: round trip, and refusal of truncated, corrupted, foreign and
 tampered files with one clear message."""
 
-import hashlib
-import json
 import struct
-import zlib
 
 import numpy as np
 import pytest
+from conftest import rewrite_packed_header
 
 from bnncli.artifacts.open import open_model, sniff
 from bnncli.deploy.pack import pack_model
@@ -33,16 +31,6 @@ def _refused(tmp_path, data: bytes, needle: str, name: str = "bad.bnn") -> str:
     assert "\n" not in message and str(path) in message
     return message
 
-
-def _rewrite_header(data: bytes, edit) -> bytes:
-    """Apply ``edit`` to the header JSON and re-seal the file with a valid checksum."""
-    _, version, hlen, plen, _ = struct.unpack_from("<8sIIQ32s", data)
-    header = json.loads(zlib.decompress(data[56:56 + hlen]))
-    edit(header)
-    new_header = zlib.compress(json.dumps(header).encode())
-    payload = data[56 + hlen:]
-    head = struct.pack("<8sIIQ", fmt.MAGIC, version, len(new_header), plen)
-    return head + hashlib.sha256(head + new_header + payload).digest() + new_header + payload
 
 
 def test_round_trip_keeps_graph_and_metadata(packed, tiny_checkpoint):
@@ -146,7 +134,7 @@ def _wrong_weight_shape(h):
 ])
 def test_every_field_is_validated(tmp_path, packed, edit, needle):
     """Files with a valid checksum but a field this reader must not trust."""
-    _refused(tmp_path, _rewrite_header(packed.read_bytes(), edit), needle)
+    _refused(tmp_path, rewrite_packed_header(packed.read_bytes(), edit), needle)
 
 
 def test_nonzero_tail_bits_are_refused(tmp_path):

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import exact_inputs, make_exact, randomize_batchnorm
+from conftest import exact_inputs, make_exact, randomize_batchnorm, rewrite_packed_header
 
 from bnncli import create_model
 from bnncli.artifacts.onnx_file import ort_session
@@ -143,19 +143,8 @@ def test_uneven_pads_are_explicit_in_onnx():
 
 def test_a_version_1_file_cannot_claim_same_padding():
     model = _model("resnete_tiny", "tensorflow")
-    data = bytearray(format.encode(packed_graph(lower(model)), _meta(model, 32)))
-    struct.pack_into("<I", data, 8, 1)
-    # Re-seal the header with version 1 so only the padding is at fault.
-    import hashlib
-    import json
-    import zlib
-
-    header_len = struct.unpack_from("<I", data, 12)[0]
-    header = json.loads(zlib.decompress(bytes(data[56:56 + header_len])))
-    header["format_version"] = 1
-    new_header = zlib.compress(json.dumps(header).encode())
-    head = bytes(data[:8]) + struct.pack("<IIQ", 1, len(new_header), len(data) - 56 - header_len)
-    payload = bytes(data[56 + header_len:])
-    sealed = head + hashlib.sha256(head + new_header + payload).digest() + new_header + payload
+    data = format.encode(packed_graph(lower(model)), _meta(model, 32))
+    # Version 1 in the preamble and the header, re-sealed, so only the padding is at fault.
+    sealed = rewrite_packed_header(data, lambda h: h.update(format_version=1), version=1)
     with pytest.raises(ArtifactError, match='padding "same" needs format version 2'):
         format.decode(sealed)

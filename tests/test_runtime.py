@@ -7,10 +7,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import exact_inputs, make_exact, randomize_batchnorm, write_checkpoint
+from conftest import exact_inputs, make_exact, small_registry_model, write_checkpoint
 from PIL import Image
 
-from bnncli import create_model, list_models
+from bnncli import list_models
 from bnncli.artifacts.onnx_file import ort_session
 from bnncli.deploy.lower import fold, lower
 from bnncli.deploy.onnx_export import to_onnx
@@ -26,13 +26,7 @@ TINY = [n for n in list_models() if "tiny" in n]
 BIG = [n for n in list_models() if "tiny" not in n]
 
 
-def _model(name: str, seed: int = 0, **kw):
-    torch.manual_seed(seed)
-    if name in BIG:
-        kw = {"thumbnail": True, "num_classes": 10, **kw}  # 32x32 input: the thumbnail stem
-    model = create_model(name, **kw).eval()
-    randomize_batchnorm(model, seed)
-    return model
+_model = small_registry_model
 
 
 def _meta(model, classes: int, size: int = 32):
