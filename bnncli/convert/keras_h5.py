@@ -88,7 +88,7 @@ def read_keras_weights(path: str | os.PathLike) -> KerasWeights:
         raise ArtifactError(f"{path} is not an HDF5 file (a Keras .h5 weights file starts with the HDF5 signature)")
     try:
         with h5py.File(path, "r") as f:
-            return _read(f, path)
+            return _read(h5py, f, path)
     except ArtifactError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
@@ -96,8 +96,7 @@ def read_keras_weights(path: str | os.PathLike) -> KerasWeights:
         raise ArtifactError(f"{path} is a damaged or truncated HDF5 file ({first[:160]})") from None
 
 
-def _read(f, path: Path) -> KerasWeights:
-    h5py = _h5py()
+def _read(h5py, f, path: Path) -> KerasWeights:
     root = f["model_weights"] if "model_weights" in f and isinstance(f["model_weights"], h5py.Group) else f
     if "layer_names" not in root.attrs:
         raise ArtifactError(f"{path} is HDF5 but not a Keras weights file (no layer_names attribute)")

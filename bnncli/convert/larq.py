@@ -188,9 +188,10 @@ def _file_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
     if not convs or not dense:
         raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo "
                             "BinaryDenseNet or ResNetE (include_top=True)")
-    kh, _, cin, _ = convs[0].weights["kernel"].shape if convs[0].weights["kernel"].ndim == 4 else (0, 0, 0, 0)
-    if not cin:
-        raise ArtifactError(f"layer {convs[0].name}: kernel is not 4-dimensional")
+    stem = convs[0].weights.get("kernel")
+    if stem is None or stem.ndim != 4:
+        raise ArtifactError(f"layer {convs[0].name}: no 4-dimensional kernel")
+    kh, _, cin, _ = stem.shape
     kernel = dense[-1].weights.get("kernel")
     if kernel is None or kernel.ndim != 2:
         raise ArtifactError(f"layer {dense[-1].name}: no 2-dimensional kernel")

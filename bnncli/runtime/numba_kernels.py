@@ -99,9 +99,9 @@ def popcount(typingctx, x):
     return sig, codegen
 
 
-@intrinsic
-def _fetch_add(typingctx, counters, index):
-    """Atomically ``counters[index] += 1`` (int64 array, acquire-release); returns the value before."""
+def _counter_intrinsic(counters, atomic_op):
+    """Typing and code of an atomic operation on ``counters[index]`` (an int64 array):
+    ``atomic_op(context, builder, pointer)`` emits it and returns the int64 result."""
     if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
         return None
     sig = types.int64(counters, types.intp)
@@ -110,26 +110,22 @@ def _fetch_add(typingctx, counters, index):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        one = context.get_constant(types.int64, 1)
-        return builder.atomic_rmw("add", ptr, one, "acq_rel")
+        return atomic_op(context, builder, ptr)
 
     return sig, codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, counters, index):
+    """Atomically ``counters[index] += 1`` (int64 array, acquire-release); returns the value before."""
+    return _counter_intrinsic(counters, lambda context, builder, ptr: builder.atomic_rmw(
+        "add", ptr, context.get_constant(types.int64, 1), "acq_rel"))
 
 
 @intrinsic
 def _load_acquire(typingctx, counters, index):
     """``counters[index]`` as an atomic load (acquire): re-read on every call, never hoisted."""
-    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
-        return None
-    sig = types.int64(counters, types.intp)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        return builder.load_atomic(ptr, "acquire", 8)
-
-    return sig, codegen
+    return _counter_intrinsic(counters, lambda context, builder, ptr: builder.load_atomic(ptr, "acquire", 8))
 
 
 if sys.platform == "win32":
