@@ -75,6 +75,24 @@ def test_compiled_backend_equals_numpy_bit_for_bit(name):
 
 
 @needs_numba
+@pytest.mark.parametrize("name", list_models())
+def test_compiled_backend_on_helper_threads_equals_numpy(name, monkeypatch):
+    """Every op large enough to be split across the crew's threads (bnncli.runtime.numba_crew)."""
+    from bnncli.runtime import numba_float, numba_kernels
+
+    monkeypatch.setattr(numba_kernels, "CREW_MIN_WORK", 0)
+    monkeypatch.setattr(numba_float, "PARALLEL_MIN_ELEMENTS", 0)
+    graph = packed_graph(lower(_model(name, seed=3)))
+    x = np.random.default_rng(3).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    reference = Model(graph, threads=1, backend="numpy")(x)
+    for threads in (2, 3):
+        model = Model(graph, threads=threads, backend="numba")
+        assert model.ctx.crew is not None and model.ctx.crew.threads == threads
+        for _ in range(2):  # the second call reuses the buffers and kernels the first prepared
+            assert np.array_equal(model(x), reference), (name, threads)
+
+
+@needs_numba
 @pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
 @pytest.mark.parametrize("padding", ["symmetric", "tensorflow"])
 @pytest.mark.parametrize("batch", [1, 4])

@@ -198,3 +198,61 @@ def test_checkpoint_helper_roundtrip(tmp_path):
 
     model, ckpt = load_model(path)
     assert ckpt["class_names"] == ["x", "y"] and model.fc.out_features == 2
+
+
+def _concat_chain(links: int, channels: int = 2) -> Graph:
+    """input -> 1x1 conv t -> Concat(input, t) -> Concat(that, t) -> ... (``links`` concatenations)."""
+    rng = np.random.default_rng(0)
+    tensors = {"w": rng.standard_normal((channels, 3, 1, 1)).astype(np.float32)}
+    conv = {"stride": [1, 1], "padding": [0, 0], "dilation": [1, 1]}
+    nodes = [Node("Conv", "conv", ["input"], ["t"], conv, {"weight": "w"})]
+    prev = "input"
+    for i in range(links):
+        out = "logits" if i == links - 1 else f"c{i}"
+        nodes.append(Node("Concat", f"cat{i}", [prev, "t"], [out], {"axis": 1}))
+        prev = out
+    return Graph(nodes, tensors)
+
+
+def test_a_long_concatenation_chain_loads_in_linear_time_and_plans_its_growth():
+    """1,600 chained concatenations (about cubic to plan before: minutes) load at once; each link
+    reserves room for what the rest of the chain adds."""
+    model = Model(_concat_chain(1600))
+    growth = [op.growth for op in model.ops if op.type == "Concat"]
+    assert growth == [2 * (1599 - i) for i in range(1600)]
+    x = np.random.default_rng(1).standard_normal((1, 3, 2, 2)).astype(np.float32)
+    y = Model(_concat_chain(5))(x)
+    weight = np.random.default_rng(0).standard_normal((2, 3, 1, 1)).astype(np.float32)[:, :, 0, 0]
+    t = np.einsum("oc,nchw->nohw", weight, x)
+    assert y.shape == (1, 13, 2, 2) and np.allclose(y, np.concatenate([x] + [t] * 5, axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["binarydensenet_tiny", "binarydensenet28"])
+def test_dense_layers_write_into_the_concatenation(name):
+    """A BinaryDenseNet layer's binary conv writes straight into its block's buffer; the results are unchanged."""
+    graph = packed_graph(lower(small_registry_model(name)))
+    model = Model(graph, threads=1)
+    planned = [op for op in model.ops if id(op) in model._in_place]
+    assert planned and all(op.type == "BinaryConv" for op in planned)
+    copying = Model(graph, threads=1)
+    copying._in_place = {}  # every concatenation copies its inputs
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    expected = copying(x)
+    assert np.array_equal(model(x), expected)
+    assert np.array_equal(model(x), expected)  # again, with the kernels the first call prepared
+    assert np.array_equal(model.run(x, intermediates=True)[graph.outputs[0]], expected)
+
+
+def test_a_reservation_left_from_a_failed_call_is_not_used():
+    from bnncli.runtime.ops import Concat, Context
+
+    ctx = Context(1, "numpy")
+    cat = Concat(Node("Concat", "c", ["a", "b"], ["y"], {"axis": 1}), {}, ctx)
+    a, b = (np.full((2, 1, 2, 2), v, np.float32) for v in (1.0, 2.0))
+    cat.reserve([a], 2)[...] = 7.0  # a producer wrote for input `a`, then the call never came
+    fresh = np.full((2, 1, 2, 2), 3.0, np.float32)
+    y = cat(fresh, b)
+    assert np.array_equal(y, np.concatenate([fresh, b]))
+    slot = cat.reserve([a], 2)
+    slot[...] = b
+    assert np.array_equal(cat(a, slot), np.concatenate([a, b]))

@@ -35,12 +35,32 @@ def compiled_kernels() -> ModuleType | None:
     return numba_kernels
 
 
+def compiled_float_kernels() -> ModuleType | None:
+    """bnncli.runtime.numba_float (the compiled pooling and affine ops), or None without numba."""
+    try:
+        from bnncli.runtime import numba_float
+    except ImportError:
+        return None
+    return numba_float
+
+
+def crew(owner: object, helpers: int):
+    """A bnncli.runtime.numba_crew.Crew of ``helpers`` threads, closed when ``owner`` is collected."""
+    from bnncli.runtime.numba_crew import Crew
+
+    return Crew.for_owner(owner, helpers)
+
+
 def compiled_cache_is_warm() -> bool:
     """Whether numba's on-disk cache holds the compiled kernels (False: the first call compiles them,
     about 5 s here). The cache is ``__pycache__`` next to bnncli/runtime/numba_kernels.py, or numba's
     user-wide cache directory where that is read-only, or ``$NUMBA_CACHE_DIR``."""
-    module = compiled_kernels()
-    return module is not None and module.cache_is_warm()
+    modules = (compiled_kernels(), compiled_float_kernels())
+    if any(m is None for m in modules):
+        return False
+    from bnncli.runtime import numba_crew
+
+    return all(m.cache_is_warm() for m in (*modules, numba_crew))
 
 
 def resolve(name: str | None = None) -> str:

@@ -43,32 +43,69 @@ class Model:
         self.ctx = Context(threads, backend)
         self.ops: list[Op] = [build_op(node, graph.tensors, self.ctx) for node in graph.nodes]
         self.in_channels = self._input_channels()
+        self._readers_of = self._readers()
         self._plan_concat_growth()
         self._deferred = self._defer_relus()
+        self._in_place = self._plan_in_place_outputs()
         self._lock = threading.Lock()
         last = next((op for op in self.ops if graph.outputs[0] in op.node.outputs), None)
         classes = self.meta.get("class_names")
         if isinstance(last, Linear) and classes is not None and len(classes) != last.out_features:
             raise ArtifactError(f"the model has {last.out_features} outputs but {len(classes)} class names")
 
-    def _plan_concat_growth(self) -> None:
-        """For each concatenation, the channels later links of its chain add (see ops.Concat)."""
-        by_output = {op.node.outputs[0]: op for op in self.ops}
+    def _readers(self) -> dict[str, list[Op]]:
+        """The ops that read each value, in graph order."""
+        readers: dict[str, list[Op]] = {}
         for op in self.ops:
+            for v in op.node.inputs:
+                readers.setdefault(v, []).append(op)
+        return readers
+
+    def _plan_concat_growth(self) -> None:
+        """For each concatenation, the channels later links of its chain add (see ops.Concat).
+
+        The next link of a concatenation is the first concatenation that takes its output as its
+        first input; the growth of a link is what the next one adds plus the next one's growth
+        (0 where the chain ends, or where a later link adds a map of unknown channels). Ops are
+        in graph order, so one pass from the end computes every link in time linear in the graph.
+        """
+        by_output = {op.node.outputs[0]: op for op in self.ops}
+        following: dict[str, Concat] = {}
+        for op in self.ops:
+            if isinstance(op, Concat):
+                following.setdefault(op.node.inputs[0], op)
+        for op in reversed(self.ops):
             if not isinstance(op, Concat):
                 continue
-            growth, link = 0, op
-            while True:
-                nxt = next((o for o in self.ops if isinstance(o, Concat) and o.node.inputs[0] == link.node.outputs[0]),
-                           None)
-                if nxt is None:
-                    break
-                added = [getattr(by_output.get(v), "cout", None) for v in nxt.node.inputs[1:]]
-                if any(a is None for a in added):
-                    break
-                growth += sum(added)
-                link = nxt
-            op.growth = growth
+            nxt = following.get(op.node.outputs[0])
+            added = [] if nxt is None else [getattr(by_output.get(v), "cout", None) for v in nxt.node.inputs[1:]]
+            op.growth = 0 if nxt is None or any(a is None for a in added) else sum(added) + nxt.growth
+
+    def _plan_in_place_outputs(self) -> dict[int, tuple[Concat, int]]:
+        """Binary convolutions whose output only a concatenation reads (not as its first input):
+        by op id, that concatenation and the input's index. Such a convolution writes its result
+        straight into the buffer the concatenation returns (ops.Concat.reserve), which then copies
+        nothing for it: a BinaryDenseNet layer's output is written once."""
+        plan = {}
+        for op in self.ops:
+            out = op.node.outputs[0]
+            readers = self._readers_of.get(out, [])
+            if isinstance(op, BinaryConv) and out not in self.graph.outputs and len(readers) == 1 \
+                    and isinstance(readers[0], Concat) and readers[0].node.inputs.count(out) == 1 \
+                    and readers[0].node.inputs.index(out) > 0:
+                plan[id(op)] = (readers[0], readers[0].node.inputs.index(out))
+        return plan
+
+    def _in_place_target(self, op: Op, x: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Where ``op`` (planned by _plan_in_place_outputs) may write its output, or None."""
+        concat, index = self._in_place[id(op)]
+        before = [values.get(v) for v in concat.node.inputs[:index]]
+        if any(b is None or b.ndim != 4 or b.dtype != np.float32 for b in before):
+            return None
+        shape = op.output_shape(x)
+        if any(b.shape[1:] != shape[1:] for b in before):
+            return None  # the concatenation reports the mismatch
+        return concat.reserve(before, shape[0])
 
     def _defer_relus(self) -> set[int]:
         """Relus read only by a max pool, which then applies them to its (smaller) output (see ops.MaxPool).
@@ -76,10 +113,7 @@ class Model:
         Returns the ids of those Relu ops; a forward pass without intermediates passes their
         input through, and one with intermediates still runs them, so every value keeps its meaning.
         """
-        readers: dict[str, list[Op]] = {}
-        for op in self.ops:
-            for v in op.node.inputs:
-                readers.setdefault(v, []).append(op)
+        readers = self._readers_of
         deferred = set()
         for op in self.ops:
             out = op.node.outputs[0]
@@ -152,6 +186,8 @@ class Model:
                     values[out] = args[0]
                 elif not intermediates and op.overwrites_first and self._dead_after(op, values, refcount, keep):
                     values[out] = op(*args, out=args[0])
+                elif id(op) in self._in_place:
+                    values[out] = op(*args, out=self._in_place_target(op, args[0], values))
                 else:
                     values[out] = op(*args)
                 if not intermediates:  # free what no later node reads

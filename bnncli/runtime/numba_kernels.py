@@ -74,6 +74,9 @@ BLOCK_CHANNELS = 64
 # Work (output elements x words per element) below which a call stays on one thread, about
 # 0.3 ms of it: a sleeping helper thread took 50-100 us to wake on the 2-core VM measured.
 PARALLEL_MIN_WORK = 1 << 21
+# The same for helpers of a bnncli.runtime.numba_crew.Crew, which wake in about 20 us: layers of
+# some 0.1 ms gain from a second thread.
+CREW_MIN_WORK = 1 << 19
 # Output positions per task of the popcount loop, and input positions per task of the packing.
 CONV_CHUNK = 64
 PACK_CHUNK = 1024
@@ -131,22 +134,26 @@ def _load_acquire(typingctx, counters, index):
 if sys.platform == "win32":
 
     @njit(cache=True, nogil=True)
-    def _wait_for(counters, index, target):
-        """Spin until ``counters[index] >= target``."""
-        while _load_acquire(counters, index) < target:
-            pass
+    def _yield_cpu():
+        """Nothing (Windows): pollers spin."""
 
 else:
     _sched_yield = types.ExternalFunction("sched_yield", types.intc())  # libc, resolved by name: cache-safe
 
     @njit(cache=True, nogil=True)
-    def _wait_for(counters, index, target):
-        """Spin until ``counters[index] >= target``, yielding the CPU every 64 polls."""
-        polls = 0
-        while _load_acquire(counters, index) < target:
-            polls += 1
-            if polls % 64 == 0:
-                _sched_yield()
+    def _yield_cpu():
+        """Let another runnable thread have this core (sched_yield)."""
+        _sched_yield()
+
+
+@njit(cache=True, nogil=True)
+def _wait_for(counters, index, target):
+    """Spin until ``counters[index] >= target``, yielding the CPU every 64 polls."""
+    polls = 0
+    while _load_acquire(counters, index) < target:
+        polls += 1
+        if polls % 64 == 0:
+            _yield_cpu()
 
 
 class ConvWeights:
@@ -468,22 +475,36 @@ def _module_pool(helpers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def _run_shared(args: tuple, workers: int, pool: Executor | None, tasks: int) -> None:
-    """:func:`_binary_conv_share` on this thread and ``workers - 1`` helpers; returns when all ``tasks`` are done.
+def _run_shared(args: tuple, workers: int, pool, tasks: int) -> None:
+    """:func:`_binary_conv_share` on this thread and helpers; returns when all ``tasks`` are done.
 
-    ``args`` ends with the zeroed counters. Helpers are not waited for, only the tasks: one that
-    starts after the work is done finds none left, so a busy or slow-waking pool costs nothing
-    but its share of the work.
+    ``pool`` is a :class:`bnncli.runtime.numba_crew.Crew` (its helpers, awake between calls,
+    run the share), an executor (``workers - 1`` shares are submitted to it), or None (an
+    executor of this module's). ``args`` ends with the zeroed counters. Helpers are not waited
+    for, only the tasks: one that starts after the work is done finds none left, so a busy or
+    slow-waking helper costs nothing but its share of the work.
     """
-    if pool is None:
-        pool = _module_pool(workers - 1)
-    try:
-        for _ in range(workers - 1):
-            pool.submit(_binary_conv_share, *args)
-    except RuntimeError:  # a pool shut down: the tasks not taken are this thread's
-        pass
-    _binary_conv_share(*args)
+    if hasattr(pool, "run"):
+        pool.run(_binary_conv_share, args)
+    else:
+        if pool is None:
+            pool = _module_pool(workers - 1)
+        try:
+            for _ in range(workers - 1):
+                pool.submit(_binary_conv_share, *args)
+        except RuntimeError:  # a pool shut down: the tasks not taken are this thread's
+            pass
+        _binary_conv_share(*args)
     _wait_for(args[-1], 24, tasks)
+
+
+def functions_cached(functions) -> bool:
+    """Whether numba's disk cache has an index for each of these jitted functions."""
+    for f in functions:
+        index = getattr(getattr(getattr(f, "_cache", None), "_cache_file", None), "_index_path", None)
+        if index is None or not os.path.exists(index):
+            return False
+    return True
 
 
 def cache_is_warm() -> bool:
@@ -491,14 +512,11 @@ def cache_is_warm() -> bool:
     :data:`PARALLEL`): False means the next first call compiles for several seconds. The
     parallel=True build is compiled only when ``PARALLEL == "prange"``, so it is not asked for
     otherwise."""
-    functions = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _wait_for]
+    functions = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _wait_for,
+                 _yield_cpu]
     if PARALLEL == "prange":
         functions.append(_binary_conv_parallel)
-    for f in functions:
-        index = getattr(getattr(getattr(f, "_cache", None), "_cache_file", None), "_index_path", None)
-        if index is None or not os.path.exists(index):
-            return False
-    return True
+    return functions_cached(functions)
 
 
 def tap_offsets(kernel, dilation, wp: int, wc: int) -> np.ndarray:
@@ -613,8 +631,9 @@ class BinaryConvKernel:
         wt = self.weights.wt
         blocks = wt.shape[0]
         positions = n * ho * wo
-        workers = min(int(threads), numba.config.NUMBA_NUM_THREADS)
-        if workers > 1 and cout * positions * g.offsets.shape[0] < PARALLEL_MIN_WORK:
+        crew = hasattr(pool, "run")
+        workers = pool.threads if crew else min(int(threads), numba.config.NUMBA_NUM_THREADS)
+        if workers > 1 and cout * positions * g.offsets.shape[0] < (CREW_MIN_WORK if crew else PARALLEL_MIN_WORK):
             workers = 1
         # Chunks of output positions: at most CONV_CHUNK, small enough for every worker to get
         # about four tasks, and even (positions go in pairs).

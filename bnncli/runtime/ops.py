@@ -37,6 +37,10 @@ class Context:
         self.threads = max(1, int(threads))
         self.backend = backends.resolve(backend)
         self.compiled = backends.compiled_kernels() if self.backend == "numba" else None
+        # The numba backend's float ops (bnncli.runtime.numba_float) and the helpers its kernels
+        # share work with (bnncli.runtime.numba_crew: awake between calls, for batch 1).
+        self.float_kernels = backends.compiled_float_kernels() if self.compiled is not None else None
+        self.crew = backends.crew(self, self.threads - 1) if self.compiled is not None and self.threads > 1 else None
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bnn-runtime") if self.threads > 1 else None
         # With OpenBLAS held to one thread during a forward pass (bnncli.runtime.blas), large
         # products are split across the pool instead; otherwise the BLAS threads them itself.
@@ -44,9 +48,11 @@ class Context:
         # Buffers concatenations may append to, by data address; reset for every forward pass.
         self.arena: dict[int, tuple[np.ndarray, int]] = {}
 
-    def by_channels(self, fn, x: np.ndarray, out_shape: tuple[int, ...]) -> np.ndarray:
-        """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps."""
-        out = np.empty(out_shape, dtype=np.float32)
+    def by_channels(self, fn, x: np.ndarray, out_shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
+        """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps;
+        ``out`` (of ``out_shape``) is allocated unless given."""
+        if out is None:
+            out = np.empty(out_shape, dtype=np.float32)
         c = x.shape[0]
         if self.pool is None or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
             fn(x, out, 0, c)
@@ -363,27 +369,44 @@ class BinaryConv(Op, op="BinaryConv"):
         self.ctx.split(pack, p)
         return words.reshape(-1, n, h, w)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def output_shape(self, x: np.ndarray) -> tuple[int, int, int, int]:
+        """The ``[Cout, N, Ho, Wo]`` of this op on ``x`` (checked as a call checks it)."""
         self.check_channels(x, self.cin)
-        _, _, h, w = x.shape
-        pads, _, _ = self.resolve_pads(h, w, self.dilation)
+        _, ho, wo = self.resolve_pads(x.shape[2], x.shape[3], self.dilation)
+        return self.cout, x.shape[1], ho, wo
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The result, written into ``out`` (a C-contiguous ``[Cout, N, Ho, Wo]``) when given."""
+        self.check_channels(x, self.cin)
+        _, n, h, w = x.shape
+        pads, ho, wo = self.resolve_pads(h, w, self.dilation)
         if self.compiled is not None:  # the numba backend: binarize, pack, XNOR-popcount and epilogue fused
-            return self.compiled(x, pads, self.ctx.threads, self.half_offset(h, w), pool=self.ctx.pool)
-        return K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, pads, self.dilation,
-                                  self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
-                                  half_offset=self.half_offset, fill=self.fill, scale=self.scale, bias=self.bias,
-                                  dtype=np.float32)
+            return self.compiled(x, pads, self.ctx.threads, self.half_offset(h, w), out=out, pool=self.ctx.crew)
+        y = K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, pads, self.dilation,
+                               self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
+                               half_offset=self.half_offset, fill=self.fill, scale=self.scale, bias=self.bias,
+                               dtype=np.float32)
+        if out is None:
+            return y
+        out[...] = y.reshape(out.shape)
+        return out
 
 
 class _ChannelAffine(Op):
-    def apply(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """x * scale + shift per channel; into the first input when nothing reads it later (see Add)."""
+
+    overwrites_first = True
+
+    def apply(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         self.check_channels(x, scale.shape[0])
+        if self.ctx.float_kernels is not None:
+            return self.ctx.float_kernels.affine(x, scale, shift, out=out, crew=self.ctx.crew)
 
-        def affine(xs, out, a, b) -> None:
-            np.multiply(xs, scale[a:b, None, None, None], out=out)
-            out += shift[a:b, None, None, None]
+        def affine(xs, dst, a, b) -> None:
+            np.multiply(xs, scale[a:b, None, None, None], out=dst)
+            dst += shift[a:b, None, None, None]
 
-        return self.ctx.by_channels(affine, x, x.shape)
+        return self.ctx.by_channels(affine, x, x.shape, out=out)
 
 
 class BatchNorm(_ChannelAffine, op="BatchNorm"):
@@ -400,8 +423,8 @@ class BatchNorm(_ChannelAffine, op="BatchNorm"):
             self.fail("tensor running_var holds negative values")
         self.scale, self.shift = batchnorm_affine(gamma, beta, mean, var, float(eps))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.apply(x, self.scale, self.shift)
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.apply(x, self.scale, self.shift, out)
 
 
 def batchnorm_affine(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -420,8 +443,8 @@ class Affine(_ChannelAffine, op="Affine"):
         self.scale = self.tensor("scale", ndim=1)
         self.shift = self.tensor("shift", shape=self.scale.shape)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.apply(x, self.scale, self.shift)
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.apply(x, self.scale, self.shift, out)
 
 
 class Relu(Op, op="Relu"):
@@ -451,6 +474,9 @@ class MaxPool(Op, op="MaxPool"):
         if x.ndim != 4:
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
         pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
+        if self.ctx.float_kernels is not None:
+            return self.ctx.float_kernels.max_pool(x, self.kernel, self.stride, pads, (ho, wo), self.relu,
+                                                   crew=self.ctx.crew)
 
         def pool(xs, out, a, b) -> None:
             _pool(xs, self.kernel, self.stride, pads, np.maximum, -np.inf, out=out)
@@ -471,7 +497,9 @@ class AvgPool(Op, op="AvgPool"):
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.ndim != 4:
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
-        self.resolve_pads(x.shape[2], x.shape[3])
+        _, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
+        if self.ctx.float_kernels is not None:
+            return self.ctx.float_kernels.avg_pool(x, self.kernel, self.stride, (ho, wo), crew=self.ctx.crew)
         out = _pool(x, self.kernel, self.stride, (0, 0, 0, 0), np.add, 0.0)
         out /= np.float32(self.kernel[0] * self.kernel[1])
         return out
@@ -527,26 +555,49 @@ class Concat(Op, op="Concat"):
         if self.node.attrs["axis"] != 1:
             self.fail(f"supports only axis 1 (channels), not {self.node.attrs['axis']!r}")
         self.growth = 0
+        # (first input, buffer) of the buffer reserve() handed out for the coming call.
+        self.reserved: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _buffer(self, first: np.ndarray, total: int) -> np.ndarray:
+        """A buffer whose first ``len(first)`` channels hold ``first``, with room for ``total`` (and the growth)."""
+        used = first.shape[0]
+        entry = self.ctx.arena.get(first.ctypes.data) if first.size else None
+        if entry is not None and entry[1] == used and entry[0].shape[0] >= total \
+                and entry[0].shape[1:] == first.shape[1:]:
+            return entry[0]  # `first` is the newest prefix of a buffer with room: append in place
+        buffer = np.empty((total + self.growth, *first.shape[1:]), dtype=np.float32)
+        buffer[:used] = first
+        return buffer
+
+    def reserve(self, before: list[np.ndarray], channels: int) -> np.ndarray:
+        """Where the producer of the input after ``before`` (this call's earlier inputs) writes its
+        ``channels`` channels: a slice of the buffer the call will return, which holds ``before`` already."""
+        total = sum(x.shape[0] for x in before) + channels
+        buffer = self._buffer(before[0], total)
+        offset = before[0].shape[0]
+        for x in before[1:]:
+            buffer[offset:offset + x.shape[0]] = x
+            offset += x.shape[0]
+        self.reserved = (before[0], buffer)
+        return buffer[offset:offset + channels]
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
         if any(x.ndim != 4 or x.shape[1:] != xs[0].shape[1:] for x in xs):
             self.fail("expects feature maps of one batch and spatial size")
         first, rest = xs[0], xs[1:]
-        used = first.shape[0]
-        total = used + sum(x.shape[0] for x in rest)
-        arena = self.ctx.arena
-        entry = arena.get(first.ctypes.data) if first.size else None
-        if entry is not None and entry[1] == used and entry[0].shape[0] >= total \
-                and entry[0].shape[1:] == first.shape[1:]:
-            buffer = entry[0]  # `first` is the newest prefix of a buffer with room: append in place
+        total = first.shape[0] + sum(x.shape[0] for x in rest)
+        reserved, self.reserved = self.reserved, None
+        if reserved is not None and reserved[0] is first and reserved[1].shape[0] >= total:
+            buffer = reserved[1]
         else:
-            buffer = np.empty((total + self.growth, *first.shape[1:]), dtype=np.float32)
-            buffer[:used] = first
-        offset = used
+            buffer = self._buffer(first, total)
+        offset = first.shape[0]
         for x in rest:
-            buffer[offset:offset + x.shape[0]] = x
+            dst = buffer[offset:offset + x.shape[0]]
+            if not (x.size and x.ctypes.data == dst.ctypes.data and x.shape == dst.shape):  # else written in place
+                dst[...] = x
             offset += x.shape[0]
-        arena[buffer.ctypes.data] = (buffer, total)
+        self.ctx.arena[buffer.ctypes.data] = (buffer, total)
         return buffer[:total]
 
 

@@ -1,0 +1,217 @@
+"""Compiled (numba) float ops of the runtime: max and average pooling, per-channel affine.
+
+Once the binary convolutions are compiled (bnncli.runtime.numba_kernels), these NumPy ops take a
+large share of a forward pass: NumPy's pooling makes several passes over strided views and the
+affine (an inference BatchNorm) allocates its result. Here each op is one pass per channel
+plane, and planes are split across the threads of a :class:`bnncli.runtime.numba_crew.Crew`.
+
+Every result is bit-identical to the NumPy op in bnncli.runtime.ops:
+
+* max pooling takes the maximum of the window's taps inside the map (padding never wins, as
+  with -inf padding), NaN propagating like ``np.maximum``; with ``relu`` the result is then
+  ``max(m, 0)``. Taps are compared in another order than NumPy's, which can matter only for
+  the sign of a zero where +0.0 and -0.0 tie;
+* average pooling (no padding) adds in NumPy's order, the kernel's rows first, each sum taken
+  tap by tap from the first, then the columns of that the same way, then divides by the number
+  of taps in float32;
+* the affine computes ``x * scale + shift`` with two float32 roundings (no ``fastmath``, so no
+  FMA contraction).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from bnncli.runtime.numba_kernels import _fetch_add, _wait_for, functions_cached
+
+# Elements below which an op stays on the calling thread (waking a helper costs some 20 us).
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _max(a, b):
+    """``np.maximum(a, b)``: a NaN in either wins (no short-circuit, so that loops vectorize)."""
+    return a if (a >= b) | (a != a) else b
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tap_range(k, s, pad, size, out_size):
+    """The outputs o (first, last + 1) whose tap ``k`` reads inside the map: 0 <= o * s - pad + k < size."""
+    first = max(0, -((k - pad) // s))
+    last = min(out_size, (size - 1 + pad - k) // s + 1)
+    return first, max(first, last)
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu):
+    """One [H, W] plane into [Ho, Wo]: per output row, the maximum over the window's rows into
+    ``r`` [W], then over its columns, tap by tap (strided reads that vectorize)."""
+    h, w = x.shape
+    ho, wo = out.shape
+    for oy in range(ho):
+        ya = max(oy * sy - top, 0)
+        yb = min(oy * sy - top + kh, h)
+        if ya >= yb:  # a window wholly in the padding (not produced by the rules the ops accept)
+            for i in range(w):
+                r[i] = -np.inf
+        else:
+            src = x[ya]
+            for i in range(w):
+                r[i] = src[i]
+            for y in range(ya + 1, yb):
+                src = x[y]
+                for i in range(w):
+                    r[i] = _max(r[i], src[i])
+        dst = out[oy]
+        # Outputs whose taps all lie inside the row, in one pass each (a fixed window: no
+        # gathers); the others, at the edges, tap by tap.
+        i0 = _tap_range(0, sx, left, w, wo)[0]
+        i1 = max(i0, _tap_range(kw - 1, sx, left, w, wo)[1])
+        if kw == 3:
+            for i in range(i0, i1):
+                b = i * sx - left
+                dst[i] = _max(_max(r[b], r[b + 1]), r[b + 2])
+        elif kw == 2:
+            for i in range(i0, i1):
+                b = i * sx - left
+                dst[i] = _max(r[b], r[b + 1])
+        else:
+            i1 = i0
+        for i in range(wo):
+            if i0 <= i < i1:
+                continue
+            m = np.float32(-np.inf)
+            for kx in range(kw):
+                c = i * sx - left + kx
+                if 0 <= c < w:
+                    m = _max(m, r[c])
+            dst[i] = m
+        if relu:
+            for i in range(wo):
+                dst[i] = _max(dst[i], np.float32(0))
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, counters):
+    """Planes of ``x`` [P, H, W] taken from ``counters`` ([0] next, [8] done) into ``out`` [P, Ho, Wo]."""
+    rows = np.empty(x.shape[2], np.float32)
+    while True:
+        p = _fetch_add(counters, 0)
+        if p >= x.shape[0]:
+            break
+        _max_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, top, left, relu)
+        _fetch_add(counters, 8)
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _avg_pool_plane(x, out, r, kh, kw, sy, sx, taps):
+    """One [H, W] plane into [Ho, Wo], no padding, NumPy's order of additions (module docstring)."""
+    w = x.shape[1]
+    ho, wo = out.shape
+    for oy in range(ho):
+        y0 = oy * sy
+        src = x[y0]
+        for i in range(w):
+            r[i] = src[i]
+        for ky in range(1, kh):
+            src = x[y0 + ky]
+            for i in range(w):
+                r[i] = r[i] + src[i]
+        dst = out[oy]
+        if kw == 2:
+            for i in range(wo):
+                b = i * sx
+                dst[i] = (r[b] + r[b + 1]) / taps
+        else:
+            for i in range(wo):
+                b = i * sx
+                t = r[b]
+                for kx in range(1, kw):
+                    t = t + r[b + kx]
+                dst[i] = t / taps
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _avg_pool_share(x, out, kh, kw, sy, sx, taps, counters):
+    """Planes of ``x`` [P, H, W] taken from ``counters`` into ``out`` [P, Ho, Wo] (see _max_pool_share)."""
+    rows = np.empty(x.shape[2], np.float32)
+    while True:
+        p = _fetch_add(counters, 0)
+        if p >= x.shape[0]:
+            break
+        _avg_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, taps)
+        _fetch_add(counters, 8)
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _affine_share(x, out, scale, shift, batch, counters):
+    """``out[p] = x[p] * scale[c] + shift[c]`` over planes [P, H * W] (plane p is channel p // batch);
+    ``out`` may be ``x``."""
+    while True:
+        p = _fetch_add(counters, 0)
+        if p >= x.shape[0]:
+            break
+        s = scale[p // batch]
+        b = shift[p // batch]
+        src = x[p]
+        dst = out[p]
+        for i in range(src.shape[0]):
+            dst[i] = src[i] * s + b
+        _fetch_add(counters, 8)
+
+
+def _run(fn, args: tuple, planes: int, elements: int, crew) -> None:
+    """``fn(*args)`` (a plane loop ending with its zeroed counters) on this thread, or on ``crew``
+    when the op is large enough; returns when all ``planes`` are done."""
+    if crew is None or elements < PARALLEL_MIN_ELEMENTS or planes < 2:
+        fn(*args)
+        return
+    crew.run(fn, args)
+    _wait_for(args[-1], 8, planes)
+
+
+def _contiguous(x: np.ndarray) -> np.ndarray:
+    return x if x.flags.c_contiguous and x.flags.writeable else np.array(x, dtype=np.float32, order="C")
+
+
+def max_pool(x: np.ndarray, kernel, stride, pads, out_hw, relu: bool = False, crew=None) -> np.ndarray:
+    """Max pooling of a float32 map ``x`` [C, N, H, W] to [C, N, Ho, Wo] (``out_hw``); ``pads`` is
+    (top, left, bottom, right), ``relu`` applies max(., 0) to the result."""
+    x = _contiguous(x)
+    c, n, h, w = x.shape
+    ho, wo = out_hw
+    out = np.empty((c, n, ho, wo), np.float32)
+    args = (x.reshape(c * n, h, w), out.reshape(c * n, ho, wo), kernel[0], kernel[1], stride[0], stride[1],
+            pads[0], pads[1], bool(relu), np.zeros(16, np.int64))
+    _run(_max_pool_share, args, c * n, x.size, crew)
+    return out
+
+
+def avg_pool(x: np.ndarray, kernel, stride, out_hw, crew=None) -> np.ndarray:
+    """Average pooling without padding of a float32 map ``x`` [C, N, H, W] to [C, N, Ho, Wo] (``out_hw``)."""
+    x = _contiguous(x)
+    c, n, h, w = x.shape
+    ho, wo = out_hw
+    out = np.empty((c, n, ho, wo), np.float32)
+    args = (x.reshape(c * n, h, w), out.reshape(c * n, ho, wo), kernel[0], kernel[1], stride[0], stride[1],
+            np.float32(kernel[0] * kernel[1]), np.zeros(16, np.int64))
+    _run(_avg_pool_share, args, c * n, x.size, crew)
+    return out
+
+
+def affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray | None = None,
+           crew=None) -> np.ndarray:
+    """``x * scale[c] + shift[c]`` per channel of a float32 map ``x`` [C, N, H, W]; into ``out`` (may be ``x``)."""
+    x = _contiguous(x)
+    c, n, h, w = x.shape
+    if out is None or not (out.flags.c_contiguous and out.shape == x.shape):
+        out = np.empty(x.shape, np.float32)
+    args = (x.reshape(c * n, h * w), out.reshape(c * n, h * w), scale, shift, n, np.zeros(16, np.int64))
+    _run(_affine_share, args, c * n, x.size, crew)
+    return out
+
+
+def cache_is_warm() -> bool:
+    """Whether numba's disk cache holds every function of this module (see numba_kernels.cache_is_warm)."""
+    return functions_cached([_max_pool_share, _avg_pool_share, _affine_share])

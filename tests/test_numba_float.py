@@ -1,0 +1,178 @@
+"""The compiled float ops (bnncli.runtime.numba_float) against the NumPy ops, and the Crew that
+runs compiled work on helper threads (bnncli.runtime.numba_crew)."""
+
+import gc
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+
+from numba import njit, types  # noqa: E402
+
+from bnncli.runtime import numba_crew as NC  # noqa: E402
+from bnncli.runtime import numba_float as F  # noqa: E402
+from bnncli.runtime import numba_kernels as NK  # noqa: E402
+from bnncli.runtime import ops as O  # noqa: E402
+from bnncli.runtime.padding import output_hw  # noqa: E402
+
+
+def same_bits(a, b) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype == np.float32 and np.array_equal(a.view(np.uint32),
+                                                                                       b.view(np.uint32))
+
+
+def feature_map(c, n, h, w, seed, specials=True):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((c, n, h, w)).astype(np.float32)
+    if specials:
+        x[rng.random(x.shape) < 0.05] = np.inf
+        x[rng.random(x.shape) < 0.05] = -np.inf
+        x[rng.random(x.shape) < 0.02] = np.nan
+    return x
+
+
+@pytest.fixture(params=[None, "crew"])
+def crew(request, monkeypatch):
+    """No crew (one thread), or a crew of two helpers with every op large enough to be split."""
+    if request.param is None:
+        yield None
+        return
+    monkeypatch.setattr(F, "PARALLEL_MIN_ELEMENTS", 0)
+    c = NC.Crew(2)
+    yield c
+    c.close()
+
+
+POOLS = [  # kernel, stride, pads (top, left, bottom, right)
+    ((3, 3), (2, 2), (1, 1, 1, 1)),  # the stem's max pool
+    ((3, 3), (2, 2), (0, 0, 1, 1)),  # TensorFlow "same" on an even size
+    ((2, 2), (2, 2), (0, 0, 0, 0)),  # BinaryDenseNet's transition
+    ((3, 3), (1, 1), (1, 1, 1, 1)),
+    ((5, 3), (2, 3), (2, 1, 2, 1)),
+    ((1, 1), (1, 1), (0, 0, 0, 0)),
+    ((4, 4), (3, 3), (1, 2, 2, 1)),
+]
+
+
+@pytest.mark.parametrize("kernel, stride, pads", POOLS)
+@pytest.mark.parametrize("shape", [(3, 1, 9, 9), (5, 2, 12, 11), (1, 3, 7, 16)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_max_pool_equals_numpy(kernel, stride, pads, shape, relu, crew):
+    x = feature_map(*shape, seed=sum(shape))
+    ho, wo = output_hw(shape[2:], kernel, stride, pads)
+    expected = O._pool(x, kernel, stride, pads, np.maximum, -np.inf)
+    if relu:
+        expected = np.maximum(expected, np.float32(0))
+    got = F.max_pool(x, kernel, stride, pads, (ho, wo), relu, crew=crew)
+    assert np.array_equal(got, expected, equal_nan=True)
+    finite = np.isfinite(expected) & (expected != 0)  # the bits, where no +0/-0 tie can differ
+    assert np.array_equal(got.view(np.uint32)[finite], expected.view(np.uint32)[finite])
+
+
+@pytest.mark.parametrize("kernel, stride", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 3)), ((1, 1), (1, 1))])
+@pytest.mark.parametrize("shape", [(3, 1, 8, 8), (4, 2, 13, 10)])
+def test_avg_pool_equals_numpy_bit_for_bit(kernel, stride, shape, crew):
+    x = feature_map(*shape, seed=len(shape), specials=False) * np.float32(1e3)
+    ho, wo = output_hw(shape[2:], kernel, stride, (0, 0, 0, 0))
+    expected = O._pool(x, kernel, stride, (0, 0, 0, 0), np.add, 0.0)
+    expected /= np.float32(kernel[0] * kernel[1])
+    assert same_bits(F.avg_pool(x, kernel, stride, (ho, wo), crew=crew), expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 5, 7), (8, 3, 4, 4)])
+def test_affine_equals_numpy_bit_for_bit_and_writes_in_place(shape, crew):
+    x = feature_map(*shape, seed=7)
+    rng = np.random.default_rng(8)
+    scale = rng.standard_normal(shape[0]).astype(np.float32)
+    shift = rng.standard_normal(shape[0]).astype(np.float32)
+    expected = x * scale[:, None, None, None] + shift[:, None, None, None]
+    assert same_bits(np.nan_to_num(F.affine(x, scale, shift, crew=crew)), np.nan_to_num(expected))
+    y = x.copy()
+    assert F.affine(y, scale, shift, out=y, crew=crew) is y
+    assert np.array_equal(y, expected, equal_nan=True)
+
+
+def test_non_contiguous_input_is_copied_not_misread():
+    x = feature_map(4, 2, 10, 10, seed=3, specials=False)[:, :, ::2, :]  # a strided view
+    expected = O._pool(np.ascontiguousarray(x), (2, 2), (2, 2), (0, 0, 0, 0), np.maximum, -np.inf)
+    assert np.array_equal(F.max_pool(x, (2, 2), (2, 2), (0, 0, 0, 0), (2, 5)), expected)
+
+
+_thread_id = types.ExternalFunction("pthread_self", types.uint64())
+
+
+@njit(nogil=True)
+def _record_threads(counters, tasks, spin):
+    """A crew job: tasks from counters[0], each marks the thread that ran it into counters[16 + task]."""
+    me = np.int64(_thread_id())
+    while True:
+        t = NK._fetch_add(counters, 0)
+        if t >= tasks:
+            break
+        s = 0.0
+        for i in range(spin):
+            s += i * 0.5
+        counters[16 + t] = me + np.int64(s > -1.0) - 1
+        NK._fetch_add(counters, 8)
+
+
+def _run_job(crew, tasks=64, spin=20000):
+    counters = np.zeros(16 + tasks, np.int64)
+    crew.run(_record_threads, (counters, tasks, spin))
+    NK._wait_for(counters, 8, tasks)
+    return set(counters[16:].tolist())
+
+
+def test_crew_helpers_take_part():
+    crew = NC.Crew(1)
+    try:
+        threads = set()
+        for _ in range(20):
+            threads |= _run_job(crew)
+        assert len(threads) == 2  # the caller and the helper both ran tasks
+    finally:
+        crew.close()
+
+
+def test_a_sleeping_crew_wakes_for_the_next_job_and_stops_on_close():
+    crew = NC.Crew(1, spin_rounds=0)  # helpers sleep as soon as a job is done
+    deadline = time.monotonic() + 10
+    while crew._sleepers == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert crew._sleepers == 1
+    threads = set()
+    for _ in range(20):
+        threads |= _run_job(crew)
+        time.sleep(0.005)
+    assert len(threads) == 2
+    crew.close()
+    for t in crew._threads:
+        t.join(timeout=10)
+        assert not t.is_alive()
+    assert len(_run_job(crew)) == 1  # a closed crew: the caller alone
+
+
+def test_crew_of_an_owner_closes_when_the_owner_goes():
+    class Owner:
+        pass
+
+    owner = Owner()
+    crew = NC.Crew.for_owner(owner, 2)
+    del owner
+    gc.collect()
+    for t in crew._threads:
+        t.join(timeout=10)
+        assert not t.is_alive()
+
+
+def test_cache_is_warm_after_calls():
+    x = feature_map(2, 1, 6, 6, seed=0)
+    F.max_pool(x, (3, 3), (2, 2), (1, 1, 1, 1), (3, 3))
+    F.avg_pool(x, (2, 2), (2, 2), (3, 3))
+    F.affine(x, np.ones(2, np.float32), np.zeros(2, np.float32))
+    crew = NC.Crew(1)
+    _run_job(crew)
+    crew.close()
+    assert F.cache_is_warm() and NC.cache_is_warm()
