@@ -46,6 +46,30 @@ def test_binarization_and_padding_are_exact_in_onnx(pad_value, stride, dilation)
     assert np.array_equal(got[0], tiny[0])
 
 
+@pytest.mark.parametrize("name", ["binarydensenet_tiny", "resnete_tiny", "birealnet_tiny"])
+def test_onnx_runs_in_the_onnx_reference_and_converts_with_onnx2torch(name):
+    """The export needs no runtime-specific op: onnx's own reference evaluator and onnx2torch's
+    converter (which knows GreaterOrEqual only at opset 12) give onnxruntime's result."""
+    from onnx.reference import ReferenceEvaluator
+
+    from bnncli import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=4, scaling="xnor" if name == "resnete_tiny" else "none").eval()
+    meta = {"arch": name, "arch_kwargs": model.bnn_kwargs, "class_names": list("abcd"),
+            "preprocessing": preprocessing("small", 16)}
+    proto = to_onnx(lower(model), meta)
+    x = torch.randn(2, 3, 16, 16)  # no exact ties: evaluators that sum in another order may round them apart
+    expected = ort_session(proto).run(None, {"input": x.numpy()})[0]
+    reference = ReferenceEvaluator(proto).run(None, {"input": x.numpy()})[0]
+    assert np.allclose(reference, expected, rtol=1e-4, atol=1e-4)
+    onnx2torch = pytest.importorskip("onnx2torch")
+    with torch.no_grad():
+        converted = onnx2torch.convert(proto).eval()(x).numpy()
+    assert np.allclose(converted, expected, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(converted.argmax(1), expected.argmax(1))
+
+
 def test_onnx_graph_is_standard_and_self_describing(tmp_path, tiny_checkpoint):
     path = tmp_path / "m.onnx"
     result = export_onnx(tiny_checkpoint, path)
@@ -54,7 +78,7 @@ def test_onnx_graph_is_standard_and_self_describing(tmp_path, tiny_checkpoint):
     assert result.opset == OPSET >= 17
     assert {o.domain for o in model.opset_import} == {""}  # the default domain only: no custom ops
     ops = {n.op_type for n in model.graph.node}
-    assert {"Where", "GreaterOrEqual", "Conv", "BatchNormalization", "Concat"} <= ops and "Sign" not in ops
+    assert {"Where", "Less", "Conv", "BatchNormalization", "Concat"} <= ops and "Sign" not in ops
     meta = read_metadata(model)
     assert meta["arch"] == "binarydensenet_tiny" and meta["class_names"] == ["a", "b", "c", "d"]
     assert meta["preprocessing"] == preprocessing("small", 32) and meta["format_version"] == 1

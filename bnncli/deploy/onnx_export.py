@@ -3,8 +3,11 @@
 No exporter magic: every graph op maps to a few standard ONNX ops, so binarization is exact and
 visible in the file.
 
-* sign with sign(0) = +1: ``Where(GreaterOrEqual(x, 0), 1, -1)``; a folded threshold compares
-  against ``t`` instead (``x * d >= t * d`` with d = -1 for negated channels).
+* sign with sign(0) = +1: ``Where(Less(x, 0), -1, 1)``; a folded threshold compares against ``t``
+  instead (``x * d < t * d`` with d = -1 for negated channels). ``Less`` rather than
+  ``GreaterOrEqual``: converters such as onnx2torch know ``Less`` at every opset and
+  ``GreaterOrEqual`` only at opset 12. The one difference from ``x >= t``: a NaN input binarizes to
+  +1 here, to -1 in PyTorch and the packed runtime.
 * the binarized input is padded with ``Pad(constant, pad_value)`` for pad values -1 and +1, and by
   the convolution's own zero padding for 0;
 * binary weights are stored as float +-1 (ONNX has no 1-bit type), the XNOR scale as a Mul.
@@ -130,16 +133,16 @@ class _Emitter:
         x, name, out = node.inputs[0], node.name, node.outputs[0]
         t = self.param(node, "in_threshold")
         if t is None:
-            cond = self.emit("GreaterOrEqual", [x, self.const(0.0)], f"{name}.nonneg", f"{name}.sign_test")
+            cond = self.emit("Less", [x, self.const(0.0)], f"{name}.negative", f"{name}.sign_test")
         else:
             negate = self.param(node, "in_negate")
             d = np.ones_like(t) if negate is None else np.where(negate.astype(bool), -1.0, 1.0).astype(np.float32)
             td = (t * d).astype(np.float32)  # infinite thresholds (always/never +1) flip sign with d
             xd = self.emit("Mul", [x, self.channel_vector(node, "in_direction", d)], f"{name}.directed",
                            f"{name}.direct")
-            cond = self.emit("GreaterOrEqual", [xd, self.channel_vector(node, "in_threshold", td)],
-                             f"{name}.nonneg", f"{name}.sign_test")
-        xb = self.emit("Where", [cond, self.const(1.0), self.const(-1.0)], f"{name}.sign", f"{name}.sign")
+            cond = self.emit("Less", [xd, self.channel_vector(node, "in_threshold", td)],
+                             f"{name}.negative", f"{name}.sign_test")
+        xb = self.emit("Where", [cond, self.const(-1.0), self.const(1.0)], f"{name}.sign", f"{name}.sign")
         pads = self.pads(node)
         if any(pads) and a["pad_value"] != 0:
             top, left, bottom, right = pads
