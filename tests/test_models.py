@@ -156,3 +156,21 @@ def test_checkpoints_without_float_weights_rebuild_with_float32_layers():
     assert all(m.float_weights == "float32" for m in rebuilt.modules() if is_float_layer(m))
     ckpt["arch_kwargs"] = {**kwargs, "float_weights": "float16"}
     assert all(m.float_weights == "float16" for m in build_model(ckpt).modules() if is_float_layer(m))
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("image_size", [32, 224])
+def test_layer_summary_adds_up_to_the_model_counts(name, image_size):
+    from bnncli.models import count_model, layer_summary
+
+    model = create_model(name, num_classes=10, thumbnail=image_size < 50)
+    rows = layer_summary(model, image_size)
+    totals = count_model(model, image_size)
+    assert sum(r.binary_macs for r in rows) == totals.binary_macs
+    assert sum(r.fp_macs for r in rows) == totals.fp_macs
+    assert sum(r.params for r in rows) == totals.params
+    assert sum(r.size_bytes for r in rows) == pytest.approx(totals.size_bytes, abs=1)
+    assert {r.type for r in rows if r.kind == "binary"} == {"BinaryConv2d"}
+    assert all(r.binary_macs == 0 for r in rows if r.kind != "binary")
+    assert rows[-1].output_shape == (10,) and rows[0].output_shape[1] <= image_size
+    assert not any(".input_quantizer" in r.name or "quantizer" in r.type.lower() for r in rows)

@@ -11,7 +11,7 @@ from bnncli.models._registry import (
     register_model,
 )
 from bnncli.models.anchors import ANCHORS
-from bnncli.models.stats import ModelStats, count_model
+from bnncli.models.stats import LayerStats, ModelStats, count_model, layer_summary
 
 IMAGENET_MODELS = (
     "binarydensenet28",
@@ -28,10 +28,12 @@ __all__ = [
     "COMMON_OPTIONS",
     "IMAGENET_MODELS",
     "LEGACY_OPTIONS",
+    "LayerStats",
     "ModelStats",
     "count_model",
     "create_model",
     "list_models",
+    "layer_summary",
     "model_family",
     "model_options",
     "register_model",

@@ -100,3 +100,67 @@ def _to_meta(model: nn.Module) -> nn.Module:
         return model.eval()
     clone = copy.deepcopy(model).to("meta")
     return clone.eval()
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One leaf layer of a model for one image: what :func:`layer_summary` lists."""
+
+    name: str  # the module's path in the model ("" for a model that is one layer)
+    type: str  # the module's class name
+    kind: str  # "binary" (a BinaryConv2d), "float" (other layers with weights), "-" (no weights)
+    output_shape: tuple[int, ...]  # without the batch dimension
+    params: int  # trainable parameters
+    binary_macs: int
+    fp_macs: int
+
+    @property
+    def size_bytes(self) -> float:
+        """The trainable parameters at 1 bit (binary weights) and 32 bits (the rest), in bytes."""
+        binary = self.params if self.kind == "binary" else 0
+        return binary / 8 + 4 * (self.params - binary)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "output_shape": list(self.output_shape), "size_bytes": self.size_bytes}
+
+
+def _leaf_kind(module: nn.Module) -> str:
+    if isinstance(module, BinaryConv2d):
+        return "binary"
+    return "float" if any(p.requires_grad for p in module.parameters(recurse=False)) else "-"
+
+
+def layer_summary(model: nn.Module, image_size: int = 224, in_channels: int | None = None) -> list[LayerStats]:
+    """Every leaf layer (a module without children, or a BinaryConv2d with its quantizers) in the order the forward
+    pass runs it, with its output shape, parameters and MACs for one ``image_size`` squared image
+    (counted as :func:`count_model` counts them; the rows add up to its totals). A layer run
+    twice gets two rows. Runs on the meta device."""
+    meta_model = _to_meta(model)
+    if in_channels is None:
+        in_channels = next(m for m in meta_model.modules() if isinstance(m, (nn.Conv2d, BinaryConv2d))).in_channels
+    names = {m: n for n, m in meta_model.named_modules()}
+    rows: list[LayerStats] = []
+
+    def hook(module: nn.Module, _inp, out) -> None:
+        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
+        binary = _conv_macs(module, out) if isinstance(module, BinaryConv2d) else 0
+        fp = 0
+        if isinstance(module, nn.Conv2d) and not isinstance(module, BinaryConv2d):
+            fp = _conv_macs(module, out)
+        elif isinstance(module, nn.Linear):
+            fp = out[0].numel() * module.in_features
+        params = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        rows.append(LayerStats(names[module], type(module).__name__, _leaf_kind(module), shape, params, binary, fp))
+
+    inside_binary = {id(c) for m in meta_model.modules() if isinstance(m, BinaryConv2d)
+                     for c in m.modules() if c is not m}
+    leaves = [m for m in meta_model.modules() if id(m) not in inside_binary
+              and (isinstance(m, BinaryConv2d) or not any(True for _ in m.children()))]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            meta_model(torch.empty(1, in_channels, image_size, image_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
