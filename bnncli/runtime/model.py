@@ -48,6 +48,7 @@ class Model:
         self._deferred = self._defer_relus()
         self._in_place = self._plan_in_place_outputs()
         self._lock = threading.Lock()
+        self._last_shape: tuple[int, ...] | None = None
         last = next((op for op in self.ops if graph.outputs[0] in op.node.outputs), None)
         classes = self.meta.get("class_names")
         if isinstance(last, Linear) and classes is not None and len(classes) != last.out_features:
@@ -133,6 +134,13 @@ class Model:
         x = values[name]
         return x.flags.writeable and not any(np.may_share_memory(x, v) for k, v in values.items() if k != name)
 
+    def _release(self, name: str, values: dict[str, np.ndarray]) -> None:
+        """Drop a value no later node reads; its buffer goes back to the context for reuse unless
+        it is the caller's input or shares memory with a value still live."""
+        x = values.pop(name)
+        if name not in self.graph.inputs and not any(np.may_share_memory(x, v) for v in values.values()):
+            self.ctx.release(x)
+
     def _input_channels(self) -> int | None:
         """Channels the first convolution reading the graph input expects (checked on every call)."""
         for op in self.ops:
@@ -178,6 +186,9 @@ class Model:
                 refcount[v] = refcount.get(v, 0) + 1
         keep = set(self.graph.outputs)
         with self._lock, blas.single_threaded():
+            if x.shape != self._last_shape:  # buffers of another input size would only sit there
+                self.ctx.drop_buffers()
+                self._last_shape = x.shape
             self.ctx.arena.clear()
             for op in self.ops:
                 args = [values[v] for v in op.node.inputs]
@@ -190,11 +201,11 @@ class Model:
                     values[out] = op(*args, out=self._in_place_target(op, args[0], values))
                 else:
                     values[out] = op(*args)
-                if not intermediates:  # free what no later node reads
+                if not intermediates:  # free what no later node reads, its buffer for reuse
                     for v in op.node.inputs:
                         refcount[v] -= 1
                         if refcount[v] == 0 and v not in keep:
-                            del values[v]
+                            self._release(v, values)
             self.ctx.arena.clear()
         if intermediates:
             return {k: _to_public(v) for k, v in values.items()}

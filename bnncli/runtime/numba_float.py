@@ -175,25 +175,35 @@ def _contiguous(x: np.ndarray) -> np.ndarray:
     return x if x.flags.c_contiguous and x.flags.writeable else np.array(x, dtype=np.float32, order="C")
 
 
-def max_pool(x: np.ndarray, kernel, stride, pads, out_hw, relu: bool = False, crew=None) -> np.ndarray:
+def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {shape}")
+    return out
+
+
+def max_pool(x: np.ndarray, kernel, stride, pads, out_hw, relu: bool = False, out: np.ndarray | None = None,
+             crew=None) -> np.ndarray:
     """Max pooling of a float32 map ``x`` [C, N, H, W] to [C, N, Ho, Wo] (``out_hw``); ``pads`` is
-    (top, left, bottom, right), ``relu`` applies max(., 0) to the result."""
+    (top, left, bottom, right), ``relu`` applies max(., 0) to the result; into ``out`` when given."""
     x = _contiguous(x)
     c, n, h, w = x.shape
     ho, wo = out_hw
-    out = np.empty((c, n, ho, wo), np.float32)
+    out = _output(out, (c, n, ho, wo))
     args = (x.reshape(c * n, h, w), out.reshape(c * n, ho, wo), kernel[0], kernel[1], stride[0], stride[1],
             pads[0], pads[1], bool(relu), np.zeros(16, np.int64))
     _run(_max_pool_share, args, c * n, x.size, crew)
     return out
 
 
-def avg_pool(x: np.ndarray, kernel, stride, out_hw, crew=None) -> np.ndarray:
-    """Average pooling without padding of a float32 map ``x`` [C, N, H, W] to [C, N, Ho, Wo] (``out_hw``)."""
+def avg_pool(x: np.ndarray, kernel, stride, out_hw, out: np.ndarray | None = None, crew=None) -> np.ndarray:
+    """Average pooling without padding of a float32 map ``x`` [C, N, H, W] to [C, N, Ho, Wo]
+    (``out_hw``); into ``out`` when given."""
     x = _contiguous(x)
     c, n, h, w = x.shape
     ho, wo = out_hw
-    out = np.empty((c, n, ho, wo), np.float32)
+    out = _output(out, (c, n, ho, wo))
     args = (x.reshape(c * n, h, w), out.reshape(c * n, ho, wo), kernel[0], kernel[1], stride[0], stride[1],
             np.float32(kernel[0] * kernel[1]), np.zeros(16, np.int64))
     _run(_avg_pool_share, args, c * n, x.size, crew)

@@ -25,6 +25,8 @@ from bnncli.runtime.graph import Node
 # Work below this many elements runs on the calling thread: each NumPy call hands the GIL over
 # twice, and on small arrays that costs more than a second core saves.
 PARALLEL_MIN_ELEMENTS = 1 << 18
+# Released buffers kept per size (Context.release): a forward pass has few live maps of one size.
+MAX_FREE_PER_SIZE = 4
 
 
 class Context:
@@ -47,12 +49,42 @@ class Context:
         self.split_products = self.pool is not None and blas.available
         # Buffers concatenations may append to, by data address; reset for every forward pass.
         self.arena: dict[int, tuple[np.ndarray, int]] = {}
+        # Float32 buffers of dead values, by size in bytes, for ops to reuse (empty/release): a
+        # fresh buffer of some megabytes costs its page faults and the kernel's zeroing each time.
+        self._free: dict[int, list[np.ndarray]] = {}
+
+    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialized C-contiguous float32 array: a released buffer of the same size when there is one."""
+        nbytes = 4 * int(np.prod(shape))
+        free = self._free.get(nbytes)
+        if free:
+            return free.pop().reshape(shape)
+        return np.empty(shape, dtype=np.float32)
+
+    def release(self, x: np.ndarray) -> None:
+        """Offer ``x``'s memory for reuse; the caller guarantees that nothing reads ``x`` (or
+        anything sharing its memory) again. Only a whole, writable float32 buffer owned by the
+        runtime qualifies (a reshaped view of one included); anything else is left alone."""
+        root = x
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        if root.base is not None or root.dtype != np.float32 or root.nbytes != x.nbytes \
+                or not (root.flags.c_contiguous and root.flags.writeable and root.flags.owndata):
+            return
+        self.arena.pop(root.ctypes.data, None)  # no concatenation appends to it any more
+        free = self._free.setdefault(root.nbytes, [])
+        if len(free) < MAX_FREE_PER_SIZE and not any(b is root for b in free):
+            free.append(root)
+
+    def drop_buffers(self) -> None:
+        """Forget every released buffer (their memory goes back to the allocator)."""
+        self._free.clear()
 
     def by_channels(self, fn, x: np.ndarray, out_shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
         """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps;
         ``out`` (of ``out_shape``) is allocated unless given."""
         if out is None:
-            out = np.empty(out_shape, dtype=np.float32)
+            out = self.empty(out_shape)
         c = x.shape[0]
         if self.pool is None or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
             fn(x, out, 0, c)
@@ -66,11 +98,12 @@ class Context:
         K.run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])), self.pool, self.threads)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``a @ b`` (float32), rows of the result split across the pool when worth it."""
+        """``a @ b`` of float32 matrices into a buffer of :meth:`empty`, rows of the result split
+        across the pool when worth it."""
         rows = a.shape[0]
+        out = self.empty((rows, b.shape[1]))
         if not self.split_products or rows < 16 or rows * b.shape[1] < PARALLEL_MIN_ELEMENTS:
-            return a @ b
-        out = np.empty((rows, b.shape[1]), dtype=np.result_type(a, b))
+            return np.matmul(a, b, out=out)
         self.split(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), rows)
         return out
 
@@ -271,7 +304,7 @@ class Conv(Op, op="Conv"):
         c, n = xp.shape[:2]
         phases = {(ry, rx): np.ascontiguousarray(xp[:, :, ry::sh, rx::sw]) if (sh, sw) != (1, 1) else xp
                   for ry in {ky * dh % sh for ky in range(kh)} for rx in {kx * dw % sw for kx in range(kw)}}
-        cols = np.empty((c, kh, kw, n, ho, wo), dtype=np.float32)
+        cols = self.ctx.empty((c, kh, kw, n, ho, wo))
 
         def fill(kys) -> None:
             for ky in kys:
@@ -291,11 +324,14 @@ class Conv(Op, op="Conv"):
         self.check_channels(x, self.cin)
         _, n, h, w = x.shape
         pads, ho, wo = self.resolve_pads(h, w, self.dilation)
+        scratch = None
         if self.kernel == (1, 1) and not any(pads):
             cols = x[:, :, ::self.stride[0], ::self.stride[1]].reshape(self.cin, -1)
         else:
-            cols = self.im2col(_pad_hw(x, pads, 0.0), ho, wo)
+            cols = scratch = self.im2col(_pad_hw(x, pads, 0.0), ho, wo)
         y = self.ctx.matmul(self.w2, cols)
+        if scratch is not None:
+            self.ctx.release(scratch)
         if self.bias is not None:
             y += self.bias[:, None]
         return y.reshape(self.cout, n, ho, wo)
@@ -381,6 +417,8 @@ class BinaryConv(Op, op="BinaryConv"):
         _, n, h, w = x.shape
         pads, ho, wo = self.resolve_pads(h, w, self.dilation)
         if self.compiled is not None:  # the numba backend: binarize, pack, XNOR-popcount and epilogue fused
+            if out is None:
+                out = self.ctx.empty((self.cout, n, ho, wo))
             return self.compiled(x, pads, self.ctx.threads, self.half_offset(h, w), out=out, pool=self.ctx.crew)
         y = K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, pads, self.dilation,
                                self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
@@ -400,7 +438,8 @@ class _ChannelAffine(Op):
     def apply(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         self.check_channels(x, scale.shape[0])
         if self.ctx.float_kernels is not None:
-            return self.ctx.float_kernels.affine(x, scale, shift, out=out, crew=self.ctx.crew)
+            return self.ctx.float_kernels.affine(x, scale, shift, out=self.ctx.empty(x.shape) if out is None else out,
+                                                 crew=self.ctx.crew)
 
         def affine(xs, dst, a, b) -> None:
             np.multiply(xs, scale[a:b, None, None, None], out=dst)
@@ -476,6 +515,7 @@ class MaxPool(Op, op="MaxPool"):
         pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
         if self.ctx.float_kernels is not None:
             return self.ctx.float_kernels.max_pool(x, self.kernel, self.stride, pads, (ho, wo), self.relu,
+                                                   out=self.ctx.empty((x.shape[0], x.shape[1], ho, wo)),
                                                    crew=self.ctx.crew)
 
         def pool(xs, out, a, b) -> None:
@@ -499,7 +539,9 @@ class AvgPool(Op, op="AvgPool"):
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
         _, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
         if self.ctx.float_kernels is not None:
-            return self.ctx.float_kernels.avg_pool(x, self.kernel, self.stride, (ho, wo), crew=self.ctx.crew)
+            return self.ctx.float_kernels.avg_pool(x, self.kernel, self.stride, (ho, wo),
+                                                   out=self.ctx.empty((x.shape[0], x.shape[1], ho, wo)),
+                                                   crew=self.ctx.crew)
         out = _pool(x, self.kernel, self.stride, (0, 0, 0, 0), np.add, 0.0)
         out /= np.float32(self.kernel[0] * self.kernel[1])
         return out
@@ -565,7 +607,7 @@ class Concat(Op, op="Concat"):
         if entry is not None and entry[1] == used and entry[0].shape[0] >= total \
                 and entry[0].shape[1:] == first.shape[1:]:
             return entry[0]  # `first` is the newest prefix of a buffer with room: append in place
-        buffer = np.empty((total + self.growth, *first.shape[1:]), dtype=np.float32)
+        buffer = self.ctx.empty((total + self.growth, *first.shape[1:]))
         buffer[:used] = first
         return buffer
 
@@ -610,7 +652,7 @@ class Add(Op, op="Add"):
     def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if a.shape != b.shape:
             self.fail(f"adds arrays of different shapes {list(a.shape)} and {list(b.shape)}")
-        return np.add(a, b, out=out)
+        return np.add(a, b, out=self.ctx.empty(a.shape) if out is None else out)
 
 
 # Every op the runtime knows, in the order of bnncli.runtime.opset.OPSET (tests/test_opset.py checks
