@@ -69,9 +69,9 @@ def main() -> None:
         run = work / "run"
         bnn("train", "--arch", args.arch, "--data", "builtin:shapes", "--epochs", str(args.epochs), "--out", str(run))
         ckpt = run / "best.pt"
-    bnn("export", str(ckpt), "-o", str(work / "model.onnx"))
-    bnn("pack", str(ckpt), "-o", str(work / "model32.bnn"), "--float-dtype", "float32")
-    bnn("pack", str(ckpt), "-o", str(work / "model16.bnn"), "--float-dtype", "float16")
+    bnn("export", str(ckpt), "-o", str(work / "model.onnx"), "--force")
+    bnn("pack", str(ckpt), "-o", str(work / "model32.bnn"), "--float-dtype", "float32", "--force")
+    bnn("pack", str(ckpt), "-o", str(work / "model16.bnn"), "--float-dtype", "float16", "--force")
     files = write_heldout(work / "heldout", args.images)
 
     backends = {"pytorch": ckpt, "onnxruntime": work / "model.onnx", "packed_float32": work / "model32.bnn",

@@ -62,9 +62,9 @@ def run_model(larq_name: str, arch: str, src: Path, work: Path) -> dict:
     t0 = time.perf_counter()
     bnn("import", "larq", src / f"{larq_name}.h5", "-o", ckpt, "--force")
     imported_s = time.perf_counter() - t0
-    bnn("export", ckpt, "-o", onnx, "--tolerance", 1)
-    bnn("pack", ckpt, "-o", packed, "--tolerance", 1)
-    bnn("pack", ckpt, "-o", packed16, "--float-dtype", "float16", "--tolerance", 1)
+    bnn("export", ckpt, "-o", onnx, "--tolerance", 1, "--force")
+    bnn("pack", ckpt, "-o", packed, "--tolerance", 1, "--force")
+    bnn("pack", ckpt, "-o", packed16, "--float-dtype", "float16", "--tolerance", 1, "--force")
     model, meta = load_model(ckpt)
     assert meta["arch"] == arch, (meta["arch"], arch)
     with torch.no_grad():

@@ -1,7 +1,11 @@
 """Atomic file writing, the one writer of every file bnncli replaces: checkpoints, ONNX and packed
 files, run-directory logs and curves (torch-free).
 
-A kill at any instant leaves either the old file or the complete new one, never a partial file.
+A kill at any instant leaves either the old file or the complete new one, never a partial file;
+a failed write (full disk, no permission) leaves the old file too and raises
+:class:`~bnncli.errors.ArtifactError` naming the path. :func:`check_output` is the one policy for
+where a command may write: never over its own input, never over a device or a directory, over an
+existing file only when asked (``--force``).
 """
 
 from __future__ import annotations
@@ -9,26 +13,57 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from bnncli.errors import ArtifactError, UsageError
+
+
+def temp_prefix(path: Path) -> str:
+    """The name every temp file of :func:`atomic_open` for ``path`` starts with (and ends ``.tmp``)."""
+    return f".{path.name}."
+
+
+def write_error(path: Path, e: OSError) -> ArtifactError:
+    """One line for a failed write: what, where, why, and that the previous file is intact."""
+    why = e.strerror or str(e) or type(e).__name__
+    kept = "the previous file is kept" if path.is_file() else "nothing was written"
+    return ArtifactError(f"cannot write {path}: {why} ({kept})")
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace a directory, a device, a pipe or a socket (the rename would destroy it)."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name inside it")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path} is not a regular file (a device, pipe or socket); give a file path")
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only when the block ends without an error:
-    a temp file in the same folder, fsync, rename, then fsync of the folder."""
+    a temp file with a unique name in the same folder, fsync, rename, then fsync of the folder.
+
+    An OSError (full disk, no permission, a parent that is a file) becomes ArtifactError; the
+    temp file is removed and ``path`` is left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_replaceable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise write_error(path, e) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -50,3 +85,44 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
     return write_bytes(path, text.encode("utf-8"))
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same inode (links included), or the same resolved path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (), force: bool = False,
+                 suffix: str = "") -> Path:
+    """Check, before any work, that a command may write ``path``; returns it.
+
+    Refused (UsageError): one of the command's ``inputs`` (even with ``force``), a directory, a
+    device, pipe or socket, a place that cannot hold a file, and an existing file unless ``force``.
+    """
+    path = Path(path)
+    for source in inputs:
+        if same_file(path, source):
+            raise UsageError(f"{path} is this command's input; it is never overwritten, not even with --force: "
+                             f"choose another --output")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name such as {path / ('model' + suffix)}")
+    check_replaceable(path)
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to replace it")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {path}: {folder} is not writable")
+    return path
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder``, or its nearest ancestor that exists (where a missing folder would be created)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder

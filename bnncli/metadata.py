@@ -23,6 +23,12 @@ PREPROCESSING_KEYS = ("preset", "image_size", "resize", "mean", "std", "channels
 # How an image becomes the input (bnncli.runtime.preprocess): "bilinear", bnncli's resize then crop;
 # "tf-bicubic", Larq Zoo's crop then TensorFlow 1 bicubic resize.
 INTERPOLATIONS = ("bilinear", "tf-bicubic")
+# Images are read as RGB or L (bnncli.runtime.images).
+CHANNELS = (1, 3)
+# The largest input side any model file may ask for, and the largest resize before its crop: the
+# input of one image is then at most 3 x 2048 x 2048 float32 (48 MiB), whatever a file says.
+MAX_IMAGE_SIZE = 2048
+MAX_RESIZE = 2 * MAX_IMAGE_SIZE
 
 
 def model_meta(source: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,14 +57,24 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _check_size(pp: dict[str, Any], key: str, limit: int) -> None:
+    v = pp[key]
+    _require(_is_int(v) and 1 <= v <= limit, f"preprocessing {key} must be an integer from 1 to {limit}, not {v!r}")
+
+
 def check_preprocessing(pp: Any) -> None:
-    """Validate a preprocessing dict; raises ArtifactError saying what is wrong."""
-    _require(isinstance(pp, dict), "preprocessing must be an object")
+    """Validate a preprocessing dict; raises ArtifactError saying what is wrong.
+
+    Sizes are bounded (:data:`MAX_IMAGE_SIZE`, :data:`MAX_RESIZE`), so no file can make a reader
+    allocate more than a few tens of MB per image.
+    """
+    _require(isinstance(pp, dict), f"preprocessing must be an object, not {type(pp).__name__}")
     missing = [k for k in PREPROCESSING_KEYS if k not in pp]
     _require(not missing, f"preprocessing lacks {', '.join(missing)}")
-    _require(_is_int(pp["channels"]) and pp["channels"] >= 1, "preprocessing channels must be a positive integer")
-    _require(_is_int(pp["image_size"]) and pp["image_size"] >= 1, "preprocessing image_size must be a positive integer")
-    _require(_is_int(pp["resize"]) and pp["resize"] >= 1, "preprocessing resize must be a positive integer")
+    _require(_is_int(pp["channels"]) and pp["channels"] in CHANNELS,
+             f"preprocessing channels must be 1 or 3, not {pp['channels']!r}")
+    _check_size(pp, "image_size", MAX_IMAGE_SIZE)
+    _check_size(pp, "resize", MAX_RESIZE)
     for key in ("mean", "std"):
         v = pp[key]
         _require(isinstance(v, list) and len(v) == pp["channels"] and all(_is_number(x) for x in v),
@@ -66,7 +82,18 @@ def check_preprocessing(pp: Any) -> None:
     _require(all(s > 0 for s in pp["std"]), "preprocessing std must be positive")
     _require(pp["interpolation"] in INTERPOLATIONS, f"unsupported interpolation {pp['interpolation']!r} "
              f"(this bnncli knows {', '.join(INTERPOLATIONS)})")
+    _require(pp["interpolation"] != "tf-bicubic" or pp["resize"] >= pp["image_size"],
+             "preprocessing resize must be at least image_size for tf-bicubic (it crops image_size / resize)")
     _require(isinstance(pp["preset"], str), "preprocessing preset must be a string")
+
+
+def _check_arch_kwargs(kwargs: dict[str, Any], classes: int, channels: int) -> None:
+    """The model options that sizes depend on must agree with the class names and the preprocessing."""
+    n, c = kwargs.get("num_classes", classes), kwargs.get("in_channels", channels)
+    _require(_is_int(n) and n == classes,
+             f"model arch_kwargs num_classes is {n!r} but {classes} class names are listed")
+    _require(_is_int(c) and c == channels,
+             f"model arch_kwargs in_channels is {c!r} but the preprocessing has {channels} channels")
 
 
 def check_model_meta(model: Any) -> dict[str, Any]:
@@ -83,5 +110,6 @@ def check_model_meta(model: Any) -> dict[str, Any]:
     _require(isinstance(names, list) and bool(names) and all(isinstance(n, str) for n in names),
              "class_names must be a non-empty list of strings")
     check_preprocessing(model["preprocessing"])
+    _check_arch_kwargs(model["arch_kwargs"], len(names), model["preprocessing"]["channels"])
     return {"arch": model["arch"], "arch_kwargs": dict(model["arch_kwargs"]), "class_names": list(names),
             "preprocessing": dict(model["preprocessing"])}

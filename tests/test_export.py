@@ -119,7 +119,7 @@ def test_export_cli_prints_the_largest_difference(tmp_path, tiny_checkpoint, cap
     assert main(["export", str(tiny_checkpoint), "-o", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"wrote {out}" in text and "largest difference" in text and "top-1 equal on 4/4" in text
-    assert main(["export", str(tiny_checkpoint), "-o", str(out), "--json", "--samples", "2"]) == 0
+    assert main(["export", str(tiny_checkpoint), "-o", str(out), "--json", "--samples", "2", "--force"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["opset"] == OPSET and report["verification"]["samples"] == 2
     assert report["verification"]["max_rel_diff"] <= 1e-3

@@ -174,3 +174,22 @@ def test_layer_summary_adds_up_to_the_model_counts(name, image_size):
     assert all(r.binary_macs == 0 for r in rows if r.kind != "binary")
     assert rows[-1].output_shape == (10,) and rows[0].output_shape[1] <= image_size
     assert not any(".input_quantizer" in r.name or "quantizer" in r.type.lower() for r in rows)
+
+
+def test_models_layers_cli(capsys):
+    import json
+
+    from bnncli.cli.app import main
+
+    assert main(["models", "resnete18", "--layers", "--image-size", "64", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    layers, totals = report["layers"], report["totals"]
+    assert report["name"] == "resnete18" and report["image_size"] == 64
+    assert sum(r["binary_macs"] for r in layers) == totals["binary_macs"] > 0
+    assert sum(r["params"] for r in layers) == totals["params"]
+    assert [r["kind"] for r in layers if r["type"] == "BinaryConv2d"] == ["binary"] * 16
+    assert main(["models", "binarydensenet_tiny", "--layers"]) == 0
+    shown = capsys.readouterr().out
+    assert "BinaryConv2d" in shown and "total" in shown
+    assert main(["models", "resnete*", "--layers"]) == 2
+    assert "--layers lists one model" in capsys.readouterr().err

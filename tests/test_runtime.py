@@ -256,3 +256,9 @@ def test_a_reservation_left_from_a_failed_call_is_not_used():
     slot = cat.reserve([a], 2)
     slot[...] = b
     assert np.array_equal(cat(a, slot), np.concatenate([a, b]))
+
+
+def test_an_empty_batch_is_refused_in_one_line():
+    model = Model(_concat_chain(2))
+    with pytest.raises(DataError, match="no images"):
+        model(np.zeros((0, 3, 4, 4), np.float32))

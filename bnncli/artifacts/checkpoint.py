@@ -10,6 +10,7 @@ and ``model`` (the state dict). Training adds ``epoch``, ``optimizer``,
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from bnncli import __version__
 from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.errors import ArtifactError, BnnError
 from bnncli.fileio import atomic_open
-from bnncli.metadata import MODEL_KEYS, model_meta
+from bnncli.metadata import MODEL_KEYS, check_model_meta, model_meta
 
 FORMAT = "bnncli-checkpoint"
 FORMAT_VERSION = 1
@@ -54,9 +55,15 @@ def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: di
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
     """Write atomically (:func:`bnncli.fileio.atomic_open`): a kill at any instant leaves either
-    the old file or the new one, never a partial file."""
+    the old file or the new one, never a partial file. A failed write (full disk, no permission)
+    raises ArtifactError naming ``path``, with the old file intact."""
     with atomic_open(path) as f:
-        torch.save(checkpoint, f)
+        try:
+            torch.save(checkpoint, f)
+        except RuntimeError as e:  # torch's zip writer: "[enforce fail at inline_container.cc] ... write failed"
+            if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
+                raise
+            raise OSError(errno.EIO, f"the write failed ({str(e).strip().splitlines()[-1][:200]})") from None
     return Path(path)
 
 
@@ -80,7 +87,26 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise ArtifactError(f"{path} lacks the checkpoint fields {', '.join(missing)}")
+    try:
+        check_model_meta(ckpt)
+        _check_training_fields(ckpt)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from None
     return ckpt
+
+
+def _check_training_fields(ckpt: dict[str, Any]) -> None:
+    """Where a training checkpoint stands in its run (the RNG state is checked when it is restored)."""
+    for key in ("epoch", "step_in_epoch", "steps_per_epoch"):
+        v = ckpt.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ArtifactError(f"{key} must be a whole number >= 0, not {v!r}")
+    history = ckpt.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(m, dict) for m in history):
+        raise ArtifactError("history must be a list of per-epoch metrics")
+    for key in ("config", "best"):
+        if ckpt.get(key) is not None and not isinstance(ckpt[key], dict):
+            raise ArtifactError(f"{key} must be a dict, not {type(ckpt[key]).__name__}")
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:

@@ -51,9 +51,32 @@ def read_metadata(model, source: str = "model") -> dict[str, Any]:
         raise ArtifactError(f"{source} has incomplete bnncli metadata ({e})") from None
     try:
         meta = check_model_meta(raw)
+        _check_graph_shapes(model, meta)
     except ArtifactError as e:
         raise ArtifactError(f"{source}: {e}") from None
     return {**meta, "format_version": version}
+
+
+def _fixed_dims(value_info) -> list[int | None]:
+    """The dimensions of a graph input or output: a size, or None where it is symbolic (the batch)."""
+    dims = value_info.type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+
+def _check_graph_shapes(model, meta: dict[str, Any]) -> None:
+    """The graph's input must be what the preprocessing makes, its output one logit per class name."""
+    pp, classes = meta["preprocessing"], len(meta["class_names"])
+    expected = {"input": [None, pp["channels"], pp["image_size"], pp["image_size"]], "output": [None, classes]}
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        if not values or not values[0].type.tensor_type.HasField("shape"):
+            continue
+        dims = _fixed_dims(values[0])
+        want = expected[kind]
+        if len(dims) != len(want) or any(d is not None and w is not None and d != w for d, w in zip(dims, want)):
+            shown = ["N" if d is None else d for d in dims]
+            raise ArtifactError(f"the graph {kind} has shape {shown}, but the metadata says "
+                                f"{['N', *want[1:]]} ({pp['channels']} channels, {pp['image_size']} px, "
+                                f"{classes} classes)")
 
 
 def load_onnx(path: str | os.PathLike):

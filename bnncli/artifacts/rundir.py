@@ -6,21 +6,29 @@
       metrics.jsonl  one JSON line per epoch
       curves.png     loss and accuracy per epoch
       config.json    the resolved training configuration, classes and preprocessing
+      .bnn-train.lock  while a `bnn train` writes here (:class:`RunLock`)
 
 Wherever a command takes a model file, a run directory stands for its ``best.pt``, else its
-``last.pt`` (:func:`resolve_model_path`); that rule is written here only.
+``last.pt`` (:func:`resolve_model_path`); that rule is written here only. No command writes
+over a run's own files but `bnn train` (:func:`check_model_output`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnncli.errors import ArtifactError
+from bnncli.errors import ArtifactError, UsageError
+from bnncli.fileio import check_output, same_file
 
 # The checkpoints a run directory stands for, in order of preference.
 MODEL_FILES = ("best.pt", "last.pt")
+# Every file `bnn train` writes in a run directory.
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.json")
+LOCK_FILE = ".bnn-train.lock"
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,14 @@ class RunFiles:
     @property
     def config(self) -> Path:
         return self.dir / "config.json"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / LOCK_FILE
+
+    def holds_run(self) -> bool:
+        """Whether the directory holds files of a training run (a checkpoint, metrics or config)."""
+        return any((self.dir / name).is_file() for name in RUN_FILES)
 
 
 def resolve_model_path(path: str | os.PathLike, what: str = "model") -> Path:
@@ -80,3 +96,117 @@ def find_default_model(runs: str | os.PathLike = "runs") -> Path | None:
         if models:
             return models[0]
     return None
+
+
+def check_model_output(output: str | os.PathLike, source: str | os.PathLike, force: bool = False,
+                       suffix: str = "") -> Path:
+    """Check where a command that reads the model ``source`` may write (:func:`bnncli.fileio.check_output`).
+
+    Never over ``source`` nor, when it is a run directory, the checkpoints it stands for; never over
+    a file of any run directory (last.pt, best.pt, metrics.jsonl, ...), not even with ``force``.
+    """
+    output, source = Path(output), Path(source)
+    inputs = [source, *(source / name for name in MODEL_FILES)] if source.is_dir() else [source]
+    if any(same_file(output, s) for s in inputs):
+        raise UsageError(f"{output} is this command's input ({source}); it is never overwritten, not even with "
+                         f"--force: choose another --output")
+    if output.name in RUN_FILES and RunFiles(output.parent).holds_run():
+        raise UsageError(f"{output} is a file of the run directory {output.parent}; a run's files are never "
+                         f"overwritten, not even with --force: choose another --output")
+    return check_output(output, force=force, suffix=suffix)
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the one `bnn train` writing there.
+
+    ``flock`` on ``RUN/.bnn-train.lock`` (``msvcrt.locking`` on Windows), never waiting: a second
+    training is refused at once. The kernel drops the lock when its process ends, however it ends,
+    so a lock file left by a killed process is simply taken over. The file holds the holder's pid
+    and is removed on release; ``remove_dir`` also removes the directory if it is then empty (a
+    run that failed before writing anything leaves nothing behind).
+    """
+
+    def __init__(self, directory: str | os.PathLike, remove_dir: bool = False) -> None:
+        self.files = RunFiles(Path(directory))
+        self.remove_dir = remove_dir
+        self.fd: int | None = None
+        self.held = False
+        self.supported = True  # False on a filesystem without locks: the run goes on unlocked
+
+    def acquire(self) -> RunLock:
+        """Take the lock; UsageError naming the holder when another process has it."""
+        while self.fd is None:
+            fd = os.open(self.files.lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                _lock(fd)
+            except BlockingIOError:
+                holder = _read_pid(fd)
+                os.close(fd)
+                who = f"another bnn train (pid {holder})" if holder else "another bnn train"
+                raise UsageError(f"{self.files.dir} is in use by {who}; wait for it to end or choose another "
+                                 f"--out") from None
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                self.files.lock.unlink(missing_ok=True)
+                self.supported, self.held = False, True
+                return self
+            if _is_current(fd, self.files.lock):  # not a file a releasing holder just removed
+                self.fd = fd
+            else:
+                os.close(fd)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (the removal happens while it is held)."""
+        if not self.held:
+            return
+        if self.fd is not None:
+            with contextlib.suppress(OSError):  # Windows cannot remove an open file: it stays, unlocked
+                self.files.lock.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+        self.held = False
+        if self.remove_dir:
+            with contextlib.suppress(OSError):  # not empty: the run wrote files
+                self.files.dir.rmdir()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+def _is_current(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+try:
+    import fcntl
+
+    def _lock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except ImportError:  # Windows
+    import msvcrt
+
+    def _lock(fd: int) -> None:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as e:
+            raise BlockingIOError(*e.args) from None

@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except BnnError as e:
         if _debug():
             raise
-        sys.stderr.write(f"bnn: error: {e}\n")
+        from bnncli.cli.common import printable
+
+        sys.stderr.write(f"bnn: error: {printable(e)}\n")
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("bnn: interrupted\n")

@@ -7,12 +7,15 @@ so ``bnn eval --json | jq`` always sees clean JSON.
 from __future__ import annotations
 
 import json
+import math
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -21,8 +24,24 @@ if not out.is_terminal and out.width < 160:
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for CI).")]
 ArchOpt = Annotated[str | None, typer.Option("--arch", "-a", help="Model name from `bnn models`.")]
+
+
+def _cap_workers(value: int | None) -> int | None:
+    """``--workers`` above the CPUs this process may use: capped, with one warning line."""
+    if value is None:
+        return None
+    from bnncli.data.loading import available_cpus
+
+    cpus = available_cpus()
+    if value > cpus:
+        warn(f"--workers {value} is more than the {cpus} CPUs this process may use; using {cpus}")
+        return cpus
+    return value
+
+
 WorkersOpt = Annotated[int | None, typer.Option(
-    "--workers", "-j", min=0, help="DataLoader worker processes [default: 0 on CPU, up to 8 per GPU].")]
+    "--workers", "-j", min=0, callback=_cap_workers,
+    help="DataLoader worker processes, at most the CPUs [default: 0 on CPU, up to 8 per GPU].")]
 CheckpointArg = Annotated[Path, typer.Argument(
     help="A checkpoint written by `bnn train` (runs/NAME/best.pt), or its run directory.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
@@ -37,6 +56,8 @@ ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance", min=0.0, help="Largest relative logit difference from PyTorch accepted; the top-1 must agree "
     "regardless. Deep dense nets with random or imported weights can exceed the default where float rounding "
     "flips one near-zero binarization (docs/deployment.md, Parity).")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Replace OUTPUT if it exists (never the command's input, nor a run directory's own files).")]
 
 
 def default_output(checkpoint: Path, suffix: str) -> Path:
@@ -47,9 +68,20 @@ def default_output(checkpoint: Path, suffix: str) -> Path:
 
 
 def print_json(obj: Any) -> None:
-    """Write ``obj`` as JSON to stdout, unstyled."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as JSON to stdout, unstyled; NaN and infinities become null (valid JSON)."""
+    sys.stdout.write(json.dumps(finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) inside dicts, lists and tuples replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 def note_compiling(backend: str) -> None:
@@ -62,9 +94,30 @@ def note_compiling(backend: str) -> None:
         info("compiling the numba kernels: once per machine, a few seconds; later runs load them from numba's cache")
 
 
+# Bidirectional-text controls and line separators: they reorder or break what a terminal shows.
+_INVISIBLE = frozenset("\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text: object) -> str:
+    """``text`` safe to show on a terminal: control characters (ESC, newline, DEL, C1, bidi overrides)
+    as visible escapes such as ``\\x1b``. For file, folder and class names; JSON keeps the real text."""
+    return "".join(ascii(c)[1:-1] if c in _INVISIBLE or unicodedata.category(c) == "Cc" else c for c in str(text))
+
+
+def plain(text: object) -> Text:
+    """User-controlled text as a rich ``Text``: shown as it is, never parsed as markup (table cells)."""
+    return Text(printable(text))
+
+
+def say(message: str) -> None:
+    """One line on stdout, shown literally (no markup, no control characters): results that name user paths."""
+    out.print(printable(message), markup=False, highlight=False)
+
+
 def info(message: str) -> None:
-    err.print(message, highlight=False)
+    """One line on stderr, shown literally (messages hold user paths: no markup, no control characters)."""
+    err.print(printable(message), markup=False, highlight=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    err.print(Text.assemble(("warning:", "yellow"), " ", printable(message)), highlight=False)

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from bnncli.cli.common import BackendOpt, JsonOpt, ThreadsOpt, WorkersOpt, err, note_compiling, out, print_json, warn
+from bnncli.cli.common import (
+    BackendOpt,
+    JsonOpt,
+    ThreadsOpt,
+    WorkersOpt,
+    err,
+    note_compiling,
+    out,
+    plain,
+    print_json,
+    warn,
+)
 from bnncli.engine.config import AMP_MODES, DEVICES
 from bnncli.errors import GateFailed, UsageError
 
@@ -58,8 +70,25 @@ def evaluate(
         print_json(result)
     else:
         _print_eval(result)
+    broken = not_finite(result)
+    if broken:
+        warn(f"the model is not finite: {broken}")
+    if min_top1 is not None and broken:
+        raise GateFailed(f"--min-top1 {min_top1:g} fails: the model is not finite ({broken})")
     if min_top1 is not None and result["top1"] < min_top1:
         raise GateFailed(f"top-1 {result['top1']:.4f} is below --min-top1 {min_top1:g}")
+
+
+def not_finite(r: dict[str, Any]) -> str:
+    """What is NaN or infinite about an eval result (weights, logits, loss), or "" when nothing is."""
+    problems = []
+    if r.get("nonfinite_weights"):
+        problems.append(f"{r['nonfinite_weights']} weight tensor(s) hold NaN or inf")
+    if r.get("nonfinite_logits"):
+        problems.append(f"the logits of {r['nonfinite_logits']} image(s) are NaN or inf (counted as wrong)")
+    if not math.isfinite(r["loss"]):
+        problems.append(f"the loss is {r['loss']}")
+    return "; ".join(problems)
 
 
 def _pct(v: float | None) -> str:
@@ -69,7 +98,7 @@ def _pct(v: float | None) -> str:
 def _print_eval(r: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{r['arch'] or r['model']} on {r['data']} ({r['kind']}, {r['backend']})")
+    table = Table(title=plain(f"{r['arch'] or r['model']} on {r['data']} ({r['kind']}, {r['backend']})"))
     for col in ("", "top-1", "top-5", "loss", "images", "images/s"):
         table.add_column(col, justify="left" if not col else "right")
     table.add_row("this model", _pct(r["top1"]), _pct(r["top5"]), f"{r['loss']:.4f}", f"{r['images']:,}",
@@ -85,7 +114,7 @@ def _print_eval(r: dict[str, Any]) -> None:
     classes.add_column("top-1", justify="right")
     classes.add_column("images", justify="right")
     for name, c in shown:
-        classes.add_row(name, _pct(c["top1"]), f"{c['images']:,}")
+        classes.add_row(plain(name), _pct(c["top1"]), f"{c['images']:,}")
     out.print(classes)
     if r["skipped"]:
         warn(f"{r['skipped']} unreadable file(s) skipped")

@@ -7,16 +7,27 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, ToleranceOpt, default_output, out, print_json
+from bnncli.artifacts.rundir import check_model_output
+from bnncli.cli.common import (
+    CheckpointArg,
+    ForceOpt,
+    JsonOpt,
+    SamplesOpt,
+    ToleranceOpt,
+    default_output,
+    print_json,
+    say,
+)
 from bnncli.deploy.verify import SAMPLES, TOLERANCE
 
 
 def export(
     checkpoint: CheckpointArg,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: CHECKPOINT.onnx).")]
-    = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write (default: CHECKPOINT.onnx); an existing file needs --force.")] = None,
     samples: SamplesOpt = SAMPLES,
     tolerance: ToleranceOpt = TOLERANCE,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to standard ONNX (opset 17, dynamic batch), verified with onnxruntime.
@@ -27,11 +38,11 @@ def export(
     """
     from bnncli.deploy.export import export_onnx
 
-    result = export_onnx(checkpoint, output or default_output(checkpoint, ".onnx"), samples=samples,
-                         tolerance=tolerance)
+    target = check_model_output(output or default_output(checkpoint, ".onnx"), checkpoint, force, ".onnx")
+    result = export_onnx(checkpoint, target, samples=samples, tolerance=tolerance)
     if json_:
         print_json(result.as_dict())
         return
     p = result.parity
-    out.print(f"wrote {result.path} ({result.bytes:,} bytes, ONNX opset {result.opset})", highlight=False)
-    out.print(f"verified against PyTorch with onnxruntime on {p.samples} inputs: {p.describe()}", highlight=False)
+    say(f"wrote {result.path} ({result.bytes:,} bytes, ONNX opset {result.opset})")
+    say(f"verified against PyTorch with onnxruntime on {p.samples} inputs: {p.describe()}")

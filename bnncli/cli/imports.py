@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import ArchOpt, JsonOpt, out, print_json
+from bnncli.cli.common import ArchOpt, ForceOpt, JsonOpt, print_json, say
 
 app = typer.Typer(help="Bring models trained elsewhere into bnncli (they become ordinary checkpoints).",
                   no_args_is_help=True)
@@ -24,7 +24,7 @@ def larq(
     classes: Annotated[Path | None, typer.Option(
         "--classes", help="Text file with one class name per line, in output order [default: the 1000 ImageNet "
         "synset ids for a 1000-class model, else class_0, class_1, ...].")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Import Larq Zoo weights: BinaryDenseNet28/37/37Dilated/45 or BinaryResNetE18.
@@ -47,7 +47,6 @@ def larq(
     if json_:
         print_json(result.as_dict())
         return
-    out.print(f"imported {result.source['file']} as {result.arch} ({result.layers} layers, {result.params:,} "
-              f"parameters, TensorFlow padding, float32 float layers) -> {result.output}", highlight=False)
-    out.print(f"next: bnn predict --model {result.output} IMAGE, or bnn eval {result.output} --data DIR",
-              highlight=False)
+    say(f"imported {result.source['file']} as {result.arch} ({result.layers} layers, {result.params:,} "
+        f"parameters, TensorFlow padding, float32 float layers) -> {result.output}")
+    say(f"next: bnn predict --model {result.output} IMAGE, or bnn eval {result.output} --data DIR")

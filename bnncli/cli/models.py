@@ -6,13 +6,15 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import JsonOpt, out, print_json
+from bnncli.cli.common import JsonOpt, out, plain, print_json
 
 
 def models(
     pattern: Annotated[str | None, typer.Argument(help="Glob filter, e.g. 'binarydensenet*'.")] = None,
     image_size: Annotated[int, typer.Option(help="Input size the MACs are counted at.", min=8)] = 224,
     num_classes: Annotated[int, typer.Option(help="Classifier size the counts use.", min=1)] = 1000,
+    layers: Annotated[bool, typer.Option("--layers", help="One model, layer by layer: kind (binary/float), "
+                                         "output shape, parameters, MACs and size at 1 bit.")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """List registered models with params, binary params, MACs, OPs and 1-bit size (ImageNet head),
@@ -24,6 +26,13 @@ def models(
     names = list_models(pattern)
     if not names:
         raise UsageError(f"no model matches {pattern!r}; known: {', '.join(list_models())}")
+    if layers:
+        if len(names) != 1 and pattern not in names:
+            raise UsageError(f"--layers lists one model; {pattern!r} matches {len(names)}: {', '.join(names)}")
+        name = pattern if pattern in names else names[0]
+        model = create_model(name, num_classes=num_classes, thumbnail=image_size < 50, in_channels=3)
+        _print_layers(name, model, image_size, json_)
+        return
     rows = []
     for name in names:
         # Count every model as configured for ImageNet-sized input, so rows are comparable.
@@ -55,7 +64,7 @@ def models(
     for r in rows:
         zoo = r["larq_zoo"]
         table.add_row(
-            r["name"], f"{r['params']:,}", f"{r['binary_params']:,}", f"{r['binary_macs']:,}",
+            plain(r["name"]), f"{r['params']:,}", f"{r['binary_params']:,}", f"{r['binary_macs']:,}",
             f"{r['fp_macs']:,}", f"{r['ops']:.3g}", f"{r['size_bytes'] / 2**20:.2f} MiB",
             f"{zoo['top1']:.2f}%" if zoo else "-",
         )
@@ -72,3 +81,42 @@ def _published(name: str, published: dict, anchors: dict) -> dict | None:
     top1, top5 = anchors[name]["larq_zoo"]
     p = published[name]
     return {"model": p.larq_zoo_model, "file": p.file, "url": p.url, "sha256": p.sha256, "top1": top1, "top5": top5}
+
+
+def _print_layers(name: str, model, image_size: int, json_: bool) -> None:
+    """`bnn models NAME --layers`: bnncli.models.layer_summary as a table or JSON, with the totals."""
+    from bnncli.models import count_model, layer_summary
+
+    rows = layer_summary(model, image_size)
+    totals = count_model(model, image_size)
+    if json_:
+        print_json({"name": name, "image_size": image_size, "layers": [r.as_dict() for r in rows],
+                    "totals": totals.as_dict()})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{name} at {image_size}x{image_size}")
+    for col in ("layer", "type", "kind", "output", "params", "binary MACs", "FP MACs", "size"):
+        table.add_column(col, justify="left" if col in ("layer", "type", "kind") else "right")
+    for r in rows:
+        table.add_row(plain(r.name or "(model)"), r.type, r.kind, "x".join(map(str, r.output_shape)),
+                      _count(r.params), _count(r.binary_macs), _count(r.fp_macs), _size(r.size_bytes))
+    table.add_section()
+    table.add_row("total", "", "", "", _count(totals.params), _count(totals.binary_macs), _count(totals.fp_macs),
+                  _size(totals.size_bytes))
+    out.print(table)
+    out.print("Exact counts: --json.", highlight=False)
+
+
+def _count(n: int) -> str:
+    """A count in at most 6 characters: 9,408, 115.6M, 1.68G."""
+    for scale, unit in ((1e9, "G"), (1e6, "M")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}" if n < 100 * scale else f"{n / scale:.0f}{unit}"
+    return f"{n:,}"
+
+
+def _size(nbytes: float) -> str:
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.2f} MiB"
+    return f"{nbytes / 2**10:.1f} KiB" if nbytes >= 1024 else f"{nbytes:.0f} B"

@@ -7,19 +7,30 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import CheckpointArg, JsonOpt, SamplesOpt, ToleranceOpt, default_output, out, print_json
+from bnncli.artifacts.rundir import check_model_output
+from bnncli.cli.common import (
+    CheckpointArg,
+    ForceOpt,
+    JsonOpt,
+    SamplesOpt,
+    ToleranceOpt,
+    default_output,
+    print_json,
+    say,
+)
 from bnncli.deploy.verify import SAMPLES, TOLERANCE
 from bnncli.runtime.format import FLOAT_DTYPES
 
 
 def pack(
     checkpoint: CheckpointArg,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to write (default: CHECKPOINT.bnn).")]
-    = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Where to write (default: CHECKPOINT.bnn); an existing file needs --force.")] = None,
     float_dtype: Annotated[str, typer.Option("--float-dtype", help="Storage of the full-precision layers: "
                                              f"{' or '.join(FLOAT_DTYPES)}.")] = FLOAT_DTYPES[0],
     samples: SamplesOpt = SAMPLES,
     tolerance: ToleranceOpt = TOLERANCE,
+    force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Pack a checkpoint into one file with 1-bit binary weights (format: docs/FORMAT.md).
@@ -33,15 +44,15 @@ def pack(
 
     if float_dtype not in FLOAT_DTYPES:
         raise UsageError(f"--float-dtype must be {' or '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
-    result = pack_model(checkpoint, output or default_output(checkpoint, ".bnn"), float_dtype, samples=samples,
-                        tolerance=tolerance)
+    target = check_model_output(output or default_output(checkpoint, ".bnn"), checkpoint, force, ".bnn")
+    result = pack_model(checkpoint, target, float_dtype, samples=samples, tolerance=tolerance)
     if json_:
         print_json(result.as_dict())
         return
     s, p = result.sizes, result.parity
-    out.print(f"wrote {result.path} ({result.bytes:,} bytes: {s['binary_weights']:,} binary weights at 1 bit, "
-              f"{s['float_weights']:,} {result.float_dtype} weights, {s['per_channel']:,} per-channel float32, "
-              f"{s['header']:,} header)", highlight=False)
+    say(f"wrote {result.path} ({result.bytes:,} bytes: {s['binary_weights']:,} binary weights at 1 bit, "
+        f"{s['float_weights']:,} {result.float_dtype} weights, {s['per_channel']:,} per-channel float32, "
+        f"{s['header']:,} header)")
     note = ""
     if result.float_dtype == "float16":
         note = (" (float16 stores every weight unchanged: the model computes with float16-valued weights)"
@@ -49,5 +60,4 @@ def pack(
                 f" (float16 rounded {len(result.rounded)} weight tensors of a model trained with float32 float "
                 f"weights, so small differences are expected; models trained with --float-weights float16, the "
                 f"default, pack losslessly)")
-    out.print(f"verified against PyTorch with the NumPy runtime on {p.samples} inputs: {p.describe()}{note}",
-              highlight=False)
+    say(f"verified against PyTorch with the NumPy runtime on {p.samples} inputs: {p.describe()}{note}")

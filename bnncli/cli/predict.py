@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from bnncli.cli.common import BackendOpt, JsonOpt, ThreadsOpt, err, info, note_compiling, out, print_json
+from bnncli.cli.common import (
+    BackendOpt,
+    JsonOpt,
+    ThreadsOpt,
+    err,
+    info,
+    note_compiling,
+    out,
+    plain,
+    print_json,
+    printable,
+)
 
 
 def find_default_model(runs: Path = Path("runs")) -> Path:
@@ -33,6 +44,25 @@ def _softmax(logits):
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _logits(predictor, x):
+    """``predictor(x)``; an error from the model becomes one line naming the model file."""
+    from bnncli.errors import ArtifactError, BnnError
+
+    try:
+        return predictor(x)
+    except BnnError as e:
+        if str(predictor.path) in str(e):
+            raise
+        raise type(e)(f"{predictor.path}: {e}") from e
+    except Exception as e:
+        if not isinstance(e, (ValueError, RuntimeError, ArithmeticError)) \
+                and not type(e).__module__.startswith("onnxruntime"):
+            raise  # a bug: a traceback under BNN_DEBUG=1
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ArtifactError(f"{predictor.path}: the {predictor.kind} model failed on {len(x)} image(s): "
+                            f"{type(e).__name__}: {reason}") from e
 
 
 def predict(
@@ -69,7 +99,7 @@ def predict(
     def flush() -> None:
         if not batch:
             return
-        probs = _softmax(predictor(np.stack([x for _, _, x in batch])))
+        probs = _softmax(_logits(predictor, np.stack([x for _, _, x in batch])))
         for (slot, image, _), p in zip(batch, probs):
             order = np.argsort(-p, kind="stable")[:k]
             results[slot] = {"path": str(image), "backend": predictor.backend, "top_k": [
@@ -83,7 +113,7 @@ def predict(
             x = preprocess_file(image, predictor.preprocessing)
         except DataError as e:
             failed += 1
-            err.print(f"bnn: error: {e}", highlight=False, markup=False)
+            err.print(printable(f"bnn: error: {e}"), highlight=False, markup=False)
             results[-1] = {"path": str(image), "error": str(e)}
             continue
         batch.append((len(results) - 1, image, x))
@@ -111,5 +141,7 @@ def _print_predictions(results: list[dict], predictor, k: int) -> None:
         if "error" in r:
             continue
         for rank, t in enumerate(r["top_k"], 1):
-            table.add_row(r["path"] if rank == 1 else "", str(rank), t["label"], f"{t['probability']:.4f}")
-    out.print(table)
+            table.add_row(plain(r["path"] if rank == 1 else ""), str(rank), plain(t["label"]),
+                          f"{t['probability']:.4f}")
+    if table.row_count:
+        out.print(table)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bnncli.cli.common import err, info, warn
+from bnncli.cli.common import err, info, printable, warn
 
 
 class RichReporter:
@@ -98,15 +98,13 @@ class RichReporter:
             parts.append(f"{m['skipped']} unreadable file(s) skipped")
         if is_best:
             parts.append("best")
-        line = "  ".join(parts)
-        (self.progress.console if self.progress is not None else err).print(line, highlight=False)
+        line = printable("  ".join(parts))
+        (self.progress.console if self.progress is not None else err).print(line, markup=False, highlight=False)
 
     def stopping(self, reason: str) -> None:
         self._stop_progress()
         info(f"{reason}: stopping after this step and saving")
 
     def warning(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
-        else:
-            warn(text)
+        """One line above the bars; ``text`` (it names files) is shown literally, never as markup."""
+        warn(text)  # the bars' console is ``err``: rich prints above live bars

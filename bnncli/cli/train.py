@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from bnncli.artifacts.rundir import RunFiles
-from bnncli.cli.common import ArchOpt, JsonOpt, WorkersOpt, err, info, print_json
+from bnncli.cli.common import ArchOpt, JsonOpt, WorkersOpt, info, print_json
 from bnncli.cli.progress import RichReporter
-from bnncli.engine.config import AMP_MODES, DEVICES, INITS, OPTIMIZERS, SCHEDULES, TrainConfig
+from bnncli.engine.config import AMP_MODES, DEVICES, INITS, OPTIMIZERS, SCHEDULES, TrainConfig, parse_out_dir
 from bnncli.errors import UsageError
 
 D = TrainConfig()  # the defaults --help shows
@@ -82,7 +82,9 @@ def train(
     workers: WorkersOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help=_default(D.seed))] = None,
     out_dir: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Run directory [default: runs/<arch>-<YYYYmmdd-HHMMSS>].")] = None,
+        "--out", "-o", parser=parse_out_dir, metavar="DIR",
+        help="Run directory, new or empty; locked while the run writes to it [default: "
+             "runs/<arch>-<YYYYmmdd-HHMMSS>, -2, -3, ... when taken].")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory.")] = None,
     device: Annotated[str | None, typer.Option("--device", help=_choices(DEVICES, D.device))] = None,
     amp: Annotated[str | None, typer.Option("--amp", help=f"Autocast: {_choices(AMP_MODES, D.amp)}.")] = None,
@@ -123,8 +125,7 @@ def train(
     except KeyboardInterrupt:  # a second Ctrl-C: no time to save, but the last checkpoint is intact
         last = RunFiles(Path(reporter.run_dir)).last if reporter.run_dir is not None else None
         if last is not None and last.exists():
-            err.print(f"aborted; {last} holds the last saved state. Resume with: bnn train --resume {reporter.run_dir}",
-                      highlight=False)
+            info(f"aborted; {last} holds the last saved state. Resume with: bnn train --resume {reporter.run_dir}")
         raise
     if reporter.is_main:
         _report(result, cfg, json_)
@@ -164,8 +165,7 @@ def _report(result, cfg, json_: bool) -> None:
     if result.interrupted:
         where = (f"epoch {result.epochs_done + 1}, step {result.step_in_epoch}/{result.steps_per_epoch}"
                  if result.step_in_epoch else f"after epoch {result.epochs_done}")
-        err.print(f"{result.stop_reason}: saved {files.last} ({where}). "
-                  f"Resume with: bnn train --resume {result.run_dir}", highlight=False)
+        info(f"{result.stop_reason}: saved {files.last} ({where}). Resume with: bnn train --resume {result.run_dir}")
         raise typer.Exit(130)
     if not json_:
         best = result.best

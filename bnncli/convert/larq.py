@@ -33,6 +33,7 @@ from torch import nn
 
 from bnncli import __version__
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
+from bnncli.artifacts.rundir import check_model_output
 from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, read_keras_weights
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
@@ -347,12 +348,7 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
 
 
 def _check_output(output: Path, weights_path: str | os.PathLike, overwrite: bool) -> None:
-    if output.exists() and output.resolve() == Path(weights_path).resolve():
-        raise UsageError("the output would replace the weights file being imported")
-    if output.is_dir():
-        raise UsageError(f"{output} is a directory; give a file name such as {output / 'model.pt'}")
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} exists; pass --force to replace it")
+    check_model_output(output, weights_path, overwrite, ".pt")
 
 
 def import_larq(weights_path: str | os.PathLike, output: str | os.PathLike | None = None, arch: str | None = None,

@@ -2,7 +2,12 @@
 
 Scanning and decoding only (Pillow and the standard library): no torch here, so the packed
 runtime and ``bnn predict`` can reuse the layout rules. Every file is decoded through
-:func:`bnncli.runtime.images.load_image`, the decoder all backends share.
+:func:`bnncli.runtime.images.load_image`, the decoder all backends share; it never opens what is
+not a regular file (a FIFO, socket or device in the folder is skipped as unreadable).
+
+Symlinks: split and class folders may be links, and so may image files; links to folders below a
+class folder are not followed, and a class folder that leads back to the data folder or above it
+is an error. Every scan is therefore finite and stays inside the class folders.
 """
 
 from __future__ import annotations
@@ -26,18 +31,43 @@ def is_image_file(name: str) -> bool:
 
 
 def class_folders(root: Path) -> list[str]:
-    """Sorted names of the visible sub-folders of ``root``."""
+    """Sorted names of the visible sub-folders of ``root`` (a symlink to a folder counts as one).
+
+    A class folder that is, or links to, ``root`` itself or a folder above it would make the scan
+    read the data folder again (or the whole disk, for a link to ``/``): DataError.
+    """
     try:
         entries = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     except OSError as e:
         raise DataError(f"cannot list {root}: {e.strerror or e}") from None
+    above = _folders_up_from(root)
+    for name in entries:
+        st = os.stat(root / name)
+        if (st.st_dev, st.st_ino) in above:
+            raise DataError(f"class folder {root / name} links to {above[st.st_dev, st.st_ino]}, which holds the "
+                            "data folder itself")
     return entries
 
 
+def _folders_up_from(root: Path) -> dict[tuple[int, int], Path]:
+    """``(st_dev, st_ino) -> path`` of ``root`` and every folder above it."""
+    here = root.resolve()
+    found = {}
+    for folder in (here, *here.parents):
+        st = os.stat(folder)
+        found[st.st_dev, st.st_ino] = folder
+    return found
+
+
 def _images_under(folder: Path) -> list[str]:
-    """Image files below ``folder`` (sub-folders included), sorted, as paths."""
+    """Image files below ``folder`` (sub-folders included), sorted, as paths.
+
+    Symlinks: ``folder`` itself may be one (class folders linked from elsewhere), and links to
+    files are read as the files they point to; links to folders *below* a class folder are not
+    followed, so no arrangement of links can make the scan loop or leave the class folder.
+    """
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
     return found

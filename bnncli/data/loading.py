@@ -10,6 +10,7 @@ run would have seen.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,9 +61,26 @@ def open_train_data(spec: str) -> DataSplits:
     train_dir, val_dir = split_folders(spec)
     if train_dir is None:
         raise DataError(f"{spec} has a val split but no train split: expected {spec}/train/<class>/<images>")
-    train = ImageFolderDataset(train_dir)
-    val = ImageFolderDataset(val_dir, classes=train.classes) if val_dir is not None else None
+    train = require_readable(ImageFolderDataset(train_dir))
+    val = require_readable(ImageFolderDataset(val_dir, classes=train.classes)) if val_dir is not None else None
     return DataSplits(train, val, train.classes, None)
+
+
+def require_readable(source: ImageFolderDataset) -> ImageFolderDataset:
+    """``source``, once one of its images decodes; DataError if none does.
+
+    Tries the files in order and stops at the first readable one (one decode for a healthy
+    folder), so a split of unreadable files fails before training rather than training on nothing.
+    """
+    first = None
+    for i in range(len(source)):
+        try:
+            source.load(i)
+            return source
+        except DataError as e:
+            first = first or str(e)
+    raise DataError(f"no readable images in {source.root}: all {len(source)} image files are unreadable "
+                    f"(the first: {first})")
 
 
 def open_eval_data(spec: str, class_names: Sequence[str]) -> Source:
@@ -102,6 +120,9 @@ class SampleDataset:
     """
 
     def __init__(self, source: Source, transform: Callable, channels: int = 3) -> None:
+        if channels not in (1, 3):
+            raise DataError(f"the model takes {channels} input channels, but images are read as RGB (3) or "
+                            "grayscale (1): set in_channels to 3 or 1")
         self.source = source
         self.transform = transform
         self.channels = channels
@@ -183,8 +204,23 @@ def _worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, as torch counts them)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def capped_workers(workers: int) -> int:
+    """``workers``, at most :func:`available_cpus`: more worker processes than CPUs only contend."""
+    return min(workers, available_cpus())
+
+
 def make_loader(dataset: SampleDataset, sampler: Sampler, batch_size: int, workers: int,
                 pin_memory: bool = False) -> DataLoader:
+    """The loader of ``dataset``; ``workers`` is capped to the CPUs (see :func:`capped_workers`; the
+    CLI says so once when an option asked for more)."""
+    workers = capped_workers(workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,

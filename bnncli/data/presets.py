@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnncli.errors import UsageError
+from bnncli.metadata import MAX_IMAGE_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,8 +33,8 @@ def preprocessing(name: str = "imagenet", image_size: int | None = None, in_chan
         raise UsageError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")
     if image_size is None:
         image_size = 224 if name == "imagenet" else 32
-    if image_size < 8:
-        raise UsageError(f"image size must be at least 8 pixels, not {image_size}")
+    if not 8 <= image_size <= MAX_IMAGE_SIZE:
+        raise UsageError(f"image size must be from 8 to {MAX_IMAGE_SIZE} pixels, not {image_size}")
     resize = image_size if name == "small" else int(round(image_size / 0.875))
     if mean is None:
         mean = IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels

@@ -9,6 +9,7 @@ used). Unset command-line options are ``None`` and never override the recipe.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bnncli.errors import UsageError
+from bnncli.metadata import MAX_IMAGE_SIZE
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,6 +29,11 @@ SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("default", "he_normal")
+# Bounds of the numeric options (see validate): beyond them a value is a typo or an attack, not a recipe.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_LR = 10.0
+MIN_IMAGE_SIZE = 8
 MODEL_OPTIONS = ("in_channels", "thumbnail", "clip_threshold", "pad_value", "scaling", "activation_gradient",
                  "weight_gradient", "binary_downsample", "float_weights", "padding")
 
@@ -162,22 +169,43 @@ def validate(cfg: TrainConfig) -> None:
         from bnncli.data.presets import PRESETS
 
         _choice("preset", cfg.preset, PRESETS)
-    for name in ("epochs", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise UsageError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(cfg, name)}")
-    if not cfg.lr > 0:
-        raise UsageError(f"learning rate must be positive, not {cfg.lr}")
-    if cfg.weight_decay < 0 or cfg.warmup_epochs < 0:
-        raise UsageError("weight decay and warmup epochs cannot be negative")
-    if not 0 < cfg.factor <= 1:
-        raise UsageError(f"the step schedule's factor must be in (0, 1], not {cfg.factor}")
-    if cfg.steps != sorted(cfg.steps) or any(s < 1 for s in cfg.steps):
-        raise UsageError(f"schedule steps must be increasing epoch numbers, not {cfg.steps}")
-    if cfg.image_size is not None and cfg.image_size < 8:
-        raise UsageError(f"image size must be at least 8 pixels, not {cfg.image_size}")
+    _check_ranges(cfg)
     if cfg.workers is not None and cfg.workers < 0:
         raise UsageError(f"workers cannot be negative, not {cfg.workers}")
     _check_model_options(cfg.arch, cfg.model)
+
+
+def _in_range(name: str, value: float, low: float, high: float, *, low_open: bool = False,
+              high_open: bool = False) -> None:
+    """``value`` must be a finite number in the range; otherwise one line naming the option and the range."""
+    finite = not isinstance(value, float) or math.isfinite(value)
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (finite and above and below):
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        raise UsageError(f"{name} must be in {lo}{_num(low)}, {_num(high)}{hi}, not {value!r}")
+
+
+def _num(v: float) -> str:
+    return str(v) if isinstance(v, int) else f"{v:g}"
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Every number within what a run can use (NaN, infinities and absurd sizes are refused here)."""
+    _in_range("epochs", cfg.epochs, 1, MAX_EPOCHS)
+    _in_range("batch size", cfg.batch_size, 1, MAX_BATCH)
+    _in_range("learning rate", cfg.lr, 0, MAX_LR, low_open=True)
+    _in_range("weight decay", cfg.weight_decay, 0, 1)
+    _in_range("momentum", cfg.momentum, 0, 1, high_open=True)
+    _in_range("warmup epochs", cfg.warmup_epochs, 0, MAX_EPOCHS)
+    _in_range("the step schedule's factor", cfg.factor, 0, 1, low_open=True)
+    if cfg.steps != sorted(cfg.steps) or any(not 1 <= s <= MAX_EPOCHS for s in cfg.steps):
+        raise UsageError(f"schedule steps must be increasing epoch numbers, not {cfg.steps}")
+    if cfg.image_size is not None:
+        _in_range("image size", cfg.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    if not -(2**63) <= cfg.seed < 2**63:
+        shown = str(cfg.seed) if len(str(cfg.seed)) <= 40 else f"a {len(str(abs(cfg.seed)))}-digit number"
+        raise UsageError(f"seed must be a 64-bit signed integer (from -2**63 to 2**63 - 1), not {shown}")
 
 
 def _check_model_options(arch: str, options: dict[str, Any]) -> None:
@@ -192,7 +220,7 @@ def _check_model_options(arch: str, options: dict[str, Any]) -> None:
         if isinstance(default, bool):
             ok = isinstance(value, bool)
         elif isinstance(default, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         else:
             ok = isinstance(value, type(default))
         if not ok:
@@ -207,3 +235,10 @@ def parse_steps(text: str | None) -> list[int] | None:
         return [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
         raise UsageError(f"--steps takes comma-separated epoch numbers like 100,110, not {text!r}") from None
+
+
+def parse_out_dir(text: str) -> Path:
+    """``--out DIR`` for ``bnn train``: a path, not an empty string (which would mean the current directory)."""
+    if not str(text).strip():
+        raise UsageError("--out needs a directory name, not an empty string")
+    return Path(text)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from bnncli.artifacts.checkpoint import build_model, load_checkpoint
 from bnncli.artifacts.open import Predictor, open_model, sniff
 from bnncli.artifacts.rundir import resolve_model_path
-from bnncli.errors import ArtifactError, DataError
+from bnncli.errors import ArtifactError, BnnError, DataError
 
 
 @dataclass
@@ -34,6 +34,7 @@ class EvalModel:
     kind: str
     arch: str | None = None
     backend: str = "pytorch"
+    nonfinite_weights: int | None = None  # tensors holding NaN or inf (checkpoints; None: not checked)
 
 
 def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
@@ -48,12 +49,16 @@ def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         return _deployed_eval_model(open_model(file, threads=threads, backend=backend))
     ckpt = load_checkpoint(file)
     device = torch.device(device)
-    model = build_model(ckpt).to(device)
+    model = build_model(ckpt)
+    nonfinite = sum(1 for t in model.state_dict().values() if t.is_floating_point() and not torch.isfinite(t).all())
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def predict(x: torch.Tensor) -> torch.Tensor:
+        if len(x) == 0:
+            return torch.zeros(0, len(ckpt["class_names"]))
         x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -61,17 +66,44 @@ def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
             return model(x)
 
     return EvalModel(predict=predict, class_names=list(ckpt["class_names"]), preprocessing=dict(ckpt["preprocessing"]),
-                     source=str(file), kind="checkpoint", arch=ckpt["arch"])
+                     source=str(file), kind="checkpoint", arch=ckpt["arch"], nonfinite_weights=nonfinite)
 
 
 def _deployed_eval_model(predictor: Predictor) -> EvalModel:
-    """An ONNX or packed model as an EvalModel."""
+    """An ONNX or packed model as an EvalModel: a batch of 0 gives 0 rows without running it, and
+    what it raises names the file (:func:`run_predictor`)."""
 
     def predict(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(predictor(x.detach().cpu().numpy()))
+        return torch.from_numpy(run_predictor(predictor, x.detach().cpu().numpy()))
 
     return EvalModel(predict=predict, class_names=predictor.class_names, preprocessing=predictor.preprocessing,
                      source=str(predictor.path), kind=predictor.kind, arch=predictor.arch, backend=predictor.backend)
+
+
+def run_predictor(predictor: Predictor, x):
+    """``predictor(x)`` for a NumPy batch; 0 images give 0 rows (the model is not run), and an
+    error from the model becomes one line naming its file."""
+    import numpy as np
+
+    if len(x) == 0:
+        return np.zeros((0, len(predictor.class_names)), np.float32)
+    try:
+        return predictor(x)
+    except BnnError as e:
+        if str(predictor.path) in str(e):
+            raise
+        raise type(e)(f"{predictor.path}: {e}") from e
+    except Exception as e:
+        if not isinstance(e, (ValueError, RuntimeError, ArithmeticError)) and not _from_onnxruntime(e):
+            raise  # anything else is a bug: a traceback under BNN_DEBUG=1
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ArtifactError(f"{predictor.path}: the {predictor.kind} model failed on {len(x)} image(s): "
+                            f"{type(e).__name__}: {reason}") from e
+
+
+def _from_onnxruntime(e: Exception) -> bool:
+    """onnxruntime's errors (InvalidArgument, Fail, ...) derive from Exception alone."""
+    return type(e).__module__.startswith("onnxruntime")
 
 
 def autocast(device: torch.device, amp: str):
@@ -95,12 +127,14 @@ def evaluate(
     ``reduce`` sums the counters over processes (sharded evaluation during DDP training).
     Returns fractions in [0, 1]: ``top1``, ``top5``, mean cross-entropy ``loss``, ``images``,
     ``skipped``, ``images_per_s`` (wall clock, decoding included), ``model_images_per_s``
-    (time inside ``predict`` only) and ``per_class`` (``{name: {"images", "top1"}}``).
+    (time inside ``predict`` only), ``per_class`` (``{name: {"images", "top1"}}``) and
+    ``nonfinite_logits``: images whose logits hold NaN or inf. Such an image counts as wrong in
+    top-1 and top-5 (a NaN "prediction" is no hit), and it makes ``loss`` NaN or inf.
     """
     n_classes = len(class_names)
     k = min(5, n_classes)
     # One float64 vector of counters, so a single all-reduce combines every process's share.
-    loss_sum = top1 = top5 = images = skipped = 0.0
+    loss_sum = top1 = top5 = images = skipped = nonfinite = 0.0
     class_seen = torch.zeros(n_classes, dtype=torch.float64)
     class_correct = torch.zeros(n_classes, dtype=torch.float64)
     model_seconds = 0.0
@@ -125,22 +159,24 @@ def evaluate(
             raise ArtifactError(f"the model gave logits of shape {tuple(logits.shape)} for {len(y)} images "
                                 f"and {n_classes} classes")
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        finite = torch.isfinite(logits).all(dim=1)
+        nonfinite += (~finite).sum().item()
         best = logits.topk(k, dim=1).indices
-        hit1 = best[:, 0] == y
+        hit1 = (best[:, 0] == y) & finite
         top1 += hit1.sum().item()
-        top5 += (best == y[:, None]).any(dim=1).sum().item()
+        top5 += ((best == y[:, None]).any(dim=1) & finite).sum().item()
         images += len(y)
         class_seen.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
         class_correct.index_add_(0, y, hit1.double())
         if on_batch is not None:
             on_batch(len(y) + len(bad))
     seconds = time.perf_counter() - start
-    totals = torch.cat([torch.tensor([loss_sum, top1, top5, images, skipped], dtype=torch.float64),
+    totals = torch.cat([torch.tensor([loss_sum, top1, top5, images, skipped, nonfinite], dtype=torch.float64),
                         class_seen, class_correct])
     if reduce is not None:
         totals = reduce(totals)
-    loss_sum, top1, top5, images, skipped = totals[:5].tolist()
-    class_seen, class_correct = totals[5:5 + n_classes], totals[5 + n_classes:]
+    loss_sum, top1, top5, images, skipped, nonfinite = totals[:6].tolist()
+    class_seen, class_correct = totals[6:6 + n_classes], totals[6 + n_classes:]
     n = max(images, 1.0)
     return {
         "top1": top1 / n,
@@ -148,6 +184,7 @@ def evaluate(
         "loss": loss_sum / n,
         "images": int(images),
         "skipped": int(skipped),
+        "nonfinite_logits": int(nonfinite),
         "seconds": seconds,
         "images_per_s": images / seconds if seconds > 0 else 0.0,
         "model_images_per_s": images / model_seconds if model_seconds > 0 else 0.0,
@@ -195,9 +232,14 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
     loader = make_loader(dataset, ShardSampler(len(dataset)), batch_size, workers, pin_memory=dev.type == "cuda")
     if on_start is not None:
         on_start(len(dataset))
-    res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip)
+    try:
+        res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip)
+    except ArtifactError as e:
+        if em.source in str(e):
+            raise
+        raise ArtifactError(f"{em.source}: {e}") from e
     if res["images"] == 0:
         raise DataError(f"no readable images in {data}")
     return {"model": em.source, "kind": em.kind, "arch": em.arch, "backend": em.backend, "data": data, **res,
-            "device": str(dev),
+            "nonfinite_weights": em.nonfinite_weights, "device": str(dev),
             "anchors": published_numbers(em.arch, len(em.class_names))}

@@ -34,7 +34,9 @@ class Reporter:
 
     def stopping(self, reason: str) -> None: ...
 
-    def warning(self, text: str) -> None: ...
+    def warning(self, text: str) -> None:
+        """One line for people. ``text`` names user files and classes: a reporter shows it literally
+        (never as markup, control characters escaped); it is not for JSON."""
 
 
 class EpochSums:

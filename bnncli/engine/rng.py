@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnncli.errors import ArtifactError
 from bnncli.nn import BinaryConv2d
 
 
@@ -35,14 +36,28 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+def set_rng_state(state: Any) -> None:
+    """Restore what :func:`rng_state` saved; ArtifactError when the saved state is malformed."""
+    try:
+        torch_state = state["torch"]
+        if not isinstance(torch_state, torch.Tensor) or torch_state.dtype != torch.uint8:
+            raise TypeError("torch: not a byte tensor")
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        numpy_state = (str(kind), np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), float(gauss))
+        version, internal, gauss_next = state["python"]
+        python_state = (version, tuple(internal), gauss_next)
+        torch.set_rng_state(torch_state)
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"the checkpoint being resumed holds a malformed RNG state ({first})") from None
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        try:
+            torch.cuda.set_rng_state_all(cuda)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ArtifactError(f"the checkpoint being resumed holds a malformed CUDA RNG state ({e})") from None
 
 
 def he_normal_(model: nn.Module) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
-from bnncli.artifacts.rundir import RunFiles
+from bnncli.artifacts.rundir import RunFiles, RunLock
 from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipped, make_loader, open_train_data
 from bnncli.data.presets import default_preset, preprocessing
 from bnncli.data.transforms import eval_transform, train_transform
@@ -42,10 +42,10 @@ from bnncli.engine.curves import plot_curves
 from bnncli.engine.evaluate import autocast, evaluate
 from bnncli.engine.optim import build_optimizer, build_scheduler
 from bnncli.engine.progress import EpochSums, Reporter
-from bnncli.engine.resume import check_new_run, default_run_dir
+from bnncli.engine.resume import open_run_dir
 from bnncli.engine.rng import he_normal_, rng_state, seed_everything, set_rng_state, weights_digest
 from bnncli.engine.stopping import StopRequest
-from bnncli.errors import DataError, UsageError
+from bnncli.errors import BnnError, DataError, UsageError
 from bnncli.fileio import write_text
 from bnncli.models import LEGACY_OPTIONS, create_model
 from bnncli.nn import clamp_latent_weights
@@ -115,15 +115,21 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: dic
 
     ``resume`` is the ``last.pt`` of the run to continue (see :func:`bnncli.engine.resume.load_resume`);
     ``stop`` is polled between steps. Under torchrun every process calls this; rank 0 alone
-    writes and reports.
+    writes and reports, and holds the run directory's lock until it returns.
     """
     ctx = distributed.setup(cfg.device)
+    lock = None
     try:
         if not ctx.is_main:
             reporter = Reporter()
-        run = build_run(cfg, out, resume, reporter or Reporter(), stop or StopRequest(), ctx)
+        files, lock, notes = open_run(cfg, out, resume, ctx)
+        run = build_run(cfg, files, resume, reporter or Reporter(), stop or StopRequest(), ctx)
+        for note in notes:
+            run.reporter.warning(note)
         return run_epochs(run)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.teardown(ctx)
 
 
@@ -185,21 +191,38 @@ def build_model(cfg: TrainConfig, data: TrainData, ctx: distributed.Context,
     return raw_model, model
 
 
-def build_run(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, Any] | None, reporter: Reporter,
+def open_run(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, Any] | None,
+             ctx: distributed.Context) -> tuple[RunFiles, RunLock | None, list[str]]:
+    """Rank 0 creates, locks and checks the run directory (:func:`bnncli.engine.resume.open_run_dir`);
+    every rank learns where it is, or rank 0's refusal, so no rank waits on one that gave up."""
+    opened: tuple[RunFiles, RunLock | None, list[str]] | None = None
+    error: BnnError | None = None
+    if ctx.is_main:
+        try:
+            opened = open_run_dir(out, cfg.arch, resume)
+        except BnnError as e:
+            if not ctx.distributed:
+                raise
+            error = e
+    if ctx.distributed:
+        where, error = distributed.all_gather_object((str(opened[0].dir) if opened else None, error), ctx)[0]
+        if error is not None:
+            raise error
+        opened = opened or (RunFiles(Path(where)), None, [])
+    assert opened is not None
+    return opened
+
+
+def build_run(cfg: TrainConfig, files: RunFiles, resume: dict[str, Any] | None, reporter: Reporter,
               stop: StopRequest, ctx: distributed.Context) -> Run:
     data = build_data(cfg, ctx, resume)
     raw_model, model = build_model(cfg, data, ctx, resume)
     optimizer = build_optimizer(raw_model, cfg)
     scheduler = build_scheduler(optimizer, cfg, data.steps_per_epoch)
     scaler = torch.amp.GradScaler(ctx.device.type) if cfg.amp == "fp16" else None
-    files = RunFiles(Path(out) if out is not None else default_run_dir(cfg.arch))
-    if ctx.distributed and out is None:  # every rank must agree on the timestamped name
-        files = RunFiles(Path(distributed.all_gather_object(str(files.dir), ctx)[0]))
     run = Run(cfg, ctx, data, raw_model, model, optimizer, scheduler, scaler, files, reporter, stop)
     if resume is not None:
         restore(run, resume)
-    else:
-        check_new_run(files)
     if ctx.is_main:
         write_run_files(run)
     reporter.start(start_info(run, resumed=resume is not None))
@@ -231,12 +254,17 @@ def write_run_files(run: Run) -> None:
     """The run directory, its config.json, and metrics.jsonl rewritten from the checkpoint's
     history: a kill between saving and logging loses or repeats nothing."""
     run.files.dir.mkdir(parents=True, exist_ok=True)
-    write_text(run.files.metrics, "".join(json.dumps(m) + "\n" for m in run.history))
+    write_metrics(run)
     write_text(run.files.config, json.dumps({
         "config": run.cfg.to_dict(), "arch": run.raw_model.bnn_arch, "arch_kwargs": run.raw_model.bnn_kwargs,
         "class_names": run.data.class_names, "preprocessing": run.data.preprocessing,
         "world_size": run.ctx.world_size,
     }, indent=2) + "\n")
+
+
+def write_metrics(run: Run) -> None:
+    """metrics.jsonl: one line per finished epoch, rewritten whole (atomically) from the history."""
+    write_text(run.files.metrics, "".join(json.dumps(m) + "\n" for m in run.history))
 
 
 def start_info(run: Run, resumed: bool) -> dict[str, Any]:
@@ -302,6 +330,15 @@ def run_epoch(run: Run, epoch: int, first_step: int, sums: EpochSums) -> int | N
             continue
         loss, logits, y = train_step(run, x, y)
         sums.add(loss, logits, y)
+        # A diverged run (NaN or infinite loss) stops, checked every 16 steps so that GPU steps need not
+        # wait; the same steps on every process. last.pt keeps the last finished epoch, the curves draw it.
+        if (step % 16 == 0 or step == steps) and distributed.any_rank([not math.isfinite(sums.loss.item())],
+                                                                      run.ctx)[0]:
+            kept = f"; {run.files.last} keeps epoch {run.history[-1]['epoch']}" if run.history else ""
+            if run.ctx.is_main and run.history:
+                plot_curves(run.history, run.files.curves, run.cfg.arch)
+            raise UsageError(f"training diverged in epoch {epoch + 1}: the loss is not finite by step {step}/{steps}"
+                             f"{kept}; start again with a lower --lr (this run: {run.cfg.lr:g})")
         now = time.perf_counter()
         if now - last_report >= run.reporter.interval or step == steps:
             last_report = now
@@ -389,7 +426,11 @@ def validate(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def save_epoch(run: Run, metrics: dict[str, Any]) -> None:
-    """last.pt every epoch, best.pt when the selection metric improves, one line of metrics.jsonl."""
+    """last.pt every epoch, then best.pt when the selection metric improves, then metrics.jsonl.
+
+    In that order, a kill at any instant leaves best.pt and metrics.jsonl agreeing on the best
+    epoch; last.pt, which records the best epoch, may be one ahead, and resuming from it restores
+    best.pt from it (:func:`bnncli.engine.resume.repair_best`) and rewrites metrics.jsonl."""
     run.history.append(metrics)
     key = "val_top1" if run.data.val_loader is not None else "train_top1"
     is_best = run.best is None or metrics[key] > run.best["value"]
@@ -407,8 +448,7 @@ def save_epoch(run: Run, metrics: dict[str, Any]) -> None:
         save_checkpoint(run.files.last, state)
         if is_best:
             save_checkpoint(run.files.best, state)
-        with open(run.files.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+        write_metrics(run)
     run.reporter.epoch_end(metrics, is_best)
 
 

@@ -18,6 +18,26 @@ from typing import Any
 import numpy as np
 
 from bnncli.errors import ArtifactError
+from bnncli.metadata import MAX_IMAGE_SIZE
+
+NODE_KEYS = ("op", "name", "inputs", "outputs", "attrs", "params")
+# No kernel window (kernel, stride, dilation) may reach further than the largest input a model file
+# may ask for, and a convolution pads at most the window's reach, dilation * (kernel - 1), on each
+# side (more would only add outputs that read no input): the padded map stays within a few times
+# the input, whatever a file says.
+MAX_WINDOW = MAX_IMAGE_SIZE
+# Ops whose output has a different rank than their first input (every other op keeps it).
+_RANK_OUT = {"Flatten": 2, "Linear": 2}
+_RANK_IN = {"Linear": 2, "Conv": 4, "BinaryConv": 4, "MaxPool": 4, "AvgPool": 4, "GlobalAvgPool": 4,
+            "BatchNorm": 4, "Affine": 4, "Concat": 4}
+
+
+def _pair(v: Any) -> tuple[int, int] | None:
+    """Two integers >= 0, or None for anything else (a malformed value, "same")."""
+    if isinstance(v, list) and len(v) == 2 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                   for i in v):
+        return int(v[0]), int(v[1])
+    return None
 
 
 @dataclass
@@ -39,9 +59,12 @@ class Node:
     def from_json(cls, d: Any) -> Node:
         if not isinstance(d, dict):
             raise ArtifactError(f"graph node must be an object, not {type(d).__name__}")
-        missing = [k for k in ("op", "name", "inputs", "outputs", "attrs", "params") if k not in d]
+        missing = [k for k in NODE_KEYS if k not in d]
         if missing:
             raise ArtifactError(f"graph node {d.get('name', '?')!r} lacks {', '.join(missing)}")
+        extra = sorted(set(d) - set(NODE_KEYS))
+        if extra:
+            raise ArtifactError(f"graph node {d['name']!r} has unknown keys {', '.join(map(repr, extra))}")
         if not isinstance(d["op"], str) or not isinstance(d["name"], str):
             raise ArtifactError("graph node op and name must be strings")
         for key in ("inputs", "outputs"):
@@ -81,9 +104,13 @@ class Graph:
         return None if name is None else self.tensors[name]
 
     def check(self) -> None:
-        """Every value is written once before it is read; every param names a tensor."""
-        defined = set(self.inputs)
+        """Every value is written once before it is read; every param names a tensor; node names are
+        unique; kernel windows and padding are within bounds (:data:`MAX_WINDOW`)."""
+        defined, names = set(self.inputs), set()
         for node in self.nodes:
+            if node.name in names:
+                raise ArtifactError(f"two graph nodes are named {node.name!r}")
+            names.add(node.name)
             for v in node.inputs:
                 if v not in defined:
                     raise ArtifactError(f"node {node.name!r} reads {v!r} before anything writes it")
@@ -98,6 +125,46 @@ class Graph:
         for v in self.outputs:
             if v not in defined:
                 raise ArtifactError(f"graph output {v!r} is never written")
+        for node in self.nodes:
+            self._check_window(node)
+
+    def _check_window(self, node: Node) -> None:
+        """Bounds of a windowed node's kernel, stride, dilation and padding (their types are the op's to check)."""
+        if node.op == "Conv":
+            weight = self.param(node, "weight")
+            kernel = tuple(weight.shape[2:]) if weight is not None and weight.ndim == 4 else None
+        elif node.op in ("BinaryConv", "MaxPool", "AvgPool"):
+            kernel = _pair(node.attrs.get("kernel_size"))
+        else:
+            return
+        dilation = _pair(node.attrs.get("dilation", [1, 1]))
+        if kernel is None or dilation is None:
+            return
+        reach = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        stride = _pair(node.attrs.get("stride")) or (1, 1)
+        if max(reach) + 1 > MAX_WINDOW or max(stride) > MAX_WINDOW:
+            raise ArtifactError(f"node {node.name!r} ({node.op}): kernel {list(kernel)}, stride {list(stride)} "
+                                f"and dilation {list(dilation)} reach beyond {MAX_WINDOW} positions")
+        padding = _pair(node.attrs.get("padding"))
+        if node.op in ("Conv", "BinaryConv") and padding is not None and any(p > r for p, r in zip(padding, reach)):
+            raise ArtifactError(f"node {node.name!r} ({node.op}): padding {list(padding)} is more than the kernel's "
+                                f"reach {reach} (dilation * (kernel - 1))")
+
+    def ranks(self) -> dict[str, int]:
+        """The rank of every value (4 for NCHW maps, 2 for ``[N, F]``); ArtifactError where an op
+        reads a value of a rank it cannot take."""
+        ranks = {v: 4 for v in self.inputs}
+        for node in self.nodes:
+            got = [ranks[v] for v in node.inputs if v in ranks]
+            want = _RANK_IN.get(node.op)
+            bad = [r for r in got if want is not None and r != want]
+            if bad:
+                raise ArtifactError(f"node {node.name!r} ({node.op}) reads a {bad[0]}-D value; it takes {want}-D")
+            if node.op == "Add" and len(set(got)) > 1:
+                raise ArtifactError(f"node {node.name!r} (Add) adds values of different ranks")
+            if got:
+                ranks[node.outputs[0]] = _RANK_OUT.get(node.op, got[0])
+        return ranks
 
     def prune(self) -> Graph:
         """Drop tensors no node uses."""

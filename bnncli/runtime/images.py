@@ -2,11 +2,22 @@
 
 Used by training, evaluation, prediction and the packed runtime alike, so every backend
 sees the same pixels. Needs Pillow and NumPy only.
+
+What is refused before anything is decoded, so that no file can hang a reader or exhaust memory:
+
+* anything but a regular file (a FIFO, socket, device or folder): never opened, since reading a
+  FIFO or a terminal blocks forever;
+* an image whose header claims more than :data:`MAX_PIXELS` pixels once decoded (JPEGs above
+  :data:`DRAFT_PIXELS` are decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder itself, so a big
+  photo costs at most about 50 MB), or whose sides differ by more than :data:`MAX_ASPECT` to 1:
+  preprocessing resizes the shorter side to the model's size, so a 1,000,000 x 1 image (a 1 KB
+  PNG) would become billions of pixels. Pillow's own decompression-bomb limit is an error too.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -15,6 +26,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from bnncli.errors import DataError
 
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+MAX_PIXELS = 8192 * 8192  # decoded pixels (about 200 MB in RGB, 270 MB in RGBA)
+DRAFT_PIXELS = 4096 * 4096  # JPEGs above this are decoded at a reduced scale
+MAX_ASPECT = 32  # longer side / shorter side
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -25,25 +39,90 @@ def _to_8bit(img: Image.Image) -> Image.Image:
         scale = 255.0 if arr.max(initial=0.0) <= 1.0 else 1.0
         arr = np.clip(arr * scale, 0, 255)
     else:
-        arr = arr.astype(np.float64)
+        # float32 in place: one copy of the image, and the same bytes as float64 would give (the
+        # products of 0..65535 and 255/65535 are never within float32 rounding of a .5 tie).
+        arr = arr.astype(np.float32)
         # 16-bit sources (PNG I;16, or I holding 16-bit data) span 0..65535.
         top = 65535.0 if (img.mode.startswith("I;16") or arr.max(initial=0) > 255) else 255.0
-        arr = np.clip(arr, 0, top) * (255.0 / top)
+        np.clip(arr, 0, top, out=arr)
+        arr *= np.float32(255.0 / top)
     return Image.fromarray(np.rint(arr).astype(np.uint8))  # 2-D uint8 -> mode L
+
+
+def _kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file is, in words."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _open_regular(path: str | os.PathLike):
+    """``path`` opened for binary reading, if it is a regular file (symlinks followed); DataError if not.
+
+    Checked by ``stat`` before opening, and again on the open descriptor (opened non-blocking, so
+    a file swapped for a FIFO in between cannot block either).
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"image not found: {path}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path} is a folder, not an image")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"cannot read {path}: {_kind(mode)}, not an image file")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise DataError(f"cannot read {path}: {_kind(mode)}, not an image file")
+    return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing for a regular file
+
+
+def check_size(img: Image.Image, path: str | os.PathLike) -> None:
+    """Refuse, from the header alone, an image too large or too elongated to decode and resize."""
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise DataError(f"cannot read {path}: the image is {w}x{h} pixels")
+    if w * h > MAX_PIXELS:
+        raise DataError(f"cannot read {path}: {w}x{h} pixels is more than the {MAX_PIXELS:,} pixels "
+                        "(8192x8192) bnncli decodes")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise DataError(f"cannot read {path}: {w}x{h} pixels is more elongated than {MAX_ASPECT}:1, "
+                        "the most bnncli resizes for a model")
+
+
+def _draft(img: Image.Image) -> None:
+    """Let the JPEG decoder scale a large JPEG down by 2, 4 or 8 while decoding (no-op for others)."""
+    w, h = img.size
+    if img.format not in ("JPEG", "MPO") or w * h <= DRAFT_PIXELS:
+        return
+    scale = next(s for s in (2, 4, 8) if (w // s) * (h // s) <= DRAFT_PIXELS or s == 8)
+    img.draft(None, (max(1, w // scale), max(1, h // scale)))
 
 
 def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
     """Open ``path`` as an 8-bit RGB (``channels=3``) or L (``channels=1``) image.
 
     Raises :class:`DataError` with one line naming the file when it cannot be decoded
-    (missing, not an image, truncated, or a decompression bomb).
+    (missing, not a regular file, not an image, truncated, too large or elongated for the
+    bounds above, or a decompression bomb).
     """
     if channels not in (1, 3):
         raise DataError(f"images can be read with 1 or 3 channels, not {channels}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with _open_regular(path) as f, Image.open(f) as img:
+                _draft(img)
+                check_size(img, path)
                 img.load()  # decode now, so a truncated file fails here and not later
                 img = ImageOps.exif_transpose(img)
                 if img.mode in _HIGH_DEPTH_MODES:
@@ -51,10 +130,6 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
                 elif img.mode == "P" and "transparency" in img.info:
                     img = img.convert("RGBA")
                 return img.convert("RGB" if channels == 3 else "L")
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a folder, not an image") from None
     except UnidentifiedImageError:
         raise DataError(f"cannot read {path}: not an image format Pillow knows") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

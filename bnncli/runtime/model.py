@@ -177,6 +177,8 @@ class Model:
         x = np.asarray(x)
         if x.dtype.kind not in "fiu" or x.ndim != 4:
             raise DataError(f"input must be a float32 array [N, C, H, W], got {x.dtype} with shape {list(x.shape)}")
+        if x.shape[0] == 0:
+            raise DataError("the input batch holds no images (a batch of 0)")
         if self.in_channels is not None and x.shape[1] != self.in_channels:
             raise DataError(f"input has {x.shape[1]} channels; the model takes {self.in_channels}")
         values: dict[str, np.ndarray] = {self.graph.inputs[0]: _to_internal(x.astype(np.float32, copy=False))}
