@@ -264,6 +264,9 @@ def _edit_last(run, tmp_path, edit):
     (lambda c: c["rng"].__setitem__("python", (3, (1, 2), None)), "malformed RNG state"),
     (lambda c: c["rng"].__setitem__("torch", torch.zeros(4)), "malformed RNG state"),
     (lambda c: c.__setitem__("rng", "seed 3"), "malformed RNG state"),
+    (lambda c: c["optimizer"].__setitem__("param_groups", [{"params": [0]}]), "malformed optimizer state"),
+    (lambda c: c.__setitem__("optimizer", {"state": {}}), "malformed optimizer state"),
+    (lambda c: c.__setitem__("scheduler", "cosine"), "malformed scheduler state"),
 ])
 def test_a_malformed_resume_state_is_refused(one_epoch_run, tmp_path, capsys, edit, needle):
     run = _edit_last(one_epoch_run, tmp_path, edit)

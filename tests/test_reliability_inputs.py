@@ -409,3 +409,21 @@ def test_workers_above_the_cpu_count_are_capped_with_one_line(tmp_path, capsys):
     loader = make_loader(SampleDataset(ImageFolderDataset(data), eval_transform(preprocessing("small", 16))),
                          None, 2, cpus + 5)
     assert loader.num_workers == cpus
+
+
+def test_an_elongated_image_meeting_a_large_resize_is_refused_not_allocated():
+    """32:1 is allowed, but at a model file's resize of 4096 it would become 131072x4096 (1.6 GB)."""
+    from PIL import Image
+
+    from bnncli.data.presets import preprocessing
+    from bnncli.data.transforms import eval_transform
+    from bnncli.errors import DataError
+    from bnncli.runtime.preprocess import preprocess_image
+
+    pre = {**preprocessing("imagenet", 224), "resize": 4096}
+    image = Image.new("RGB", (3200, 100))
+    with pytest.raises(DataError, match="would be resized to 131072x4096"):
+        preprocess_image(image, pre)
+    with pytest.raises(DataError, match="would be resized"):
+        eval_transform(pre)(image)
+    assert preprocess_image(Image.new("RGB", (3200, 100)), preprocessing("imagenet", 224)).shape == (3, 224, 224)

@@ -132,17 +132,17 @@ class SampleDataset:
 
     def __getitem__(self, key: int | tuple[int, int]):
         index, seed = key if isinstance(key, tuple) else (key, None)
-        try:
+        try:  # an image unreadable, or refused by the transform (too large once resized), is skipped
             img, label = self.source.load(index, self.channels)
+            if seed is None:
+                return self.transform(img), label
+            with torch.random.fork_rng(devices=[]):
+                # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding with
+                # a stack trace on every call (slow, and a queue that grows for the whole run).
+                torch.default_generator.manual_seed(seed)
+                return self.transform(img), label
         except DataError as e:
             return Skipped(self.source.describe(index), str(e))
-        if seed is None:
-            return self.transform(img), label
-        with torch.random.fork_rng(devices=[]):
-            # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding with
-            # a stack trace on every call (slow, and a queue that grows for the whole run).
-            torch.default_generator.manual_seed(seed)
-            return self.transform(img), label
 
 
 def collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor | None, list[Skipped]]:

@@ -14,7 +14,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from bnncli.errors import UsageError
-from bnncli.runtime.preprocess import preprocess_image
+from bnncli.runtime.preprocess import check_resize, preprocess_image
 
 
 class RuntimePreprocess:
@@ -28,10 +28,22 @@ class RuntimePreprocess:
         return torch.from_numpy(preprocess_image(image, self.pre))
 
 
+class _ResizeBound:
+    """Refuses an image the eval resize would blow up (bnncli.runtime.preprocess.check_resize)."""
+
+    def __init__(self, resize: int) -> None:
+        self.resize = int(resize)
+
+    def __call__(self, image):
+        check_resize(*image.size, self.resize)
+        return image
+
+
 def eval_transform(pre: dict[str, Any]):
     if pre["interpolation"] != "bilinear":
         return RuntimePreprocess(pre)
     return T.Compose([
+        _ResizeBound(pre["resize"]),
         T.Resize(pre["resize"], interpolation=InterpolationMode.BILINEAR, antialias=True),
         T.CenterCrop(pre["image_size"]),
         T.ToTensor(),

@@ -45,7 +45,7 @@ from bnncli.engine.progress import EpochSums, Reporter
 from bnncli.engine.resume import open_run_dir
 from bnncli.engine.rng import he_normal_, rng_state, seed_everything, set_rng_state, weights_digest
 from bnncli.engine.stopping import StopRequest
-from bnncli.errors import BnnError, DataError, UsageError
+from bnncli.errors import ArtifactError, BnnError, DataError, UsageError
 from bnncli.fileio import write_text
 from bnncli.models import LEGACY_OPTIONS, create_model
 from bnncli.nn import clamp_latent_weights
@@ -232,10 +232,15 @@ def build_run(cfg: TrainConfig, files: RunFiles, resume: dict[str, Any] | None, 
 def restore(run: Run, resume: dict[str, Any]) -> None:
     """Put a stopped run's state back: weights, optimizer, schedule, scaler, RNGs and position."""
     run.raw_model.load_state_dict(resume["model"])
-    run.optimizer.load_state_dict(resume["optimizer"])
-    run.scheduler.load_state_dict(resume["scheduler"])
-    if run.scaler is not None and resume.get("scaler"):
-        run.scaler.load_state_dict(resume["scaler"])
+    for part, target in (("optimizer", run.optimizer), ("scheduler", run.scheduler),
+                         ("scaler", run.scaler if resume.get("scaler") else None)):
+        if target is None:
+            continue
+        try:
+            target.load_state_dict(resume[part])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ArtifactError(f"the checkpoint being resumed holds a malformed {part} state ({type(e).__name__}: "
+                                f"{str(e)[:200]})") from None
     set_rng_state(resume["rng"])
     run.start_epoch, run.start_step = int(resume["epoch"]), int(resume.get("step_in_epoch", 0))
     run.history, run.best = list(resume.get("history", [])), resume.get("best")

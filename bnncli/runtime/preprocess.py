@@ -29,6 +29,18 @@ import numpy as np
 from bnncli.errors import DataError
 
 
+def check_resize(w: int, h: int, resize: int) -> None:
+    """Refuse an image that resizing to ``resize`` (the shorter side) would make larger than the
+    largest image bnncli decodes (bnncli.runtime.images.MAX_PIXELS): an elongated image meeting a
+    model file's large ``resize``."""
+    from bnncli.runtime.images import MAX_PIXELS
+
+    new_w, new_h = _resized_size(w, h, resize)
+    if new_w * new_h > MAX_PIXELS:
+        raise DataError(f"a {w}x{h} image would be resized to {new_w}x{new_h} for this model (resize {resize}), "
+                        f"more than the {MAX_PIXELS:,} pixels bnncli handles")
+
+
 def _resized_size(w: int, h: int, size: int) -> tuple[int, int]:
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = size, int(size * long / short)
@@ -111,6 +123,7 @@ def preprocess_image(image, preprocessing: dict[str, Any]) -> np.ndarray:
         return _tf_bicubic_pipeline(image, preprocessing, channels)
     size = int(preprocessing["image_size"])
     w, h = image.size
+    check_resize(w, h, int(preprocessing["resize"]))
     new_w, new_h = _resized_size(w, h, int(preprocessing["resize"]))
     if (new_w, new_h) != (w, h):
         image = image.resize((new_w, new_h), Image.BILINEAR)
