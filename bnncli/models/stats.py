@@ -74,14 +74,8 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
             totals["fc"] += macs
 
     meta_model = _to_meta(model)
-    handles = [m.register_forward_hook(hook) for m in meta_model.modules()
-               if isinstance(m, (BinaryConv2d, nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            meta_model(torch.empty(1, in_channels, image_size, image_size, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
+    counted = [m for m in meta_model.modules() if isinstance(m, (BinaryConv2d, nn.Conv2d, nn.Linear))]
+    _forward_with_hook(meta_model, counted, hook, in_channels, image_size)
     return ModelStats(
         params=params,
         params_with_bn_stats=params + bn_stats,
@@ -91,6 +85,18 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
         fc_macs=totals["fc"],
         image_size=image_size,
     )
+
+
+def _forward_with_hook(meta_model: nn.Module, modules: list[nn.Module], hook, in_channels: int,
+                       image_size: int) -> None:
+    """One forward pass of a meta-device model on one image, ``hook`` registered on ``modules`` meanwhile."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        with torch.no_grad():
+            meta_model(torch.empty(1, in_channels, image_size, image_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _to_meta(model: nn.Module) -> nn.Module:
@@ -156,11 +162,5 @@ def layer_summary(model: nn.Module, image_size: int = 224, in_channels: int | No
                      for c in m.modules() if c is not m}
     leaves = [m for m in meta_model.modules() if id(m) not in inside_binary
               and (isinstance(m, BinaryConv2d) or not any(True for _ in m.children()))]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            meta_model(torch.empty(1, in_channels, image_size, image_size, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with_hook(meta_model, leaves, hook, in_channels, image_size)
     return rows
