@@ -48,7 +48,7 @@ from bnncli.engine.stopping import StopRequest
 from bnncli.errors import ArtifactError, BnnError, DataError, UsageError
 from bnncli.fileio import write_text
 from bnncli.models import LEGACY_OPTIONS, create_model
-from bnncli.nn import clamp_latent_weights
+from bnncli.nn import LatentWeightClamp
 
 
 @dataclass
@@ -107,6 +107,10 @@ class Run:
     best: dict[str, Any] | None = None
     partial: list[float] | None = None  # sums of the interrupted epoch being resumed (rank 0)
     seen_bad: set[str] = field(default_factory=set)
+    clamp: LatentWeightClamp = field(init=False, repr=False)  # the latent weights, collected once
+
+    def __post_init__(self) -> None:
+        self.clamp = LatentWeightClamp(self.raw_model)
 
 
 def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: dict[str, Any] | None = None,
@@ -373,7 +377,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         run.optimizer.step()
     # The Larq weight variant: latent weights outside [-t, t] get no gradient, so clamp them back
     # to where a sign flip is one gradient step away.
-    clamp_latent_weights(run.raw_model)
+    run.clamp()
     run.scheduler.step()
     return loss, logits, y
 

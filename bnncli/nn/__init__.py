@@ -8,7 +8,7 @@ from bnncli.nn.float_layers import (
     round_to_float16,
     set_float_weights,
 )
-from bnncli.nn.layers import PAD_VALUES, SCALINGS, BinaryConv2d, clamp_latent_weights
+from bnncli.nn.layers import PAD_VALUES, SCALINGS, BinaryConv2d, LatentWeightClamp, clamp_latent_weights
 from bnncli.nn.padding import PADDINGS, MaxPool2d, set_padding
 from bnncli.nn.quantizers import (
     ACTIVATION_GRADIENTS,
@@ -34,6 +34,7 @@ __all__ = [
     "FloatLinear",
     "MaxPool2d",
     "IdentitySteSign",
+    "LatentWeightClamp",
     "SteSign",
     "approx_sign",
     "binary_sign",

@@ -114,9 +114,35 @@ class BinaryConv2d(PaddingRule, nn.Module):
         )
 
 
-@torch.no_grad()
+class LatentWeightClamp:
+    """Clamps the latent weights of a model's Larq-variant binary convs to [-t, t].
+
+    The weights are collected once, grouped by clip threshold; each call is then two foreach
+    kernels per threshold (``clamp_min_``, ``clamp_max_`` over the whole group: the values of
+    ``clamp_(-t, t)`` per layer, NaN included) instead of a walk over every module and one clamp
+    per layer. It holds the parameters themselves, so moving the model (``.to``) or loading a
+    state dict keeps it valid; build a new one after replacing layers.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        groups: dict[float, list[Tensor]] = {}
+        for m in model.modules():
+            if isinstance(m, BinaryConv2d) and m.weight_gradient == "larq":
+                groups.setdefault(m.clip_threshold, []).append(m.weight)
+        self.groups = list(groups.items())
+
+    def __len__(self) -> int:
+        """How many weights it clamps."""
+        return sum(len(weights) for _, weights in self.groups)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for threshold, weights in self.groups:
+            torch._foreach_clamp_min_(weights, -threshold)
+            torch._foreach_clamp_max_(weights, threshold)
+
+
 def clamp_latent_weights(model: nn.Module) -> None:
-    """Clamp latent weights of Larq-variant binary convs to [-t, t]; call after each optimizer step."""
-    for m in model.modules():
-        if isinstance(m, BinaryConv2d) and m.weight_gradient == "larq":
-            m.weight.clamp_(-m.clip_threshold, m.clip_threshold)
+    """Clamp latent weights of Larq-variant binary convs to [-t, t] once; a training loop, which
+    clamps after every optimizer step, builds a :class:`LatentWeightClamp` once and calls it."""
+    LatentWeightClamp(model)()
