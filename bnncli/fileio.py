@@ -6,6 +6,9 @@ a failed write (full disk, no permission) leaves the old file too and raises
 :class:`~bnncli.errors.ArtifactError` naming the path. :func:`check_output` is the one policy for
 where a command may write: never over its own input, never over a device or a directory, over an
 existing file only when asked (``--force``).
+
+Permissions: a new file gets what the umask gives (0644 under the usual umask 022), as ``open``
+would; a replaced file keeps its own permission bits.
 """
 
 from __future__ import annotations
@@ -40,13 +43,37 @@ def check_replaceable(path: Path) -> None:
         raise UsageError(f"{path} is not a regular file (a device, pipe or socket); give a file path")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: Path) -> int:
+    """The permission bits a write of ``path`` gives: those of the file it replaces, else 0666 less the umask.
+    (mkstemp creates its file 0600, private, whatever the umask.)"""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only when the block ends without an error:
     a temp file with a unique name in the same folder, fsync, rename, then fsync of the folder.
 
     An OSError (full disk, no permission, a parent that is a file) becomes ArtifactError; the
-    temp file is removed and ``path`` is left as it was."""
+    temp file is removed and ``path`` is left as it was. The file gets :func:`file_mode`'s
+    permissions."""
     path = Path(path)
     check_replaceable(path)
     try:
@@ -56,6 +83,8 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
         raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            with contextlib.suppress(OSError):  # a filesystem without modes (some network mounts) keeps its own
+                os.fchmod(f.fileno(), file_mode(path))
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -43,7 +43,9 @@ def test_models_json_matches_the_zoo(capsys):
 def test_models_table_and_filter(capsys):
     assert main(["models", "binarydensenet2*"]) == 0
     out = capsys.readouterr().out
-    assert "binarydensenet28" in out and "5,131,496" in out and "4.04 MiB" in out and "resnete18" not in out
+    assert "binarydensenet28" in out and "5.13M" in out and "4.04 MiB" in out and "resnete18" not in out
+    assert main(["models", "binarydensenet2*", "--wide"]) == 0
+    assert "5,131,496" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -74,11 +74,11 @@ def test_imagenet_architecture_shows_the_published_numbers(imagenet_checkpoint, 
     code = main(["eval", str(imagenet_checkpoint), "--data", str(image_folder), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert code == 0 and res["images"] == 12 and res["arch"] == "binarydensenet28"
-    assert res["anchors"]["paper"]["top1"] == pytest.approx(0.607)
-    assert res["anchors"]["larq_zoo"] == {"top1": pytest.approx(0.6091), "top5": pytest.approx(0.8283)}
+    assert res["published"]["paper"]["top1"] == pytest.approx(0.607)
+    assert res["published"]["larq_zoo"] == {"top1": pytest.approx(0.6091), "top5": pytest.approx(0.8283)}
     assert main(["eval", str(imagenet_checkpoint), "--data", str(image_folder)]) == 0
     table = capsys.readouterr().out
-    assert "larq zoo" in table and "60.91%" in table and "this model" in table
+    assert "published (larq zoo, ImageNet)" in table and "60.91%" in table and "this model" in table
 
 
 def test_eval_model_loader_gives_a_callable(imagenet_checkpoint):

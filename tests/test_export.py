@@ -108,7 +108,7 @@ def test_export_fails_loudly_and_writes_nothing_on_disagreement(tmp_path, tiny_c
             return [self.session.run(names, feed)[0] + 0.5]
 
     real = export_module.ort_session
-    monkeypatch.setattr(export_module, "ort_session", lambda model: Skewed(real(model)))
+    monkeypatch.setattr(export_module, "ort_session", lambda model, threads=None: Skewed(real(model, threads)))
     with pytest.raises(ArtifactError, match="disagrees with PyTorch: largest difference 0.5.*nothing written"):
         export_onnx(tiny_checkpoint, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()

@@ -128,7 +128,7 @@ def test_pack_refuses_a_missing_or_foreign_checkpoint(tmp_path, capsys):
     (tmp_path / "x.pt").write_bytes(b"garbage")
     assert main(["pack", str(tmp_path / "x.pt")]) == 2
     err = capsys.readouterr().err
-    assert "not a readable bnncli checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert "x.pt is a text file; bnn pack needs a checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
 def test_packing_keeps_torch_out_of_the_numbers():

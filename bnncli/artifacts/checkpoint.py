@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from bnncli import __version__
+from bnncli.artifacts.identify import NEEDS_CHECKPOINT, damaged_checkpoint, describe, identify, reason
 from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.errors import ArtifactError, BnnError
 from bnncli.fileio import atomic_open
@@ -63,7 +65,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
         except RuntimeError as e:  # torch's zip writer: "[enforce fail at inline_container.cc] ... write failed"
             if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
                 raise
-            raise OSError(errno.EIO, f"the write failed ({str(e).strip().splitlines()[-1][:200]})") from None
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else ""
+            raise OSError(errno.EIO, f"the write failed ({reason(last)})") from None
     return Path(path)
 
 
@@ -73,10 +76,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise ArtifactError(f"checkpoint not found: {path}")
     try:
+        kind = identify(path)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    if kind not in ("checkpoint", "pickle"):
+        raise ArtifactError(f"{path} is {describe(kind)}, not {NEEDS_CHECKPOINT}")
+    try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated zip, a foreign pickle, a non-torch file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{path} is not a readable bnncli checkpoint ({first[:200]})") from None
+    except pickle.UnpicklingError:  # objects beyond tensors and plain values: never unpickled here
+        raise ArtifactError(f"{path} is not a bnncli checkpoint: it holds Python objects other than tensors "
+                            "and plain values, and bnncli never loads code from a file") from None
+    except Exception:  # a truncated zip, a foreign archive: torch's own text would not help
+        raise ArtifactError(f"{path} is {damaged_checkpoint(path)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a bnncli checkpoint (no '{FORMAT}' format marker)")
     version = ckpt.get("format_version")
@@ -119,7 +130,7 @@ def build_model(ckpt: dict[str, Any]) -> nn.Module:
     except BnnError:
         raise
     except Exception as e:
-        raise ArtifactError(f"checkpoint weights do not fit {ckpt['arch']}: {str(e).splitlines()[0]}") from None
+        raise ArtifactError(f"checkpoint weights do not fit {ckpt['arch']}: {reason(e)}") from None
     return model.eval()
 
 

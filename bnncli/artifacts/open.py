@@ -14,7 +14,9 @@ How a file is told apart (:func:`sniff`), whatever its name:
 * otherwise an ONNX protobuf carrying ``bnncli.*`` metadata (:mod:`bnncli.artifacts.onnx_file`),
   run by onnxruntime.
 
-Anything else raises one :class:`~bnncli.errors.ArtifactError`. Torch is imported only for
+An empty file, a text file or an HDF5 file is refused at once, saying what it is
+(:mod:`bnncli.artifacts.identify`); anything else that fails raises one
+:class:`~bnncli.errors.ArtifactError`. Torch is imported only for
 checkpoints, onnx and onnxruntime only for ONNX files.
 """
 
@@ -26,12 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from bnncli.artifacts.identify import describe, identify, reason
 from bnncli.artifacts.rundir import resolve_model_path
-from bnncli.errors import ArtifactError
-from bnncli.runtime.format import is_packed
+from bnncli.errors import ArtifactError, BnnError
 from bnncli.runtime.labels import readable_labels
-
-ZIP_MAGIC = b"PK\x03\x04"
 
 
 class Predictor:
@@ -85,7 +85,7 @@ class OnnxPredictor(Predictor):
         try:
             self.session = ort_session(model, threads)
         except Exception as e:
-            raise ArtifactError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
+            raise ArtifactError(f"onnxruntime cannot load {path}: {reason(e)}") from None
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -112,15 +112,15 @@ def sniff(path: str | os.PathLike) -> str:
     path = resolve_model_path(path)
     if not path.is_file():
         raise ArtifactError(f"{path} is not a model file (nor a run directory with best.pt or last.pt)")
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if not head:
-        raise ArtifactError(f"{path} is empty")
-    if head.startswith(ZIP_MAGIC):
+    try:
+        kind = identify(path)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
+    if kind in ("empty", "text", "hdf5"):
+        raise ArtifactError(f"{path} is {describe(kind)}, not a bnncli checkpoint, ONNX model or packed model")
+    if kind in ("checkpoint", "pickle"):
         return "checkpoint"
-    if is_packed(head):
-        return "packed"
-    return "onnx"
+    return "packed" if kind == "packed" else "onnx"  # unknown bytes: read as ONNX, which refuses them
 
 
 def open_model(path: str | os.PathLike, threads: int | None = None, backend: str | None = None) -> Predictor:
@@ -136,3 +136,27 @@ def open_model(path: str | os.PathLike, threads: int | None = None, backend: str
     if kind == "packed":
         return PackedPredictor(path, threads, backend)
     return OnnxPredictor(path, threads)
+
+
+def run_predictor(predictor: Predictor, x):
+    """``predictor(x)`` for a NumPy batch; 0 images give 0 rows (the model is not run), and an
+    error from the model becomes one line naming its file."""
+    if len(x) == 0:
+        return np.zeros((0, len(predictor.class_names)), np.float32)
+    try:
+        return predictor(x)
+    except BnnError as e:
+        if str(predictor.path) in str(e):
+            raise
+        raise type(e)(f"{predictor.path}: {e}") from e
+    except Exception as e:
+        if not isinstance(e, (ValueError, RuntimeError, ArithmeticError)) and not _from_onnxruntime(e):
+            raise  # anything else is a bug: a traceback under BNN_DEBUG=1
+        why = reason(e, limit=300)
+        raise ArtifactError(f"{predictor.path}: the {predictor.kind} model failed on {len(x)} image(s): "
+                            f"{type(e).__name__}: {why}") from e
+
+
+def _from_onnxruntime(e: Exception) -> bool:
+    """onnxruntime's errors (InvalidArgument, Fail, ...) derive from Exception alone."""
+    return type(e).__module__.startswith("onnxruntime")

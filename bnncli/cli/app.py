@@ -20,6 +20,30 @@ from bnncli.cli import pack as pack_cmd
 from bnncli.cli import predict as predict_cmd
 from bnncli.cli import train as train_cmd
 
+
+def _arguments_by_metavar() -> None:
+    """Show an argument by its metavar (``MODEL``, ``IMAGE|DIR...``), as Click does, without the type and
+    braces that newer Typer versions add (``{model}``, ``model <path>``). Older Typer shows metavars
+    plainly already and lacks these hooks."""
+    from typer.core import TyperArgument
+
+    if hasattr(TyperArgument, "display_type_rich"):
+        plain_type = TyperArgument.display_type_rich
+        TyperArgument.display_type_rich = lambda self, ctx: None if self.metavar else plain_type(self, ctx)
+    if hasattr(TyperArgument, "_usage_display_name"):
+        usage_name = TyperArgument._usage_display_name
+
+        def _usage(self) -> str:
+            if self.metavar is None:
+                return usage_name(self)
+            name = self.metavar if self.required else f"[{self.metavar}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        TyperArgument._usage_display_name = _usage
+
+
+_arguments_by_metavar()
+
 app = typer.Typer(
     name="bnn",
     help="Train, evaluate and ship binary neural networks (Bethge et al., 2019: 'Back to Simplicity').",
@@ -45,13 +69,14 @@ def _root(
 
 
 # One module per command (bnncli/cli/<command>.py), in the order `bnn --help` lists them.
-app.command("train")(train_cmd.train)
-app.command("eval")(eval_cmd.evaluate)
-app.command("export")(export_cmd.export)
-app.command("pack")(pack_cmd.pack)
-app.command("predict")(predict_cmd.predict)
-app.add_typer(import_cmd.app, name="import")
-app.command("models")(models_cmd.models)
+# short_help: what `bnn --help` lists, whole at 80 columns (the docstrings' first lines are longer).
+app.command("train", short_help="Train a model from scratch (the paper's recipe by default).")(train_cmd.train)
+app.command("eval", short_help="Top-1, top-5, loss and speed of any model file; a CI gate.")(eval_cmd.evaluate)
+app.command("export", short_help="A checkpoint to ONNX, verified with onnxruntime.")(export_cmd.export)
+app.command("pack", short_help="A checkpoint to one 1-bit packed file, verified.")(pack_cmd.pack)
+app.command("predict", short_help="Top-k classes of images, or of every image in folders.")(predict_cmd.predict)
+app.add_typer(import_cmd.app, name="import", short_help="Models trained elsewhere (Larq Zoo) to checkpoints.")
+app.command("models", short_help="The model zoo: sizes, MACs, published weights.")(models_cmd.models)
 
 
 def _debug() -> bool:
@@ -66,6 +91,9 @@ def _is(exc: BaseException, name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `bnn` script; returns the exit code."""
     from bnncli.errors import BnnError
+    from bnncli.threads import prefer_sleeping_waits
+
+    prefer_sleeping_waits()  # before anything loads PyTorch's OpenMP (bnncli.threads)
 
     command = typer.main.get_command(app)
     try:

@@ -23,14 +23,15 @@ if not out.is_terminal and out.width < 160:
     out.width = 160  # pipes and CI logs: wide enough that tables are not truncated
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout (for CI).")]
-ArchOpt = Annotated[str | None, typer.Option("--arch", "-a", help="Model name from `bnn models`.")]
+ArchOpt = Annotated[str | None, typer.Option(
+    "--arch", "-a", metavar="NAME", help="Model name from `bnn models`.")]
 
 
 def _cap_workers(value: int | None) -> int | None:
     """``--workers`` above the CPUs this process may use: capped, with one warning line."""
     if value is None:
         return None
-    from bnncli.data.loading import available_cpus
+    from bnncli.threads import available_cpus
 
     cpus = available_cpus()
     if value > cpus:
@@ -40,22 +41,23 @@ def _cap_workers(value: int | None) -> int | None:
 
 
 WorkersOpt = Annotated[int | None, typer.Option(
-    "--workers", "-j", min=0, callback=_cap_workers,
+    "--workers", "-j", metavar="N", min=0, callback=_cap_workers,
     help="DataLoader worker processes, at most the CPUs [default: 0 on CPU, up to 8 per GPU].")]
 CheckpointArg = Annotated[Path, typer.Argument(
-    help="A checkpoint written by `bnn train` (runs/NAME/best.pt), or its run directory.")]
-SamplesOpt = Annotated[int, typer.Option("--samples", min=1, max=256,
+    metavar="CHECKPOINT",
+    help="A checkpoint (.pt) written by `bnn train` (runs/NAME/best.pt) or `bnn import`, or a run directory.")]
+SamplesOpt = Annotated[int, typer.Option("--samples", metavar="N", min=1, max=256,
                                          help="Random inputs the result is verified on against PyTorch.")]
 BackendOpt = Annotated[str | None, typer.Option(
-    "--backend", help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install "
+    "--backend", metavar="NAME", help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install "
     "'bnncli[fast]') or auto [default: $BNN_BACKEND, else auto: numba where it is installed].")]
 ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", min=1, help="Threads of the packed runtime and onnxruntime [default: the CPUs this process may "
-    "use].")]
+    "--threads", min=1, metavar="N", help="CPU threads of PyTorch, onnxruntime and the packed runtime [default: "
+    "the CPUs this process may use].")]
 ToleranceOpt = Annotated[float, typer.Option(
-    "--tolerance", min=0.0, help="Largest relative logit difference from PyTorch accepted; the top-1 must agree "
-    "regardless. Deep dense nets with random or imported weights can exceed the default where float rounding "
-    "flips one near-zero binarization (docs/deployment.md, Parity).")]
+    "--tolerance", metavar="X", min=0.0, help="Largest relative logit difference from PyTorch accepted; the "
+    "top-1 must agree regardless. Deep dense nets with random or imported weights can exceed the default where "
+    "float rounding flips one near-zero binarization (docs/deployment.md, Parity).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace OUTPUT if it exists (never the command's input, nor a run directory's own files).")]
 

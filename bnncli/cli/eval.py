@@ -13,31 +13,39 @@ from bnncli.cli.common import (
     JsonOpt,
     ThreadsOpt,
     WorkersOpt,
-    err,
     note_compiling,
     out,
     plain,
     print_json,
     warn,
 )
+from bnncli.cli.progress import LogEveryOpt, eval_progress
 from bnncli.engine.config import AMP_MODES, DEVICES
 from bnncli.errors import GateFailed, UsageError
 
 
 def evaluate(
     model: Annotated[Path, typer.Argument(
+        metavar="MODEL",
         help="A checkpoint, a run directory (its best.pt), an ONNX file or a packed file; told apart by content.")],
     data: Annotated[str, typer.Option(
-        "--data", "-d", help="A split folder (DIR/<class>/*), a dataset root (its val split), or builtin:shapes.")],
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+        "--data", "-d", metavar="DATA", help="A folder of classes (DIR/<class>/*), a dataset root (its val split), "
+        "or builtin:shapes / builtin:shapes-mini (their val split).")],
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", metavar="N", min=1, help="Images per forward pass.")] = 64,
     workers: WorkersOpt = None,
-    device: Annotated[str, typer.Option("--device", help=f"{', '.join(DEVICES)}.")] = "auto",
-    amp: Annotated[str, typer.Option("--amp", help=f"Autocast: {', '.join(AMP_MODES)}.")] = "none",
-    channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last")] = False,
+    device: Annotated[str, typer.Option(
+        "--device", metavar="NAME", help=f"Where a checkpoint runs: {', '.join(DEVICES)}.")] = "auto",
+    amp: Annotated[str, typer.Option(
+        "--amp", metavar="MODE", help=f"Autocast of a checkpoint: {', '.join(AMP_MODES)}.")] = "none",
+    channels_last: Annotated[bool, typer.Option(
+        "--channels-last/--no-channels-last", help="NHWC memory layout for a checkpoint.")] = False,
     min_top1: Annotated[float | None, typer.Option(
-        "--min-top1", help="Exit 1 when top-1 (a fraction, e.g. 0.6) is below this: a CI gate.")] = None,
+        "--min-top1", metavar="FRACTION", help="Exit 1 when top-1 (a fraction, e.g. 0.6) is below this: a CI gate.")
+    ] = None,
     backend: BackendOpt = None,
     threads: ThreadsOpt = None,
+    log_every: LogEveryOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Top-1, top-5, loss, images/s and per-class accuracy of a model on labelled images."""
@@ -48,8 +56,6 @@ def evaluate(
     if min_top1 is not None and not 0.0 <= min_top1 <= 1.0:
         raise UsageError(f"--min-top1 is a fraction in [0, 1] (0.6 for 60%), not {min_top1}")
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from bnncli.engine.evaluate import evaluate_model_file
 
     warned: set[str] = set()
@@ -59,13 +65,10 @@ def evaluate(
             warned.add(s.path)
             warn(f"{s.reason} (skipped)")
 
-    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err, transient=True) as progress:
-        task = progress.add_task("eval", total=None)
+    with eval_progress(log_every) as (on_start, on_batch):
         result = evaluate_model_file(model, data, batch_size=batch_size, workers=workers, device=device, amp=amp,
-                                     channels_last=channels_last, on_start=lambda n: progress.update(task, total=n),
-                                     on_batch=lambda n: progress.advance(task, n), on_skip=on_skip,
-                                     backend=backend, threads=threads, on_open=note_compiling)
+                                     channels_last=channels_last, on_start=on_start, on_batch=on_batch,
+                                     on_skip=on_skip, backend=backend, threads=threads, on_open=note_compiling)
     if json_:
         print_json(result)
     else:
@@ -99,12 +102,14 @@ def _print_eval(r: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=plain(f"{r['arch'] or r['model']} on {r['data']} ({r['kind']}, {r['backend']})"))
-    for col in ("", "top-1", "top-5", "loss", "images", "images/s"):
+    top5 = r["top5"] is not None  # None: 5 classes or fewer, where every label is in the top 5
+    for col in ("", "top-1", *(("top-5",) if top5 else ()), "loss", "images", "images/s"):
         table.add_column(col, justify="left" if not col else "right")
-    table.add_row("this model", _pct(r["top1"]), _pct(r["top5"]), f"{r['loss']:.4f}", f"{r['images']:,}",
-                  f"{r['images_per_s']:,.1f}")
-    for source, nums in (r["anchors"] or {}).items():
-        table.add_row(source.replace("_", " "), _pct(nums["top1"]), _pct(nums["top5"]), "", "", "")
+    table.add_row("this model", _pct(r["top1"]), *((_pct(r["top5"]),) if top5 else ()), f"{r['loss']:.4f}",
+                  f"{r['images']:,}", f"{r['images_per_s']:,.1f}")
+    for source, nums in r.get("published", {}).items():
+        table.add_row(f"published ({source.replace('_', ' ')}, ImageNet)", _pct(nums["top1"]),
+                      *((_pct(nums["top5"]),) if top5 else ()), "", "", "")
     out.print(table)
     per_class = sorted(r["per_class"].items(), key=lambda kv: kv[1]["top1"])
     shown = per_class if len(per_class) <= 30 else per_class[:10] + per_class[-5:]

@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from bnncli.artifacts.identify import require_checkpoint
 from bnncli.artifacts.rundir import check_model_output
 from bnncli.cli.common import (
     CheckpointArg,
     ForceOpt,
     JsonOpt,
     SamplesOpt,
+    ThreadsOpt,
     ToleranceOpt,
     default_output,
     print_json,
@@ -24,10 +26,12 @@ from bnncli.deploy.verify import SAMPLES, TOLERANCE
 def export(
     checkpoint: CheckpointArg,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Where to write (default: CHECKPOINT.onnx); an existing file needs --force.")] = None,
+        "--output", "-o", metavar="FILE",
+        help="Where to write (default: CHECKPOINT.onnx); an existing file needs --force.")] = None,
     samples: SamplesOpt = SAMPLES,
     tolerance: ToleranceOpt = TOLERANCE,
     force: ForceOpt = False,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to standard ONNX (opset 17, dynamic batch), verified with onnxruntime.
@@ -38,8 +42,9 @@ def export(
     """
     from bnncli.deploy.export import export_onnx
 
+    require_checkpoint(checkpoint, "bnn export")
     target = check_model_output(output or default_output(checkpoint, ".onnx"), checkpoint, force, ".onnx")
-    result = export_onnx(checkpoint, target, samples=samples, tolerance=tolerance)
+    result = export_onnx(checkpoint, target, samples=samples, tolerance=tolerance, threads=threads)
     if json_:
         print_json(result.as_dict())
         return

@@ -13,17 +13,18 @@ app = typer.Typer(help="Bring models trained elsewhere into bnncli (they become 
                   no_args_is_help=True)
 
 
-@app.command("larq")
+@app.command("larq", short_help="Larq Zoo's published Keras weights (.h5) to a checkpoint.")
 def larq(
-    weights: Annotated[Path, typer.Argument(help="A Larq Zoo weights file (.h5), e.g. binary_densenet_28_weights.h5.")],
+    weights: Annotated[Path, typer.Argument(
+        metavar="WEIGHTS", help="A Larq Zoo weights file (.h5), e.g. binary_densenet_28_weights.h5.")],
     arch: ArchOpt = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Checkpoint to write (default: ARCH.pt).")]
-    = None,
-    image_size: Annotated[int, typer.Option("--image-size", min=32, help="Input size the preprocessing crops to.")]
-    = 224,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE", help="Checkpoint to write (default: ARCH.pt).")] = None,
+    image_size: Annotated[int, typer.Option(
+        "--image-size", metavar="PX", min=32, help="Input size the preprocessing crops to.")] = 224,
     classes: Annotated[Path | None, typer.Option(
-        "--classes", help="Text file with one class name per line, in output order [default: the 1000 ImageNet "
-        "synset ids for a 1000-class model, else class_0, class_1, ...].")] = None,
+        "--classes", metavar="FILE", help="Text file with one class name per line, in output order [default: the "
+        "1000 ImageNet synset ids for a 1000-class model, else class_0, class_1, ...].")] = None,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:

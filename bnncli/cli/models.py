@@ -10,9 +10,14 @@ from bnncli.cli.common import JsonOpt, out, plain, print_json
 
 
 def models(
-    pattern: Annotated[str | None, typer.Argument(help="Glob filter, e.g. 'binarydensenet*'.")] = None,
-    image_size: Annotated[int, typer.Option(help="Input size the MACs are counted at.", min=8)] = 224,
-    num_classes: Annotated[int, typer.Option(help="Classifier size the counts use.", min=1)] = 1000,
+    pattern: Annotated[str | None, typer.Argument(
+        metavar="PATTERN", help="A model name, or a glob filter such as 'binarydensenet*'.")] = None,
+    image_size: Annotated[int, typer.Option(
+        "--image-size", metavar="PX", min=8, help="Input size the MACs are counted at.")] = 224,
+    num_classes: Annotated[int, typer.Option(
+        "--num-classes", metavar="N", min=1, help="Classifier size the counts use.")] = 1000,
+    wide: Annotated[bool, typer.Option(
+        "--wide", help="Every column with exact counts (about 150 characters wide); --json has them all too.")] = False,
     layers: Annotated[bool, typer.Option("--layers", help="One model, layer by layer: kind (binary/float), "
                                          "output shape, parameters, MACs and size at 1 bit.")] = False,
     json_: JsonOpt = False,
@@ -55,23 +60,44 @@ def models(
     if json_:
         print_json(rows)
         return
+    (_print_wide if wide else _print_narrow)(rows, f"bnn models ({num_classes} classes, {image_size}x{image_size})")
+    if any(r["larq_zoo"] for r in rows):
+        out.print("Larq Zoo weights: download the .h5 file (bnn models --json lists the URLs),\n"
+                  "then `bnn import larq FILE.h5`.", highlight=False)
+
+
+def _zoo_top1(row: dict) -> str:
+    return f"{row['larq_zoo']['top1']:.2f}%" if row["larq_zoo"] else "-"
+
+
+def _print_narrow(rows: list[dict], title: str) -> None:
+    """The registry in 80 columns: counts rounded (115.6M, 1.68G), sizes in MiB; --wide for exact ones."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"bnn models ({num_classes} classes, {image_size}x{image_size})")
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
+    for col in ("name", "params", "binary\nweights", "binary\nMACs", "FP\nMACs", "1-bit\nsize",
+                "Larq Zoo\ntop-1"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for r in rows:
+        table.add_row(plain(r["name"]), _count(r["params"]), _count(r["binary_params"]), _count(r["binary_macs"]),
+                      _count(r["fp_macs"]), f"{r['size_bytes'] / 2**20:.2f} MiB", _zoo_top1(r))
+    out.print(table)
+
+
+def _print_wide(rows: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
     for col in ("name", "params", "binary params", "binary MACs", "FP MACs", "OPs", "size (1-bit + fp32)",
                 "Larq Zoo weights (top-1)"):
         table.add_column(col, justify="left" if col == "name" else "right")
     for r in rows:
-        zoo = r["larq_zoo"]
         table.add_row(
             plain(r["name"]), f"{r['params']:,}", f"{r['binary_params']:,}", f"{r['binary_macs']:,}",
-            f"{r['fp_macs']:,}", f"{r['ops']:.3g}", f"{r['size_bytes'] / 2**20:.2f} MiB",
-            f"{zoo['top1']:.2f}%" if zoo else "-",
+            f"{r['fp_macs']:,}", f"{r['ops']:.3g}", f"{r['size_bytes'] / 2**20:.2f} MiB", _zoo_top1(r),
         )
     out.print(table)
-    if any(r["larq_zoo"] for r in rows):
-        out.print("Models with Larq Zoo weights: download the .h5 file (bnn models --json lists the URLs), then "
-                  "`bnn import larq FILE.h5`.", highlight=False)
 
 
 def _published(name: str, published: dict, anchors: dict) -> dict | None:

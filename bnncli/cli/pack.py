@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from bnncli.artifacts.identify import require_checkpoint
 from bnncli.artifacts.rundir import check_model_output
 from bnncli.cli.common import (
     CheckpointArg,
     ForceOpt,
     JsonOpt,
     SamplesOpt,
+    ThreadsOpt,
     ToleranceOpt,
     default_output,
     print_json,
@@ -25,12 +27,15 @@ from bnncli.runtime.format import FLOAT_DTYPES
 def pack(
     checkpoint: CheckpointArg,
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Where to write (default: CHECKPOINT.bnn); an existing file needs --force.")] = None,
-    float_dtype: Annotated[str, typer.Option("--float-dtype", help="Storage of the full-precision layers: "
-                                             f"{' or '.join(FLOAT_DTYPES)}.")] = FLOAT_DTYPES[0],
+        "--output", "-o", metavar="FILE",
+        help="Where to write (default: CHECKPOINT.bnn); an existing file needs --force.")] = None,
+    float_dtype: Annotated[str, typer.Option(
+        "--float-dtype", metavar="DTYPE", help=f"Storage of the full-precision layers: {' or '.join(FLOAT_DTYPES)}.")
+    ] = FLOAT_DTYPES[0],
     samples: SamplesOpt = SAMPLES,
     tolerance: ToleranceOpt = TOLERANCE,
     force: ForceOpt = False,
+    threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Pack a checkpoint into one file with 1-bit binary weights (format: docs/FORMAT.md).
@@ -44,15 +49,14 @@ def pack(
 
     if float_dtype not in FLOAT_DTYPES:
         raise UsageError(f"--float-dtype must be {' or '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
+    require_checkpoint(checkpoint, "bnn pack")
     target = check_model_output(output or default_output(checkpoint, ".bnn"), checkpoint, force, ".bnn")
-    result = pack_model(checkpoint, target, float_dtype, samples=samples, tolerance=tolerance)
+    result = pack_model(checkpoint, target, float_dtype, samples=samples, tolerance=tolerance, threads=threads)
     if json_:
         print_json(result.as_dict())
         return
-    s, p = result.sizes, result.parity
-    say(f"wrote {result.path} ({result.bytes:,} bytes: {s['binary_weights']:,} binary weights at 1 bit, "
-        f"{s['float_weights']:,} {result.float_dtype} weights, {s['per_channel']:,} per-channel float32, "
-        f"{s['header']:,} header)")
+    p = result.parity
+    say(f"wrote {result.path}: {describe_sizes(result)}")
     note = ""
     if result.float_dtype == "float16":
         note = (" (float16 stores every weight unchanged: the model computes with float16-valued weights)"
@@ -61,3 +65,15 @@ def pack(
                 f"weights, so small differences are expected; models trained with --float-weights float16, the "
                 f"default, pack losslessly)")
     say(f"verified against PyTorch with the NumPy runtime on {p.samples} inputs: {p.describe()}{note}")
+
+
+def describe_sizes(result) -> str:
+    """The file's bytes by kind, with the weight counts (the numbers of ``--json``'s ``bytes_by_kind``,
+    ``binary_params`` and ``float_params``)."""
+    s = result.sizes
+    parts = [f"{result.binary_params:,} binary weights at 1 bit in {s['binary_weights']:,} bytes",
+             f"{result.float_params:,} float weights ({result.float_dtype}) in {s['float_weights']:,} bytes",
+             f"{s['per_channel']:,} bytes of per-channel float32 vectors", f"{s['header']:,} bytes of header"]
+    if s["alignment"]:
+        parts.append(f"{s['alignment']:,} bytes of alignment")
+    return f"{result.bytes:,} bytes: {', '.join(parts)}"

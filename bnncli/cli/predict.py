@@ -19,6 +19,7 @@ from bnncli.cli.common import (
     plain,
     print_json,
     printable,
+    warn,
 )
 
 
@@ -46,46 +47,29 @@ def _softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _logits(predictor, x):
-    """``predictor(x)``; an error from the model becomes one line naming the model file."""
-    from bnncli.errors import ArtifactError, BnnError
-
-    try:
-        return predictor(x)
-    except BnnError as e:
-        if str(predictor.path) in str(e):
-            raise
-        raise type(e)(f"{predictor.path}: {e}") from e
-    except Exception as e:
-        if not isinstance(e, (ValueError, RuntimeError, ArithmeticError)) \
-                and not type(e).__module__.startswith("onnxruntime"):
-            raise  # a bug: a traceback under BNN_DEBUG=1
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ArtifactError(f"{predictor.path}: the {predictor.kind} model failed on {len(x)} image(s): "
-                            f"{type(e).__name__}: {reason}") from e
-
-
 def predict(
-    images: Annotated[list[Path], typer.Argument(help="Image files (any format Pillow reads).")],
-    model: Annotated[Path | None, typer.Option("--model", "-m", help="Checkpoint, ONNX or packed model; told apart "
-                                               "by content. Default: $BNN_MODEL, else the newest run's model.")]
-    = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show per image.")] = 5,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 16,
+    images: Annotated[list[Path], typer.Argument(
+        metavar="IMAGE|DIR", help="Image files (any format Pillow reads), or folders: every image under them, "
+        "sub-folders included, in sorted order.")],
+    model: Annotated[Path | None, typer.Option(
+        "--model", "-m", metavar="FILE", help="Checkpoint, ONNX or packed model; told apart by content [default: "
+        "$BNN_MODEL, else the newest run's model].")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", metavar="K", min=1, help="Classes to show per image.")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help="Images per forward pass.")] = 16,
     backend: BackendOpt = None,
     threads: ThreadsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Classify images with a checkpoint, an ONNX file or a packed model.
 
-    An unreadable image gets one line on stderr, the others are still predicted, and the exit
-    code is 1.
+    An unreadable image (or a folder without images) gets one line on stderr, the others are still
+    predicted, and the exit code is 1. An image far smaller or larger than what the model was
+    trained on gets a warning.
     """
     import numpy as np
 
-    from bnncli.artifacts.open import open_model
+    from bnncli.artifacts.open import open_model, run_predictor
     from bnncli.errors import DataError
-    from bnncli.runtime.preprocess import preprocess_file
 
     path = model if model is not None else find_default_model()
     predictor = open_model(path, threads=threads, backend=backend)
@@ -99,7 +83,7 @@ def predict(
     def flush() -> None:
         if not batch:
             return
-        probs = _softmax(_logits(predictor, np.stack([x for _, _, x in batch])))
+        probs = _softmax(run_predictor(predictor, np.stack([x for _, _, x in batch])))
         for (slot, image, _), p in zip(batch, probs):
             order = np.argsort(-p, kind="stable")[:k]
             results[slot] = {"path": str(image), "backend": predictor.backend, "top_k": [
@@ -107,10 +91,12 @@ def predict(
                  "probability": float(p[i])} for i in order]}
         batch.clear()
 
-    for image in images:
+    for image, problem in expand_folders(images):
         results.append({})
         try:
-            x = preprocess_file(image, predictor.preprocessing)
+            if problem:
+                raise DataError(problem)
+            x = _read(image, predictor.preprocessing)
         except DataError as e:
             failed += 1
             err.print(printable(f"bnn: error: {e}"), highlight=False, markup=False)
@@ -123,10 +109,59 @@ def predict(
 
     if json_:
         print_json(results)
+    elif failed == len(results):
+        info(f"nothing to predict: none of the {len(results)} input(s) could be read" if len(results) > 1 else
+             "nothing to predict: the input could not be read")
     else:
         _print_predictions(results, predictor, k)
     if failed:
         raise typer.Exit(1)
+
+
+def expand_folders(paths: list[Path]) -> list[tuple[Path, str]]:
+    """``(path, problem)`` pairs: each path as it is, a folder replaced by the image files under it
+    (sorted, sub-folders included); a folder without any is kept with its problem, which is then
+    reported like an unreadable file ("" for none)."""
+    from bnncli.data.folder import images_under
+
+    expanded: list[tuple[Path, str]] = []
+    for path in paths:
+        if not path.is_dir():
+            expanded.append((path, ""))
+            continue
+        found = images_under(path)
+        expanded.extend((Path(f), "") for f in found)
+        if not found:
+            expanded.append((path, f"no image files under {path}"))
+    return expanded
+
+
+# Images whose shorter side is below SMALL or above LARGE times the model's resize get a warning.
+SMALL, LARGE = 0.5, 16.0
+
+
+def _read(image: Path, preprocessing: dict):
+    """One image preprocessed for the model, with a warning when its size is far from what the model saw."""
+    from bnncli.runtime.preprocess import load_image, preprocess_image
+
+    img = load_image(image, channels=int(preprocessing["channels"]))
+    note = size_warning(img.size, int(preprocessing["resize"]))
+    if note:
+        warn(f"{image} {note}")
+    return preprocess_image(img, preprocessing)
+
+
+def size_warning(size: tuple[int, int], resize: int) -> str:
+    """Why an image of ``size`` (w, h) is far from a model that scales the shorter side to ``resize``, or ""."""
+    w, h = size
+    shorter = min(w, h)
+    if shorter < SMALL * resize:
+        return (f"is {w}x{h} px, less than half the {resize} px the model scales images to: it is enlarged "
+                f"{resize / shorter:.1f}x, and the prediction may be unreliable")
+    if shorter > LARGE * resize:
+        return (f"is {w}x{h} px, over {LARGE:g}x the {resize} px the model scales images to: it is shrunk "
+                f"{shorter / resize:.0f}x and fine detail is lost, so the prediction may be unreliable")
+    return ""
 
 
 def _print_predictions(results: list[dict], predictor, k: int) -> None:

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from bnncli.artifacts.rundir import RunFiles
-from bnncli.cli.common import ArchOpt, JsonOpt, WorkersOpt, info, print_json
-from bnncli.cli.progress import RichReporter
+from bnncli.cli.common import ArchOpt, JsonOpt, ThreadsOpt, WorkersOpt, info, print_json
+from bnncli.cli.progress import LogEveryOpt, make_reporter
+from bnncli.data.folder import DEFAULT_VAL_SPLIT
 from bnncli.engine.config import AMP_MODES, DEVICES, INITS, OPTIMIZERS, SCHEDULES, TrainConfig, parse_out_dir
 from bnncli.errors import UsageError
 
@@ -30,70 +31,97 @@ def _choices(names: tuple[str, ...], default: str) -> str:
 
 
 DataOpt = Annotated[str | None, typer.Option(
-    "--data", "-d", help="DIR in the ImageNet layout (DIR/train/<class>/*, DIR/val/<class>/*), a single split "
-                         "folder, or builtin:shapes (generated locally, the demo).")]
+    "--data", "-d", metavar="DATA", help="A folder in the ImageNet layout (DIR/train/<class>/*, DIR/val/<class>/*), "
+    "a single folder of classes (DIR/<class>/*; see --val-split), builtin:shapes (10 shapes, generated locally, "
+    "the demo) or builtin:shapes-mini (the same, 160 images, for smoke tests).")]
+ValSplitOpt = Annotated[float | None, typer.Option(
+    "--val-split", metavar="FRACTION", help=f"Of a single folder of classes: the fraction held out to validate on "
+    f"and choose best.pt by, stratified by class, the same images for the same --seed; 0: none, best.pt by "
+    f"training accuracy [default: {DEFAULT_VAL_SPLIT:g}]. Datasets with a val split, and builtin:, keep theirs.")]
 
 
 def train(
     arch: ArchOpt = None,
     data: DataOpt = None,
+    val_split: ValSplitOpt = None,
     recipe: Annotated[Path | None, typer.Option(
-        "--recipe", help="TOML recipe (pipelines/*.toml); options given here override it.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", "-e", min=1, help=_default(D.epochs))] = None,
+        "--recipe", metavar="FILE", help="TOML recipe (pipelines/*.toml); options given here override it.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        "--epochs", "-e", metavar="N", min=1, help=f"Passes over the training data {_default(D.epochs)}.")] = None,
     batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", "-b", min=1, help=f"Global batch size, split over torchrun processes {_default(D.batch_size)}.")
-    ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help=f"Peak learning rate {_default(D.lr)}.")] = None,
+        "--batch-size", "-b", metavar="N", min=1,
+        help=f"Global batch size, split over torchrun processes {_default(D.batch_size)}.")] = None,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", metavar="RATE", help=f"Peak learning rate {_default(D.lr)}.")] = None,
     optimizer: Annotated[str | None, typer.Option(
-        "--optimizer", help=f"{_choices(OPTIMIZERS, D.optimizer)} (the paper: adam).")] = None,
+        "--optimizer", metavar="NAME", help=f"{_choices(OPTIMIZERS, D.optimizer)} (the paper: adam).")] = None,
     weight_decay: Annotated[float | None, typer.Option(
-        "--weight-decay", help=f"{_default(D.weight_decay)} (the paper: none)")] = None,
+        "--weight-decay", metavar="X", help=f"Weight decay {_default(D.weight_decay)} (the paper: none).")] = None,
     schedule: Annotated[str | None, typer.Option(
-        "--schedule", help=f"{_choices(SCHEDULES, D.schedule)}; step multiplies by --factor at --steps.")] = None,
-    steps: Annotated[str | None, typer.Option(
-        "--steps", help="Epochs where the step schedule multiplies the rate by --factor, e.g. 100,110.")] = None,
-    factor: Annotated[float | None, typer.Option("--factor", help=f"Step schedule factor {_default(D.factor)}.")
-                      ] = None,
-    warmup_epochs: Annotated[float | None, typer.Option(
-        "--warmup-epochs", min=0, help=f"Linear warmup length in epochs {_default(D.warmup_epochs)}.")] = None,
-    clip_threshold: Annotated[float | None, typer.Option(
-        "--clip-threshold", help="STE gradient clip and latent weight clamp [default: the model's, 1.3 or 1.25].")
+        "--schedule", metavar="NAME",
+        help=f"Learning rate schedule: {_choices(SCHEDULES, D.schedule)}; step multiplies by --factor at --steps.")
     ] = None,
-    scaling: Annotated[str | None, typer.Option("--scaling", help="none or xnor (ablation).")] = None,
+    steps: Annotated[str | None, typer.Option(
+        "--steps", metavar="EPOCHS",
+        help="Epochs where the step schedule multiplies the rate by --factor, e.g. 100,110.")] = None,
+    factor: Annotated[float | None, typer.Option(
+        "--factor", metavar="X", help=f"Step schedule factor {_default(D.factor)}.")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(
+        "--warmup-epochs", metavar="N", min=0, help=f"Linear warmup length in epochs {_default(D.warmup_epochs)}.")
+    ] = None,
+    clip_threshold: Annotated[float | None, typer.Option(
+        "--clip-threshold", metavar="X",
+        help="STE gradient clip and latent weight clamp [default: the model's, 1.3 or 1.25].")] = None,
+    scaling: Annotated[str | None, typer.Option(
+        "--scaling", metavar="MODE", help="Binary weight scaling: none or xnor (ablation) [default: none].")] = None,
     activation_gradient: Annotated[str | None, typer.Option(
-        "--activation-gradient", help="ste or approxsign (ablation).")] = None,
-    weight_gradient: Annotated[str | None, typer.Option("--weight-gradient", help="larq or bmxnet.")] = None,
-    pad_value: Annotated[float | None, typer.Option("--pad-value", help="Binary conv padding: 0, -1 or 1.")] = None,
+        "--activation-gradient", metavar="NAME",
+        help="Gradient of the activation sign: ste or approxsign (ablation) [default: ste].")] = None,
+    weight_gradient: Annotated[str | None, typer.Option(
+        "--weight-gradient", metavar="NAME",
+        help="Latent weight update: larq (clip and clamp) or bmxnet (identity) [default: larq].")] = None,
+    pad_value: Annotated[float | None, typer.Option(
+        "--pad-value", metavar="V", help="What binary convs pad their input with: 0, -1 or 1 [default: 0].")] = None,
     binary_downsample: Annotated[bool | None, typer.Option(
         "--binary-downsample/--fp-downsample", help="ResNetE shortcut convs binary (ablation) or full precision.")
     ] = None,
     float_weights: Annotated[str | None, typer.Option(
-        "--float-weights", help="float16: the full-precision layers compute with float16-valued weights, so "
-        "`bnn pack --float-dtype float16` is lossless; float32: plain float layers [default: the model's, float16].")
-    ] = None,
+        "--float-weights", metavar="DTYPE", help="float16: the full-precision layers compute with float16-valued "
+        "weights, so `bnn pack --float-dtype float16` is lossless; float32: plain float layers [default: the "
+        "model's, float16].")] = None,
     padding: Annotated[str | None, typer.Option(
-        "--padding", help="How padded stride-2 layers pad: symmetric (PyTorch) or tensorflow (TensorFlow's "
-        "\"same\", as Keras-trained models such as Larq Zoo's) [default: symmetric].")] = None,
+        "--padding", metavar="MODE", help="How padded stride-2 layers pad: symmetric (PyTorch) or tensorflow "
+        "(TensorFlow's \"same\", as Keras-trained models such as Larq Zoo's) [default: symmetric].")] = None,
     image_size: Annotated[int | None, typer.Option(
-        "--image-size", min=8, help="Training crop [default: 32 for builtin:shapes, else 224].")] = None,
+        "--image-size", metavar="PX", min=8, help="Training crop [default: 32 for builtin:shapes, else 224].")] = None,
     preset: Annotated[str | None, typer.Option(
-        "--preset", help="Augmentation: imagenet or small [default: small below 64 px].")] = None,
-    init: Annotated[str | None, typer.Option("--init", help=_choices(INITS, D.init))] = None,
+        "--preset", metavar="NAME", help="Augmentation: imagenet or small [default: small below 64 px].")] = None,
+    init: Annotated[str | None, typer.Option(
+        "--init", metavar="NAME", help=f"Weight initialisation: {' or '.join(INITS)} (PyTorch's; he_normal: as in "
+        f"the authors' ablations) {_default(D.init)}.")] = None,
     workers: WorkersOpt = None,
-    seed: Annotated[int | None, typer.Option("--seed", help=_default(D.seed))] = None,
+    threads: ThreadsOpt = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", metavar="N", help=f"Seeds weights, data order, augmentation and --val-split {_default(D.seed)}.")
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", "-o", parser=parse_out_dir, metavar="DIR",
         help="Run directory, new or empty; locked while the run writes to it [default: "
              "runs/<arch>-<YYYYmmdd-HHMMSS>, -2, -3, ... when taken].")] = None,
-    resume: Annotated[Path | None, typer.Option("--resume", help="Continue the run in this directory.")] = None,
-    device: Annotated[str | None, typer.Option("--device", help=_choices(DEVICES, D.device))] = None,
-    amp: Annotated[str | None, typer.Option("--amp", help=f"Autocast: {_choices(AMP_MODES, D.amp)}.")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        "--resume", metavar="RUN", help="Continue the run in this directory where it stopped.")] = None,
+    device: Annotated[str | None, typer.Option(
+        "--device", metavar="NAME", help=f"Where to train: {_choices(DEVICES, D.device)}.")] = None,
+    amp: Annotated[str | None, typer.Option(
+        "--amp", metavar="MODE", help=f"Autocast: {_choices(AMP_MODES, D.amp)}.")] = None,
     channels_last: Annotated[bool | None, typer.Option(
-        "--channels-last/--no-channels-last", help=_default(D.channels_last))] = None,
+        "--channels-last/--no-channels-last", help=f"NHWC memory layout (faster on some GPUs) "
+        f"{_default(D.channels_last)}.")] = None,
     compile_: Annotated[bool | None, typer.Option(
         "--compile/--no-compile", help=f"torch.compile the model {_default(D.compile)}.")] = None,
     sync_bn: Annotated[bool | None, typer.Option(
         "--sync-bn/--no-sync-bn", help=f"SyncBatchNorm across GPUs under torchrun {_default(D.sync_bn)}.")] = None,
+    log_every: LogEveryOpt = None,
     json_: JsonOpt = False) -> None:
     """Train a model from scratch (Adam, no weight decay, latent weight clipping by default).
 
@@ -109,15 +137,16 @@ def train(
                      "weight_gradient": weight_gradient, "pad_value": pad_value,
                      "binary_downsample": binary_downsample, "float_weights": float_weights, "padding": padding}
     overrides: dict[str, Any] = {
-        "arch": arch, "data": data, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+        "arch": arch, "data": data, "val_split": val_split, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "optimizer": optimizer,
         "weight_decay": weight_decay, "schedule": schedule, "steps": parse_steps(steps), "factor": factor,
         "warmup_epochs": warmup_epochs, "image_size": image_size, "preset": preset, "init": init,
-        "workers": workers, "seed": seed, "device": device, "amp": amp, "channels_last": channels_last,
-        "compile": compile_, "sync_bn": sync_bn,
+        "workers": workers, "threads": threads, "seed": seed, "device": device, "amp": amp,
+        "channels_last": channels_last, "compile": compile_, "sync_bn": sync_bn,
         "model": {k: v for k, v in model_options.items() if v is not None} or None,
     }
     cfg, checkpoint, out_dir = _configure(overrides, recipe, resume, out_dir)
-    reporter = RichReporter()
+    reporter = make_reporter(log_every)
     stop = StopRequest()
     try:
         with graceful_interrupts(stop), reporter:
@@ -143,8 +172,8 @@ def _configure(overrides: dict[str, Any], recipe: Path | None, resume: Path | No
     if out_dir is not None and Path(out_dir).resolve() != Path(resume).resolve():
         raise UsageError("--resume RUN continues in RUN; leave out --out")
     checkpoint = load_resume(resume)
-    return resolve_config(base=checkpoint["config"], overrides=resume_overrides(checkpoint, overrides)), checkpoint, \
-        resume
+    base = {"val_split": 0.0, **checkpoint["config"]}  # runs from before --val-split held nothing out
+    return resolve_config(base=base, overrides=resume_overrides(checkpoint, overrides)), checkpoint, resume
 
 
 def _report(result, cfg, json_: bool) -> None:
@@ -158,6 +187,7 @@ def _report(result, cfg, json_: bool) -> None:
         "interrupted": result.interrupted,
         "last": result.last_metrics,
         "best": result.best,
+        "val_split": cfg.val_split,
         "checkpoints": {"last": str(files.last), "best": str(files.best)},
     }
     if json_:
@@ -168,6 +198,18 @@ def _report(result, cfg, json_: bool) -> None:
         info(f"{result.stop_reason}: saved {files.last} ({where}). Resume with: bnn train --resume {result.run_dir}")
         raise typer.Exit(130)
     if not json_:
-        best = result.best
-        info(f"done: {result.run_dir} (best {best['metric']} {best['value']:.2%} at epoch {best['epoch']}); "
-             f"evaluate with: bnn eval {result.run_dir} --data {cfg.data}" if best else f"done: {result.run_dir}")
+        info(_done_line(result, cfg))
+
+
+def _done_line(result, cfg) -> str:
+    """What was chosen as best, on what, and how to evaluate: never on the images the model trained on."""
+    best, run = result.best, result.run_dir
+    if not best:
+        return f"done: {run}"
+    picked = f"best {best['metric']} {best['value']:.2%} at epoch {best['epoch']}"
+    if cfg.val_split is None:  # the data's own val split (a dataset root, builtin:)
+        return f"done: {run} ({picked}); evaluate with: bnn eval {run} --data {cfg.data}"
+    if best["metric"] == "val_top1":
+        picked += f", on the {cfg.val_split * 100:g}% of {cfg.data} held out"
+    return (f"done: {run} ({picked}); it trained on {cfg.data}, so evaluate it on other labelled images: "
+            f"bnn eval {run} --data DIR")

@@ -24,6 +24,7 @@ from bnncli.runtime.images import load_image
 # another extension (labels.txt, .DS_Store) is not an image and is ignored rather than "unreadable".
 IMAGE_EXTENSIONS = frozenset(ext.lower() for ext in Image.registered_extensions())
 VAL_SPLIT_NAMES = ("val", "validation")
+DEFAULT_VAL_SPLIT = 0.1  # of a single folder of classes, held out for validation (bnn train --val-split)
 
 
 def is_image_file(name: str) -> bool:
@@ -59,8 +60,9 @@ def _folders_up_from(root: Path) -> dict[tuple[int, int], Path]:
     return found
 
 
-def _images_under(folder: Path) -> list[str]:
-    """Image files below ``folder`` (sub-folders included), sorted, as paths.
+def images_under(folder: Path) -> list[str]:
+    """Image files below ``folder`` (sub-folders included, hidden ones and other files skipped), sorted,
+    as paths: a class folder's images, or the images ``bnn predict DIR`` classifies.
 
     Symlinks: ``folder`` itself may be one (class folders linked from elsewhere), and links to
     files are read as the files they point to; links to folders *below* a class folder are not
@@ -98,7 +100,7 @@ class ImageFolderDataset:
             )
         self.samples: list[tuple[str, int]] = []
         for name in folders:
-            self.samples.extend((path, index[name]) for path in _images_under(self.root / name))
+            self.samples.extend((path, index[name]) for path in images_under(self.root / name))
         if not self.samples:
             raise DataError(f"no images found in {self.root} (looked for {', '.join(sorted(_COMMON))} and more)")
         self.targets = [label for _, label in self.samples]

@@ -10,7 +10,7 @@ run would have seen.
 
 from __future__ import annotations
 
-import os
+import random
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,8 +21,9 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from bnncli.data.builtin import BUILTIN, ShapesDataset
-from bnncli.data.folder import ImageFolderDataset, split_folders
+from bnncli.data.folder import DEFAULT_VAL_SPLIT, ImageFolderDataset, split_folders
 from bnncli.errors import DataError
+from bnncli.threads import available_cpus
 
 BUILTIN_PREFIX = "builtin:"
 
@@ -46,24 +47,87 @@ class DataSplits:
     val: Source | None
     class_names: list[str]
     native_size: int | None  # the image size of a built-in dataset; None for folders
+    held_out: float | None = None  # the fraction of a single folder held out as val; None: the data's own split
 
 
 def _builtin_name(spec: str) -> str | None:
     return spec[len(BUILTIN_PREFIX):] if spec.startswith(BUILTIN_PREFIX) else None
 
 
-def open_train_data(spec: str) -> DataSplits:
-    """The train (and val, when present) splits of ``--data`` for training."""
+def open_train_data(spec: str, val_split: float | None = None, seed: int = 0) -> DataSplits:
+    """The train and val splits of ``--data`` for training.
+
+    A built-in dataset and a root with ``val/`` bring their own val split. A single folder of
+    classes (or a root with ``train/`` only) gets one held out: ``val_split`` of it
+    (:data:`DEFAULT_VAL_SPLIT` when None; 0: none), stratified and fixed by ``seed``
+    (:func:`hold_out`)."""
     name = _builtin_name(spec)
     if name is not None:
+        _own_val_split(spec, val_split)
         train = ShapesDataset(name, "train")
         return DataSplits(train, ShapesDataset(name, "val"), train.classes, BUILTIN[name].image_size)
     train_dir, val_dir = split_folders(spec)
     if train_dir is None:
         raise DataError(f"{spec} has a val split but no train split: expected {spec}/train/<class>/<images>")
     train = require_readable(ImageFolderDataset(train_dir))
-    val = require_readable(ImageFolderDataset(val_dir, classes=train.classes)) if val_dir is not None else None
-    return DataSplits(train, val, train.classes, None)
+    if val_dir is not None:
+        _own_val_split(spec, val_split)
+        return DataSplits(train, require_readable(ImageFolderDataset(val_dir, classes=train.classes)),
+                          train.classes, None)
+    fraction = DEFAULT_VAL_SPLIT if val_split is None else val_split
+    kept, held = hold_out(train, fraction, seed)
+    return DataSplits(kept, held, train.classes, None, held_out=fraction)
+
+
+def _own_val_split(spec: str, val_split: float | None) -> None:
+    if val_split:
+        raise DataError(f"--val-split holds out part of a single folder of classes; {spec} has its own val split "
+                        "(leave out --val-split)")
+
+
+def held_out_count(n: int, fraction: float) -> int:
+    """Images of a class of ``n`` held out: ``fraction`` of them rounded, at least 1 and at most n - 1
+    (none for a class of one image, or for fraction 0)."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(fraction * n)))
+
+
+def hold_out(source: Source, fraction: float, seed: int) -> tuple[Source, Source | None]:
+    """``(train, val)`` subsets of ``source``: per class, :func:`held_out_count` images drawn with a
+    generator seeded by ``seed`` (the same files for the same folder and seed, whatever the
+    machine), both in the source's order. ``val`` is None when nothing is held out."""
+    rng = random.Random(f"bnncli val split {seed}")
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(source.targets):
+        by_class.setdefault(label, []).append(i)
+    held: set[int] = set()
+    for label in sorted(by_class):
+        members = by_class[label]
+        held.update(rng.sample(members, held_out_count(len(members), fraction)))
+    if not held:
+        return source, None
+    return (Subset(source, [i for i in range(len(source)) if i not in held]),
+            Subset(source, sorted(held)))
+
+
+class Subset:
+    """Some samples of a source (one side of a held-out split), in the source's order."""
+
+    def __init__(self, source: Source, indices: list[int]) -> None:
+        self.source = source
+        self.indices = indices
+        self.classes = source.classes
+        self.targets = [source.targets[i] for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int, channels: int = 3) -> tuple[Any, int]:
+        return self.source.load(self.indices[index], channels)
+
+    def describe(self, index: int) -> str:
+        return self.source.describe(self.indices[index])
 
 
 def require_readable(source: ImageFolderDataset) -> ImageFolderDataset:
@@ -202,13 +266,6 @@ def _worker_init(_worker_id: int) -> None:
     # Ctrl-C reaches the whole process group. Workers must not die of it: the main process
     # finishes its step, saves and then shuts the workers down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def available_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, as torch counts them)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def capped_workers(workers: int) -> int:

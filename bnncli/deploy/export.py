@@ -12,6 +12,7 @@ from bnncli.artifacts.onnx_file import ort_session, save_onnx
 from bnncli.deploy.lower import lower
 from bnncli.deploy.onnx_export import OPSET, to_onnx
 from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
+from bnncli.nn.threads import use_torch_threads
 
 
 @dataclass
@@ -26,15 +27,17 @@ class ExportResult:
 
 
 def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, samples: int = SAMPLES,
-                tolerance: float = TOLERANCE) -> ExportResult:
+                tolerance: float = TOLERANCE, threads: int | None = None) -> ExportResult:
     """Export ``checkpoint`` to ONNX at ``output`` after checking onnxruntime agrees with PyTorch.
 
     Raises ArtifactError (and writes nothing) when the checker fails, and VerificationError when
-    the largest relative logit difference exceeds ``tolerance`` or a top-1 differs.
+    the largest relative logit difference exceeds ``tolerance`` or a top-1 differs. ``threads``:
+    PyTorch's and onnxruntime's CPU threads (bnncli.threads).
     """
+    use_torch_threads(threads)
     src = open_checkpoint(checkpoint)
     model = to_onnx(lower(src.model), src.meta)
-    session = ort_session(model)
+    session = ort_session(model, threads)
     parity = verify(src.logits, lambda x: session.run(None, {"input": x})[0], src.meta["preprocessing"],
                     what=f"ONNX export of {checkpoint}", samples=samples, tolerance=tolerance)
     path = save_onnx(model, output)

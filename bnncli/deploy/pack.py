@@ -23,6 +23,7 @@ from bnncli.deploy.lower import fold, lower
 from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.fileio import write_bytes
+from bnncli.nn.threads import use_torch_threads
 from bnncli.runtime.format import FLOAT_DTYPES, decode, encode, header_size
 from bnncli.runtime.graph import Graph
 from bnncli.runtime.model import Model
@@ -76,11 +77,15 @@ def _packed(graph: Graph, float_dtype: str) -> tuple[Graph, list[str]]:
 
 @dataclass
 class PackResult:
+    """What was written. ``sizes`` are bytes by kind (:func:`size_breakdown`); ``binary_params`` and
+    ``float_params`` count weights (a binary weight takes 1 bit, rows are padded to 32-bit words)."""
+
     path: Path
     bytes: int
     float_dtype: str
     sizes: dict[str, int]
     binary_params: int
+    float_params: int
     parity: Parity
     ops: dict[str, int] = field(default_factory=dict)
     # float16 only: float weights that float16 storage rounded (none for a float_weights=float16 model).
@@ -91,8 +96,9 @@ class PackResult:
         return not self.rounded
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "bytes": self.bytes, "float_dtype": self.float_dtype, "sizes": self.sizes,
-                "binary_params": self.binary_params, "ops": self.ops, "lossless": self.lossless,
+        return {"path": str(self.path), "bytes": self.bytes, "float_dtype": self.float_dtype,
+                "bytes_by_kind": self.sizes, "binary_params": self.binary_params, "float_params": self.float_params,
+                "ops": self.ops, "lossless": self.lossless,
                 "rounded_tensors": self.rounded, "verification": self.parity.as_dict()}
 
 
@@ -114,7 +120,7 @@ def size_breakdown(graph: Graph, data: bytes) -> dict[str, int]:
 
 
 def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_dtype: str = "float32",
-               samples: int = SAMPLES, tolerance: float = TOLERANCE) -> PackResult:
+               samples: int = SAMPLES, tolerance: float = TOLERANCE, threads: int | None = None) -> PackResult:
     """Pack ``checkpoint`` into ``output``.
 
     The written bytes are decoded and run first; a relative logit difference above ``tolerance``
@@ -122,16 +128,20 @@ def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_d
     for a float16 file that stores every weight unchanged (a model trained with float16-valued
     float weights); when float16 storage rounds weights (a model trained with float32 float
     weights), the differences are reported, not enforced, and ``rounded`` names those tensors.
+    ``threads``: PyTorch's and the packed runtime's CPU threads (bnncli.threads).
     """
+    use_torch_threads(threads)
     src = open_checkpoint(checkpoint)
     graph, rounded = _packed(lower(src.model), float_dtype)
     meta = {**src.meta, "float_dtype": float_dtype, "producer": f"bnncli {__version__}"}
     data = encode(graph, meta)
-    runtime = Model(*decode(data, str(output)))  # what a reader of the file will run
+    runtime = Model(*decode(data, str(output)), threads=threads)  # what a reader of the file will run
     parity = verify(src.logits, runtime, src.meta["preprocessing"], what=f"the packed model of {checkpoint}",
                     samples=samples, tolerance=tolerance, enforce=not rounded)
     path = write_bytes(output, data)
     binary_params = sum(n.attrs["in_channels"] * n.attrs["out_channels"] * n.attrs["kernel_size"][0]
                         * n.attrs["kernel_size"][1] for n in graph.nodes if n.op == "BinaryConv")
-    return PackResult(path, len(data), float_dtype, size_breakdown(graph, data), binary_params, parity,
-                      graph.op_counts(), rounded)
+    float_params = sum(graph.tensors[name].size for n in graph.nodes for role, name in n.params.items()
+                       if (n.op, role) in FLOAT_WEIGHTS)
+    return PackResult(path, len(data), float_dtype, size_breakdown(graph, data), binary_params, float_params,
+                      parity, graph.op_counts(), rounded)

@@ -34,6 +34,7 @@ MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
 MAX_LR = 10.0
 MIN_IMAGE_SIZE = 8
+MAX_VAL_SPLIT = 0.9  # of a single folder: at least one image per class stays for training anyway
 MODEL_OPTIONS = ("in_channels", "thumbnail", "clip_threshold", "pad_value", "scaling", "activation_gradient",
                  "weight_gradient", "binary_downsample", "float_weights", "padding")
 
@@ -48,6 +49,9 @@ class TrainConfig:
 
     arch: str | None = None
     data: str | None = None
+    # Fraction of a single folder of classes held out for validation (stratified, by seed); None: 0.1
+    # there. A dataset with its own val split (and builtin:) keeps it. Resolved when the data opens.
+    val_split: float | None = None
     epochs: int = 10
     batch_size: int = 64  # global: divided across processes under torchrun
     lr: float = 4e-3  # Larq Zoo's rate for BinaryDenseNet28, the reproduction of the paper
@@ -62,6 +66,7 @@ class TrainConfig:
     preset: str | None = None  # None: small below 64 px, imagenet from 64 px
     init: str = "default"  # or he_normal (the authors' 2019 ablation protocol)
     workers: int | None = None  # None: 0 on CPU, up to 8 per GPU process
+    threads: int | None = None  # PyTorch's CPU threads per process; None: bnncli.nn.threads.use_torch_threads
     seed: int = 0
     device: str = "auto"
     amp: str = "none"
@@ -170,6 +175,8 @@ def validate(cfg: TrainConfig) -> None:
 
         _choice("preset", cfg.preset, PRESETS)
     _check_ranges(cfg)
+    if cfg.threads is not None and not (isinstance(cfg.threads, int) and 1 <= cfg.threads <= 4096):
+        raise UsageError(f"threads must be an integer from 1 to 4096, not {cfg.threads!r}")
     if cfg.workers is not None and cfg.workers < 0:
         raise UsageError(f"workers cannot be negative, not {cfg.workers}")
     _check_model_options(cfg.arch, cfg.model)
@@ -203,6 +210,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise UsageError(f"schedule steps must be increasing epoch numbers, not {cfg.steps}")
     if cfg.image_size is not None:
         _in_range("image size", cfg.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    if cfg.val_split is not None:
+        _in_range("val split", cfg.val_split, 0, MAX_VAL_SPLIT)
     if not -(2**63) <= cfg.seed < 2**63:
         shown = str(cfg.seed) if len(str(cfg.seed)) <= 40 else f"a {len(str(abs(cfg.seed)))}-digit number"
         raise UsageError(f"seed must be a 64-bit signed integer (from -2**63 to 2**63 - 1), not {shown}")

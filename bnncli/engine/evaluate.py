@@ -18,9 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from bnncli.artifacts.checkpoint import build_model, load_checkpoint
-from bnncli.artifacts.open import Predictor, open_model, sniff
+from bnncli.artifacts.open import Predictor, open_model, run_predictor, sniff
 from bnncli.artifacts.rundir import resolve_model_path
-from bnncli.errors import ArtifactError, BnnError, DataError
+from bnncli.errors import ArtifactError, DataError
+from bnncli.nn.threads import use_torch_threads
+
+TOP5_MIN_CLASSES = 5  # top-5 is reported for more classes than this (with 5 or fewer it is always 100%)
 
 
 @dataclass
@@ -43,10 +46,12 @@ def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
     """The ``MODEL`` argument of ``bnn eval``: any model file :func:`bnncli.artifacts.open_model`
     opens. ONNX runs on onnxruntime and packed models on the NumPy runtime (both on CPU);
     checkpoints on ``device``, with ``amp`` autocast and ``channels_last`` if asked. ``backend``:
-    the packed runtime's kernels (bnncli.runtime.backends)."""
+    the packed runtime's kernels (bnncli.runtime.backends); ``threads``: the CPU threads of
+    whichever runs it (bnncli.threads)."""
     file = resolve_model_path(path)
     if sniff(file) != "checkpoint":
         return _deployed_eval_model(open_model(file, threads=threads, backend=backend))
+    use_torch_threads(threads)
     ckpt = load_checkpoint(file)
     device = torch.device(device)
     model = build_model(ckpt)
@@ -80,32 +85,6 @@ def _deployed_eval_model(predictor: Predictor) -> EvalModel:
                      source=str(predictor.path), kind=predictor.kind, arch=predictor.arch, backend=predictor.backend)
 
 
-def run_predictor(predictor: Predictor, x):
-    """``predictor(x)`` for a NumPy batch; 0 images give 0 rows (the model is not run), and an
-    error from the model becomes one line naming its file."""
-    import numpy as np
-
-    if len(x) == 0:
-        return np.zeros((0, len(predictor.class_names)), np.float32)
-    try:
-        return predictor(x)
-    except BnnError as e:
-        if str(predictor.path) in str(e):
-            raise
-        raise type(e)(f"{predictor.path}: {e}") from e
-    except Exception as e:
-        if not isinstance(e, (ValueError, RuntimeError, ArithmeticError)) and not _from_onnxruntime(e):
-            raise  # anything else is a bug: a traceback under BNN_DEBUG=1
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-        raise ArtifactError(f"{predictor.path}: the {predictor.kind} model failed on {len(x)} image(s): "
-                            f"{type(e).__name__}: {reason}") from e
-
-
-def _from_onnxruntime(e: Exception) -> bool:
-    """onnxruntime's errors (InvalidArgument, Fail, ...) derive from Exception alone."""
-    return type(e).__module__.startswith("onnxruntime")
-
-
 def autocast(device: torch.device, amp: str):
     """bf16/fp16 autocast on the device, or nothing."""
     if amp == "none":
@@ -129,7 +108,8 @@ def evaluate(
     ``skipped``, ``images_per_s`` (wall clock, decoding included), ``model_images_per_s``
     (time inside ``predict`` only), ``per_class`` (``{name: {"images", "top1"}}``) and
     ``nonfinite_logits``: images whose logits hold NaN or inf. Such an image counts as wrong in
-    top-1 and top-5 (a NaN "prediction" is no hit), and it makes ``loss`` NaN or inf.
+    top-1 and top-5 (a NaN "prediction" is no hit), and it makes ``loss`` NaN or inf. With 5
+    classes or fewer every label is in the top 5, so ``top5`` is None (not measured).
     """
     n_classes = len(class_names)
     k = min(5, n_classes)
@@ -180,7 +160,7 @@ def evaluate(
     n = max(images, 1.0)
     return {
         "top1": top1 / n,
-        "top5": top5 / n,
+        "top5": top5 / n if n_classes > TOP5_MIN_CLASSES else None,
         "loss": loss_sum / n,
         "images": int(images),
         "skipped": int(skipped),
@@ -215,7 +195,8 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
 
     ``on_open(backend)`` is called once the model is open, ``on_start(images)`` once the data is.
     Returns the measurements with what was measured (model file, kind, arch, backend, data,
-    device) and the published numbers for the arch.
+    device) and, for an ImageNet-1k model of an architecture with published results, ``published``:
+    those ImageNet top-1 and top-5 by source (the paper, Larq Zoo) to compare with.
     """
     from bnncli.data.loading import SampleDataset, ShardSampler, make_loader, open_eval_data
     from bnncli.data.transforms import eval_transform
@@ -240,6 +221,9 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
         raise ArtifactError(f"{em.source}: {e}") from e
     if res["images"] == 0:
         raise DataError(f"no readable images in {data}")
-    return {"model": em.source, "kind": em.kind, "arch": em.arch, "backend": em.backend, "data": data, **res,
-            "nonfinite_weights": em.nonfinite_weights, "device": str(dev),
-            "anchors": published_numbers(em.arch, len(em.class_names))}
+    result = {"model": em.source, "kind": em.kind, "arch": em.arch, "backend": em.backend, "data": data, **res,
+              "nonfinite_weights": em.nonfinite_weights, "device": str(dev)}
+    published = published_numbers(em.arch, len(em.class_names))
+    if published is not None:  # only a 1000-class model of an architecture with published ImageNet numbers
+        result["published"] = published
+    return result

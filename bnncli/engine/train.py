@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
+from bnncli.artifacts.identify import reason
 from bnncli.artifacts.rundir import RunFiles, RunLock
 from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipped, make_loader, open_train_data
 from bnncli.data.presets import default_preset, preprocessing
@@ -49,6 +50,7 @@ from bnncli.errors import ArtifactError, BnnError, DataError, UsageError
 from bnncli.fileio import write_text
 from bnncli.models import LEGACY_OPTIONS, create_model
 from bnncli.nn import LatentWeightClamp
+from bnncli.nn.threads import use_torch_threads
 
 
 @dataclass
@@ -121,6 +123,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: dic
     ``stop`` is polled between steps. Under torchrun every process calls this; rank 0 alone
     writes and reports, and holds the run directory's lock until it returns.
     """
+    use_torch_threads(cfg.threads)
     ctx = distributed.setup(cfg.device)
     lock = None
     try:
@@ -142,7 +145,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: dic
 
 def build_data(cfg: TrainConfig, ctx: distributed.Context, resume: dict[str, Any] | None) -> TrainData:
     """Class names come from the train split; the eval preprocessing is what checkpoints record."""
-    data = open_train_data(cfg.data)
+    data = open_train_data(cfg.data, cfg.val_split, cfg.seed)
+    cfg.val_split = data.held_out  # recorded as used: config.json and every checkpoint carry it
     if resume is not None and list(resume["class_names"]) != data.class_names:
         raise DataError(f"the classes in {cfg.data} differ from those of the run being resumed")
     image_size = cfg.image_size or data.native_size or 224
@@ -244,7 +248,7 @@ def restore(run: Run, resume: dict[str, Any]) -> None:
             target.load_state_dict(resume[part])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ArtifactError(f"the checkpoint being resumed holds a malformed {part} state ({type(e).__name__}: "
-                                f"{str(e)[:200]})") from None
+                                f"{reason(e)})") from None
     set_rng_state(resume["rng"])
     run.start_epoch, run.start_step = int(resume["epoch"]), int(resume.get("step_in_epoch", 0))
     run.history, run.best = list(resume.get("history", [])), resume.get("best")
@@ -285,7 +289,7 @@ def start_info(run: Run, resumed: bool) -> dict[str, Any]:
         "val_images": len(d.val_set) if d.val_set is not None else 0, "image_size": d.image_size,
         "preset": d.preprocessing["preset"], "batch_size": cfg.batch_size, "workers": d.workers,
         "epochs": cfg.epochs, "steps_per_epoch": d.steps_per_epoch, "start_epoch": run.start_epoch,
-        "start_step": run.start_step, "resumed": resumed, "data": cfg.data,
+        "start_step": run.start_step, "resumed": resumed, "data": cfg.data, "val_split": cfg.val_split,
     }
 
 

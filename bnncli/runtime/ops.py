@@ -10,7 +10,6 @@ kernels read whole channel planes. :class:`bnncli.runtime.model.Model` converts 
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
@@ -21,6 +20,7 @@ from bnncli.runtime import backends, blas, opset
 from bnncli.runtime import kernels as K
 from bnncli.runtime import padding as P
 from bnncli.runtime.graph import Node
+from bnncli.threads import resolve as resolve_threads
 
 # Work below this many elements runs on the calling thread: each NumPy call hands the GIL over
 # twice, and on small arrays that costs more than a second core saves.
@@ -34,9 +34,7 @@ class Context:
     backend of the binary convolutions (bnncli.runtime.backends: ``numpy`` or ``numba``)."""
 
     def __init__(self, threads: int | None = None, backend: str | None = None) -> None:
-        if threads is None:
-            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.threads = max(1, int(threads))
+        self.threads = resolve_threads(threads)
         self.backend = backends.resolve(backend)
         self.compiled = backends.compiled_kernels() if self.backend == "numba" else None
         # The numba backend's float ops (bnncli.runtime.numba_float) and the helpers its kernels
