@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bnncli import __version__
-from bnncli.artifacts.identify import NEEDS_CHECKPOINT, damaged_checkpoint, describe, identify, reason
+from bnncli.artifacts.identify import NEEDS_CHECKPOINT, damaged_checkpoint, expect_checkpoint, reason
 from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.errors import ArtifactError, BnnError
 from bnncli.fileio import atomic_open
@@ -75,12 +75,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"checkpoint not found: {path}")
-    try:
-        kind = identify(path)
-    except OSError as e:
-        raise ArtifactError(f"cannot read {path}: {e.strerror or e}") from None
-    if kind not in ("checkpoint", "pickle"):
-        raise ArtifactError(f"{path} is {describe(kind)}, not {NEEDS_CHECKPOINT}")
+    expect_checkpoint(path, f", not {NEEDS_CHECKPOINT}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # objects beyond tensors and plain values: never unpickled here

@@ -83,12 +83,18 @@ def require_checkpoint(path: str | os.PathLike, command: str) -> None:
     file = resolve_model_path(path, what="checkpoint")
     if not file.is_file():
         raise ArtifactError(f"{file} is not a file; {command} needs {NEEDS_CHECKPOINT}")
+    expect_checkpoint(file, f"; {command} needs {NEEDS_CHECKPOINT}")
+
+
+def expect_checkpoint(file: Path, refusal: str) -> None:
+    """Raise ArtifactError ("FILE is <what it is><refusal>") unless ``file`` looks like a checkpoint
+    (a pickle passes too: loading it refuses it in bnncli's words)."""
     try:
         kind = identify(file)
     except OSError as e:
         raise ArtifactError(f"cannot read {file}: {e.strerror or e}") from None
     if kind not in ("checkpoint", "pickle"):
-        raise ArtifactError(f"{file} is {describe(kind)}; {command} needs {NEEDS_CHECKPOINT}")
+        raise ArtifactError(f"{file} is {describe(kind)}{refusal}")
 
 
 def damaged_checkpoint(path: Path) -> str:
