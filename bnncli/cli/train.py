@@ -95,7 +95,26 @@ def train(
     image_size: Annotated[int | None, typer.Option(
         "--image-size", metavar="PX", min=8, help="Training crop [default: 32 for builtin:shapes, else 224].")] = None,
     preset: Annotated[str | None, typer.Option(
-        "--preset", metavar="NAME", help="Augmentation: imagenet or small [default: small below 64 px].")] = None,
+        "--preset", metavar="NAME", help="Preprocessing and augmentation: imagenet (random-resized crop, flip), "
+        "small (pad by 1/8 and random crop, flip) or larq (as imagenet; Larq Zoo's evaluation resize) "
+        "[default: small below 64 px].")] = None,
+    augment: Annotated[bool | None, typer.Option(
+        "--augment/--no-augment", help="Training augmentation; --no-augment trains on the evaluation transform "
+        "[default: on].")] = None,
+    flip: Annotated[float | None, typer.Option(
+        "--flip", metavar="P", help="Horizontal flip probability; 0 for data where orientation matters "
+        "[default: 0.5].")] = None,
+    crop_scale: Annotated[tuple[float, float] | None, typer.Option(
+        "--crop-scale", metavar="MIN MAX", help="Area range of the random-resized crop (imagenet, larq) "
+        "[default: 0.08 1.0].")] = None,
+    crop_ratio: Annotated[tuple[float, float] | None, typer.Option(
+        "--crop-ratio", metavar="MIN MAX", help="Aspect range of the random-resized crop "
+        "[default: 0.75 1.33].")] = None,
+    pad_crop: Annotated[int | None, typer.Option(
+        "--pad-crop", metavar="PX", help="small preset: pad and random-crop margin; 0 for none "
+        "[default: image size / 8].")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(
+        "--label-smoothing", metavar="X", help="Label smoothing of the cross-entropy [default: 0, off].")] = None,
     init: Annotated[str | None, typer.Option(
         "--init", metavar="NAME", help=f"Weight initialisation: {' or '.join(INITS)} (PyTorch's; he_normal: as in "
         f"the authors' ablations) {_default(D.init)}.")] = None,
@@ -141,6 +160,9 @@ def train(
         "optimizer": optimizer,
         "weight_decay": weight_decay, "schedule": schedule, "steps": parse_steps(steps), "factor": factor,
         "warmup_epochs": warmup_epochs, "image_size": image_size, "preset": preset, "init": init,
+        "augment": augment, "flip": flip, "crop_scale": None if crop_scale is None else list(crop_scale),
+        "crop_ratio": None if crop_ratio is None else list(crop_ratio), "pad_crop": pad_crop,
+        "label_smoothing": label_smoothing,
         "workers": workers, "threads": threads, "seed": seed, "device": device, "amp": amp,
         "channels_last": channels_last, "compile": compile_, "sync_bn": sync_bn,
         "model": {k: v for k, v in model_options.items() if v is not None} or None,

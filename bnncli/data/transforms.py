@@ -7,6 +7,7 @@ torch): PIL image -> resize shorter side to ``resize`` (bilinear, antialiased) -
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,25 +52,57 @@ def eval_transform(pre: dict[str, Any]):
     ])
 
 
-def train_transform(pre: dict[str, Any]) -> T.Compose:
-    """Training augmentation of a preset.
+# The paper's augmentation, the defaults of Augmentation's fields.
+FLIP = 0.5
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
 
-    ``imagenet`` (and ``larq``): random-resized crop (8-100% of the area, aspect 3/4-4/3) to
-    ``image_size`` and a horizontal flip, as the paper and Larq Zoo train. ``small``: resize to
-    ``image_size``, pad by an eighth on each side (4 px at 32 px, as for CIFAR), random crop back,
-    horizontal flip.
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What training augmentation does; None takes the preset's default (the paper's).
+
+    ``flip``: probability of a horizontal flip (0: never, for digits, letters, arrows).
+    ``crop_scale`` / ``crop_ratio``: the area fraction and aspect ranges of the random-resized crop
+    of the ``imagenet`` and ``larq`` presets. ``pad_crop``: the ``small`` preset's margin in pixels
+    (pad, then random-crop back; 0: no shift). ``enabled=False``: no augmentation at all, the
+    evaluation transform.
     """
+
+    enabled: bool = True
+    flip: float | None = None
+    crop_scale: tuple[float, float] | None = None
+    crop_ratio: tuple[float, float] | None = None
+    pad_crop: int | None = None
+
+
+def train_transform(pre: dict[str, Any], aug: Augmentation | None = None):
+    """Training augmentation of a preset, as ``aug`` adjusts it.
+
+    ``imagenet`` (and ``larq``): random-resized crop (by default 8-100% of the area, aspect
+    3/4-4/3) to ``image_size`` and a horizontal flip, as the paper and Larq Zoo train. ``small``:
+    resize to ``image_size``, pad by an eighth on each side (4 px at 32 px, as for CIFAR), random
+    crop back, horizontal flip.
+    """
+    aug = aug or Augmentation()
+    if not aug.enabled:
+        return eval_transform(pre)
     size = pre["image_size"]
     if pre["preset"] in ("imagenet", "larq"):
         geometry = [
-            T.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+            T.RandomResizedCrop(size, scale=tuple(aug.crop_scale or CROP_SCALE),
+                                ratio=tuple(aug.crop_ratio or CROP_RATIO),
                                 interpolation=InterpolationMode.BILINEAR, antialias=True),
         ]
     elif pre["preset"] == "small":
-        geometry = [
-            T.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True),
-            T.RandomCrop(size, padding=max(1, size // 8)),
-        ]
+        margin = max(1, size // 8) if aug.pad_crop is None else int(aug.pad_crop)
+        geometry = [T.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True)]
+        if margin:
+            geometry.append(T.RandomCrop(size, padding=margin))
+        else:
+            geometry.append(T.CenterCrop(size))
     else:
         raise UsageError(f"unknown preprocessing preset {pre['preset']!r}")
-    return T.Compose([*geometry, T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(pre["mean"], pre["std"])])
+    flip = FLIP if aug.flip is None else float(aug.flip)
+    steps = [*geometry, T.RandomHorizontalFlip(flip)] if flip > 0 else geometry
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(pre["mean"], pre["std"])])

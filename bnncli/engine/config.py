@@ -64,6 +64,13 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     image_size: int | None = None  # None: the built-in dataset's size, else 224
     preset: str | None = None  # None: small below 64 px, imagenet from 64 px
+    # Training augmentation (bnncli.data.transforms.Augmentation); None: the preset's, the paper's.
+    augment: bool = True
+    flip: float | None = None  # horizontal flip probability; None: 0.5
+    crop_scale: list[float] | None = None  # random-resized crop area range; None: [0.08, 1.0]
+    crop_ratio: list[float] | None = None  # its aspect range; None: [3/4, 4/3]
+    pad_crop: int | None = None  # small preset: pad-and-crop margin in px; None: image_size // 8
+    label_smoothing: float = 0.0
     init: str = "default"  # or he_normal (the authors' 2019 ablation protocol)
     workers: int | None = None  # None: 0 on CPU, up to 8 per GPU process
     threads: int | None = None  # PyTorch's CPU threads per process; None: bnncli.nn.threads.use_torch_threads
@@ -99,7 +106,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     if value is None:
         return value
     if kind == "list":
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        number = (int, float) if "list[float]" in str(f.type) else int
+        ok = isinstance(value, list) and all(isinstance(v, number) and not isinstance(v, bool) for v in value)
     elif kind == "dict":
         ok = isinstance(value, dict)
     elif kind in ("int", "float"):
@@ -107,7 +115,8 @@ def _check_value(key: str, value: Any, where: str) -> Any:
     else:
         ok = isinstance(value, _TYPES[kind])
     if not ok:
-        want = {"list": "a list of integers", "dict": "a table", "int": "an integer", "float": "a number",
+        numbers = "a list of numbers" if "list[float]" in str(f.type) else "a list of integers"
+        want = {"list": numbers, "dict": "a table", "int": "an integer", "float": "a number",
                 "str": "a string", "bool": "true or false"}[kind]
         raise UsageError(f"{where}: {key} must be {want}, not {value!r}")
     return float(value) if kind == "float" else value
@@ -212,9 +221,31 @@ def _check_ranges(cfg: TrainConfig) -> None:
         _in_range("image size", cfg.image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     if cfg.val_split is not None:
         _in_range("val split", cfg.val_split, 0, MAX_VAL_SPLIT)
+    _check_augmentation(cfg)
     if not -(2**63) <= cfg.seed < 2**63:
         shown = str(cfg.seed) if len(str(cfg.seed)) <= 40 else f"a {len(str(abs(cfg.seed)))}-digit number"
         raise UsageError(f"seed must be a 64-bit signed integer (from -2**63 to 2**63 - 1), not {shown}")
+
+
+def _check_augmentation(cfg: TrainConfig) -> None:
+    if cfg.flip is not None:
+        _in_range("flip probability", cfg.flip, 0, 1)
+    for name, pair, high in (("crop scale", cfg.crop_scale, 1), ("crop ratio", cfg.crop_ratio, 100)):
+        if pair is None:
+            continue
+        if len(pair) != 2 or not all(math.isfinite(v) and 0 < v <= high for v in pair) or pair[0] > pair[1]:
+            raise UsageError(f"{name} must be two numbers MIN <= MAX in (0, {high}], not {pair}")
+    if cfg.pad_crop is not None:
+        _in_range("pad-crop margin", cfg.pad_crop, 0, MAX_IMAGE_SIZE)
+    _in_range("label smoothing", cfg.label_smoothing, 0, 1, high_open=True)
+
+
+def augmentation(cfg: TrainConfig):
+    """The run's training augmentation (bnncli.data.transforms.Augmentation)."""
+    from bnncli.data.transforms import Augmentation
+
+    return Augmentation(cfg.augment, cfg.flip, None if cfg.crop_scale is None else tuple(cfg.crop_scale),
+                        None if cfg.crop_ratio is None else tuple(cfg.crop_ratio), cfg.pad_crop)
 
 
 def _check_model_options(arch: str, options: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipp
 from bnncli.data.presets import default_preset, preprocessing
 from bnncli.data.transforms import eval_transform, train_transform
 from bnncli.engine import distributed
-from bnncli.engine.config import TrainConfig
+from bnncli.engine.config import TrainConfig, augmentation
 from bnncli.engine.curves import plot_curves
 from bnncli.engine.evaluate import autocast, evaluate
 from bnncli.engine.optim import build_optimizer, build_scheduler
@@ -152,7 +152,7 @@ def build_data(cfg: TrainConfig, ctx: distributed.Context, resume: dict[str, Any
     image_size = cfg.image_size or data.native_size or 224
     in_channels = int(cfg.model.get("in_channels", 3))
     pre = preprocessing(cfg.preset or default_preset(image_size), image_size, in_channels)
-    train_set = SampleDataset(data.train, train_transform(pre), in_channels)
+    train_set = SampleDataset(data.train, train_transform(pre, augmentation(cfg)), in_channels)
     val_set = SampleDataset(data.val, eval_transform(pre), in_channels) if data.val is not None else None
     if cfg.batch_size % ctx.world_size:
         raise UsageError(f"batch size {cfg.batch_size} does not divide over {ctx.world_size} processes")
@@ -370,7 +370,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(run.ctx.device, run.cfg.amp):
         logits = run.model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=run.cfg.label_smoothing)
     run.optimizer.zero_grad(set_to_none=True)
     if run.scaler is not None:  # fp16: scale the loss so small gradients do not underflow
         run.scaler.scale(loss).backward()
