@@ -12,7 +12,7 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # Dependencies first, in their own layer, so code changes do not reinstall torch.
 RUN pip install --index-url "${TORCH_INDEX}" torch torchvision \
- && pip install "typer>=0.12" "rich>=13" "onnx>=1.16" "onnxruntime>=1.18" "pillow>=10" "numpy>=2.0"
+ && pip install "typer>=0.12" "rich>=13" "onnx>=1.16" "onnxruntime>=1.18" "pillow>=10" "numpy>=2.0" "matplotlib>=3.7"
 COPY pyproject.toml README.md /src/
 COPY bnncli /src/bnncli
 RUN pip install --no-deps /src

@@ -1,92 +1,119 @@
-"""Loss and accuracy curves of a run as a PNG, drawn with Pillow (no plotting dependency)."""
+"""Training curves as PNG files, drawn with matplotlib's headless Agg backend.
+
+``plot_curves``: one run, loss and accuracy per epoch. ``plot_comparison``: several runs'
+validation accuracy and loss overlaid (``bnn compare``). Both put the legend beside the axes, never
+over the data, use whole-epoch ticks, mark the best epoch, and draw the loss on a log scale when it
+spans more than a decade.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
-
 from bnncli.fileio import atomic_open
 
-_COLORS = {"train": (31, 119, 180), "val": (214, 39, 40), "val top-5": (255, 127, 14)}
-_PANEL_W, _PANEL_H, _MARGIN = 460, 300, 48
+_LOG_SPAN = 10.0  # a loss whose largest / smallest value exceeds this is drawn on a log scale
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    if hi <= lo:
-        return [lo]
-    return [lo + (hi - lo) * i / (n - 1) for i in range(n)]
+def _figure(panels: int):
+    # A bare Figure renders PNG with the Agg canvas: no pyplot, no display, no global backend change.
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(5.2 * panels + 1.6, 3.6), dpi=110, layout="constrained")
 
 
-def _panel(draw: ImageDraw.ImageDraw, x0: int, title: str, series: dict[str, list[tuple[float, float]]],
-           y_range: tuple[float, float] | None, font: ImageFont.ImageFont, percent: bool) -> None:
-    left, top = x0 + _MARGIN, _MARGIN // 2 + 14
-    right, bottom = x0 + _PANEL_W - 12, _PANEL_H - _MARGIN + 10
-    draw.text((left, 6), title, fill=(0, 0, 0), font=font)
-    points = [p for pts in series.values() for p in pts]
-    if not points:
-        draw.text((left + 10, top + 40), "no data", fill=(120, 120, 120), font=font)
-        return
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    x_lo, x_hi = min(xs), max(xs)
-    if x_hi == x_lo:
-        x_lo, x_hi = x_lo - 1, x_hi + 1
-    y_lo, y_hi = y_range if y_range is not None else (min(ys), max(ys))
-    if y_hi == y_lo:
-        y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
-    pad = (y_hi - y_lo) * 0.05 if y_range is None else 0.0
-    y_lo, y_hi = y_lo - pad, y_hi + pad
+def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    points = [(float(m["epoch"]), float(m[key])) for m in history if m.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
 
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_lo) / (x_hi - x_lo) * (right - left),
-                bottom - (y - y_lo) / (y_hi - y_lo) * (bottom - top))
 
-    for y in _ticks(y_lo, y_hi):
-        _, py = to_px(x_lo, y)
-        draw.line([(left, py), (right, py)], fill=(230, 230, 230))
-        label = f"{y * 100:.0f}%" if percent else f"{y:.3g}"
-        draw.text((x0 + 4, py - 6), label, fill=(80, 80, 80), font=font)
-    step = max(1, math.ceil((x_hi - x_lo) / 8))  # whole epochs, at most about 9 labels
-    for x in range(math.ceil(x_lo), math.floor(x_hi) + 1, step):
-        px, _ = to_px(x, y_lo)
-        draw.text((px - 6, bottom + 4), f"{x:.0f}", fill=(80, 80, 80), font=font)
-    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
-    draw.text(((left + right) // 2 - 14, bottom + 18), "epoch", fill=(0, 0, 0), font=font)
+def _style(ax, title: str, ylabel: str, percent: bool, values: list[float]) -> None:
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    legend_y = top + 4
-    for name, pts in series.items():
-        if not pts:
-            continue
-        color = _COLORS.get(name, (0, 0, 0))
-        px_pts = [to_px(x, y) for x, y in pts]
-        if len(px_pts) > 1:
-            draw.line(px_pts, fill=color, width=2)
-        for px, py in px_pts:
-            draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=color)
-        draw.line([(right - 90, legend_y + 6), (right - 70, legend_y + 6)], fill=color, width=2)
-        draw.text((right - 64, legend_y), name, fill=(0, 0, 0), font=font)
-        legend_y += 14
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    ax.grid(True, alpha=0.3)
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    else:
+        positive = [v for v in values if v > 0]
+        if positive and max(positive) / min(positive) > _LOG_SPAN:
+            ax.set_yscale("log")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+
+
+def _best_epoch(history: Sequence[dict[str, Any]]) -> tuple[float, float, str] | None:
+    """(epoch, top-1, which) of the best epoch: by validation top-1, else by training top-1."""
+    for key in ("val_top1", "train_top1"):
+        scored = [m for m in history if m.get(key) is not None]
+        if scored:
+            best = max(scored, key=lambda m: m[key])
+            return float(best["epoch"]), float(best[key]), key
+    return None
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
-    """Write ``path`` (PNG): loss (train, val) and top-1 accuracy (train, val, val top-5) per epoch."""
+    """Write ``path`` (PNG): loss (train, val) and top-1 accuracy (train, val, val top-5) per epoch,
+    the best epoch marked."""
+    fig = _figure(2)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    losses: list[float] = []
+    for key, label in (("train_loss", "train"), ("val_loss", "val")):
+        xs, ys = _series(history, key)
+        if xs:
+            loss_ax.plot(xs, ys, marker="o", markersize=3, label=label)
+            losses += ys
+    for key, label in (("train_top1", "train top-1"), ("val_top1", "val top-1"), ("val_top5", "val top-5")):
+        xs, ys = _series(history, key)
+        if xs:
+            acc_ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    best = _best_epoch(history)
+    if best is not None:
+        epoch, top1, key = best
+        which = "val" if key == "val_top1" else "train"
+        acc_ax.axvline(epoch, color="0.5", linestyle="--", linewidth=1)
+        acc_ax.plot([epoch], [top1], marker="*", markersize=11, color="black", linestyle="none",
+                    label=f"best: {which} {top1:.1%}, epoch {epoch:.0f}")
+        loss_ax.axvline(epoch, color="0.5", linestyle="--", linewidth=1)
+    acc_ax.set_ylim(0.0, 1.0)
+    _style(loss_ax, f"loss {title}".strip(), "cross-entropy", False, losses)
+    _style(acc_ax, f"accuracy {title}".strip(), "top-1", True, [])
+    return _save(fig, path)
 
-    def series(key: str) -> list[tuple[float, float]]:
-        return [(float(m["epoch"]), float(m[key])) for m in history if m.get(key) is not None]
 
-    img = Image.new("RGB", (2 * _PANEL_W, _PANEL_H + 14), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    _panel(draw, 0, f"loss {title}".strip(), {"train": series("train_loss"), "val": series("val_loss")},
-           None, font, percent=False)
-    _panel(draw, _PANEL_W, f"accuracy {title}".strip(),
-           {"train": series("train_top1"), "val": series("val_top1"), "val top-5": series("val_top5")},
-           (0.0, 1.0), font, percent=True)
+def plot_comparison(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike) -> Path:
+    """Write ``path`` (PNG): each run's validation top-1 (training top-1 where it has no validation
+    split) and loss per epoch, overlaid, each run's best epoch marked."""
+    fig = _figure(2)
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    losses: list[float] = []
+    for name, history in runs.items():
+        key = "val_top1" if any(m.get("val_top1") is not None for m in history) else "train_top1"
+        xs, ys = _series(history, key)
+        if not xs:
+            continue
+        label = name if key == "val_top1" else f"{name} (train)"
+        line, = acc_ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        best = _best_epoch(history)
+        if best is not None:
+            acc_ax.plot([best[0]], [best[1]], marker="*", markersize=10, color=line.get_color(), linestyle="none")
+        lxs, lys = _series(history, "val_loss" if key == "val_top1" else "train_loss")
+        if lxs:
+            loss_ax.plot(lxs, lys, marker="o", markersize=3, color=line.get_color(), label=name)
+            losses += lys
+    acc_ax.set_ylim(0.0, 1.0)
+    _style(acc_ax, "validation top-1 (stars: each run's best)", "top-1", True, [])
+    _style(loss_ax, "validation loss", "cross-entropy", False, losses)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
     with atomic_open(path) as f:
-        img.save(f, format="PNG")
+        fig.savefig(f, format="png")
     return Path(path)
