@@ -10,7 +10,7 @@ from test_models import ZOO
 
 from bnncli.cli.app import main
 
-SUBCOMMANDS = ("train", "eval", "export", "pack", "predict", "import", "models")
+SUBCOMMANDS = ("train", "eval", "export", "pack", "predict", "import", "models", "compare")
 
 
 def run_bnn(*args, env=None):

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from bnncli import __version__
+from bnncli.cli import compare as compare_cmd
 from bnncli.cli import eval as eval_cmd
 from bnncli.cli import export as export_cmd
 from bnncli.cli import imports as import_cmd
@@ -77,6 +78,7 @@ app.command("pack", short_help="A checkpoint to one 1-bit packed file, verified.
 app.command("predict", short_help="Top-k classes of images, or of every image in folders.")(predict_cmd.predict)
 app.add_typer(import_cmd.app, name="import", short_help="Models trained elsewhere (Larq Zoo) to checkpoints.")
 app.command("models", short_help="The model zoo: sizes, MACs, published weights.")(models_cmd.models)
+app.command("compare", short_help="Training runs side by side, with their curves.")(compare_cmd.compare)
 
 
 def _debug() -> bool:
