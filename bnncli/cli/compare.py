@@ -21,11 +21,8 @@ def compare(
     images/s, parameters and 1-bit size, and their validation curves in one PNG."""
     from bnncli.engine.compare import compare_runs
     from bnncli.engine.curves import plot_comparison
-    from bnncli.errors import UsageError
     from bnncli.fileio import check_output
 
-    if len(runs) < 1:
-        raise UsageError("give one or more run directories")
     target = check_output(plot, inputs=runs, force=force, suffix=".png")
     result = compare_runs(runs)
     names = _names(result["runs"])

@@ -36,7 +36,7 @@ def export(
 ) -> None:
     """Export a checkpoint to standard ONNX (opset 17, dynamic batch), verified with onnxruntime.
 
-    Binarization is written as Where(x >= 0, 1, -1), so sign(0) = +1; the pad value of binary convs
+    Binarization is written as Where(x < 0, -1, 1), so sign(0) = +1; the pad value of binary convs
     as an explicit Pad; binary weights as +-1 floats. Fails, writing nothing, if onnxruntime and
     PyTorch disagree (relative logit difference above --tolerance, 1e-3, or a different top-1).
     """

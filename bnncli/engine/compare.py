@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bnncli.artifacts.rundir import RunFiles
+from bnncli.engine.curves import best_epoch, selection_key
 from bnncli.errors import ArtifactError
 
 # Config keys that say where or how fast a run ran, not what it computed: never listed as differences.
@@ -41,11 +42,6 @@ def _options(run: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _best(history: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    scored = [m for m in history if m.get(key) is not None]
-    return max(scored, key=lambda m: m[key]) if scored else None
-
-
 def _size(run: dict[str, Any]) -> dict[str, Any]:
     """Parameters and size at 1 bit of the run's model, counted at its training image size."""
     from bnncli.models import count_model, create_model
@@ -58,8 +54,8 @@ def _size(run: dict[str, Any]) -> dict[str, Any]:
 def summarize(run: dict[str, Any], differing: list[str]) -> dict[str, Any]:
     """One row of the comparison."""
     history = run["history"]
-    key = "val_top1" if any(m.get("val_top1") is not None for m in history) else "train_top1"
-    best, last = _best(history, key), history[-1] if history else {}
+    key = selection_key(history)
+    best, last = best_epoch(history), history[-1] if history else {}
     top5 = "val_top5" if key == "val_top1" else None
     options = _options(run)
     return {

@@ -48,14 +48,16 @@ def _style(ax, title: str, ylabel: str, percent: bool, values: list[float]) -> N
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
 
 
-def _best_epoch(history: Sequence[dict[str, Any]]) -> tuple[float, float, str] | None:
-    """(epoch, top-1, which) of the best epoch: by validation top-1, else by training top-1."""
-    for key in ("val_top1", "train_top1"):
-        scored = [m for m in history if m.get(key) is not None]
-        if scored:
-            best = max(scored, key=lambda m: m[key])
-            return float(best["epoch"]), float(best[key]), key
-    return None
+def selection_key(history: Sequence[dict[str, Any]]) -> str:
+    """The metric a run's best epoch is chosen by: validation top-1, or training top-1 without a val split."""
+    return "val_top1" if any(m.get("val_top1") is not None for m in history) else "train_top1"
+
+
+def best_epoch(history: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The metrics of the best epoch (by :func:`selection_key`; the first of equals), or None."""
+    key = selection_key(history)
+    scored = [m for m in history if m.get(key) is not None]
+    return max(scored, key=lambda m: m[key]) if scored else None
 
 
 def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, title: str = "") -> Path:
@@ -73,9 +75,10 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, titl
         xs, ys = _series(history, key)
         if xs:
             acc_ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    best = _best_epoch(history)
+    best = best_epoch(history)
     if best is not None:
-        epoch, top1, key = best
+        key = selection_key(history)
+        epoch, top1 = float(best["epoch"]), float(best[key])
         which = "val" if key == "val_top1" else "train"
         acc_ax.axvline(epoch, color="0.5", linestyle="--", linewidth=1)
         acc_ax.plot([epoch], [top1], marker="*", markersize=11, color="black", linestyle="none",
@@ -94,15 +97,16 @@ def plot_comparison(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.Pa
     acc_ax, loss_ax = fig.subplots(1, 2)
     losses: list[float] = []
     for name, history in runs.items():
-        key = "val_top1" if any(m.get("val_top1") is not None for m in history) else "train_top1"
+        key = selection_key(history)
         xs, ys = _series(history, key)
         if not xs:
             continue
         label = name if key == "val_top1" else f"{name} (train)"
         line, = acc_ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        best = _best_epoch(history)
+        best = best_epoch(history)
         if best is not None:
-            acc_ax.plot([best[0]], [best[1]], marker="*", markersize=10, color=line.get_color(), linestyle="none")
+            acc_ax.plot([best["epoch"]], [best[key]], marker="*", markersize=10, color=line.get_color(),
+                        linestyle="none")
         lxs, lys = _series(history, "val_loss" if key == "val_top1" else "train_loss")
         if lxs:
             loss_ax.plot(lxs, lys, marker="o", markersize=3, color=line.get_color(), label=name)
