@@ -14,6 +14,9 @@ def compare(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run directories of bnn train.")],
     plot: Annotated[Path, typer.Option("--plot", metavar="FILE", help="Where to draw the runs' validation "
                                        "curves, overlaid (an existing file needs --force).")] = Path("compare.png"),
+    group_seeds: Annotated[bool, typer.Option(
+        "--group-seeds", help="One row for the runs that differ only by --seed: mean ± standard deviation "
+        "over the seeds, and one mean curve with a band from the lowest to the highest run.")] = False,
     force: ForceOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -25,6 +28,9 @@ def compare(
 
     target = check_output(plot, inputs=runs, force=force, suffix=".png")
     result = compare_runs(runs)
+    if group_seeds:
+        _show_groups(result, target, json_)
+        return
     names = _names(result["runs"])
     plot_comparison({n: result["histories"][r["run"]] for n, r in zip(names, result["runs"])}, target)
     if json_:
@@ -46,6 +52,37 @@ def compare(
                       f"{r['size_bytes'] / 2**20:.2f} MiB")
     out.print(table)
     say(f"wrote {target} (validation curves; top-1 by {result['runs'][0]['selected_by']})")
+
+
+def _show_groups(result: dict, target: Path, json_: bool) -> None:
+    from bnncli.engine.compare import group_by_seed
+    from bnncli.engine.curves import plot_groups
+
+    grouped = group_by_seed(result)
+    plot_groups(grouped["histories"], target)
+    if json_:
+        print_json({"differing": grouped["differing"], "groups": grouped["groups"], "plot": str(target)})
+        return
+    from rich.table import Table
+
+    table = Table(title="bnn compare (groups of seeds: mean ± standard deviation)")
+    for col in ["group", *grouped["differing"], "seeds", "best top-1", "last top-1", "img/s", "1-bit size"]:
+        table.add_column(col, justify="left" if col == "group" else "right")
+    for g in grouped["groups"]:
+        table.add_row(plain(g["name"]), *(plain(_short(g["options"].get(k, g["arch"] if k == "arch" else None)))
+                                          for k in grouped["differing"]),
+                      str(len(g["runs"])), _pm(g["best_top1_mean"], g["best_top1_std"]),
+                      _pm(g["last_top1_mean"], g["last_top1_std"]),
+                      f"{g['images_per_s']:.0f}" if g["images_per_s"] else "-", f"{g['size_bytes'] / 2**20:.2f} MiB")
+    out.print(table)
+    say(f"wrote {target} (validation curves, mean of each group's runs; top-1 by "
+        f"{grouped['groups'][0]['selected_by']})")
+
+
+def _pm(mean, std) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.1f}%" + ("" if std is None else f" ± {100 * std:.1f}")
 
 
 def _names(rows: list[dict]) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from bnncli.engine.curves import best_epoch, selection_key
 from bnncli.errors import ArtifactError
 
 # Config keys that say where or how fast a run ran, not what it computed: never listed as differences.
+# (``seed`` is an option like any other; group_by_seed folds runs that differ only by it.)
 _NOT_OPTIONS = {"data", "workers", "threads", "device", "description", "reference", "epochs"}
 
 
@@ -80,3 +83,49 @@ def compare_runs(paths: list[str | os.PathLike]) -> dict[str, Any]:
         differing = ["arch", *differing]
     return {"differing": differing, "runs": [summarize(r, differing) for r in runs],
             "histories": {str(r["dir"]): r["history"] for r in runs}}
+
+
+def group_by_seed(result: dict[str, Any]) -> dict[str, Any]:
+    """Fold the rows of :func:`compare_runs` whose runs differ only by ``seed`` into one group each:
+    the mean and sample standard deviation over the seeds of best and last top-1 (and top-5), the mean
+    images/s, and the member runs. Groups keep the order of their first run."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in result["runs"]:
+        same = {k: v for k, v in row["options"].items() if k != "seed"}
+        groups.setdefault(json.dumps([row["arch"], same], sort_keys=True), []).append(row)
+    differing = [k for k in result["differing"] if k != "seed"]
+    rows = []
+    for members in groups.values():
+        first = members[0]
+        rows.append({
+            "name": _group_name([Path(m["run"]).name for m in members]),
+            "runs": [m["run"] for m in members], "seeds": [m["options"].get("seed") for m in members],
+            "arch": first["arch"], "options": {k: first["options"].get(k) for k in differing},
+            "epochs": [m["epochs"] for m in members], "selected_by": first["selected_by"],
+            **{f"{stat}_{part}": value for stat in ("best_top1", "last_top1", "best_top5", "last_top5")
+               for part, value in _mean_std([m[stat] for m in members]).items()},
+            "images_per_s": _mean_std([m["images_per_s"] for m in members])["mean"],
+            **{k: first[k] for k in ("params", "binary_params", "size_bytes")},
+        })
+    names = [row["name"] for row in rows]
+    for i, row in enumerate(rows):
+        if names.count(row["name"]) > 1:  # two groups, one name: number them in order
+            row["name"] += f" [{names[:i + 1].count(row['name'])}]"
+    histories = {row["name"]: [result["histories"][r] for r in row["runs"]] for row in rows}
+    return {"differing": differing, "groups": rows, "histories": histories}
+
+
+def _mean_std(values: list[float | None]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (None with fewer than two values, or any value missing)."""
+    if not values or any(v is None for v in values):
+        return {"mean": None, "std": None}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
+
+
+def _group_name(names: list[str]) -> str:
+    """The run names' common part without a trailing seed marker (runs a-seed0, a-seed1 -> a)."""
+    if len(names) == 1:
+        return re.sub(r"[-_.]+(seed|s)\d+$", "", names[0], flags=re.IGNORECASE) or names[0]
+    prefix = os.path.commonprefix(names)
+    stem = re.sub(r"[-_.]*(seed|s)?[-_.]*$", "", prefix, flags=re.IGNORECASE)
+    return stem or names[0]

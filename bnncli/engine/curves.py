@@ -1,9 +1,10 @@
 """Training curves as PNG files, drawn with matplotlib's headless Agg backend.
 
 ``plot_curves``: one run, loss and accuracy per epoch. ``plot_comparison``: several runs'
-validation accuracy and loss overlaid (``bnn compare``). Both put the legend beside the axes, never
-over the data, use whole-epoch ticks, mark the best epoch, and draw the loss on a log scale when it
-spans more than a decade.
+validation accuracy and loss overlaid (``bnn compare``); ``plot_groups``: the same for groups of runs
+that differ only by seed, a mean line with a band (``bnn compare --group-seeds``). All put the legend
+beside the axes, never over the data, use whole-epoch ticks, mark the best epoch, and draw the loss
+on a log scale when it spans more than a decade.
 """
 
 from __future__ import annotations
@@ -93,28 +94,49 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike, titl
 def plot_comparison(runs: dict[str, Sequence[dict[str, Any]]], path: str | os.PathLike) -> Path:
     """Write ``path`` (PNG): each run's validation top-1 (training top-1 where it has no validation
     split) and loss per epoch, overlaid, each run's best epoch marked."""
+    return plot_groups({name: [history] for name, history in runs.items()}, path)
+
+
+def plot_groups(groups: dict[str, Sequence[Sequence[dict[str, Any]]]], path: str | os.PathLike) -> Path:
+    """Write ``path`` (PNG) like :func:`plot_comparison`, one line a group of runs (the same options,
+    several seeds): the mean over the group's runs at each epoch they all reached, with a band from
+    the lowest to the highest run, and a star at the best epoch of the mean."""
     fig = _figure(2)
     acc_ax, loss_ax = fig.subplots(1, 2)
     losses: list[float] = []
-    for name, history in runs.items():
-        key = selection_key(history)
-        xs, ys = _series(history, key)
+    for name, histories in groups.items():
+        key = selection_key([m for h in histories for m in h])
+        xs, ys, low, high = _spread(histories, key)
         if not xs:
             continue
         label = name if key == "val_top1" else f"{name} (train)"
+        if len(histories) > 1:
+            label += f" (mean of {len(histories)})"
         line, = acc_ax.plot(xs, ys, marker="o", markersize=3, label=label)
-        best = best_epoch(history)
-        if best is not None:
-            acc_ax.plot([best["epoch"]], [best[key]], marker="*", markersize=10, color=line.get_color(),
-                        linestyle="none")
-        lxs, lys = _series(history, "val_loss" if key == "val_top1" else "train_loss")
+        if len(histories) > 1:
+            acc_ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        best = max(range(len(ys)), key=ys.__getitem__)  # the first of equals
+        acc_ax.plot([xs[best]], [ys[best]], marker="*", markersize=10, color=line.get_color(), linestyle="none")
+        lxs, lys, llow, lhigh = _spread(histories, "val_loss" if key == "val_top1" else "train_loss")
         if lxs:
             loss_ax.plot(lxs, lys, marker="o", markersize=3, color=line.get_color(), label=name)
-            losses += lys
+            if len(histories) > 1:
+                loss_ax.fill_between(lxs, llow, lhigh, color=line.get_color(), alpha=0.15, linewidth=0)
+            losses += llow + lhigh
     acc_ax.set_ylim(0.0, 1.0)
-    _style(acc_ax, "validation top-1 (stars: each run's best)", "top-1", True, [])
+    several = any(len(h) > 1 for h in groups.values())
+    _style(acc_ax, "validation top-1 (stars: best epoch" + ("; bands: lowest to highest run)" if several else ")"),
+           "top-1", True, [])
     _style(loss_ax, "validation loss", "cross-entropy", False, losses)
     return _save(fig, path)
+
+
+def _spread(histories: Sequence[Sequence[dict[str, Any]]], key: str):
+    """Epochs every history has ``key`` for, with the mean, lowest and highest value at each."""
+    series = [dict(zip(*_series(h, key))) for h in histories]
+    epochs = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    values = [[s[e] for s in series] for e in epochs]
+    return (epochs, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values])
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
