@@ -10,11 +10,11 @@ Results go to ``OUT/gpu_check.json`` (rewritten after every part) and ``OUT/<par
 - ``throughput_<arch>_<eager|compiled>``: training images/s of binarydensenet28 and resnete18
   (batch 256, 224 px, bf16 autocast, channels_last, Adam, latent clamp) beside the same network
   with float convs in the same process (``ratio_to_float``, the issue's figure), peak memory;
-- ``train_jpeg_cpu_loader``: ``bnn train`` end to end on a generated JPEG folder with the CPU
-  loader (Pillow in DataLoader workers), per-epoch images/s from its metrics.jsonl;
-- ``train_jpeg_gpu_decode``: the same folder through a loop written here (workers read file
-  bytes only; ``torchvision.io.decode_jpeg(device="cuda")``, crop, flip and normalisation on the
-  GPU): what a ``--loader`` option on the device could reach; GPU only;
+- ``train_jpeg_<loader>``: ``bnn train --loader pil|torchvision|device`` end to end on a generated
+  folder of ImageNet-sized JPEGs (binarydensenet28, bf16, channels_last), per-epoch images/s from
+  its metrics.jsonl; ``pil``: Pillow in the workers, ``torchvision``: libjpeg-turbo and uint8
+  tensors in the workers, ``device``: the workers read bytes and the GPU decodes (nvJPEG), crops,
+  flips and normalises. ``gpu_check.json``'s ``train_jpeg_images_per_s`` gathers the last epoch of each;
 - ``amp_bf16`` / ``amp_fp16``: short ``bnn train`` runs; their losses and whether they fall;
 - ``torchrun``: ``torchrun --nproc_per_node 1 -m bnncli train`` and an NCCL probe (a process
   group, an all-reduce and DDP steps; ``bnn train`` with one process joins no process group).
@@ -42,17 +42,19 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 GPU_ARCHS = ("binarydensenet28", "resnete18")
 SMOKE_ARCHS = {"binarydensenet28": "binarydensenet_tiny", "resnete18": "resnete_tiny"}
+LOADERS = ("pil", "torchvision", "device")  # bnn train --loader
 
 # part -> (time limit in seconds on a GPU, in smoke mode), in the order they run
 PARTS: dict[str, tuple[int, int]] = {
     "environment": (60, 30),
     "throughput_binarydensenet28_eager": (90, 40),
-    "throughput_binarydensenet28_compiled": (240, 10),  # two compilations of the whole training step
-    "train_jpeg_cpu_loader": (150, 60),
+    "train_jpeg_pil": (120, 60),  # also generates the JPEG folder
+    "train_jpeg_torchvision": (75, 60),
+    "train_jpeg_device": (75, 60),
+    "throughput_binarydensenet28_compiled": (180, 10),  # two compilations of the whole training step
     "amp_bf16": (60, 60),
     "amp_fp16": (60, 60),
     "torchrun": (90, 60),
-    "train_jpeg_gpu_decode": (90, 10),
     "throughput_resnete18_eager": (60, 40),
     "throughput_resnete18_compiled": (150, 10),
 }
@@ -91,6 +93,8 @@ def run_parts(out: Path, smoke: bool, budget: float, only: list[str] | None) -> 
         summary["parts"][part] = ({"status": "skipped", "reason": reason} if reason
                                   else run_part(part, out, smoke, min(limit, left)))
         _write(out / "gpu_check.json", summary)
+    summary["train_jpeg_images_per_s"] = {
+        loader: summary["parts"].get(f"train_jpeg_{loader}", {}).get("images_per_s_last_epoch") for loader in LOADERS}
     summary["seconds"] = round(time.monotonic() - t_start, 1)
     _write(out / "gpu_check.json", summary)
     return summary
@@ -100,8 +104,6 @@ def skipped_up_front(part: str, smoke: bool) -> str | None:
     """Why a part does not run in smoke mode (the parts decide for themselves on a real machine)."""
     if smoke and part.endswith("_compiled"):
         return "smoke mode: torch.compile takes minutes on a CPU (the GPU run measures it)"
-    if smoke and part == "train_jpeg_gpu_decode":
-        return "smoke mode: torchvision.io.decode_jpeg(device='cuda') needs a CUDA GPU"
     return None
 
 
@@ -308,123 +310,27 @@ def bnn_train(p: Part, run: Path, extra: list[str], launcher: list[str] | None =
     return out
 
 
-def part_train_jpeg_cpu_loader(p: Part) -> None:
+def part_train_jpeg(p: Part, loader: str) -> None:
+    """``bnn train --loader LOADER`` on the JPEG folder; the last epoch's images/s is the figure."""
     s = p.s
     t0 = time.perf_counter()
     data = jpeg_folder(p)
-    p.save(jpegs=s["jpegs"], jpeg_size=s["jpeg_size"], generate_s=round(time.perf_counter() - t0, 1))
+    p.save(loader=loader, jpegs=s["jpegs"], jpeg_size=s["jpeg_size"], folder_s=round(time.perf_counter() - t0, 1))
     extra = ["--arch", s["train_arch"], "--data", str(data), "--epochs", str(s["epochs"]),
              "--batch-size", str(s["batch_size"]), "--image-size", str(s["train_image_size"]),
-             "--preset", "imagenet"]
+             "--preset", "imagenet", "--loader", loader]
     if p.gpu:
         extra += ["--amp", "bf16", "--channels-last"]
-    r = bnn_train(p, p.out / "runs" / "jpeg_cpu_loader", extra)
+    r = bnn_train(p, p.out / "runs" / f"jpeg_{loader}", extra)
     epochs = r.get("epochs", [])
     summary = {"images_per_s_by_epoch": [e["images_per_s"] for e in epochs],
-               "seconds_by_epoch": [e["seconds"] for e in epochs]}
+               "seconds_by_epoch": [e["seconds"] for e in epochs], "skipped": sum(e["skipped"] for e in epochs)}
     if epochs:
         summary["images_per_s_last_epoch"] = epochs[-1]["images_per_s"]
-    p.save(**r, **summary, status="ok" if r["returncode"] == 0 and epochs else "error",
-           note="epoch 1 includes worker start-up and cuDNN warm-up; the last epoch is the figure")
-
-
-def part_train_jpeg_gpu_decode(p: Part) -> None:
-    """Workers read bytes; the GPU decodes, crops, flips and normalises; binarydensenet28 trains."""
-    if not p.gpu:
-        return p.skip("no CUDA GPU: torchvision.io.decode_jpeg(device='cuda') needs one")
-    import torch
-    import torch.nn.functional as F
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    from bnncli.data.presets import preprocessing
-    from bnncli.models import create_model
-    from bnncli.nn import LatentWeightClamp
-
-    torch.backends.cudnn.benchmark = True
-    s = p.s
-    root = jpeg_folder(p) / "train"
-    files = sorted(str(f) for f in root.rglob("*.jpg"))
-    classes = sorted({Path(f).parent.name for f in files})
-    labels = torch.tensor([classes.index(Path(f).parent.name) for f in files])
-    loader = torch.utils.data.DataLoader(_Bytes(files), batch_size=s["batch_size"], shuffle=True, drop_last=True,
-                                         num_workers=min(8, os.cpu_count() or 1), collate_fn=list,
-                                         persistent_workers=True, prefetch_factor=4)
-    pre = preprocessing("imagenet", 224, 3)
-    mean = torch.tensor(pre["mean"], device=p.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(pre["std"], device=p.device).view(1, 3, 1, 1) * 255
-    model = create_model(s["train_arch"], num_classes=len(classes)).to(p.device).to(
-        memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    clamp = LatentWeightClamp(model)
-    gen = torch.Generator().manual_seed(0)
-
-    def batch_on_gpu(items):
-        idx, data = zip(*items, strict=True)
-        images = decode_jpeg(list(data), mode=ImageReadMode.RGB, device=p.device)
-        out = torch.empty(len(images), 3, 224, 224, device=p.device)
-        for i, img in enumerate(images):
-            top, left, h, w = _crop_box(img.shape[1], img.shape[2], gen)
-            crop = img[None, :, top:top + h, left:left + w].float()
-            crop = F.interpolate(crop, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
-            out[i] = crop[0].flip(-1) if torch.rand(1, generator=gen) < 0.5 else crop[0]
-        x = ((out - mean) / std).contiguous(memory_format=torch.channels_last)
-        return x, labels[list(idx)].to(p.device, non_blocking=True)
-
-    epochs = []
-    for epoch in range(s["epochs"]):
-        t0, n, decode_s = time.perf_counter(), 0, 0.0
-        for items in loader:
-            td = time.perf_counter()
-            x, y = batch_on_gpu(items)
-            decode_s += time.perf_counter() - td
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            clamp()
-            n += len(items)
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        epochs.append({"epoch": epoch + 1, "images": n, "seconds": seconds, "images_per_s": n / seconds,
-                       "host_side_decode_launch_s": round(decode_s, 2), "loss": loss.item()})
-        p.save(epochs=epochs)
-    p.save(images_per_s_last_epoch=epochs[-1]["images_per_s"],
-           note="a loop in this script, not bnn train: nvJPEG decode, per-image crop+resize on the GPU")
-
-
-class _Bytes:
-    """A dataset of (index, file bytes as a uint8 tensor): the CPU work of a GPU-decoding loader."""
-
-    def __init__(self, files: list[str]) -> None:
-        self.files = files
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        import torch
-
-        with open(self.files[i], "rb") as f:
-            return i, torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-
-
-def _crop_box(height: int, width: int, gen) -> tuple[int, int, int, int]:
-    """RandomResizedCrop's box (area 8-100%, aspect 3/4-4/3), drawn from ``gen``; centre crop fallback."""
-    import torch
-
-    area = height * width
-    for _ in range(10):
-        target = area * (0.08 + 0.92 * torch.rand(1, generator=gen).item())
-        log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * torch.rand(1, generator=gen).item()
-        ratio = math.exp(log_ratio)
-        w, h = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(torch.randint(0, height - h + 1, (1,), generator=gen))
-            left = int(torch.randint(0, width - w + 1, (1,), generator=gen))
-            return top, left, h, w
-    side = min(height, width)
-    return (height - side) // 2, (width - side) // 2, side, side
+    config = _read(p.out / "runs" / f"jpeg_{loader}" / "config.json").get("config", {})
+    p.save(**r, **summary, workers=config.get("workers"), status="ok" if r["returncode"] == 0 and epochs else "error",
+           note="epoch 1 includes worker start-up and cuDNN autotuning; the last epoch is the figure. workers: "
+                "None is bnn train's default, min(8, CPUs)")
 
 
 def part_amp(p: Part, amp: str) -> None:
@@ -511,10 +417,8 @@ def run_one(part: str, out: Path, smoke: bool) -> None:
         elif part.startswith("throughput_"):
             _, arch, mode = part.split("_")
             part_throughput(p, arch, mode == "compiled")
-        elif part == "train_jpeg_cpu_loader":
-            part_train_jpeg_cpu_loader(p)
-        elif part == "train_jpeg_gpu_decode":
-            part_train_jpeg_gpu_decode(p)
+        elif part.startswith("train_jpeg_"):
+            part_train_jpeg(p, part[len("train_jpeg_"):])
         elif part.startswith("amp_"):
             part_amp(p, part.split("_")[1])
         elif part == "torchrun":

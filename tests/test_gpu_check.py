@@ -11,10 +11,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-PARTS = ("environment", "throughput_binarydensenet28_eager", "throughput_binarydensenet28_compiled",
-         "train_jpeg_cpu_loader", "amp_bf16", "amp_fp16", "torchrun", "train_jpeg_gpu_decode",
+PARTS = ("environment", "throughput_binarydensenet28_eager", "train_jpeg_pil", "train_jpeg_torchvision",
+         "train_jpeg_device", "throughput_binarydensenet28_compiled", "amp_bf16", "amp_fp16", "torchrun",
          "throughput_resnete18_eager", "throughput_resnete18_compiled")
-SKIPPED_IN_SMOKE = ("throughput_binarydensenet28_compiled", "throughput_resnete18_compiled", "train_jpeg_gpu_decode")
+SKIPPED_IN_SMOKE = ("throughput_binarydensenet28_compiled", "throughput_resnete18_compiled")
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +51,11 @@ def test_smoke_throughput_is_measured_beside_the_float_twin(smoke):
 
 def test_smoke_training_parts_ran_bnn_train(smoke):
     out, summary = smoke
-    e2e = summary["parts"]["train_jpeg_cpu_loader"]
-    assert e2e["returncode"] == 0 and e2e["images_per_s_last_epoch"] > 0
+    for loader in ("pil", "torchvision", "device"):  # bnn train --loader, each on the same JPEG folder
+        e2e = summary["parts"][f"train_jpeg_{loader}"]
+        assert e2e["returncode"] == 0 and e2e["images_per_s_last_epoch"] > 0 and f"--loader {loader}" in e2e["command"]
+        assert summary["train_jpeg_images_per_s"][loader] == e2e["images_per_s_last_epoch"]
+        assert json.loads((out / "runs" / f"jpeg_{loader}" / "config.json").read_text())["config"]["loader"] == loader
     assert (out / "jpegs" / "train").is_dir()
     for amp in ("bf16", "fp16"):
         r = summary["parts"][f"amp_{amp}"]

@@ -6,6 +6,7 @@
       metrics.jsonl  one JSON line per epoch
       curves.png     loss and accuracy per epoch
       config.json    the resolved training configuration, classes and preprocessing
+      tensorboard/   TensorBoard event files, with `bnn train --tensorboard`
       .bnn-train.lock  while a `bnn train` writes here (:class:`RunLock`)
 
 Wherever a command takes a model file, a run directory stands for its ``best.pt``, else its
@@ -56,6 +57,10 @@ class RunFiles:
     @property
     def config(self) -> Path:
         return self.dir / "config.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / "tensorboard"
 
     @property
     def lock(self) -> Path:

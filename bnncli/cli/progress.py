@@ -73,9 +73,10 @@ def _start_line(i: dict[str, Any]) -> str:
     where = f"{i['world_size']} processes on {i['device']}" if i["world_size"] > 1 else i["device"]
     resumed = f", resuming at epoch {i['start_epoch'] + 1} step {i['start_step']}" if i["resumed"] else ""
     held = f" (held out: {i['val_split'] * 100:g}%, by seed)" if i.get("val_split") else ""
+    loader = f", --loader {i['loader']}" if i.get("loader", "pil") != "pil" else ""
     return (f"training {i['arch']} ({i['params']:,} params) on {i['data']}: {i['train_images']:,} train / "
             f"{i['val_images']:,} val images{held}, {i['classes']} classes, {i['image_size']} px ({i['preset']}), "
-            f"batch {i['batch_size']}, {where}{resumed} -> {i['run_dir']}")
+            f"batch {i['batch_size']}{loader}, {where}{resumed} -> {i['run_dir']}")
 
 
 def _epoch_line(m: dict[str, Any], epochs: int, is_best: bool) -> str:

@@ -16,7 +16,16 @@ from bnncli.artifacts.rundir import RunFiles
 from bnncli.cli.common import ArchOpt, JsonOpt, ThreadsOpt, WorkersOpt, info, print_json
 from bnncli.cli.progress import LogEveryOpt, make_reporter
 from bnncli.data.folder import DEFAULT_VAL_SPLIT
-from bnncli.engine.config import AMP_MODES, DEVICES, INITS, OPTIMIZERS, SCHEDULES, TrainConfig, parse_out_dir
+from bnncli.engine.config import (
+    AMP_MODES,
+    DEVICES,
+    INITS,
+    LOADERS,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainConfig,
+    parse_out_dir,
+)
 from bnncli.errors import UsageError
 
 D = TrainConfig()  # the defaults --help shows
@@ -140,7 +149,18 @@ def train(
         "--compile/--no-compile", help=f"torch.compile the model {_default(D.compile)}.")] = None,
     sync_bn: Annotated[bool | None, typer.Option(
         "--sync-bn/--no-sync-bn", help=f"SyncBatchNorm across GPUs under torchrun {_default(D.sync_bn)}.")] = None,
+    loader: Annotated[str | None, typer.Option(
+        "--loader", metavar="NAME", help=f"Who decodes and augments the training images: "
+        f"{_choices(LOADERS, D.loader)}. pil: Pillow in the workers; torchvision: libjpeg-turbo and uint8 "
+        f"tensors in the workers; device: the workers read the files, the training device decodes them "
+        f"(nvJPEG on a GPU). The same crops for the same --seed; validation always reads with pil.")] = None,
     log_every: LogEveryOpt = None,
+    tensorboard: Annotated[bool, typer.Option(
+        "--tensorboard", help="Also log loss, accuracy, learning rate and speed for TensorBoard, in "
+        "RUN/tensorboard (needs the tensorboard extra).")] = False,
+    tensorboard_dir: Annotated[str | None, typer.Option(
+        "--tensorboard-dir", metavar="DIR", help="Where --tensorboard logs; implies it [default: "
+        "RUN/tensorboard].")] = None,
     json_: JsonOpt = False) -> None:
     """Train a model from scratch (Adam, no weight decay, latent weight clipping by default).
 
@@ -164,15 +184,16 @@ def train(
         "crop_ratio": None if crop_ratio is None else list(crop_ratio), "pad_crop": pad_crop,
         "label_smoothing": label_smoothing,
         "workers": workers, "threads": threads, "seed": seed, "device": device, "amp": amp,
-        "channels_last": channels_last, "compile": compile_, "sync_bn": sync_bn,
+        "channels_last": channels_last, "compile": compile_, "sync_bn": sync_bn, "loader": loader,
         "model": {k: v for k, v in model_options.items() if v is not None} or None,
     }
     cfg, checkpoint, out_dir = _configure(overrides, recipe, resume, out_dir)
     reporter = make_reporter(log_every)
+    watched = _with_tensorboard(reporter, tensorboard, tensorboard_dir)
     stop = StopRequest()
     try:
-        with graceful_interrupts(stop), reporter:
-            result = run_training(cfg, out_dir, resume=checkpoint, reporter=reporter, stop=stop)
+        with graceful_interrupts(stop), watched:
+            result = run_training(cfg, out_dir, resume=checkpoint, reporter=watched, stop=stop)
     except KeyboardInterrupt:  # a second Ctrl-C: no time to save, but the last checkpoint is intact
         last = RunFiles(Path(reporter.run_dir)).last if reporter.run_dir is not None else None
         if last is not None and last.exists():
@@ -180,6 +201,18 @@ def train(
         raise
     if reporter.is_main:
         _report(result, cfg, json_)
+
+
+def _with_tensorboard(reporter, on: bool, directory: str | None):
+    """``reporter``, also writing TensorBoard scalars when asked; without the extra this fails here,
+    before training starts. Display only, like --log-every: not part of the run's configuration."""
+    if not on and directory is None:
+        return reporter
+    if directory is not None and not directory.strip():
+        raise UsageError("--tensorboard-dir needs a directory name, not an empty string")
+    from bnncli.engine.tensorboard import TensorBoardReporter
+
+    return TensorBoardReporter(reporter, directory)
 
 
 def _configure(overrides: dict[str, Any], recipe: Path | None, resume: Path | None, out_dir: Path | None):

@@ -274,16 +274,17 @@ def capped_workers(workers: int) -> int:
 
 
 def make_loader(dataset: SampleDataset, sampler: Sampler, batch_size: int, workers: int,
-                pin_memory: bool = False) -> DataLoader:
+                pin_memory: bool = False, collate_fn: Callable[[list], Any] = collate) -> DataLoader:
     """The loader of ``dataset``; ``workers`` is capped to the CPUs (see :func:`capped_workers`; the
-    CLI says so once when an option asked for more)."""
+    CLI says so once when an option asked for more). ``collate_fn`` makes a batch of the samples
+    (:func:`collate`; ``--loader device`` keeps them encoded, bnncli.data.tensor_loaders)."""
     workers = capped_workers(workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,

@@ -29,6 +29,9 @@ SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("default", "he_normal")
+# How training images are decoded and augmented (bnncli.data.tensor_loaders): Pillow in the workers,
+# libjpeg-turbo and uint8 tensors in the workers, or file bytes in the workers and the rest on the device.
+LOADERS = ("pil", "torchvision", "device")
 # Bounds of the numeric options (see validate): beyond them a value is a typo or an attack, not a recipe.
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
@@ -80,6 +83,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     sync_bn: bool = False
+    loader: str = "pil"  # one of LOADERS; validation always reads with pil (the transform bnn eval uses)
     model: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     reference: dict[str, Any] = field(default_factory=dict)
@@ -179,6 +183,7 @@ def validate(cfg: TrainConfig) -> None:
     _choice("device", cfg.device, DEVICES)
     _choice("autocast mode", cfg.amp, AMP_MODES)
     _choice("init", cfg.init, INITS)
+    _choice("loader", cfg.loader, LOADERS)
     if cfg.preset is not None:
         from bnncli.data.presets import PRESETS
 

@@ -18,8 +18,10 @@ from bnncli.errors import ArtifactError, UsageError
 from bnncli.fileio import temp_prefix, write_bytes
 
 # What may change when a run is resumed: where the data lives and how fast it runs, and the
-# number of epochs (to train longer). Anything else would silently mix two experiments.
-RESUMABLE_OVERRIDES = ("data", "epochs", "workers", "device", "amp", "channels_last", "compile")
+# number of epochs (to train longer). Anything else would silently mix two experiments. (A new
+# device, autocast mode or loader changes the arithmetic or the resampling: the resumed run is then
+# no longer bit-identical to an uninterrupted one.)
+RESUMABLE_OVERRIDES = ("data", "epochs", "workers", "device", "amp", "channels_last", "compile", "loader")
 
 
 def default_run_dir(arch: str) -> Path:

@@ -36,6 +36,7 @@ from bnncli.artifacts.identify import reason
 from bnncli.artifacts.rundir import RunFiles, RunLock
 from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipped, make_loader, open_train_data
 from bnncli.data.presets import default_preset, preprocessing
+from bnncli.data.tensor_loaders import train_batches, train_dataset
 from bnncli.data.transforms import eval_transform, train_transform
 from bnncli.engine import distributed
 from bnncli.engine.config import TrainConfig, augmentation
@@ -152,7 +153,9 @@ def build_data(cfg: TrainConfig, ctx: distributed.Context, resume: dict[str, Any
     image_size = cfg.image_size or data.native_size or 224
     in_channels = int(cfg.model.get("in_channels", 3))
     pre = preprocessing(cfg.preset or default_preset(image_size), image_size, in_channels)
-    train_set = SampleDataset(data.train, train_transform(pre, augmentation(cfg)), in_channels)
+    # --loader: who decodes and augments the training images (bnncli.data.tensor_loaders); validation
+    # always reads with the pil loader's eval transform, the one bnn eval and the deployed model use.
+    train_set = train_dataset(cfg.loader, data.train, train_transform(pre, augmentation(cfg)), in_channels)
     val_set = SampleDataset(data.val, eval_transform(pre), in_channels) if data.val is not None else None
     if cfg.batch_size % ctx.world_size:
         raise UsageError(f"batch size {cfg.batch_size} does not divide over {ctx.world_size} processes")
@@ -163,7 +166,7 @@ def build_data(cfg: TrainConfig, ctx: distributed.Context, resume: dict[str, Any
         workers = 0 if ctx.device.type == "cpu" else min(8, max(1, (os.cpu_count() or 1) // local))
     pin = ctx.device.type == "cuda"
     sampler = EpochSampler(train_set, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
-    train_loader = make_loader(train_set, sampler, batch, workers, pin_memory=pin)
+    train_loader = train_batches(train_set, sampler, batch, workers, ctx.device, cfg.channels_last)
     val_loader = None
     if val_set is not None:
         val_loader = make_loader(val_set, ShardSampler(len(val_set), ctx.rank, ctx.world_size), batch, workers,
@@ -184,6 +187,11 @@ def build_model(cfg: TrainConfig, data: TrainData, ctx: distributed.Context,
     if cfg.init == "he_normal":
         he_normal_(raw_model)
     raw_model.to(ctx.device)
+    if ctx.device.type == "cuda":
+        # Every training step has the same input shape, so timing cuDNN's convolution algorithms once
+        # and keeping the fastest pays off from the first epoch. The choice can differ between runs: one
+        # more reason GPU runs are not bit-reproducible (docs/training.md). Never on a CPU: no cuDNN there.
+        torch.backends.cudnn.benchmark = True
     if cfg.channels_last:
         raw_model.to(memory_format=torch.channels_last)
     if cfg.sync_bn and ctx.distributed:
@@ -290,6 +298,7 @@ def start_info(run: Run, resumed: bool) -> dict[str, Any]:
         "preset": d.preprocessing["preset"], "batch_size": cfg.batch_size, "workers": d.workers,
         "epochs": cfg.epochs, "steps_per_epoch": d.steps_per_epoch, "start_epoch": run.start_epoch,
         "start_step": run.start_step, "resumed": resumed, "data": cfg.data, "val_split": cfg.val_split,
+        "loader": cfg.loader,
     }
 
 

@@ -86,6 +86,18 @@ def _open_regular(path: str | os.PathLike):
     return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing for a regular file
 
 
+def read_image_bytes(path: str | os.PathLike, limit: int) -> bytes | None:
+    """The bytes of the image file ``path``, for a decoder other than Pillow; None when the file
+    holds more than ``limit`` bytes. Opened as :func:`load_image` opens it (regular files only);
+    DataError, one line naming the file, when it cannot be read."""
+    try:
+        with _open_regular(path) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
+    return data if len(data) <= limit else None
+
+
 def check_size(img: Image.Image, path: str | os.PathLike) -> None:
     """Refuse, from the header alone, an image too large or too elongated to decode and resize."""
     w, h = img.size
