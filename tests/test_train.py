@@ -94,6 +94,21 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(image_folder, 
     assert without_timing(logged) == without_timing(full.history) and [m["epoch"] for m in logged] == [1, 2, 3]
 
 
+class StopAfterEpoch(StopAt):
+    """Asks for a stop once an epoch is saved (as Ctrl-C during validation would)."""
+
+    def epoch_end(self, metrics, is_best):
+        if metrics["epoch"] == self.at[0]:
+            self.stop.request("test stop")
+
+
+def test_a_stop_after_an_epoch_is_saved_still_draws_the_curves(image_folder, tmp_path):
+    out, stop = tmp_path / "run", StopRequest()
+    result = train(tiny_config(image_folder), out, reporter=StopAfterEpoch(stop, epoch=1, step=0), stop=stop)
+    assert result.interrupted and (result.epochs_done, result.step_in_epoch) == (1, 0)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1 and (out / "curves.png").stat().st_size > 0
+
+
 def test_run_directory_and_checkpoint_contents(full_run):
     out, result = full_run
     assert {p.name for p in out.iterdir()} == {"last.pt", "best.pt", "metrics.jsonl", "curves.png", "config.json"}

@@ -492,7 +492,7 @@ def stopped(run: Run, epochs_done: int, step_in_epoch: int, sums: list[float] | 
     run.reporter.stopping(run.stop.reason or "stop requested")
     if run.ctx.is_main and save:
         save_checkpoint(run.files.last, checkpoint_state(run, epochs_done, step_in_epoch, sums))
-        if run.history:
-            plot_curves(run.history, run.files.curves, run.cfg.arch)
+    if run.ctx.is_main and run.history:  # also when the epoch's checkpoint was written already (save=False)
+        plot_curves(run.history, run.files.curves, run.cfg.arch)
     return TrainResult(run.files.dir, epochs_done, run.cfg.epochs, step_in_epoch, run.data.steps_per_epoch, True,
                        run.stop.reason, run.history, run.best, run.raw_model)
