@@ -79,8 +79,8 @@ def compare_runs(paths: list[str | os.PathLike]) -> dict[str, Any]:
     options = [_options(r) for r in runs]
     keys = sorted({k for o in options for k in o})
     differing = [k for k in keys if len({json.dumps(o.get(k), sort_keys=True) for o in options}) > 1]
-    if len({r["config"]["arch"] for r in runs}) > 1:
-        differing = ["arch", *differing]
+    if "arch" in differing:  # the architecture first, once
+        differing = ["arch", *(k for k in differing if k != "arch")]
     return {"differing": differing, "runs": [summarize(r, differing) for r in runs],
             "histories": {str(r["dir"]): r["history"] for r in runs}}
 
