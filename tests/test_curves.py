@@ -58,3 +58,27 @@ def test_comparison_overlays_runs(tmp_path, figures):
     labels = [t.get_text() for t in acc_ax.get_legend().get_texts()]
     assert labels == ["a", "b", "c (train)"]
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_log_scale_ticks_are_plain_numbers(tmp_path, figures):
+    curves.plot_curves(_history(val=False, loss_decades=True), tmp_path / "c.png")
+    loss_ax = figures[0].axes[0]
+    fmt = loss_ax.yaxis.get_major_formatter()
+    assert [fmt(v, 0) for v in (0.01, 1.0, 10.0)] == ["0.01", "1", "10"]
+    assert [curves._minor_log_label(v) for v in (0.2, 0.3, 0.4, 0.5, 0.7, 20.0, 0.0)] == \
+        ["0.2", "0.3", "", "0.5", "", "20", ""]
+
+
+def test_groups_draw_a_mean_line_with_a_band(tmp_path, figures):
+    low, high = _history(6), [dict(m, val_top1=m["val_top1"] + 0.02) for m in _history(6)]
+    curves.plot_groups({"arm": [low, high], "single": [_history(6)]}, tmp_path / "g.png")
+    acc_ax = figures[0].axes[0]
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["arm (mean of 2)", "single"]
+    mean_line = acc_ax.get_lines()[0]
+    assert list(mean_line.get_ydata()) == pytest.approx([m["val_top1"] + 0.01 for m in low])
+    assert len(acc_ax.collections) == 1  # one band: the group of two, not the single run
+    assert xs_equal(mean_line.get_xdata(), range(1, 7))
+
+
+def xs_equal(xs, expected) -> bool:
+    return [float(x) for x in xs] == [float(e) for e in expected]

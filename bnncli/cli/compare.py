@@ -42,7 +42,7 @@ def compare(
     columns = ["run", *result["differing"], "epochs", "best top-1", "top-5", "last top-1", "img/s", "params",
                "1-bit size"]
     for col in columns:
-        table.add_column(col, justify="left" if col == "run" else "right")
+        table.add_column(_header(col), justify="left" if col == "run" else "right")
     for name, r in zip(names, result["runs"]):
         table.add_row(plain(name), *(plain(_short(r["options"].get(k, r["arch"] if k == "arch" else None)))
                                      for k in result["differing"]),
@@ -67,7 +67,7 @@ def _show_groups(result: dict, target: Path, json_: bool) -> None:
 
     table = Table(title="bnn compare (groups of seeds: mean ± standard deviation)")
     for col in ["group", *grouped["differing"], "seeds", "best top-1", "last top-1", "img/s", "1-bit size"]:
-        table.add_column(col, justify="left" if col == "group" else "right")
+        table.add_column(_header(col), justify="left" if col == "group" else "right")
     for g in grouped["groups"]:
         table.add_row(plain(g["name"]), *(plain(_short(g["options"].get(k, g["arch"] if k == "arch" else None)))
                                           for k in grouped["differing"]),
@@ -77,6 +77,11 @@ def _show_groups(result: dict, target: Path, json_: bool) -> None:
     out.print(table)
     say(f"wrote {target} (validation curves, mean of each group's runs; top-1 by "
         f"{grouped['groups'][0]['selected_by']})")
+
+
+def _header(option: str) -> str:
+    """A column's title: model options without their ``model.`` prefix (narrower tables)."""
+    return option.removeprefix("model.")
 
 
 def _pm(mean, std) -> str:

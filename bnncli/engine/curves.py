@@ -9,6 +9,7 @@ on a log scale when it spans more than a decade.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
 
 
 def _style(ax, title: str, ylabel: str, percent: bool, values: list[float]) -> None:
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("epoch")
@@ -45,8 +46,18 @@ def _style(ax, title: str, ylabel: str, percent: bool, values: list[float]) -> N
         positive = [v for v in values if v > 0]
         if positive and max(positive) / min(positive) > _LOG_SPAN:
             ax.set_yscale("log")
+            # Plain numbers (0.2, 0.3, 0.5, 1, 2), not matplotlib's 3 x 10^-1; minor ticks at 2, 3 and 5 only.
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+
+
+def _minor_log_label(value: float, _position=None) -> str:
+    if value <= 0:
+        return ""
+    leading = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if leading in (2, 3, 5) else ""
 
 
 def selection_key(history: Sequence[dict[str, Any]]) -> str:
@@ -125,7 +136,7 @@ def plot_groups(groups: dict[str, Sequence[Sequence[dict[str, Any]]]], path: str
             losses += llow + lhigh
     acc_ax.set_ylim(0.0, 1.0)
     several = any(len(h) > 1 for h in groups.values())
-    _style(acc_ax, "validation top-1 (stars: best epoch" + ("; bands: lowest to highest run)" if several else ")"),
+    _style(acc_ax, "validation top-1\n(stars: best epoch" + ("; bands: lowest to highest run)" if several else ")"),
            "top-1", True, [])
     _style(loss_ax, "validation loss", "cross-entropy", False, losses)
     return _save(fig, path)
