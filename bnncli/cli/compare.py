@@ -44,8 +44,7 @@ def compare(
     for col in columns:
         table.add_column(_header(col), justify="left" if col == "run" else "right")
     for name, r in zip(names, result["runs"]):
-        table.add_row(plain(name), *(plain(_short(r["options"].get(k, r["arch"] if k == "arch" else None)))
-                                     for k in result["differing"]),
+        table.add_row(plain(name), *_cells(r["options"], result["differing"]),
                       str(r["epochs"]), _pct(r["best_top1"]) + (f" (ep {r['best_epoch']})" if r["best_epoch"] else ""),
                       _pct(r["best_top5"]), _pct(r["last_top1"]),
                       f"{r['images_per_s']:.0f}" if r["images_per_s"] else "-", f"{r['params'] / 1e6:.2f}M",
@@ -69,14 +68,18 @@ def _show_groups(result: dict, target: Path, json_: bool) -> None:
     for col in ["group", *grouped["differing"], "seeds", "best top-1", "last top-1", "img/s", "1-bit size"]:
         table.add_column(_header(col), justify="left" if col == "group" else "right")
     for g in grouped["groups"]:
-        table.add_row(plain(g["name"]), *(plain(_short(g["options"].get(k, g["arch"] if k == "arch" else None)))
-                                          for k in grouped["differing"]),
+        table.add_row(plain(g["name"]), *_cells(g["options"], grouped["differing"]),
                       str(len(g["runs"])), _pm(g["best_top1_mean"], g["best_top1_std"]),
                       _pm(g["last_top1_mean"], g["last_top1_std"]),
                       f"{g['images_per_s']:.0f}" if g["images_per_s"] else "-", f"{g['size_bytes'] / 2**20:.2f} MiB")
     out.print(table)
     say(f"wrote {target} (validation curves, mean of each group's runs; top-1 by "
         f"{grouped['groups'][0]['selected_by']})")
+
+
+def _cells(options: dict, keys: list[str]) -> list[str]:
+    """A row's values of the differing options (``arch`` among them when the architectures differ)."""
+    return [plain(_short(options.get(k))) for k in keys]
 
 
 def _header(option: str) -> str:

@@ -10,6 +10,7 @@ run would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -175,6 +176,21 @@ class Skipped:
     reason: str
 
 
+@contextlib.contextmanager
+def sample_rng(seed: int | None) -> Iterator[None]:
+    """The draws of one sample's random transform, from the CPU generator seeded with its
+    augmentation seed (forked, so the caller's stream is untouched); without a seed, the stream as
+    it is. Every ``--loader`` draws through this, so a seed gives the same crops with each."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding with
+        # a stack trace on every call (slow, and a queue that grows for the whole run).
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 class SampleDataset:
     """Map-style dataset over a source: ``dataset[i]`` or ``dataset[(i, seed)] -> (tensor, label)``.
 
@@ -198,12 +214,7 @@ class SampleDataset:
         index, seed = key if isinstance(key, tuple) else (key, None)
         try:  # an image unreadable, or refused by the transform (too large once resized), is skipped
             img, label = self.source.load(index, self.channels)
-            if seed is None:
-                return self.transform(img), label
-            with torch.random.fork_rng(devices=[]):
-                # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding with
-                # a stack trace on every call (slow, and a queue that grows for the whole run).
-                torch.default_generator.manual_seed(seed)
+            with sample_rng(seed):
                 return self.transform(img), label
         except DataError as e:
             return Skipped(self.source.describe(index), str(e))

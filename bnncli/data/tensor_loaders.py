@@ -41,7 +41,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from bnncli.data.folder import ImageFolderDataset
-from bnncli.data.loading import SampleDataset, Skipped, Source, Subset, make_loader
+from bnncli.data.loading import SampleDataset, Skipped, Source, Subset, make_loader, sample_rng
 from bnncli.data.transforms import _ResizeBound
 from bnncli.errors import DataError, UsageError
 from bnncli.runtime.images import DRAFT_PIXELS, check_size, load_image, read_image_bytes
@@ -139,10 +139,7 @@ class TensorTransform:
         return tuple(ops)
 
     def draw_seeded(self, height: int, width: int, seed: int | None) -> tuple[Op, ...]:
-        if seed is None:
-            return self.draw(height, width)
-        with torch.random.fork_rng(devices=[]):  # as SampleDataset: the caller's stream is untouched
-            torch.default_generator.manual_seed(seed)
+        with sample_rng(seed):  # seeded as the pil loader's SampleDataset is
             return self.draw(height, width)
 
     @staticmethod
