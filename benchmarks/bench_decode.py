@@ -4,7 +4,7 @@ Generates a folder of ImageNet-sized JPEGs (500x375, quality 90: smooth colour f
 and noise, about 100 KB each, near ImageNet's mean of about 110 KB), then measures images/s
 on one core (one process, one torch thread) for:
 
-- ``pil``: what ``bnn train`` does today: ``bnncli.runtime.images.load_image`` (Pillow decode,
+- ``pil``: what ``bnn train`` does today: ``bnncli.images.decode.load_image`` (Pillow decode,
   RGB) and the ``imagenet`` preset's ``train_transform`` (RandomResizedCrop(224), flip,
   ToTensor, Normalize) from ``bnncli.data.transforms``;
 - ``pil-draft``: the same crop drawn first from the JPEG header, then Pillow's ``Image.draft``
@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, features
 
 from bnncli.data.presets import preprocessing
 from bnncli.data.transforms import train_transform
-from bnncli.runtime.images import load_image
+from bnncli.images.decode import load_image
 
 SIZE = 224
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)

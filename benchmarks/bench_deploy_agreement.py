@@ -60,7 +60,7 @@ def main() -> None:
 
     from bnncli.artifacts.open import open_model
     from bnncli.deploy.verify import compare
-    from bnncli.runtime.preprocess import preprocess_file
+    from bnncli.images.preprocess import preprocess_file
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bnn-agreement-"))
     work.mkdir(parents=True, exist_ok=True)

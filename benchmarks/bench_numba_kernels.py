@@ -1,4 +1,4 @@
-"""The compiled binary conv (bnncli.runtime.numba_kernels) against the NumPy kernel, layer by layer.
+"""The compiled binary conv (bnncli.runtime.backends.numba) against the NumPy kernel, layer by layer.
 
     python benchmarks/bench_numba_kernels.py                         # both models, batch 1 and 16, 1 thread
     python benchmarks/bench_numba_kernels.py --models resnete18 --batches 1 --threads 2 --json out.json
@@ -7,17 +7,16 @@
 For every binary conv shape of BinaryDenseNet28 and ResNetE18 at 224 px (random weights and
 inputs; BinaryDenseNet's convs with per-channel thresholds and some negated channels, as a folded
 BatchNorm gives; pad value 0), both kernels do the whole op as ``BinaryConv`` runs it: binarize,
-pack, XOR + popcount, float32 epilogue. The NumPy side is ``K.pack_planar(K.sign_bits(...))``
-then ``K.binary_conv_fast`` (with the thread pool when ``--threads`` > 1), the compiled side a
-:class:`numba_kernels.BinaryConvKernel` built once, as an op would hold it (sharing the same
-pool); both get the cached ``half_offset``. The two are timed alternately, ``--rounds`` rounds
+pack, XOR + popcount, float32 epilogue, each through its backend's ``Kernels.binary_conv`` as a
+model's op prepares it once (NumPy: ``pack_planar(sign_bits(...))`` then ``binary_conv_fast``
+on its thread pool; numba: a ``BinaryConvKernel`` on its crew of helper threads when
+``--threads`` > 1). The two are timed alternately, ``--rounds`` rounds
 of ``--repeats`` calls each, and the best round's median is kept (damps other processes' noise).
 Every result is checked bit for bit against the NumPy one.
 
 Reported per shape: milliseconds, G binary MAC/s (Cout * Ho * Wo * N * Cin * kh * kw per second)
 and the speed-up; per model, the sum over its layers. ``--busy`` keeps a second process
-busy-looping on one core while it measures; ``--parallel prange`` runs the compiled kernel's
-multi-threaded calls on numba's threading layer instead of the thread pool.
+busy-looping on one core while it measures.
 """
 
 from __future__ import annotations
@@ -27,12 +26,14 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from bnncli.runtime import kernels as K
-from bnncli.runtime import numba_kernels as NK
+from bnncli.graph import bits as B
+from bnncli.runtime.backends import BinaryConvLayer
+from bnncli.runtime.backends.numba import NumbaKernels
+from bnncli.runtime.backends.numpy import NumpyKernels
+from bnncli.runtime.context import Context
 
 
 def _transition(channels: int, reduction: float) -> int:
@@ -70,33 +71,31 @@ class Layer:
         self.cin, self.cout, self.hw, self.stride, self.batch = cin, cout, hw, (stride, stride), batch
         self.pads = (1, 1, 1, 1)
         self.x = rng.standard_normal((cin, batch, hw, hw)).astype(np.float32)
-        self.wbits = K.pack_bits(rng.random((cout, 3, 3, cin)) < 0.5)
+        self.wbits = B.pack_bits(rng.random((cout, 3, 3, cin)) < 0.5)
         self.threshold = rng.standard_normal(cin).astype(np.float32) * 0.1 if threshold else None
         self.negate = (rng.random(cin) < 0.3) if threshold else None
-        self.half_offset = K.half_dot_offset(K.dot_offset(self.wbits, cin, hw, hw, self.stride, self.pads, (1, 1), 0.0))
-        self.fill = np.zeros(self.wbits.shape[-1], np.uint64)
-        self.kernel = NK.BinaryConvKernel(self.wbits, cin, self.stride, (1, 1), 0.0, self.threshold, self.negate)
+        layer = BinaryConvLayer(self.wbits, cin, self.stride, (1, 1), 0.0, self.threshold, self.negate)
+        self.runs = {name: kernels.binary_conv(layer) for name, kernels in BACKENDS.items()}
         ho = (hw + 2 - 3) // stride + 1
+        self.out = np.empty((cout, batch, ho, ho), np.float32)
         self.macs = cout * ho * ho * batch * cin * 9
 
-    def numpy(self, pool, threads):
-        xb = K.pack_planar(K.sign_bits(self.x, self.threshold, self.negate)).reshape(-1, self.batch, self.hw, self.hw)
-        return K.binary_conv_fast(xb, self.wbits, self.cin, self.stride, self.pads, (1, 1), 0.0, pool=pool,
-                                  workers=threads, half_offset=lambda h, w: self.half_offset, fill=self.fill,
-                                  dtype=np.float32)
-
-    def numba(self, pool, threads):
-        return self.kernel(self.x, self.pads, threads, self.half_offset, pool=pool)
+    def call(self, backend: str) -> np.ndarray:
+        return self.runs[backend](self.x, self.pads, self.out)
 
 
-def measure(layer: Layer, threads: int, pool, rounds: int, repeats: int) -> dict:
-    a = layer.numpy(pool, threads)
-    b = layer.numba(pool, threads)
+BACKENDS: dict[str, NumpyKernels] = {}
+
+
+def measure(layer: Layer, rounds: int, repeats: int) -> dict:
+    a = layer.call("numpy").copy()
+    b = layer.call("numba")
     if not np.array_equal(a.view(np.uint32), b.view(np.uint32)):
         raise AssertionError(f"numba result differs from NumPy's on {vars(layer)}")
     best = {"numpy": np.inf, "numba": np.inf}
     for _ in range(rounds):
-        for name, fn in (("numpy", lambda: layer.numpy(pool, threads)), ("numba", lambda: layer.numba(pool, threads))):
+        for name in ("numpy", "numba"):
+            fn = lambda name=name: layer.call(name)  # noqa: E731
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
@@ -114,22 +113,21 @@ def main(argv=None) -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--parallel", choices=["pool", "prange"], default=NK.PARALLEL)
     p.add_argument("--busy", action="store_true", help="keep another process busy on one core meanwhile")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    NK.PARALLEL = args.parallel
-    pool = ThreadPoolExecutor(args.threads) if args.threads > 1 else None
+    buffers = Context(1, "numpy")  # only for the scratch the kernels take
+    BACKENDS.update(numpy=NumpyKernels(args.threads, buffers), numba=NumbaKernels(args.threads, buffers))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     try:
-        run(args, pool)
+        run(args)
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
 
 
-def run(args, pool) -> None:
+def run(args) -> None:
     results = []
     for model in args.models:
         for batch in args.batches:
@@ -138,19 +136,19 @@ def run(args, pool) -> None:
                 key = tuple(spec.items())
                 shapes[key] = shapes.get(key, 0) + 1
             print(f"\n{model}, batch {batch}, {args.threads} thread(s)"
-                  + (f" ({args.parallel})" if args.threads > 1 else "") + (", a busy core" if args.busy else ""))
+                  + (", a busy core" if args.busy else ""))
             print(f"{'cin':>4} {'cout':>4} {'hw':>3} {'s':>1} {'x':>2} | {'numpy ms':>9} {'GMAC/s':>7} | "
                   f"{'numba ms':>9} {'GMAC/s':>7} | {'speed-up':>8}")
             total = {"numpy": 0.0, "numba": 0.0, "macs": 0}
             for key, count in shapes.items():
                 spec = dict(key)
                 layer = Layer(**spec, batch=batch)
-                t = measure(layer, args.threads, pool, args.rounds, args.repeats)
+                t = measure(layer, args.rounds, args.repeats)
                 gn, gc = layer.macs / t["numpy"] / 1e9, layer.macs / t["numba"] / 1e9
                 print(f"{spec['cin']:>4} {spec['cout']:>4} {spec['hw']:>3} {spec['stride']:>1} {count:>2} | "
                       f"{1e3 * t['numpy']:>9.3f} {gn:>7.0f} | {1e3 * t['numba']:>9.3f} {gc:>7.0f} | "
                       f"{t['numpy'] / t['numba']:>7.2f}x", flush=True)
-                results.append(dict(model=model, batch=batch, threads=args.threads, parallel=args.parallel,
+                results.append(dict(model=model, batch=batch, threads=args.threads,
                                     busy=args.busy, count=count, **spec,
                                     macs=layer.macs, numpy_s=t["numpy"], numba_s=t["numba"]))
                 total["numpy"] += count * t["numpy"]

@@ -128,7 +128,7 @@ def _build(name: str, size: int, folder: Path, exact: bool = False):
     from bnncli.deploy.lower import lower
     from bnncli.deploy.onnx_export import to_onnx
     from bnncli.deploy.pack import packed_graph
-    from bnncli.runtime.format import write_packed
+    from bnncli.graph.format import write_packed
 
     # The test suite's weight helpers (tests/conftest.py): exact weights, or random BatchNorms.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

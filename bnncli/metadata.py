@@ -20,10 +20,10 @@ from bnncli.errors import ArtifactError
 
 MODEL_KEYS = ("arch", "arch_kwargs", "class_names", "preprocessing")
 PREPROCESSING_KEYS = ("preset", "image_size", "resize", "mean", "std", "channels", "interpolation")
-# How an image becomes the input (bnncli.runtime.preprocess): "bilinear", bnncli's resize then crop;
+# How an image becomes the input (bnncli.images.preprocess): "bilinear", bnncli's resize then crop;
 # "tf-bicubic", Larq Zoo's crop then TensorFlow 1 bicubic resize.
 INTERPOLATIONS = ("bilinear", "tf-bicubic")
-# Images are read as RGB or L (bnncli.runtime.images).
+# Images are read as RGB or L (bnncli.images.decode).
 CHANNELS = (1, 3)
 # The largest input side any model file may ask for, and the largest resize before its crop: the
 # input of one image is then at most 3 x 2048 x 2048 float32 (48 MiB), whatever a file says.

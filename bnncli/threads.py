@@ -11,7 +11,7 @@ threads against 327 img/s with one. Two rules, applied by every command that com
 * OpenMP's idle threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, set by the ``bnn``
   command before PyTorch loads, unless the environment already chose a policy). onnxruntime's
   sessions are made with spinning off (bnncli.artifacts.onnx_file), and the packed runtime's
-  helpers yield the CPU (bnncli.runtime.numba_crew).
+  helpers yield the CPU (bnncli.runtime.backends.numba.crew).
 
 This module imports only the standard library: the runtime uses it too.
 """

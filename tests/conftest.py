@@ -187,7 +187,7 @@ def rewrite_packed_header(data: bytes, edit, version: int | None = None) -> byte
     import struct
     import zlib
 
-    from bnncli.runtime import format as fmt
+    from bnncli.graph import format as fmt
 
     _, old_version, hlen, plen, _ = struct.unpack_from("<8sIIQ32s", data)
     header = json.loads(zlib.decompress(data[56:56 + hlen]))

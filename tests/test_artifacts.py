@@ -15,8 +15,8 @@ from bnncli.artifacts.onnx_file import metadata_props, read_metadata
 from bnncli.deploy.verify import TOLERANCE, VerificationError, compare, sample_inputs, verify
 from bnncli.errors import ArtifactError
 from bnncli.fileio import write_text
+from bnncli.graph.format import PREAMBLE_SIZE, header_size
 from bnncli.metadata import MODEL_KEYS, check_model_meta, model_meta
-from bnncli.runtime.format import PREAMBLE_SIZE, header_size
 
 PRE = {"preset": "small", "image_size": 8, "resize": 8, "mean": [0.5], "std": [0.25], "channels": 1,
        "interpolation": "bilinear"}
@@ -88,8 +88,8 @@ def test_onnx_metadata_round_trips_and_is_validated():
 
 
 def test_packed_header_size_is_read_from_the_preamble():
-    from bnncli.runtime.format import encode
-    from bnncli.runtime.graph import Graph, Node
+    from bnncli.graph.format import encode
+    from bnncli.graph.graph import Graph, Node
 
     graph = Graph([Node("Relu", "r", ["input"], ["logits"])], {})
     data = encode(graph, {**META, "float_dtype": "float32"})

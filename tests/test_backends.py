@@ -16,7 +16,7 @@ from bnncli.deploy.pack import packed_graph
 from bnncli.errors import UsageError
 from bnncli.runtime import Model, backends
 
-HAVE_NUMBA = backends.compiled_kernels() is not None
+HAVE_NUMBA = "numba" in backends.available()
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed (the 'fast' extra)")
 
 
@@ -36,7 +36,7 @@ def test_choice_by_argument_environment_and_auto(monkeypatch):
 
 
 def test_numba_asked_for_but_missing_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(backends, "compiled_kernels", lambda: None)
+    monkeypatch.setattr(backends, "_numba_backend", lambda: None)
     assert backends.resolve("auto") == "numpy"  # auto falls back to the reference
     with pytest.raises(UsageError, match=r"pip install 'bnncli\[fast\]'"):
         backends.resolve("numba")
@@ -77,8 +77,9 @@ def test_compiled_backend_equals_numpy_bit_for_bit(name):
 @needs_numba
 @pytest.mark.parametrize("name", list_models())
 def test_compiled_backend_on_helper_threads_equals_numpy(name, monkeypatch):
-    """Every op large enough to be split across the crew's threads (bnncli.runtime.numba_crew)."""
-    from bnncli.runtime import numba_float, numba_kernels
+    """Every op large enough to be split across the crew's threads (bnncli.runtime.backends.numba.crew)."""
+    from bnncli.runtime.backends.numba import binary_conv as numba_kernels
+    from bnncli.runtime.backends.numba import float_ops as numba_float
 
     monkeypatch.setattr(numba_kernels, "CREW_MIN_WORK", 0)
     monkeypatch.setattr(numba_float, "PARALLEL_MIN_ELEMENTS", 0)
@@ -87,7 +88,7 @@ def test_compiled_backend_on_helper_threads_equals_numpy(name, monkeypatch):
     reference = Model(graph, threads=1, backend="numpy")(x)
     for threads in (2, 3):
         model = Model(graph, threads=threads, backend="numba")
-        assert model.ctx.crew is not None and model.ctx.crew.threads == threads
+        assert model.ctx.kernels.crew is not None and model.ctx.kernels.crew.threads == threads
         for _ in range(2):  # the second call reuses the buffers and kernels the first prepared
             assert np.array_equal(model(x), reference), (name, threads)
 
@@ -112,7 +113,7 @@ def test_the_runtime_runs_where_numba_cannot_be_imported(tmp_path):
 
     graph = packed_graph(lower(_model("binarydensenet_tiny")))
     from bnncli.data.presets import preprocessing
-    from bnncli.runtime import format
+    from bnncli.graph import format
 
     meta = {"arch": "binarydensenet_tiny", "arch_kwargs": {}, "class_names": [f"c{i}" for i in range(10)],
             "preprocessing": preprocessing("small", 32), "float_dtype": "float32", "producer": "test"}

@@ -10,7 +10,7 @@ from conftest import rewrite_packed_header
 from bnncli.artifacts.open import open_model, sniff
 from bnncli.deploy.pack import pack_model
 from bnncli.errors import ArtifactError
-from bnncli.runtime import format as fmt
+from bnncli.graph import format as fmt
 from bnncli.runtime import load
 
 

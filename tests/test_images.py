@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from bnncli.errors import DataError
-from bnncli.runtime.images import load_image
+from bnncli.images.decode import load_image
 
 
 def test_modes_become_rgb(tmp_path):

@@ -24,9 +24,9 @@ from bnncli.convert.larq import convert, keras_order
 from bnncli.data.presets import preprocessing
 from bnncli.deploy.verify import compare
 from bnncli.errors import ArtifactError, UsageError
+from bnncli.images.labels import imagenet_names
+from bnncli.images.preprocess import larq_crop_box, preprocess_image
 from bnncli.runtime import load as load_packed
-from bnncli.runtime.labels import imagenet_names
-from bnncli.runtime.preprocess import larq_crop_box, preprocess_image
 
 h5py = pytest.importorskip("h5py")
 

@@ -1,5 +1,5 @@
-"""The compiled float ops (bnncli.runtime.numba_float) against the NumPy ops, and the Crew that
-runs compiled work on helper threads (bnncli.runtime.numba_crew)."""
+"""The compiled float ops (bnncli.runtime.backends.numba.float_ops) against the NumPy ops, and the
+Crew that runs compiled work on helper threads (bnncli.runtime.backends.numba.crew)."""
 
 import gc
 import time
@@ -11,11 +11,12 @@ pytest.importorskip("numba")
 
 from numba import njit, types  # noqa: E402
 
-from bnncli.runtime import numba_crew as NC  # noqa: E402
-from bnncli.runtime import numba_float as F  # noqa: E402
-from bnncli.runtime import numba_kernels as NK  # noqa: E402
-from bnncli.runtime import ops as O  # noqa: E402
-from bnncli.runtime.padding import output_hw  # noqa: E402
+from bnncli.graph.padding import output_hw  # noqa: E402
+from bnncli.runtime.backends import numpy as O  # noqa: E402
+from bnncli.runtime.backends.numba import crew as NC  # noqa: E402
+from bnncli.runtime.backends.numba import float_ops as F  # noqa: E402
+from bnncli.runtime.backends.numba import intrinsics as NK  # noqa: E402
+from bnncli.runtime.backends.numba.intrinsics import functions_cached  # noqa: E402
 
 
 def same_bits(a, b) -> bool:
@@ -62,7 +63,7 @@ POOLS = [  # kernel, stride, pads (top, left, bottom, right)
 def test_max_pool_equals_numpy(kernel, stride, pads, shape, relu, crew):
     x = feature_map(*shape, seed=sum(shape))
     ho, wo = output_hw(shape[2:], kernel, stride, pads)
-    expected = O._pool(x, kernel, stride, pads, np.maximum, -np.inf)
+    expected = O.pool(x, kernel, stride, pads, np.maximum, -np.inf)
     if relu:
         expected = np.maximum(expected, np.float32(0))
     got = F.max_pool(x, kernel, stride, pads, (ho, wo), relu, crew=crew)
@@ -76,7 +77,7 @@ def test_max_pool_equals_numpy(kernel, stride, pads, shape, relu, crew):
 def test_avg_pool_equals_numpy_bit_for_bit(kernel, stride, shape, crew):
     x = feature_map(*shape, seed=len(shape), specials=False) * np.float32(1e3)
     ho, wo = output_hw(shape[2:], kernel, stride, (0, 0, 0, 0))
-    expected = O._pool(x, kernel, stride, (0, 0, 0, 0), np.add, 0.0)
+    expected = O.pool(x, kernel, stride, (0, 0, 0, 0), np.add, 0.0)
     expected /= np.float32(kernel[0] * kernel[1])
     assert same_bits(F.avg_pool(x, kernel, stride, (ho, wo), crew=crew), expected)
 
@@ -96,7 +97,7 @@ def test_affine_equals_numpy_bit_for_bit_and_writes_in_place(shape, crew):
 
 def test_non_contiguous_input_is_copied_not_misread():
     x = feature_map(4, 2, 10, 10, seed=3, specials=False)[:, :, ::2, :]  # a strided view
-    expected = O._pool(np.ascontiguousarray(x), (2, 2), (2, 2), (0, 0, 0, 0), np.maximum, -np.inf)
+    expected = O.pool(np.ascontiguousarray(x), (2, 2), (2, 2), (0, 0, 0, 0), np.maximum, -np.inf)
     assert np.array_equal(F.max_pool(x, (2, 2), (2, 2), (0, 0, 0, 0), (2, 5)), expected)
 
 
@@ -108,20 +109,20 @@ def _record_threads(counters, tasks, spin):
     """A crew job: tasks from counters[0], each marks the thread that ran it into counters[16 + task]."""
     me = np.int64(_thread_id())
     while True:
-        t = NK._fetch_add(counters, 0)
+        t = NK.fetch_add(counters, 0)
         if t >= tasks:
             break
         s = 0.0
         for i in range(spin):
             s += i * 0.5
         counters[16 + t] = me + np.int64(s > -1.0) - 1
-        NK._fetch_add(counters, 8)
+        NK.fetch_add(counters, 8)
 
 
 def _run_job(crew, tasks=64, spin=20000):
     counters = np.zeros(16 + tasks, np.int64)
     crew.run(_record_threads, (counters, tasks, spin))
-    NK._wait_for(counters, 8, tasks)
+    NK.wait_for(counters, 8, tasks)
     return set(counters[16:].tolist())
 
 
@@ -175,4 +176,4 @@ def test_cache_is_warm_after_calls():
     crew = NC.Crew(1)
     _run_job(crew)
     crew.close()
-    assert F.cache_is_warm() and NC.cache_is_warm()
+    assert functions_cached(F.COMPILED) and functions_cached(NC.COMPILED)

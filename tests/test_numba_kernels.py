@@ -1,10 +1,11 @@
-"""The compiled binary conv (bnncli.runtime.numba_kernels) against the NumPy kernels, bit for bit.
+"""The compiled binary conv (bnncli.runtime.backends.numba.binary_conv) against the NumPy kernels, bit for bit.
 
 Every case runs the NumPy path of ``BinaryConv`` (K.sign_bits -> K.pack_planar ->
 K.binary_conv_fast in float32) and the fused numba kernel on the same float input, and compares
 the float32 results' bits; without scale and bias the result is the exact dot product, which is
-also checked against K.binary_conv_reference. Both the serial and the parallel build run, with
-task chunks small enough that chunks straddle rows and images.
+also checked against K.binary_conv_reference. Both the serial loop and the shared one (the
+calling thread with a crew's helpers) run, with task chunks small enough that chunks straddle
+rows and images.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +15,13 @@ import pytest
 
 pytest.importorskip("numba")
 
-from bnncli.runtime import kernels as K  # noqa: E402
-from bnncli.runtime import numba_kernels as NK  # noqa: E402
-from bnncli.runtime.padding import as_pads, output_hw  # noqa: E402
+from bnncli.graph import bits as B  # noqa: E402
+from bnncli.graph.padding import as_pads, output_hw  # noqa: E402
+from bnncli.runtime.backends import BinaryConvLayer  # noqa: E402
+from bnncli.runtime.backends import numpy as K  # noqa: E402
+from bnncli.runtime.backends.numba import binary_conv as NK  # noqa: E402
+from bnncli.runtime.backends.numba.crew import Crew  # noqa: E402
+from bnncli.runtime.backends.numba.intrinsics import functions_cached, popcount  # noqa: E402
 
 GEOMETRIES = [  # kernel, stride, padding, dilation
     (3, 1, (1, 1), 1),
@@ -44,6 +49,13 @@ def numpy_conv(x, wbits, channels, stride, pads, dilation, pad_value, threshold=
                               scale=scale, bias=bias)
 
 
+def numba_conv(x, wbits, channels, stride=(1, 1), pads=(0, 0), dilation=(1, 1), pad_value=0.0, threshold=None,
+               negate=None, scale=None, bias=None, crew=None, **kw):
+    """One call of a BinaryConvKernel built for these arguments (``kw``: out=, half_offset=)."""
+    layer = BinaryConvLayer(wbits, channels, stride, dilation, pad_value, threshold, negate, scale, bias)
+    return NK.BinaryConvKernel(layer)(x, pads, crew=crew, **kw)
+
+
 def same_bits(a, b) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype == np.float32 and np.array_equal(a.view(np.uint32),
                                                                                        b.view(np.uint32))
@@ -54,7 +66,7 @@ def make_case(cin, cout, kernel, n, h, w, seed):
     rng = np.random.default_rng(seed)
     x = rng.integers(-2, 3, (cin, n, h, w)).astype(np.float32)
     x[rng.random(x.shape) < 0.1] = -0.0
-    wbits = K.pack_bits(rng.random((cout, kernel, kernel, cin)) < 0.5)
+    wbits = B.pack_bits(rng.random((cout, kernel, kernel, cin)) < 0.5)
     threshold = rng.integers(-1, 2, cin).astype(np.float32)
     threshold[::5] = -0.0
     negate = rng.random(cin) < 0.4
@@ -64,22 +76,24 @@ def make_case(cin, cout, kernel, n, h, w, seed):
     return x, wbits, threshold, negate, scale, bias
 
 
-@pytest.fixture(params=["serial", "pool", "prange"])
-def threads(request, monkeypatch):
-    """1 (the serial build) or 2, on a thread pool or in the parallel=True build (forced on small
-    maps), with task chunks small enough to straddle rows and images."""
+@pytest.fixture(params=["serial", "crew"])
+def crew(request, monkeypatch):
+    """None (the serial loop) or a crew of one helper (the shared loop, forced on small maps),
+    with task chunks small enough to straddle rows and images."""
     monkeypatch.setattr(NK, "PACK_CHUNK", 11)
     monkeypatch.setattr(NK, "CONV_CHUNK", 6)
     if request.param == "serial":
-        return 1
-    monkeypatch.setattr(NK, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(NK, "PARALLEL", request.param)
-    return 2
+        yield None
+        return
+    monkeypatch.setattr(NK, "CREW_MIN_WORK", 0)
+    helpers = Crew(1)
+    yield helpers
+    helpers.close()
 
 
 @pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: f"k{g[0]}s{g[1]}p{'-'.join(map(str, g[2]))}d{g[3]}")
-def test_equals_numpy_path_bit_for_bit(geometry, pad_value, threads):
+def test_equals_numpy_path_bit_for_bit(geometry, pad_value, crew):
     k, s, pads, d = geometry
     for i, cin in enumerate(CHANNELS):
         n = 1 + i % 5
@@ -94,28 +108,27 @@ def test_equals_numpy_path_bit_for_bit(geometry, pad_value, threads):
         sc = scale if i % 2 else None
         bi = bias if i % 4 in (1, 2) else None
         expected = numpy_conv(x, wbits, cin, (s, s), pads, (d, d), pad_value, thr, neg, sc, bi)
-        got = NK.binary_conv(x, wbits, cin, (k, k), (s, s), pads, (d, d), pad_value, thr, neg, None, sc, bi, threads)
+        got = numba_conv(x, wbits, cin, (s, s), pads, (d, d), pad_value, thr, neg, sc, bi, crew)
         assert same_bits(got, expected), (cin, cout, n, h, w, thr is not None, neg is not None, sc is not None,
                                           bi is not None)
 
 
 @pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
 @pytest.mark.parametrize("geometry", GEOMETRIES[::2], ids=lambda g: f"k{g[0]}s{g[1]}p{'-'.join(map(str, g[2]))}d{g[3]}")
-def test_exact_dot_equals_reference(geometry, pad_value, threads):
+def test_exact_dot_equals_reference(geometry, pad_value, crew):
     """Without scale and bias the output is the integer dot product of the +-1 values."""
     k, s, pads, d = geometry
     for cin in (1, 65, 130):
         x, wbits, threshold, negate, _, _ = make_case(cin, 5, k, 2, 6 + d * k, 7 + d * k, seed=cin + k + s + d)
         xbits = K.pack_planar(K.sign_bits(x, threshold, negate)).reshape(-1, *x.shape[1:])
         expected = K.binary_conv_reference(xbits, wbits, cin, (s, s), pads, (d, d), pad_value)
-        got = NK.binary_conv(x, wbits, cin, (k, k), (s, s), pads, (d, d), pad_value, threshold, negate,
-                             threads=threads)
+        got = numba_conv(x, wbits, cin, (s, s), pads, (d, d), pad_value, threshold, negate, crew=crew)
         assert got.dtype == np.float32
         assert np.array_equal(got.astype(np.int64), expected)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
-def test_batch_sizes_and_given_offsets(n, threads):
+def test_batch_sizes_and_given_offsets(n, crew):
     """Batch sizes 1..5; half_offset passed in (as the op caches it), prepared weights, ``out=``."""
     cin, cout, h, w = 70, 19, 9, 8
     x, wbits, threshold, negate, scale, bias = make_case(cin, cout, 3, n, h, w, seed=n)
@@ -126,21 +139,21 @@ def test_batch_sizes_and_given_offsets(n, threads):
         assert half.shape == ((cout, ho * wo) if pad_value == 0 else (cout, 1))
         expected = numpy_conv(x, wbits, cin, (2, 2), pads, (1, 1), pad_value, threshold, negate, scale, bias)
         out = np.full((cout, n, ho, wo), np.nan, np.float32)
-        got = NK.binary_conv(x, wbits, cin, (3, 3), (2, 2), pads, (1, 1), pad_value, threshold, negate, half, scale,
-                             bias, threads, weights=weights, out=out)
+        layer = BinaryConvLayer(wbits, cin, (2, 2), (1, 1), pad_value, threshold, negate, scale, bias)
+        got = NK.BinaryConvKernel(layer, weights)(x, pads, out=out, crew=crew, half_offset=half)
         assert got is out
         assert same_bits(got, expected)
 
 
-def test_prepared_kernel_reused_across_sizes(threads):
+def test_prepared_kernel_reused_across_sizes(crew):
     """A BinaryConvKernel called on several input sizes and paddings, as an op with "same" padding is."""
     cin, cout = 67, 9
     x, wbits, threshold, negate, scale, bias = make_case(cin, cout, 3, 2, 11, 12, seed=5)
-    kernel = NK.BinaryConvKernel(wbits, cin, (2, 2), (1, 1), 0.0, threshold, negate, scale, bias)
+    kernel = NK.BinaryConvKernel(BinaryConvLayer(wbits, cin, (2, 2), (1, 1), 0.0, threshold, negate, scale, bias))
     for h, w, pads in ((11, 12, (1, 1, 1, 1)), (10, 12, (0, 0, 1, 1)), (11, 12, (1, 0, 1, 1)), (11, 12, (1, 1, 1, 1))):
         xs = np.ascontiguousarray(x[:, :, :h, :w])
         expected = numpy_conv(xs, wbits, cin, (2, 2), pads, (1, 1), 0.0, threshold, negate, scale, bias)
-        assert same_bits(kernel(xs, pads, threads), expected)
+        assert same_bits(kernel(xs, pads, crew=crew), expected)
 
 
 def test_larger_maps_default_chunks():
@@ -149,28 +162,31 @@ def test_larger_maps_default_chunks():
     x, wbits, threshold, negate, scale, bias = make_case(cin, cout, 3, n, h, w, seed=7)
     x += np.random.default_rng(8).standard_normal(x.shape).astype(np.float32) * 0.01
     expected = numpy_conv(x, wbits, cin, (1, 1), (1, 1), (1, 1), 0.0, threshold, negate, scale, bias)
-    for threads in (1, 2, 3):
-        got = NK.binary_conv(x, wbits, cin, (3, 3), (1, 1), (1, 1), (1, 1), 0.0, threshold, negate, None, scale, bias,
-                             threads)
-        assert same_bits(got, expected)
-    pool = ThreadPoolExecutor(3)  # the caller's pool, more threads than numba has
-    kernel = NK.BinaryConvKernel(wbits, cin, (1, 1), (1, 1), 0.0, threshold, negate, scale, bias)
-    for threads in (2, 4):
-        assert same_bits(kernel(x, (1, 1), threads, pool=pool), expected)
-    pool.shutdown()
+    kernel = NK.BinaryConvKernel(BinaryConvLayer(wbits, cin, (1, 1), (1, 1), 0.0, threshold, negate, scale, bias))
+    assert same_bits(kernel(x, (1, 1)), expected)
+    for helpers in (1, 2, 3):  # more threads than the machine has cores, too
+        crew = Crew(helpers)
+        try:
+            assert same_bits(kernel(x, (1, 1), crew=crew), expected)
+        finally:
+            crew.close()
 
 
 def test_concurrent_calls_from_python_threads(monkeypatch):
     """Parallel calls from several Python threads at once (each waits for its own tasks only)."""
-    monkeypatch.setattr(NK, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(NK, "CREW_MIN_WORK", 0)
     cases = [make_case(cin, 11, 3, 2, 9, 10, seed=cin) for cin in (5, 64, 100)]
-    kernels = [NK.BinaryConvKernel(c[1], c[0].shape[0], (1, 1), (1, 1), -1.0, *c[2:]) for c in cases]
+    kernels = [NK.BinaryConvKernel(BinaryConvLayer(c[1], c[0].shape[0], (1, 1), (1, 1), -1.0, *c[2:])) for c in cases]
     expected = [numpy_conv(c[0], c[1], c[0].shape[0], (1, 1), (1, 1), (1, 1), -1.0, *c[2:]) for c in cases]
-    for mode in ("pool", "prange"):
-        monkeypatch.setattr(NK, "PARALLEL", mode)
+    crews = [Crew(1) for _ in range(3)]  # a model's crew serves one forward pass at a time: one per caller
+    try:
         with ThreadPoolExecutor(3) as callers:
-            futures = [callers.submit(lambda i=i: kernels[i % 3](cases[i % 3][0], (1, 1), 2)) for i in range(30)]
+            futures = [callers.submit(lambda i=i: kernels[i % 3](cases[i % 3][0], (1, 1), crew=crews[i % 3]))
+                       for i in range(30)]
             assert all(same_bits(f.result(), expected[i % 3]) for i, f in enumerate(futures))
+    finally:
+        for c in crews:
+            c.close()
 
 
 def test_special_values_and_layouts():
@@ -181,49 +197,50 @@ def test_special_values_and_layouts():
     x.flat[::7] = np.nan
     x.flat[1::11] = np.inf
     x.flat[2::13] = -np.inf
-    wbits = K.pack_bits(rng.random((cout, 3, 3, cin)) < 0.5)
+    wbits = B.pack_bits(rng.random((cout, 3, 3, cin)) < 0.5)
     threshold = rng.standard_normal(cin).astype(np.float32)
     threshold[0], threshold[1] = np.inf, -np.inf
     negate = rng.random(cin) < 0.5
     for thr, neg in ((None, None), (threshold, negate), (threshold.astype(np.float64) + 1e-9, negate)):
         expected = numpy_conv(x, wbits, cin, (1, 1), (1, 1), (1, 1), 1.0, thr, neg)
-        got = NK.binary_conv(x, wbits, cin, (3, 3), (1, 1), (1, 1), (1, 1), 1.0, thr, neg)
+        got = numba_conv(x, wbits, cin, (1, 1), (1, 1), (1, 1), 1.0, thr, neg)
         assert same_bits(got, expected)
     ro = x.copy()
     ro.flags.writeable = False  # a read-only input (e.g. a memory map) is copied, not compiled for
-    assert same_bits(NK.binary_conv(ro, wbits, cin, None, (1, 1), (1, 1)), numpy_conv(x, wbits, cin, (1, 1), (1, 1),
+    assert same_bits(numba_conv(ro, wbits, cin, (1, 1), (1, 1)), numpy_conv(x, wbits, cin, (1, 1), (1, 1),
                                                                                       (1, 1), 0.0))
     big = rng.standard_normal((cin, n, h, 2 * w)).astype(np.float32)[..., ::2]  # not contiguous
-    assert same_bits(NK.binary_conv(big, wbits, cin, None, (1, 1), (1, 1)), numpy_conv(big, wbits, cin, (1, 1), (1, 1),
+    assert same_bits(numba_conv(big, wbits, cin, (1, 1), (1, 1)), numpy_conv(big, wbits, cin, (1, 1), (1, 1),
                                                                                        (1, 1), 0.0))
 
 
 def test_rejects_what_does_not_fit():
     x = np.zeros((5, 1, 4, 4), np.float32)
-    wbits = K.pack_bits(np.zeros((2, 3, 3, 5), bool))
+    wbits = B.pack_bits(np.zeros((2, 3, 3, 5), bool))
     with pytest.raises(ValueError, match="channels"):
-        NK.binary_conv(x, wbits, 6)
-    with pytest.raises(ValueError, match="kernel"):
-        NK.binary_conv(x, wbits, 5, (1, 1))
+        numba_conv(x, wbits, 6)
     with pytest.raises(TypeError, match="float32"):
-        NK.binary_conv(x.astype(np.float64), wbits, 5)
+        numba_conv(x.astype(np.float64), wbits, 5)
     with pytest.raises(ValueError, match="too small"):
-        NK.binary_conv(np.zeros((5, 1, 2, 2), np.float32), wbits, 5)
+        numba_conv(np.zeros((5, 1, 2, 2), np.float32), wbits, 5)
     with pytest.raises(ValueError, match="out"):
-        NK.binary_conv(x, wbits, 5, out=np.empty((2, 1, 3, 3), np.float32))
+        numba_conv(x, wbits, 5, out=np.empty((2, 1, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="pad_value"):
+        numba_conv(x, wbits, 5, pad_value=0.5)
 
 
 def test_cache_is_warm_after_calls():
     x, wbits, *_ = make_case(3, 2, 3, 1, 5, 5, seed=0)
-    NK.binary_conv(x, wbits, 3)  # serial
-    kernel = NK.BinaryConvKernel(wbits, 3)
-    old = NK.PARALLEL_MIN_WORK
+    kernel = NK.BinaryConvKernel(BinaryConvLayer(wbits, 3, (1, 1), (1, 1), 0.0))
+    kernel(x)  # serial
+    old, crew = NK.CREW_MIN_WORK, Crew(1)
     try:
-        NK.PARALLEL_MIN_WORK = 0
-        kernel(x, (0, 0), 2)  # the pool's share
+        NK.CREW_MIN_WORK = 0
+        kernel(x, crew=crew)  # the shared loop
     finally:
-        NK.PARALLEL_MIN_WORK = old
-    assert NK.cache_is_warm()
+        NK.CREW_MIN_WORK = old
+        crew.close()
+    assert functions_cached(NK.COMPILED)
 
 
 def test_popcount_intrinsic():
@@ -233,7 +250,7 @@ def test_popcount_intrinsic():
     def count(words):
         total = 0
         for w in words:
-            total += NK.popcount(w)
+            total += popcount(w)
         return total
 
     words = np.random.default_rng(0).integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)

@@ -1,4 +1,4 @@
-"""The one list of graph ops (bnncli/runtime/opset.py) against everything that implements or documents an op."""
+"""The one list of graph ops (bnncli/graph/opset.py) against everything that implements or documents an op."""
 
 import re
 from pathlib import Path
@@ -13,11 +13,12 @@ from bnncli.deploy import lower as lowering
 from bnncli.deploy import onnx_export, pack
 from bnncli.deploy.lower import fold, lower
 from bnncli.errors import ArtifactError
+from bnncli.graph import opset
+from bnncli.graph.graph import Graph, Node
+from bnncli.graph.opset import OPSET, SPECS
 from bnncli.models import create_model, list_models
 from bnncli.nn import BinaryConv2d
-from bnncli.runtime import OP_TYPES, OPS, Model, ops, opset
-from bnncli.runtime.graph import Graph, Node
-from bnncli.runtime.opset import OPSET, SPECS
+from bnncli.runtime import OP_TYPES, OPS, Model, ops
 
 FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
 TINY = [n for n in list_models() if "_tiny" in n]
@@ -146,7 +147,7 @@ def test_supported_lists_the_registry():
 
 
 def test_an_op_outside_the_list_cannot_be_registered():
-    with pytest.raises(LookupError, match="'Gelu' is not declared in bnncli/runtime/opset.py"):
+    with pytest.raises(LookupError, match="'Gelu' is not declared in bnncli/graph/opset.py"):
         class Gelu(ops.Op, op="Gelu"):
             pass
     with pytest.raises(LookupError, match="not declared"):

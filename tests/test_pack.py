@@ -11,7 +11,7 @@ from bnncli.artifacts.checkpoint import load_model
 from bnncli.cli.app import main
 from bnncli.deploy.pack import pack_model
 from bnncli.errors import ArtifactError
-from bnncli.runtime import format as fmt
+from bnncli.graph import format as fmt
 from bnncli.runtime import load
 
 # Trainable parameters with binary weights at 1 bit and the rest at 32 / 16 bits (zoo spec).
@@ -21,7 +21,7 @@ BDN28_FP16_BOUND = 2_383_312
 
 @pytest.fixture(scope="module")
 def bdn28_checkpoint(tmp_path_factory):
-    from bnncli.runtime.labels import imagenet_names
+    from bnncli.images.labels import imagenet_names
 
     return write_checkpoint(tmp_path_factory.mktemp("bdn28") / "bdn28.pt", "binarydensenet28",
                             class_names=tuple(imagenet_names()), image_size=224)
@@ -134,10 +134,10 @@ def test_pack_refuses_a_missing_or_foreign_checkpoint(tmp_path, capsys):
 def test_packing_keeps_torch_out_of_the_numbers():
     # The checkpoint's binary weights are exactly the packed bits (sign(0) = +1 included).
     from bnncli.deploy.lower import pack_binary_weight
-    from bnncli.runtime import kernels as K
+    from bnncli.graph import bits as B
 
     w = torch.randn(5, 37, 3, 3)
     w[0, :4] = 0.0
     words = pack_binary_weight(w)
     assert words.dtype == np.uint32 and words.shape == (5, 3, 3, 2)
-    assert np.array_equal(K.unpack_bits(words, 37), (w >= 0).numpy().transpose(0, 2, 3, 1))
+    assert np.array_equal(B.unpack_bits(words, 37), (w >= 0).numpy().transpose(0, 2, 3, 1))

@@ -14,9 +14,10 @@ from bnncli.deploy.lower import lower
 from bnncli.deploy.onnx_export import to_onnx
 from bnncli.deploy.pack import packed_graph
 from bnncli.errors import ArtifactError, UsageError
+from bnncli.graph import format
+from bnncli.graph.padding import resolve, same_pads
 from bnncli.nn import BinaryConv2d, FloatConv2d, MaxPool2d, set_padding
-from bnncli.runtime import Model, format
-from bnncli.runtime.padding import resolve, same_pads
+from bnncli.runtime import Model
 
 
 @pytest.mark.parametrize("size,kernel,stride,dilation,expected", [

@@ -109,7 +109,7 @@ def test_default_model_is_bnn_model_else_the_newest_run(tmp_path, monkeypatch, c
 
 
 def test_imagenet_synsets_are_shown_as_names(tmp_path, image_folder, capsys):
-    from bnncli.runtime.labels import imagenet_names
+    from bnncli.images.labels import imagenet_names
 
     synsets = ("n01440764", "n02102040", "n02979186")
     ckpt = write_checkpoint(tmp_path / "syn.pt", "resnete_tiny", class_names=synsets, image_size=24)

@@ -23,8 +23,8 @@ from bnncli.engine import train as train_module
 from bnncli.engine.config import resolve_config
 from bnncli.engine.train import train
 from bnncli.errors import ArtifactError, UsageError
+from bnncli.graph import format as fmt
 from bnncli.metadata import MAX_IMAGE_SIZE
-from bnncli.runtime import format as fmt
 from bnncli.runtime import load
 
 

@@ -32,7 +32,7 @@ from bnncli.data.loading import SampleDataset, Skipped, available_cpus, make_loa
 from bnncli.data.presets import preprocessing
 from bnncli.data.transforms import eval_transform, train_transform
 from bnncli.errors import DataError
-from bnncli.runtime.images import DRAFT_PIXELS, MAX_ASPECT, MAX_PIXELS, load_image
+from bnncli.images.decode import DRAFT_PIXELS, MAX_ASPECT, MAX_PIXELS, load_image
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ("circle", "cross", "ring")
@@ -212,7 +212,7 @@ def test_an_elongated_image_is_refused_before_decoding(tmp_path):
     with pytest.raises(DataError, match=f"1000000x1 pixels is more elongated than {MAX_ASPECT}:1") as e:
         load_image(wide)
     assert str(wide) in str(e.value)
-    from bnncli.runtime.preprocess import preprocess_file
+    from bnncli.images.preprocess import preprocess_file
 
     with pytest.raises(DataError, match="elongated"):  # bnn predict's path
         preprocess_file(wide, preprocessing("imagenet", 224))
@@ -418,7 +418,7 @@ def test_an_elongated_image_meeting_a_large_resize_is_refused_not_allocated():
     from bnncli.data.presets import preprocessing
     from bnncli.data.transforms import eval_transform
     from bnncli.errors import DataError
-    from bnncli.runtime.preprocess import preprocess_image
+    from bnncli.images.preprocess import preprocess_image
 
     pre = {**preprocessing("imagenet", 224), "resize": 4096}
     image = Image.new("RGB", (3200, 100))

@@ -17,10 +17,11 @@ from bnncli.deploy.onnx_export import to_onnx
 from bnncli.deploy.pack import packed_graph
 from bnncli.deploy.verify import compare
 from bnncli.errors import ArtifactError, DataError
-from bnncli.runtime import Model, format, load
-from bnncli.runtime.graph import Graph, Node
-from bnncli.runtime.labels import imagenet_names, readable_labels
-from bnncli.runtime.preprocess import preprocess_image
+from bnncli.graph import format
+from bnncli.graph.graph import Graph, Node
+from bnncli.images.labels import imagenet_names, readable_labels
+from bnncli.images.preprocess import preprocess_image
+from bnncli.runtime import Model, load
 
 TINY = [n for n in list_models() if "tiny" in n]
 BIG = [n for n in list_models() if "tiny" not in n]

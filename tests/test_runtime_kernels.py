@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnncli.graph import bits as B
 from bnncli.nn import BinaryConv2d
-from bnncli.runtime import kernels as K
+from bnncli.runtime.backends import numpy as K
 
 POOL = ThreadPoolExecutor(2)
 
@@ -37,16 +38,16 @@ def test_thresholds_compare_each_channel_its_own_way():
 def test_pack_unpack_roundtrip_keeps_tail_bits_zero(channels):
     bits = np.random.default_rng(channels).random((3, channels)) < 0.5
     for word_bits in (32, 64):
-        words = K.pack_bits(bits, word_bits)
+        words = B.pack_bits(bits, word_bits)
         assert words.shape == (3, -(-channels // word_bits))
-        assert K.tail_bits_clear(words, channels)
-        assert np.array_equal(K.unpack_bits(words, channels), bits)
+        assert B.tail_bits_clear(words, channels)
+        assert np.array_equal(B.unpack_bits(words, channels), bits)
     # 32-bit file words widen to the same 64-bit compute words.
-    assert np.array_equal(K.widen_words(K.pack_bits(bits, 32)), K.pack_bits(bits, 64))
+    assert np.array_equal(B.widen_words(B.pack_bits(bits, 32)), B.pack_bits(bits, 64))
     # Channel-first packing of activations agrees with the row packing.
     planar = K.pack_planar(bits.T.reshape(channels, 1, 3, 1))
-    assert np.array_equal(planar.reshape(-1, 3).T, K.pack_bits(bits, 64))
-    assert K.valid_bits_words(channels).tolist() == K.pack_bits(np.ones(channels, bool)).tolist()
+    assert np.array_equal(planar.reshape(-1, 3).T, B.pack_bits(bits, 64))
+    assert B.valid_bits_words(channels).tolist() == B.pack_bits(np.ones(channels, bool)).tolist()
 
 
 def _case(cin, cout, kernel, h, w, seed):
@@ -56,7 +57,7 @@ def _case(cin, cout, kernel, h, w, seed):
     weight = rng.standard_normal((cout, cin, kernel, kernel)).astype(np.float32)
     weight[0, 0] = 0.0
     xbits = K.pack_planar(K.sign_bits(x.transpose(1, 0, 2, 3)))
-    wbits = K.widen_words(K.pack_bits(weight.transpose(0, 2, 3, 1) >= 0, 32))
+    wbits = B.widen_words(B.pack_bits(weight.transpose(0, 2, 3, 1) >= 0, 32))
     return x, weight, xbits, wbits
 
 

@@ -8,7 +8,7 @@
 * :mod:`~bnncli.artifacts.open`: "open any model file" (checkpoint, run directory, ONNX, packed),
   told apart by content.
 
-The packed format itself lives in :mod:`bnncli.runtime.format` (the runtime must read it without
+The packed format itself lives in :mod:`bnncli.graph.format` (the runtime must read it without
 this package), and the model description all three carry in :mod:`bnncli.metadata`.
 
 This package imports ``bnncli.models``, ``bnncli.runtime`` and the base modules, never

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from bnncli.errors import ArtifactError
-from bnncli.runtime.format import is_packed
+from bnncli.graph.format import is_packed
 
 ZIP_MAGIC = b"PK\x03\x04"
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

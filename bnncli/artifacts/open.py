@@ -31,7 +31,7 @@ import numpy as np
 from bnncli.artifacts.identify import describe, identify, reason
 from bnncli.artifacts.rundir import resolve_model_path
 from bnncli.errors import ArtifactError, BnnError
-from bnncli.runtime.labels import readable_labels
+from bnncli.images.labels import readable_labels
 
 
 class Predictor:

@@ -21,7 +21,7 @@ from bnncli.cli.common import (
     say,
 )
 from bnncli.deploy.verify import SAMPLES, TOLERANCE
-from bnncli.runtime.format import FLOAT_DTYPES
+from bnncli.graph.format import FLOAT_DTYPES
 
 
 def pack(

@@ -142,7 +142,7 @@ SMALL, LARGE = 0.5, 16.0
 
 def _read(image: Path, preprocessing: dict):
     """One image preprocessed for the model, with a warning when its size is far from what the model saw."""
-    from bnncli.runtime.preprocess import load_image, preprocess_image
+    from bnncli.images.preprocess import load_image, preprocess_image
 
     img = load_image(image, channels=int(preprocessing["channels"]))
     note = size_warning(img.size, int(preprocessing["resize"]))

@@ -37,10 +37,10 @@ from bnncli.artifacts.rundir import check_model_output
 from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, read_keras_weights
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
+from bnncli.images.labels import imagenet_names
 from bnncli.models import create_model, list_models, model_family
 from bnncli.models.resnete import BasicBlockE
 from bnncli.nn import BinaryConv2d
-from bnncli.runtime.labels import imagenet_names
 
 # The registry families whose structure Larq Zoo's factories build.
 FAMILIES = ("binarydensenet", "resnete")

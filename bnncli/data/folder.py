@@ -2,7 +2,7 @@
 
 Scanning and decoding only (Pillow and the standard library): no torch here, so the packed
 runtime and ``bnn predict`` can reuse the layout rules. Every file is decoded through
-:func:`bnncli.runtime.images.load_image`, the decoder all backends share; it never opens what is
+:func:`bnncli.images.decode.load_image`, the decoder all backends share; it never opens what is
 not a regular file (a FIFO, socket or device in the folder is skipped as unreadable).
 
 Symlinks: split and class folders may be links, and so may image files; links to folders below a
@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from bnncli.errors import DataError
-from bnncli.runtime.images import load_image
+from bnncli.images.decode import load_image
 
 # Every extension a Pillow plugin claims (.jpg, .jpeg, .png, .tif, .webp, .bmp, ...). A file with
 # another extension (labels.txt, .DS_Store) is not an image and is ignored rather than "unreadable".

@@ -4,7 +4,7 @@ A preset says how an image file becomes the model's input: convert to RGB (or L 
 channel), resize the shorter side to ``resize``, center-crop ``image_size``, scale to [0, 1],
 normalize with ``mean`` / ``std``. Preset ``larq`` (models imported from Larq Zoo) instead crops
 ``image_size / resize`` of the shorter side and resizes the crop with TensorFlow's bicubic
-(``interpolation: "tf-bicubic"``, bnncli.runtime.preprocess). Training augmentation is chosen by ``name``.
+(``interpolation: "tf-bicubic"``, bnncli.images.preprocess). Training augmentation is chosen by ``name``.
 """
 
 from __future__ import annotations

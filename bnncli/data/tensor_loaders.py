@@ -10,7 +10,7 @@
   same call on the CPU, where it is libjpeg-turbo) and crops, resizes, flips and normalises there.
 
 What the tensor loaders leave to Pillow, in the worker, exactly as the ``pil`` loader reads it
-(:func:`bnncli.runtime.images.load_image`): every file that is not a plain JPEG (PNG, WebP, ...),
+(:func:`bnncli.images.decode.load_image`): every file that is not a plain JPEG (PNG, WebP, ...),
 CMYK JPEGs, JPEGs with an EXIF orientation, JPEGs above ``DRAFT_PIXELS`` (decoded reduced), and the
 images of built-in datasets, which are drawn in memory (they have no file to decode). A file that no
 decoder reads is skipped and counted, as with ``pil``.
@@ -44,8 +44,8 @@ from bnncli.data.folder import ImageFolderDataset
 from bnncli.data.loading import SampleDataset, Skipped, Source, Subset, make_loader, sample_rng
 from bnncli.data.transforms import _ResizeBound
 from bnncli.errors import DataError, UsageError
-from bnncli.runtime.images import DRAFT_PIXELS, check_size, load_image, read_image_bytes
-from bnncli.runtime.preprocess import check_resize
+from bnncli.images.decode import DRAFT_PIXELS, check_size, load_image, read_image_bytes
+from bnncli.images.preprocess import check_resize
 
 EXIF_ORIENTATION = 0x0112
 MAX_JPEG_BYTES = 64 << 20  # a larger file goes to Pillow, which reads its header before anything else
@@ -208,7 +208,7 @@ def file_of(source: Source, index: int) -> str | None:
 
 def jpeg_size(data: bytes, path: str) -> tuple[int, int] | None:
     """``(height, width)`` of ``data`` when it is a JPEG that libjpeg-turbo and nvJPEG decode to
-    exactly what :func:`~bnncli.runtime.images.load_image` gives (Y'CbCr or grayscale, no EXIF
+    exactly what :func:`~bnncli.images.decode.load_image` gives (Y'CbCr or grayscale, no EXIF
     orientation, within the size bounds, not reduced); None: leave it to Pillow."""
     try:
         with warnings.catch_warnings():

@@ -15,7 +15,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from bnncli.errors import UsageError
-from bnncli.runtime.preprocess import check_resize, preprocess_image
+from bnncli.images.preprocess import check_resize, preprocess_image
 
 
 class RuntimePreprocess:
@@ -30,7 +30,7 @@ class RuntimePreprocess:
 
 
 class _ResizeBound:
-    """Refuses an image the eval resize would blow up (bnncli.runtime.preprocess.check_resize)."""
+    """Refuses an image the eval resize would blow up (bnncli.images.preprocess.check_resize)."""
 
     def __init__(self, resize: int) -> None:
         self.resize = int(resize)

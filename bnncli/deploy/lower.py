@@ -4,7 +4,7 @@
 and function to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
 binary conv keeps its +-1 weights (packed) and pad value. The ONNX exporter emits this graph.
 Each module type and function has one registered lowering (``@lowers``, ``@lowers_function``)
-returning a node of an op that bnncli/runtime/opset.py declares; :data:`SUPPORTED` lists them.
+returning a node of an op that bnncli/graph/opset.py declares; :data:`SUPPORTED` lists them.
 
 :func:`fold` rewrites it for the packer and runtime without changing what it computes:
 
@@ -29,13 +29,13 @@ import torch
 from torch import fx, nn
 
 from bnncli.errors import ArtifactError
+from bnncli.graph import bits as B
+from bnncli.graph.graph import Graph, Node
+from bnncli.graph.numerics import batchnorm_affine
+from bnncli.graph.opset import SPECS
+from bnncli.graph.padding import SAME
 from bnncli.nn import BinaryConv2d, is_float_layer
 from bnncli.nn.padding import PaddingRule
-from bnncli.runtime import kernels as K
-from bnncli.runtime.graph import Graph, Node
-from bnncli.runtime.ops import batchnorm_affine
-from bnncli.runtime.opset import SPECS
-from bnncli.runtime.padding import SAME
 
 
 class _Tracer(fx.Tracer):
@@ -65,12 +65,12 @@ def _padding(m: nn.Module) -> str | list[int]:
 def pack_binary_weight(weight: torch.Tensor) -> np.ndarray:
     """sign(W) with sign(0) = +1, ``[Cout, Cin, kh, kw]`` -> uint32 words ``[Cout, kh, kw, ceil(Cin/32)]``."""
     w = weight.detach().cpu().numpy()
-    return K.pack_bits(w.transpose(0, 2, 3, 1) >= 0, K.FILE_WORD_BITS)
+    return B.pack_bits(w.transpose(0, 2, 3, 1) >= 0, B.FILE_WORD_BITS)
 
 
 @dataclass
 class Lowered:
-    """What one fx node becomes: a graph node of a declared op (bnncli.runtime.opset).
+    """What one fx node becomes: a graph node of a declared op (bnncli.graph.opset).
 
     :func:`lower` names the node, its output and its tensors (``<node>.<role>``) after the fx node.
     """
@@ -162,7 +162,7 @@ def lower(model: nn.Module) -> Graph:
 def _declared(node: Node) -> Node:
     """``node``, checked against its op's spec (a failure is a bug in a lowering, not in the model)."""
     spec = SPECS.get(node.op)
-    problem = spec.mismatch(node) if spec else "has an op that bnncli/runtime/opset.py does not declare"
+    problem = spec.mismatch(node) if spec else "has an op that bnncli/graph/opset.py does not declare"
     if problem:
         raise ArtifactError(f"lowering made node {node.name!r} ({node.op}), which {problem}")
     return node

@@ -14,7 +14,7 @@ visible in the file.
 
 The batch dimension is dynamic; height and width are those of the model's preprocessing, so a
 layer padded by TensorFlow's "same" rule (``padding="same"``) gets the explicit, possibly uneven,
-``pads`` that rule gives at that size (bnncli.runtime.padding).
+``pads`` that rule gives at that size (bnncli.graph.padding).
 The metadata (``metadata_props``) is written and read by :mod:`bnncli.artifacts.onnx_file`.
 """
 
@@ -30,15 +30,15 @@ from onnx import TensorProto, helper, numpy_helper
 from bnncli import __version__
 from bnncli.artifacts.onnx_file import metadata_props
 from bnncli.errors import ArtifactError
-from bnncli.runtime import kernels as K
-from bnncli.runtime import opset
-from bnncli.runtime import padding as P
-from bnncli.runtime.graph import Graph, Node
+from bnncli.graph import bits as B
+from bnncli.graph import opset
+from bnncli.graph import padding as P
+from bnncli.graph.graph import Graph, Node
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; widely readable
 
-# graph op (bnncli.runtime.opset) -> the _Emitter method that writes its ONNX nodes.
+# graph op (bnncli.graph.opset) -> the _Emitter method that writes its ONNX nodes.
 EMITTERS: dict[str, Callable[[_Emitter, Node], None]] = {}
 
 
@@ -151,7 +151,7 @@ class _Emitter:
                            f"{name}.pad", mode="constant")
             pads = [0, 0, 0, 0]
         w32 = self.param(node, "weight")
-        bits = K.unpack_bits(w32, a["in_channels"])  # [Cout, kh, kw, Cin]
+        bits = B.unpack_bits(w32, a["in_channels"])  # [Cout, kh, kw, Cin]
         w = np.where(bits, 1.0, -1.0).astype(np.float32).transpose(0, 3, 1, 2)
         scale, bias = self.param(node, "out_scale"), self.param(node, "out_bias")
         conv_out = out if scale is None and bias is None else f"{name}.dot"

@@ -23,11 +23,11 @@ from bnncli.deploy.lower import fold, lower
 from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.fileio import write_bytes
+from bnncli.graph.format import FLOAT_DTYPES, decode, encode, header_size
+from bnncli.graph.graph import Graph
+from bnncli.graph.opset import FLOAT_DTYPE_PARAMS
 from bnncli.nn.threads import use_torch_threads
-from bnncli.runtime.format import FLOAT_DTYPES, decode, encode, header_size
-from bnncli.runtime.graph import Graph
 from bnncli.runtime.model import Model
-from bnncli.runtime.opset import FLOAT_DTYPE_PARAMS
 
 # Tensors stored in the chosen float dtype: the weights of the full-precision layers (the op list says which).
 FLOAT_WEIGHTS = FLOAT_DTYPE_PARAMS

@@ -1,7 +1,7 @@
 """TensorFlow's "same" padding for PyTorch layers (the padding rule of Keras-trained models).
 
 PyTorch pads a layer symmetrically by a fixed amount. TensorFlow's ``padding="same"`` computes
-the padding from the input size and puts the odd pixel after the map (bnncli.runtime.padding), so
+the padding from the input size and puts the odd pixel after the map (bnncli.graph.padding), so
 on stride-2 layers the two disagree: a 7x7 stride-2 stem conv on 224 pixels pads 2 above and 3
 below, not 3 and 3. A model trained with one rule computes something else under the other
 (converted Larq Zoo models change their top-1 class on about half the images).
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bnncli.errors import UsageError
-from bnncli.runtime.padding import same_pads
+from bnncli.graph.padding import same_pads
 
 PADDINGS = ("symmetric", "tensorflow")
 

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from bnncli.errors import ArtifactError, DataError
-from bnncli.runtime import blas
-from bnncli.runtime.graph import Graph
-from bnncli.runtime.ops import BinaryConv, Concat, Context, Conv, Linear, MaxPool, Op, Relu, build_op
+from bnncli.graph.graph import Graph
+from bnncli.runtime.context import Context, blas_single_threaded
+from bnncli.runtime.ops import BinaryConv, Concat, Conv, Linear, MaxPool, Op, Relu, build_op
 
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
@@ -187,7 +187,7 @@ class Model:
             for v in op.node.inputs:
                 refcount[v] = refcount.get(v, 0) + 1
         keep = set(self.graph.outputs)
-        with self._lock, blas.single_threaded():
+        with self._lock, blas_single_threaded():
             if x.shape != self._last_shape:  # buffers of another input size would only sit there
                 self.ctx.drop_buffers()
                 self._last_shape = x.shape

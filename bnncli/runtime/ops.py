@@ -1,4 +1,4 @@
-"""The runtime's operations: one small class per graph op of bnncli.runtime.opset, collected in :data:`OPS`.
+"""The runtime's operations: one small class per graph op of bnncli.graph.opset, collected in :data:`OPS`.
 
 Each class validates its node (inputs, attributes, tensors, dtypes, shapes) when it is built, so
 a malformed artifact fails at load time with a message naming the node, and then computes in
@@ -10,101 +10,17 @@ kernels read whole channel planes. :class:`bnncli.runtime.model.Model` converts 
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import numpy as np
 
 from bnncli.errors import ArtifactError
-from bnncli.runtime import backends, blas, opset
-from bnncli.runtime import kernels as K
-from bnncli.runtime import padding as P
-from bnncli.runtime.graph import Node
-from bnncli.threads import resolve as resolve_threads
-
-# Work below this many elements runs on the calling thread: each NumPy call hands the GIL over
-# twice, and on small arrays that costs more than a second core saves.
-PARALLEL_MIN_ELEMENTS = 1 << 18
-# Released buffers kept per size (Context.release): a forward pass has few live maps of one size.
-MAX_FREE_PER_SIZE = 4
-
-
-class Context:
-    """What ops share at run time: the thread pool, how matrix products are threaded, and the
-    backend of the binary convolutions (bnncli.runtime.backends: ``numpy`` or ``numba``)."""
-
-    def __init__(self, threads: int | None = None, backend: str | None = None) -> None:
-        self.threads = resolve_threads(threads)
-        self.backend = backends.resolve(backend)
-        self.compiled = backends.compiled_kernels() if self.backend == "numba" else None
-        # The numba backend's float ops (bnncli.runtime.numba_float) and the helpers its kernels
-        # share work with (bnncli.runtime.numba_crew: awake between calls, for batch 1).
-        self.float_kernels = backends.compiled_float_kernels() if self.compiled is not None else None
-        self.crew = backends.crew(self, self.threads - 1) if self.compiled is not None and self.threads > 1 else None
-        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bnn-runtime") if self.threads > 1 else None
-        # With OpenBLAS held to one thread during a forward pass (bnncli.runtime.blas), large
-        # products are split across the pool instead; otherwise the BLAS threads them itself.
-        self.split_products = self.pool is not None and blas.available
-        # Buffers concatenations may append to, by data address; reset for every forward pass.
-        self.arena: dict[int, tuple[np.ndarray, int]] = {}
-        # Float32 buffers of dead values, by size in bytes, for ops to reuse (empty/release): a
-        # fresh buffer of some megabytes costs its page faults and the kernel's zeroing each time.
-        self._free: dict[int, list[np.ndarray]] = {}
-
-    def empty(self, shape: tuple[int, ...]) -> np.ndarray:
-        """An uninitialized C-contiguous float32 array: a released buffer of the same size when there is one."""
-        nbytes = 4 * int(np.prod(shape))
-        free = self._free.get(nbytes)
-        if free:
-            return free.pop().reshape(shape)
-        return np.empty(shape, dtype=np.float32)
-
-    def release(self, x: np.ndarray) -> None:
-        """Offer ``x``'s memory for reuse; the caller guarantees that nothing reads ``x`` (or
-        anything sharing its memory) again. Only a whole, writable float32 buffer owned by the
-        runtime qualifies (a reshaped view of one included); anything else is left alone."""
-        root = x
-        while isinstance(root.base, np.ndarray):
-            root = root.base
-        if root.base is not None or root.dtype != np.float32 or root.nbytes != x.nbytes \
-                or not (root.flags.c_contiguous and root.flags.writeable and root.flags.owndata):
-            return
-        self.arena.pop(root.ctypes.data, None)  # no concatenation appends to it any more
-        free = self._free.setdefault(root.nbytes, [])
-        if len(free) < MAX_FREE_PER_SIZE and not any(b is root for b in free):
-            free.append(root)
-
-    def drop_buffers(self) -> None:
-        """Forget every released buffer (their memory goes back to the allocator)."""
-        self._free.clear()
-
-    def by_channels(self, fn, x: np.ndarray, out_shape: tuple[int, ...], out: np.ndarray | None = None) -> np.ndarray:
-        """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps;
-        ``out`` (of ``out_shape``) is allocated unless given."""
-        if out is None:
-            out = self.empty(out_shape)
-        c = x.shape[0]
-        if self.pool is None or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
-            fn(x, out, 0, c)
-            return out
-        self.split(lambda a, b: fn(x[a:b], out[a:b], a, b), c)
-        return out
-
-    def split(self, fn, size: int) -> None:
-        """``fn(a, b)`` over ``self.threads`` near-equal blocks of range(size), the calling thread taking one."""
-        edges = [round(i * size / self.threads) for i in range(self.threads + 1)]
-        K.run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])), self.pool, self.threads)
-
-    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``a @ b`` of float32 matrices into a buffer of :meth:`empty`, rows of the result split
-        across the pool when worth it."""
-        rows = a.shape[0]
-        out = self.empty((rows, b.shape[1]))
-        if not self.split_products or rows < 16 or rows * b.shape[1] < PARALLEL_MIN_ELEMENTS:
-            return np.matmul(a, b, out=out)
-        self.split(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), rows)
-        return out
-
+from bnncli.graph import bits, opset
+from bnncli.graph import padding as P
+from bnncli.graph.graph import Node
+from bnncli.graph.numerics import batchnorm_affine
+from bnncli.runtime.backends import BinaryConvLayer, ConvLayer
+from bnncli.runtime.context import Context
 
 # op name -> its runtime class, filled as the classes below are defined (Op.__init_subclass__).
 _REGISTERED: dict[str, type[Op]] = {}
@@ -116,7 +32,7 @@ def _is_int(v: Any) -> bool:
 
 class Op:
     """Base class. A subclass names its graph op, ``class Conv(Op, op="Conv")``, which registers it
-    and sets ``spec`` (bnncli.runtime.opset) and, from it, ``type``, ``arity`` (None: one or more),
+    and sets ``spec`` (bnncli.graph.opset) and, from it, ``type``, ``arity`` (None: one or more),
     the required and optional ``params`` and the required ``attrs``; it implements ``setup`` and
     ``__call__``."""
 
@@ -178,7 +94,7 @@ class Op:
         return int(v[0]), int(v[1])
 
     def padding(self) -> str | tuple[int, int]:
-        """Attribute ``padding``: two integers >= 0, or ``"same"`` (TensorFlow's rule, bnncli.runtime.padding)."""
+        """Attribute ``padding``: two integers >= 0, or ``"same"`` (TensorFlow's rule, bnncli.graph.padding)."""
         if self.node.attrs["padding"] == P.SAME:
             return P.SAME
         return self.pair("padding", 0)
@@ -209,130 +125,23 @@ class Op:
             self.fail(f"expects a feature map with {channels} channels, got shape {list(shape)} (NCHW)")
 
 
-def _pad_hw(x: np.ndarray, pads, value: float) -> np.ndarray:
-    """Pad height and width of a ``[C, N, H, W]`` map by (top, left, bottom, right) with a constant
-    (cheaper than np.pad)."""
-    top, left, bottom, right = pads
-    if not (top or left or bottom or right):
-        return x
-    c, n, h, w = x.shape
-    out = np.empty((c, n, top + h + bottom, left + w + right), dtype=x.dtype)
-    out[:, :, :top] = value
-    out[:, :, top + h:] = value
-    out[:, :, top:top + h, :left] = value
-    out[:, :, top:top + h, left + w:] = value
-    out[:, :, top:top + h, left:left + w] = x
-    return out
-
-
-def _pool_axis(x: np.ndarray, axis: int, out_size: int, kernel: int, stride: int, padding: int, ufunc, fill: float,
-               out: np.ndarray | None = None) -> np.ndarray:
-    """``ufunc`` over the windows of one axis; taps that fall on padding are left out.
-
-    ``padding`` is the padding before the map; ``out_size`` (computed with the padding after it) says the rest.
-
-    Each tap t of the kernel is one strided view, combined into the outputs whose window holds
-    it inside the map, so no padded copy of the map is made. The first two taps every output
-    reads initialize the result (for no padding, taps 0 and 1); where there are none, ``fill`` does.
-    """
-    size = x.shape[axis]
-    out_shape = x.shape[:axis] + (out_size,) + x.shape[axis + 1:]
-    out = np.empty(out_shape, dtype=x.dtype) if out is None else out
-
-    def along(a: np.ndarray, start: int, stop: int | None, step: int = 1) -> np.ndarray:
-        index = [slice(None)] * a.ndim
-        index[axis] = slice(start, stop, step)
-        return a[tuple(index)]
-
-    spans = []  # (first output, last output + 1, view of the map) per tap
-    for t in range(kernel):
-        first = max(0, -(-(padding - t) // stride))
-        last = min(out_size, (size - 1 + padding - t) // stride + 1)
-        if last > first:
-            start = first * stride - padding + t
-            spans.append((first, last, along(x, start, start + stride * (last - first - 1) + 1, stride)))
-    full = [i for i, (first, last, _) in enumerate(spans) if first == 0 and last == out_size][:2]
-    if len(full) == 2:
-        ufunc(spans[full[0]][2], spans[full[1]][2], out=out)
-    elif full:
-        np.copyto(out, spans[full[0]][2])
-    else:
-        out.fill(fill)
-    for i, (first, last, view) in enumerate(spans):
-        if i not in full:
-            target = along(out, first, last)
-            ufunc(target, view, out=target)
-    return out
-
-
-def _pool(x: np.ndarray, kernel, stride, pads, ufunc, fill: float, out: np.ndarray | None = None) -> np.ndarray:
-    """Separable pooling of a ``[C, N, H, W]`` map: ``ufunc`` over the kernel's rows, then its columns.
-
-    Rows first: with a stride, the pass along the height reads whole contiguous rows and shrinks
-    the map before the pass along the width, whose strided reads are the slow ones. Padding is
-    left out of the windows, which for a max is padding with -inf (every window holds at least
-    one element of the map when padding is at most half the kernel, and with TensorFlow's
-    "same" rule). ``pads`` is (top, left, bottom, right).
-    """
-    ho, wo = P.output_hw(x.shape[2:], kernel, stride, pads)
-    rows = _pool_axis(x, 2, ho, kernel[0], stride[0], pads[0], ufunc, fill)
-    return _pool_axis(rows, 3, wo, kernel[1], stride[1], pads[1], ufunc, fill, out=out)
-
-
 class Conv(Op, op="Conv"):
-    """Full-precision convolution (groups 1), optional bias: im2col and one matrix product."""
+    """Full-precision convolution (groups 1), zero padding, optional bias."""
 
     def setup(self) -> None:
-        self.weight = self.tensor("weight", ndim=4)
-        self.cout, self.cin, kh, kw = self.weight.shape
+        weight = self.tensor("weight", ndim=4)
+        self.cout, self.cin, kh, kw = weight.shape
         self.kernel = (kh, kw)
-        self.bias = self.tensor("bias", shape=(self.cout,))
         self.stride = self.pair("stride", 1)
         self.pads = self.padding()
         self.dilation = self.pair("dilation", 1)
-        self.w2 = np.ascontiguousarray(self.weight.reshape(self.cout, -1))
-
-    def im2col(self, xp: np.ndarray, ho: int, wo: int) -> np.ndarray:
-        """Columns ``[Cin * kh * kw, N * Ho * Wo]`` of a padded map, in the weights' (c, ky, kx) order.
-
-        With a stride, the map is first split into its stride phases (every s-th row and column,
-        each offset), so that every tap copies unit-stride rows; taps are split across the pool.
-        """
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
-        c, n = xp.shape[:2]
-        phases = {(ry, rx): np.ascontiguousarray(xp[:, :, ry::sh, rx::sw]) if (sh, sw) != (1, 1) else xp
-                  for ry in {ky * dh % sh for ky in range(kh)} for rx in {kx * dw % sw for kx in range(kw)}}
-        cols = self.ctx.empty((c, kh, kw, n, ho, wo))
-
-        def fill(kys) -> None:
-            for ky in kys:
-                y0, ry = divmod(ky * dh, sh)
-                for kx in range(kw):
-                    x0, rx = divmod(kx * dw, sw)
-                    cols[:, ky, kx] = phases[(ry, rx)][:, :, y0:y0 + ho, x0:x0 + wo]
-
-        if self.ctx.pool is not None and kh > 1 and cols.size >= PARALLEL_MIN_ELEMENTS:
-            K.run_tasks(fill, [range(i, kh, self.ctx.threads) for i in range(self.ctx.threads)], self.ctx.pool,
-                        self.ctx.threads)
-        else:
-            fill(range(kh))
-        return cols.reshape(c * kh * kw, n * ho * wo)
+        self.layer = ConvLayer(weight, self.tensor("bias", shape=(self.cout,)), self.stride, self.dilation)
+        self.run = self.ctx.kernels.conv(self.layer)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self.check_channels(x, self.cin)
-        _, n, h, w = x.shape
-        pads, ho, wo = self.resolve_pads(h, w, self.dilation)
-        scratch = None
-        if self.kernel == (1, 1) and not any(pads):
-            cols = x[:, :, ::self.stride[0], ::self.stride[1]].reshape(self.cin, -1)
-        else:
-            cols = scratch = self.im2col(_pad_hw(x, pads, 0.0), ho, wo)
-        y = self.ctx.matmul(self.w2, cols)
-        if scratch is not None:
-            self.ctx.release(scratch)
-        if self.bias is not None:
-            y += self.bias[:, None]
-        return y.reshape(self.cout, n, ho, wo)
+        pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3], self.dilation)
+        return self.run(x, pads, (ho, wo))
 
 
 class BinaryConv(Op, op="BinaryConv"):
@@ -353,55 +162,24 @@ class BinaryConv(Op, op="BinaryConv"):
         pad_value = self.node.attrs["pad_value"]
         if pad_value not in (0, -1, 1) or isinstance(pad_value, bool):
             self.fail(f"attribute pad_value must be 0, -1 or 1, not {pad_value!r}")
-        self.pad_value = float(pad_value)
-        words32 = K.n_words(self.cin, K.FILE_WORD_BITS)
+        words32 = bits.n_words(self.cin, bits.FILE_WORD_BITS)
         w32 = self.tensor("weight", kind="u", shape=(self.cout, *self.kernel, words32), dtype=np.uint32)
-        if not K.tail_bits_clear(w32, self.cin):
+        if not bits.tail_bits_clear(w32, self.cin):
             self.fail("tensor weight has bits set past the last input channel (tail bits must be 0)")
-        self.wbits = K.widen_words(w32)
-        self.threshold = self.tensor("in_threshold", shape=(self.cin,))
-        if self.threshold is not None and np.isnan(self.threshold).any():
+        threshold = self.tensor("in_threshold", shape=(self.cin,))
+        if threshold is not None and np.isnan(threshold).any():
             self.fail("tensor in_threshold holds NaN")
         negate = self.tensor("in_negate", kind="u", shape=(self.cin,), dtype=np.uint8)
         if negate is not None:
-            if self.threshold is None:
+            if threshold is None:
                 self.fail("has in_negate without in_threshold")
             if negate.max(initial=0) > 1:
                 self.fail("tensor in_negate must hold only 0 and 1")
-        self.negate = None if negate is None else negate.astype(bool)
-        self.scale = self.tensor("out_scale", shape=(self.cout,))
-        self.bias = self.tensor("out_bias", shape=(self.cout,))
-        wc = self.wbits.shape[-1]
-        self.fill = K.valid_bits_words(self.cin) if self.pad_value == 1 else np.zeros(wc, dtype=np.uint64)
-        self._half_offsets: dict[tuple[int, int], np.ndarray] = {}
-        # The compiled backend's kernel of this layer, prepared once (bnncli.runtime.numba_kernels).
-        self.compiled = None if self.ctx.compiled is None else self.ctx.compiled.BinaryConvKernel(
-            self.wbits, self.cin, self.stride, self.dilation, self.pad_value, self.threshold, self.negate,
-            self.scale, self.bias)
-
-    def half_offset(self, h: int, w: int) -> np.ndarray:
-        """What the kernel's epilogue subtracts mismatches from (kernels.half_dot_offset), once per input size."""
-        key = (h, w)
-        if key not in self._half_offsets:
-            pads = P.resolve(self.pads, (h, w), self.kernel, self.stride, self.dilation)
-            self._half_offsets[key] = K.half_dot_offset(K.dot_offset(
-                self.wbits, self.cin, h, w, self.stride, pads, self.dilation, self.pad_value))
-        return self._half_offsets[key]
-
-    def binarize(self, x: np.ndarray) -> np.ndarray:
-        """The packed input, uint64 ``[words, N, H, W]``; column blocks are packed in parallel."""
-        c, n, h, w = x.shape
-        flat = x.reshape(c, n * h * w)
-        p = flat.shape[1]
-        if self.ctx.pool is None or c * p < PARALLEL_MIN_ELEMENTS:
-            return K.pack_planar(K.sign_bits(flat, self.threshold, self.negate)).reshape(-1, n, h, w)
-        words = np.empty((K.n_words(c), p), dtype=np.uint64)
-
-        def pack(a: int, b: int) -> None:
-            words[:, a:b] = K.pack_planar(K.sign_bits(flat[:, a:b], self.threshold, self.negate))
-
-        self.ctx.split(pack, p)
-        return words.reshape(-1, n, h, w)
+        self.layer = BinaryConvLayer(bits.widen_words(w32), self.cin, self.stride, self.dilation, float(pad_value),
+                                     threshold, None if negate is None else negate.astype(bool),
+                                     self.tensor("out_scale", shape=(self.cout,)),
+                                     self.tensor("out_bias", shape=(self.cout,)))
+        self.run = self.ctx.kernels.binary_conv(self.layer)
 
     def output_shape(self, x: np.ndarray) -> tuple[int, int, int, int]:
         """The ``[Cout, N, Ho, Wo]`` of this op on ``x`` (checked as a call checks it)."""
@@ -414,18 +192,9 @@ class BinaryConv(Op, op="BinaryConv"):
         self.check_channels(x, self.cin)
         _, n, h, w = x.shape
         pads, ho, wo = self.resolve_pads(h, w, self.dilation)
-        if self.compiled is not None:  # the numba backend: binarize, pack, XNOR-popcount and epilogue fused
-            if out is None:
-                out = self.ctx.empty((self.cout, n, ho, wo))
-            return self.compiled(x, pads, self.ctx.threads, self.half_offset(h, w), out=out, pool=self.ctx.crew)
-        y = K.binary_conv_fast(self.binarize(x), self.wbits, self.cin, self.stride, pads, self.dilation,
-                               self.pad_value, pool=self.ctx.pool, workers=self.ctx.threads,
-                               half_offset=self.half_offset, fill=self.fill, scale=self.scale, bias=self.bias,
-                               dtype=np.float32)
         if out is None:
-            return y
-        out[...] = y.reshape(out.shape)
-        return out
+            out = self.ctx.empty((self.cout, n, ho, wo))
+        return self.run(x, pads, out)
 
 
 class _ChannelAffine(Op):
@@ -433,17 +202,9 @@ class _ChannelAffine(Op):
 
     overwrites_first = True
 
-    def apply(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-        self.check_channels(x, scale.shape[0])
-        if self.ctx.float_kernels is not None:
-            return self.ctx.float_kernels.affine(x, scale, shift, out=self.ctx.empty(x.shape) if out is None else out,
-                                                 crew=self.ctx.crew)
-
-        def affine(xs, dst, a, b) -> None:
-            np.multiply(xs, scale[a:b, None, None, None], out=dst)
-            dst += shift[a:b, None, None, None]
-
-        return self.ctx.by_channels(affine, x, x.shape, out=out)
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        self.check_channels(x, self.scale.shape[0])
+        return self.ctx.kernels.affine(x, self.scale, self.shift, self.ctx.empty(x.shape) if out is None else out)
 
 
 class BatchNorm(_ChannelAffine, op="BatchNorm"):
@@ -460,18 +221,6 @@ class BatchNorm(_ChannelAffine, op="BatchNorm"):
             self.fail("tensor running_var holds negative values")
         self.scale, self.shift = batchnorm_affine(gamma, beta, mean, var, float(eps))
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return self.apply(x, self.scale, self.shift, out)
-
-
-def batchnorm_affine(gamma, beta, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (scale, shift) of an inference BatchNorm, computed in float32 as PyTorch's CPU kernel."""
-    f32 = np.float32
-    invstd = f32(1) / np.sqrt(np.asarray(var, f32) + f32(eps))
-    scale = (invstd * np.asarray(gamma, f32)).astype(f32)
-    shift = (np.asarray(beta, f32) - np.asarray(mean, f32) * scale).astype(f32)
-    return scale, shift
-
 
 class Affine(_ChannelAffine, op="Affine"):
     """Per-channel x * scale + shift (an inference BatchNorm, folded)."""
@@ -480,15 +229,12 @@ class Affine(_ChannelAffine, op="Affine"):
         self.scale = self.tensor("scale", ndim=1)
         self.shift = self.tensor("shift", shape=self.scale.shape)
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return self.apply(x, self.scale, self.shift, out)
-
 
 class Relu(Op, op="Relu"):
-    """max(x, 0), channel blocks in parallel on large maps."""
+    """max(x, 0)."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.ctx.by_channels(lambda xs, out, a, b: np.maximum(xs, np.float32(0), out=out), x, x.shape)
+        return self.ctx.kernels.relu(x, self.ctx.empty(x.shape))
 
 
 class MaxPool(Op, op="MaxPool"):
@@ -511,17 +257,8 @@ class MaxPool(Op, op="MaxPool"):
         if x.ndim != 4:
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
         pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
-        if self.ctx.float_kernels is not None:
-            return self.ctx.float_kernels.max_pool(x, self.kernel, self.stride, pads, (ho, wo), self.relu,
-                                                   out=self.ctx.empty((x.shape[0], x.shape[1], ho, wo)),
-                                                   crew=self.ctx.crew)
-
-        def pool(xs, out, a, b) -> None:
-            _pool(xs, self.kernel, self.stride, pads, np.maximum, -np.inf, out=out)
-            if self.relu:
-                np.maximum(out, np.float32(0), out=out)
-
-        return self.ctx.by_channels(pool, x, (x.shape[0], x.shape[1], ho, wo))
+        return self.ctx.kernels.max_pool(x, self.kernel, self.stride, pads, (ho, wo), self.relu,
+                                         self.ctx.empty((x.shape[0], x.shape[1], ho, wo)))
 
 
 class AvgPool(Op, op="AvgPool"):
@@ -536,13 +273,8 @@ class AvgPool(Op, op="AvgPool"):
         if x.ndim != 4:
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
         _, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
-        if self.ctx.float_kernels is not None:
-            return self.ctx.float_kernels.avg_pool(x, self.kernel, self.stride, (ho, wo),
-                                                   out=self.ctx.empty((x.shape[0], x.shape[1], ho, wo)),
-                                                   crew=self.ctx.crew)
-        out = _pool(x, self.kernel, self.stride, (0, 0, 0, 0), np.add, 0.0)
-        out /= np.float32(self.kernel[0] * self.kernel[1])
-        return out
+        return self.ctx.kernels.avg_pool(x, self.kernel, self.stride, (ho, wo),
+                                         self.ctx.empty((x.shape[0], x.shape[1], ho, wo)))
 
 
 class GlobalAvgPool(Op, op="GlobalAvgPool"):
@@ -650,10 +382,10 @@ class Add(Op, op="Add"):
     def __call__(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if a.shape != b.shape:
             self.fail(f"adds arrays of different shapes {list(a.shape)} and {list(b.shape)}")
-        return np.add(a, b, out=self.ctx.empty(a.shape) if out is None else out)
+        return self.ctx.kernels.add(a, b, self.ctx.empty(a.shape) if out is None else out)
 
 
-# Every op the runtime knows, in the order of bnncli.runtime.opset.OPSET (tests/test_opset.py checks
+# Every op the runtime knows, in the order of bnncli.graph.opset.OPSET (tests/test_opset.py checks
 # that there is one class per declared op).
 OPS: tuple[type[Op], ...] = tuple(_REGISTERED[s.name] for s in opset.OPSET if s.name in _REGISTERED)
 OP_TYPES: dict[str, type[Op]] = {cls.type: cls for cls in OPS}

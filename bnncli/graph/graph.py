@@ -2,7 +2,7 @@
 
 ``bnncli.deploy.lower`` turns a registry model into a :class:`Graph`; the ONNX emitter, the
 packer and the NumPy runtime all consume it. A node has an op type (declared, with its inputs,
-params and attributes, in :mod:`bnncli.runtime.opset`), the names of the values it reads and
+params and attributes, in :mod:`bnncli.graph.opset`), the names of the values it reads and
 writes, plain JSON attributes, and ``params``: role -> name of a tensor in ``Graph.tensors``.
 Shapes and layouts follow PyTorch (NCHW feature maps, ``[N, F]`` after Flatten) everywhere in
 the graph; only the runtime's internals use another layout.

@@ -31,9 +31,9 @@ from bnncli.errors import DataError
 
 def check_resize(w: int, h: int, resize: int) -> None:
     """Refuse an image that resizing to ``resize`` (the shorter side) would make larger than the
-    largest image bnncli decodes (bnncli.runtime.images.MAX_PIXELS): an elongated image meeting a
+    largest image bnncli decodes (bnncli.images.decode.MAX_PIXELS): an elongated image meeting a
     model file's large ``resize``."""
-    from bnncli.runtime.images import MAX_PIXELS
+    from bnncli.images.decode import MAX_PIXELS
 
     new_w, new_h = _resized_size(w, h, resize)
     if new_w * new_h > MAX_PIXELS:
@@ -146,7 +146,7 @@ def preprocess_image(image, preprocessing: dict[str, Any]) -> np.ndarray:
 
 def load_image(path: str | os.PathLike, channels: int = 3):
     """Open an image file as a PIL image (EXIF orientation applied); DataError if unreadable."""
-    from bnncli.runtime.images import load_image as _load
+    from bnncli.images.decode import load_image as _load
 
     return _load(path, channels=channels)
 

@@ -23,7 +23,7 @@ TABLE_FILE = "imagenet_classes.tsv"  # package data: "<synset id>\t<name>" per l
 @lru_cache(maxsize=1)
 def imagenet_names() -> dict[str, str]:
     """synset id -> readable name, for the 1000 ImageNet-1k classes."""
-    text = resources.files("bnncli.runtime").joinpath(TABLE_FILE).read_text(encoding="utf-8")
+    text = resources.files("bnncli.images").joinpath(TABLE_FILE).read_text(encoding="utf-8")
     pairs = (line.split("\t") for line in text.splitlines() if line)
     return {synset: name for synset, name in pairs}
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bnncli.runtime.graph import Node
+    from bnncli.graph.graph import Node
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class OpSpec:
         return None
 
 
-# stride and dilation are pairs; padding is a pair or "same" (TensorFlow's rule, bnncli.runtime.padding).
+# stride and dilation are pairs; padding is a pair or "same" (TensorFlow's rule, bnncli.graph.padding).
 _PAIRS = ("stride", "padding", "dilation")
 
 OPSET: tuple[OpSpec, ...] = (
@@ -90,5 +90,5 @@ def spec(name: str) -> OpSpec:
     try:
         return SPECS[name]
     except KeyError:
-        raise LookupError(f"graph op {name!r} is not declared in bnncli/runtime/opset.py "
+        raise LookupError(f"graph op {name!r} is not declared in bnncli/graph/opset.py "
                           f"(declared: {', '.join(SPECS)})") from None

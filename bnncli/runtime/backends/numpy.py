@@ -1,35 +1,32 @@
-"""Bit packing and the binary convolution kernels (NumPy only).
+"""The NumPy kernels: the runtime's reference backend (imports NumPy only).
 
-Conventions (the same as the packed file format, docs/FORMAT.md):
+Every op of the runtime computes here when the backend is ``numpy``, and every compiled kernel
+(bnncli.runtime.backends.numba) is checked against these, bit for bit. :class:`NumpyKernels` is
+this backend's side of the seam (bnncli.runtime.backends.Kernels); the functions below it are
+the kernels themselves.
 
-* sign(x) = +1 if x >= 0 else -1, so sign(0) = +1.
-* Bit polarity: bit 1 means +1, bit 0 means -1.
-* Packed axis: the input channel. Channel ``c`` is bit ``c % B`` (least significant first) of
-  word ``c // B`` of a little-endian unsigned word of ``B`` bits; bits past the last channel
-  ("tail bits") are 0 in weights and activations alike, so they never count as a mismatch.
-* Files store weights in 32-bit words; the kernels compute on 64-bit words.
-
-For +-1 vectors a, b of n channels, ``dot(a, b) = n - 2 * popcount(bits(a) XOR bits(b))``.
-Two kernels compute a binary convolution on packed words and return exact integers:
+Binary convolutions run on packed words (bit layout: bnncli.graph.bits):
 :func:`binary_conv_reference` (one output position at a time, obviously right) and
 :func:`binary_conv_fast` (im2col of packed words, a loop over words with an integer
-accumulator, split across threads). The tests check one against the other.
+accumulator, split across threads) return the same exact integers; the tests check one against
+the other. Float ops (convolution, pooling, the per-channel affine) work on the runtime's
+``[C, N, H, W]`` maps, split into channel blocks across a thread pool on large maps.
 
 A ``padding`` argument is ``(ph, pw)`` (symmetric) or ``(top, left, bottom, right)``
-(bnncli.runtime.padding), as TensorFlow's "same" rule resolves it on stride-2 layers.
+(bnncli.graph.padding), as TensorFlow's "same" rule resolves it on stride-2 layers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
-from bnncli.runtime.padding import as_pads, output_hw
-
-WORD_BITS = 64  # the kernels' word
-FILE_WORD_BITS = 32  # the packed file's word
+from bnncli.graph import padding as P
+from bnncli.graph.bits import WORD_BITS, n_words, valid_bits_words
+from bnncli.graph.padding import as_pads, output_hw
 
 # Output channels x output positions per block of the fast kernel: about 1 MB of uint64 XOR
 # results, which stay in a core's 2 MiB L2 with the block's counts and accumulator (measured: 64
@@ -38,55 +35,6 @@ FILE_WORD_BITS = 32  # the packed file's word
 _BLOCK_WORDS = 1 << 17
 # Output positions x channels below which the fast kernel stays on one thread (per worker).
 _PARALLEL_MIN_WORDS_PER_WORD_ROW = 65536
-
-
-def n_words(channels: int, word_bits: int = WORD_BITS) -> int:
-    return -(-channels // word_bits)
-
-
-def pack_bits(bits: np.ndarray, word_bits: int = WORD_BITS) -> np.ndarray:
-    """Pack a boolean array along its last axis into little-endian words (tail bits 0)."""
-    bits = np.asarray(bits, dtype=bool)
-    c = bits.shape[-1]
-    nw = n_words(c, word_bits)
-    if nw * word_bits != c:
-        pad = np.zeros(bits.shape[:-1] + (nw * word_bits - c,), dtype=bool)
-        bits = np.concatenate([bits, pad], axis=-1)
-    packed = np.packbits(np.ascontiguousarray(bits), axis=-1, bitorder="little")
-    return packed.view(f"<u{word_bits // 8}").astype(f"u{word_bits // 8}", copy=False)
-
-
-def unpack_bits(words: np.ndarray, channels: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`: a boolean array with ``channels`` entries on the last axis."""
-    words = np.ascontiguousarray(words)
-    le = words.astype(words.dtype.newbyteorder("<"), copy=False)
-    bits = np.unpackbits(le.view(np.uint8), axis=-1, bitorder="little")
-    return bits[..., :channels].astype(bool)
-
-
-def tail_bits_clear(words: np.ndarray, channels: int) -> bool:
-    """True when every bit past ``channels`` in the packed last axis is 0."""
-    word_bits = words.dtype.itemsize * 8
-    full = words.shape[-1] * word_bits
-    if full == channels:
-        return True
-    bits = np.unpackbits(np.ascontiguousarray(words).astype(words.dtype.newbyteorder("<"), copy=False)
-                         .view(np.uint8), axis=-1, bitorder="little")
-    return not bits[..., channels:].any()
-
-
-def widen_words(words32: np.ndarray) -> np.ndarray:
-    """uint32 words on the last axis -> uint64 words (the same bits; a zero word pads odd counts)."""
-    words32 = np.ascontiguousarray(words32, dtype="<u4")
-    if words32.shape[-1] % 2:
-        pad = np.zeros(words32.shape[:-1] + (1,), dtype="<u4")
-        words32 = np.concatenate([words32, pad], axis=-1)
-    return np.ascontiguousarray(words32).view("<u8").astype(np.uint64, copy=False)
-
-
-def valid_bits_words(channels: int) -> np.ndarray:
-    """uint64 words with exactly the first ``channels`` bits set: the packed form of all +1."""
-    return pack_bits(np.ones(channels, dtype=bool))
 
 
 def sign_bits(x: np.ndarray, threshold: np.ndarray | None = None, negate: np.ndarray | None = None) -> np.ndarray:
@@ -326,7 +274,7 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
                      dilation=(1, 1), pad_value: float = 0.0, *, pool: Executor | None = None, workers: int = 1,
                      half_offset: Callable[[int, int], np.ndarray] | None = None, fill: np.ndarray | None = None,
                      scale: np.ndarray | None = None, bias: np.ndarray | None = None,
-                     dtype=np.int32) -> np.ndarray:
+                     dtype=np.int32, out: np.ndarray | None = None) -> np.ndarray:
     """The same result as :func:`binary_conv_reference`, by XNOR + popcount on columns.
 
     The packed input is unrolled into columns (one per output position, ``kh * kw * Wc`` words
@@ -341,7 +289,7 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
     for pad value 0 the -1 that padding contributed, ``-sum_c w[o, c, tap]`` per padded tap, is
     added back (it depends only on the position and the weights). For a float ``dtype``,
     ``half_offset(h, w)`` may supply :func:`half_dot_offset` from a cache; ``fill`` is the per-word
-    padding pattern.
+    padding pattern. ``out``: a C-contiguous ``[Cout, N, Ho, Wo]`` of ``dtype`` to write into.
     """
     wc, n, h, w = xbits.shape
     cout, kh, kw, wcw = wbits.shape
@@ -367,7 +315,7 @@ def binary_conv_fast(xbits: np.ndarray, wbits: np.ndarray, channels: int, stride
         offset = dot_offset(wbits, channels, h, w, stride, padding, dilation, pad_value)
     if n > 1 and offset.shape[1] > 1:  # columns run over the batch, then positions
         offset = np.tile(offset, (1, n))
-    out = np.empty((cout, p), dtype=dtype)
+    out = np.empty((cout, p), dtype=dtype) if out is None else out.reshape(cout, p)
     # Threads pay off only on large blocks: every NumPy call hands the GIL over twice, which costs
     # about as much as a call on a few tens of thousands of words.
     if pool is None or cout * p < _PARALLEL_MIN_WORDS_PER_WORD_ROW * workers:
@@ -417,3 +365,259 @@ def zero_pad_correction(wbits: np.ndarray, channels: int, h: int, w: int, stride
     mask = padding_mask(h, w, (kh, kw), stride, padding, dilation)  # [K, P]
     wsum = weight_sums(wbits, channels).reshape(cout, kh * kw)  # [Cout, K]
     return (wsum @ mask.astype(np.int64)).astype(np.int32)
+
+
+def pad_hw(x: np.ndarray, pads, value: float) -> np.ndarray:
+    """Pad height and width of a ``[C, N, H, W]`` map by (top, left, bottom, right) with a constant
+    (cheaper than np.pad)."""
+    top, left, bottom, right = pads
+    if not (top or left or bottom or right):
+        return x
+    c, n, h, w = x.shape
+    out = np.empty((c, n, top + h + bottom, left + w + right), dtype=x.dtype)
+    out[:, :, :top] = value
+    out[:, :, top + h:] = value
+    out[:, :, top:top + h, :left] = value
+    out[:, :, top:top + h, left + w:] = value
+    out[:, :, top:top + h, left:left + w] = x
+    return out
+
+
+def pool_axis(x: np.ndarray, axis: int, out_size: int, kernel: int, stride: int, padding: int, ufunc, fill: float,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """``ufunc`` over the windows of one axis; taps that fall on padding are left out.
+
+    ``padding`` is the padding before the map; ``out_size`` (computed with the padding after it) says the rest.
+
+    Each tap t of the kernel is one strided view, combined into the outputs whose window holds
+    it inside the map, so no padded copy of the map is made. The first two taps every output
+    reads initialize the result (for no padding, taps 0 and 1); where there are none, ``fill`` does.
+    """
+    size = x.shape[axis]
+    out_shape = x.shape[:axis] + (out_size,) + x.shape[axis + 1:]
+    out = np.empty(out_shape, dtype=x.dtype) if out is None else out
+
+    def along(a: np.ndarray, start: int, stop: int | None, step: int = 1) -> np.ndarray:
+        index = [slice(None)] * a.ndim
+        index[axis] = slice(start, stop, step)
+        return a[tuple(index)]
+
+    spans = []  # (first output, last output + 1, view of the map) per tap
+    for t in range(kernel):
+        first = max(0, -(-(padding - t) // stride))
+        last = min(out_size, (size - 1 + padding - t) // stride + 1)
+        if last > first:
+            start = first * stride - padding + t
+            spans.append((first, last, along(x, start, start + stride * (last - first - 1) + 1, stride)))
+    full = [i for i, (first, last, _) in enumerate(spans) if first == 0 and last == out_size][:2]
+    if len(full) == 2:
+        ufunc(spans[full[0]][2], spans[full[1]][2], out=out)
+    elif full:
+        np.copyto(out, spans[full[0]][2])
+    else:
+        out.fill(fill)
+    for i, (first, last, view) in enumerate(spans):
+        if i not in full:
+            target = along(out, first, last)
+            ufunc(target, view, out=target)
+    return out
+
+
+def pool(x: np.ndarray, kernel, stride, pads, ufunc, fill: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Separable pooling of a ``[C, N, H, W]`` map: ``ufunc`` over the kernel's rows, then its columns.
+
+    Rows first: with a stride, the pass along the height reads whole contiguous rows and shrinks
+    the map before the pass along the width, whose strided reads are the slow ones. Padding is
+    left out of the windows, which for a max is padding with -inf (every window holds at least
+    one element of the map when padding is at most half the kernel, and with TensorFlow's
+    "same" rule). ``pads`` is (top, left, bottom, right).
+    """
+    ho, wo = P.output_hw(x.shape[2:], kernel, stride, pads)
+    rows = pool_axis(x, 2, ho, kernel[0], stride[0], pads[0], ufunc, fill)
+    return pool_axis(rows, 3, wo, kernel[1], stride[1], pads[1], ufunc, fill, out=out)
+
+
+def conv_columns(xp: np.ndarray, kernel, stride, dilation, out_hw, cols: np.ndarray, tasks=None) -> np.ndarray:
+    """Columns ``[Cin * kh * kw, N * Ho * Wo]`` of a padded map ``xp`` [Cin, N, Hp, Wp], in the
+    weights' (c, ky, kx) order, written into ``cols`` (``[Cin, kh, kw, N, Ho, Wo]``, float32).
+
+    With a stride, the map is first split into its stride phases (every s-th row and column,
+    each offset), so that every tap copies unit-stride rows. ``tasks(fill, kh)``, when given,
+    runs ``fill(rows of the kernel)`` over blocks of kernel rows (in parallel).
+    """
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    ho, wo = out_hw
+    phases = {(ry, rx): np.ascontiguousarray(xp[:, :, ry::sh, rx::sw]) if (sh, sw) != (1, 1) else xp
+              for ry in {ky * dh % sh for ky in range(kh)} for rx in {kx * dw % sw for kx in range(kw)}}
+
+    def fill(kys) -> None:
+        for ky in kys:
+            y0, ry = divmod(ky * dh, sh)
+            for kx in range(kw):
+                x0, rx = divmod(kx * dw, sw)
+                cols[:, ky, kx] = phases[(ry, rx)][:, :, y0:y0 + ho, x0:x0 + wo]
+
+    if tasks is not None and kh > 1:
+        tasks(fill, kh)
+    else:
+        fill(range(kh))
+    return cols.reshape(cols.shape[0] * kh * kw, -1)
+
+
+# Work below this many elements runs on the calling thread: each NumPy call hands the GIL over
+# twice, and on small arrays that costs more than a second core saves.
+PARALLEL_MIN_ELEMENTS = 1 << 18
+
+
+class NumpyBinaryConv:
+    """A binary convolution layer on the NumPy kernels: binarize and pack (column blocks in
+    parallel), then :func:`binary_conv_fast`; the epilogue's offsets cached per input size."""
+
+    def __init__(self, layer, kernels: NumpyKernels) -> None:
+        self.layer = layer
+        self.kernels = kernels
+        self.fill = valid_bits_words(layer.channels) if layer.pad_value == 1 else np.zeros(
+            layer.wbits.shape[-1], dtype=np.uint64)
+        self._half_offsets: dict[tuple, np.ndarray] = {}
+
+    def half_offset(self, h: int, w: int, pads) -> np.ndarray:
+        key = (h, w, tuple(pads))
+        if key not in self._half_offsets:
+            L = self.layer
+            self._half_offsets[key] = half_dot_offset(dot_offset(L.wbits, L.channels, h, w, L.stride, pads,
+                                                                 L.dilation, L.pad_value))
+        return self._half_offsets[key]
+
+    def binarize(self, x: np.ndarray) -> np.ndarray:
+        """The packed input, uint64 ``[words, N, H, W]``."""
+        c, n, h, w = x.shape
+        flat = x.reshape(c, n * h * w)
+        p = flat.shape[1]
+        L, k = self.layer, self.kernels
+        if k.pool is None or c * p < PARALLEL_MIN_ELEMENTS:
+            return pack_planar(sign_bits(flat, L.threshold, L.negate)).reshape(-1, n, h, w)
+        words = np.empty((n_words(c), p), dtype=np.uint64)
+
+        def pack(a: int, b: int) -> None:
+            words[:, a:b] = pack_planar(sign_bits(flat[:, a:b], L.threshold, L.negate))
+
+        k.split(pack, p)
+        return words.reshape(-1, n, h, w)
+
+    def __call__(self, x: np.ndarray, pads, out: np.ndarray) -> np.ndarray:
+        L, k = self.layer, self.kernels
+        h, w = x.shape[2:]
+        return binary_conv_fast(self.binarize(x), L.wbits, L.channels, L.stride, pads, L.dilation, L.pad_value,
+                                pool=k.pool, workers=k.threads, half_offset=lambda *_: self.half_offset(h, w, pads),
+                                fill=self.fill, scale=L.scale, bias=L.bias, dtype=np.float32, out=out)
+
+
+class NumpyConv:
+    """A float convolution layer on the NumPy kernels: zero padding, im2col, one matrix product."""
+
+    def __init__(self, layer, kernels: NumpyKernels) -> None:
+        self.layer = layer
+        self.kernels = kernels
+        self.cout, self.cin = layer.weight.shape[:2]
+        self.w2 = np.ascontiguousarray(layer.weight.reshape(self.cout, -1))
+
+    def __call__(self, x: np.ndarray, pads, out_hw) -> np.ndarray:
+        L, k = self.layer, self.kernels
+        n = x.shape[1]
+        scratch = None
+        if L.kernel == (1, 1) and not any(pads):
+            cols = x[:, :, ::L.stride[0], ::L.stride[1]].reshape(self.cin, -1)
+        else:
+            xp = pad_hw(x, pads, 0.0)
+            scratch = k.buffers.empty((self.cin, *L.kernel, n, *out_hw))
+            cols = conv_columns(xp, L.kernel, L.stride, L.dilation, out_hw, scratch,
+                                tasks=k.row_tasks if scratch.size >= PARALLEL_MIN_ELEMENTS else None)
+        y = k.matmul(self.w2, cols)
+        if scratch is not None:
+            k.buffers.release(scratch)
+        if L.bias is not None:
+            y += L.bias[:, None]
+        return y.reshape(self.cout, n, *out_hw)
+
+
+class NumpyKernels:
+    """The reference backend (bnncli.runtime.backends.base.Kernels): NumPy, and a thread pool of
+    ``threads - 1`` workers beside the calling thread that large ops are split across."""
+
+    name = "numpy"
+
+    def __init__(self, threads: int, buffers: Any) -> None:
+        self.threads = threads
+        self.buffers = buffers
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="bnn-runtime") if threads > 1 else None
+        # With BLAS held to one thread during a forward pass (bnncli.runtime.context), large
+        # products are split across the pool instead; otherwise the BLAS threads them itself.
+        self.split_products = False
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
+
+    # Thread helpers.
+    def split(self, fn: Callable[[int, int], None], size: int) -> None:
+        """``fn(a, b)`` over ``threads`` near-equal blocks of range(size), the calling thread taking one."""
+        edges = [round(i * size / self.threads) for i in range(self.threads + 1)]
+        run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])), self.pool, self.threads)
+
+    def row_tasks(self, fill: Callable, rows: int) -> None:
+        """``fill(kernel rows)`` over interleaved blocks of ``range(rows)``, in parallel."""
+        if self.pool is None:
+            fill(range(rows))
+            return
+        run_tasks(fill, [range(i, rows, self.threads) for i in range(self.threads)], self.pool, self.threads)
+
+    def by_channels(self, fn, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps."""
+        c = x.shape[0]
+        if self.pool is None or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
+            fn(x, out, 0, c)
+            return out
+        self.split(lambda a, b: fn(x[a:b], out[a:b], a, b), c)
+        return out
+
+    # The ops.
+    def binary_conv(self, layer) -> NumpyBinaryConv:
+        return NumpyBinaryConv(layer, self)
+
+    def conv(self, layer) -> NumpyConv:
+        return NumpyConv(layer, self)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b`` of float32 matrices into a buffer, rows of the result split across the pool when worth it."""
+        rows = a.shape[0]
+        out = self.buffers.empty((rows, b.shape[1]))
+        if not self.split_products or rows < 16 or rows * b.shape[1] < PARALLEL_MIN_ELEMENTS:
+            return np.matmul(a, b, out=out)
+        self.split(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), rows)
+        return out
+
+    def max_pool(self, x, kernel, stride, pads, out_hw, relu, out):
+        def run(xs, dst, a, b) -> None:
+            pool(xs, kernel, stride, pads, np.maximum, -np.inf, out=dst)
+            if relu:
+                np.maximum(dst, np.float32(0), out=dst)
+
+        return self.by_channels(run, x, out)
+
+    def avg_pool(self, x, kernel, stride, out_hw, out):
+        pool(x, kernel, stride, (0, 0, 0, 0), np.add, 0.0, out=out)
+        out /= np.float32(kernel[0] * kernel[1])
+        return out
+
+    def affine(self, x, scale, shift, out):
+        def run(xs, dst, a, b) -> None:
+            np.multiply(xs, scale[a:b, None, None, None], out=dst)
+            dst += shift[a:b, None, None, None]
+
+        return self.by_channels(run, x, out)
+
+    def relu(self, x, out):
+        return self.by_channels(lambda xs, dst, a, b: np.maximum(xs, np.float32(0), out=dst), x, out)
+
+    def add(self, a, b, out):
+        return np.add(a, b, out=out)

@@ -13,7 +13,7 @@ for a bounded time instead:
 * :meth:`Crew.run` publishes a job (a compiled ``nogil`` function and its arguments), bumps the
   counter (waking sleepers only when there are any) and runs the job on the calling thread too.
 
-Jobs split their work through atomic task counters of their own (bnncli.runtime.numba_kernels):
+Jobs split their work through atomic task counters of their own (bnncli.runtime.backends.numba.binary_conv):
 the caller never waits for a helper, only for the job's tasks, so a helper that wakes late, or
 whose core another process keeps busy, takes fewer tasks (or none) instead of stalling the call.
 A helper that picks up a job after newer ones were published runs the newest: the older ones are
@@ -27,32 +27,31 @@ import weakref
 from collections.abc import Callable
 
 import numpy as np
-from numba import njit
 
-from bnncli.runtime.numba_kernels import _fetch_add, _load_acquire, _yield_cpu, functions_cached
+from bnncli.runtime.backends.numba.intrinsics import fetch_add, jit, load_acquire, yield_cpu
 
 # Rounds of 64 polls a helper makes after its last job before it sleeps (each round ends with a
 # sched_yield: about a microsecond on an idle core, so a few milliseconds in all).
 SPIN_ROUNDS = 4000
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _await_job(control, seen, rounds):
     """Poll ``control[0]`` until it differs from ``seen`` or ``rounds`` rounds of 64 polls pass;
     return its last value (``seen`` when nothing came)."""
     for _ in range(rounds):
         for _ in range(64):
-            value = _load_acquire(control, 0)
+            value = load_acquire(control, 0)
             if value != seen:
                 return value
-        _yield_cpu()
-    return _load_acquire(control, 0)
+        yield_cpu()
+    return load_acquire(control, 0)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _publish(control):
     """Bump the job counter ``control[0]``; return the new value."""
-    return _fetch_add(control, 0) + 1
+    return fetch_add(control, 0) + 1
 
 
 class Crew:
@@ -128,6 +127,4 @@ class Crew:
                 job[0](*job[1])
 
 
-def cache_is_warm() -> bool:
-    """Whether numba's disk cache holds this module's compiled functions."""
-    return functions_cached([_await_job, _publish])
+COMPILED = [_await_job, _publish]

@@ -1,11 +1,11 @@
 """Compiled (numba) float ops of the runtime: max and average pooling, per-channel affine.
 
-Once the binary convolutions are compiled (bnncli.runtime.numba_kernels), these NumPy ops take a
+Once the binary convolutions are compiled (bnncli.runtime.backends.numba.binary_conv), these NumPy ops take a
 large share of a forward pass: NumPy's pooling makes several passes over strided views and the
 affine (an inference BatchNorm) allocates its result. Here each op is one pass per channel
-plane, and planes are split across the threads of a :class:`bnncli.runtime.numba_crew.Crew`.
+plane, and planes are split across the threads of a :class:`bnncli.runtime.backends.numba.crew.Crew`.
 
-Every result is bit-identical to the NumPy op in bnncli.runtime.ops:
+Every result is bit-identical to the NumPy backend's op (bnncli.runtime.backends.numpy):
 
 * max pooling takes the maximum of the window's taps inside the map (padding never wins, as
   with -inf padding), NaN propagating like ``np.maximum``; with ``relu`` the result is then
@@ -21,21 +21,20 @@ Every result is bit-identical to the NumPy op in bnncli.runtime.ops:
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from bnncli.runtime.numba_kernels import _fetch_add, _wait_for, functions_cached
+from bnncli.runtime.backends.numba.intrinsics import fetch_add, jit, wait_for
 
 # Elements below which an op stays on the calling thread (waking a helper costs some 20 us).
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(inline="always")
 def _max(a, b):
     """``np.maximum(a, b)``: a NaN in either wins (no short-circuit, so that loops vectorize)."""
     return a if (a >= b) | (a != a) else b
 
 
-@njit(cache=True, nogil=True, inline="always")
+@jit(inline="always")
 def _tap_range(k, s, pad, size, out_size):
     """The outputs o (first, last + 1) whose tap ``k`` reads inside the map: 0 <= o * s - pad + k < size."""
     first = max(0, -((k - pad) // s))
@@ -43,7 +42,7 @@ def _tap_range(k, s, pad, size, out_size):
     return first, max(first, last)
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu):
     """One [H, W] plane into [Ho, Wo]: per output row, the maximum over the window's rows into
     ``r`` [W], then over its columns, tap by tap (strided reads that vectorize)."""
@@ -92,19 +91,19 @@ def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu):
                 dst[i] = _max(dst[i], np.float32(0))
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, counters):
     """Planes of ``x`` [P, H, W] taken from ``counters`` ([0] next, [8] done) into ``out`` [P, Ho, Wo]."""
     rows = np.empty(x.shape[2], np.float32)
     while True:
-        p = _fetch_add(counters, 0)
+        p = fetch_add(counters, 0)
         if p >= x.shape[0]:
             break
         _max_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, top, left, relu)
-        _fetch_add(counters, 8)
+        fetch_add(counters, 8)
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _avg_pool_plane(x, out, r, kh, kw, sy, sx, taps):
     """One [H, W] plane into [Ho, Wo], no padding, NumPy's order of additions (module docstring)."""
     w = x.shape[1]
@@ -132,24 +131,24 @@ def _avg_pool_plane(x, out, r, kh, kw, sy, sx, taps):
                 dst[i] = t / taps
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _avg_pool_share(x, out, kh, kw, sy, sx, taps, counters):
     """Planes of ``x`` [P, H, W] taken from ``counters`` into ``out`` [P, Ho, Wo] (see _max_pool_share)."""
     rows = np.empty(x.shape[2], np.float32)
     while True:
-        p = _fetch_add(counters, 0)
+        p = fetch_add(counters, 0)
         if p >= x.shape[0]:
             break
         _avg_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, taps)
-        _fetch_add(counters, 8)
+        fetch_add(counters, 8)
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _affine_share(x, out, scale, shift, batch, counters):
     """``out[p] = x[p] * scale[c] + shift[c]`` over planes [P, H * W] (plane p is channel p // batch);
     ``out`` may be ``x``."""
     while True:
-        p = _fetch_add(counters, 0)
+        p = fetch_add(counters, 0)
         if p >= x.shape[0]:
             break
         s = scale[p // batch]
@@ -158,7 +157,7 @@ def _affine_share(x, out, scale, shift, batch, counters):
         dst = out[p]
         for i in range(src.shape[0]):
             dst[i] = src[i] * s + b
-        _fetch_add(counters, 8)
+        fetch_add(counters, 8)
 
 
 def _run(fn, args: tuple, planes: int, elements: int, crew) -> None:
@@ -168,7 +167,7 @@ def _run(fn, args: tuple, planes: int, elements: int, crew) -> None:
         fn(*args)
         return
     crew.run(fn, args)
-    _wait_for(args[-1], 8, planes)
+    wait_for(args[-1], 8, planes)
 
 
 def _contiguous(x: np.ndarray) -> np.ndarray:
@@ -222,6 +221,4 @@ def affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray 
     return out
 
 
-def cache_is_warm() -> bool:
-    """Whether numba's disk cache holds every function of this module (see numba_kernels.cache_is_warm)."""
-    return functions_cached([_max_pool_share, _avg_pool_share, _affine_share])
+COMPILED = [_max_pool_share, _avg_pool_share, _affine_share]

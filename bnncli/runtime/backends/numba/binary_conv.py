@@ -1,15 +1,15 @@
 """Compiled (numba) binary convolution: binarize, pack, XOR + popcount and epilogue in one kernel.
 
-:class:`BinaryConvKernel` (built once per layer) and :func:`binary_conv` (one call) do what
-``BinaryConv.__call__`` does with the NumPy kernels (bnncli.runtime.kernels), bit for bit::
+:class:`BinaryConvKernel` (built once per layer) does what the NumPy backend's binary convolution
+does (bnncli.runtime.backends.numpy, ``ref`` below), bit for bit::
 
-    K.binary_conv_fast(K.pack_planar(K.sign_bits(x, threshold, negate)).reshape(-1, n, h, w), wbits,
-                       channels, stride, pads, dilation, pad_value, dtype=np.float32, scale=scale, bias=bias)
+    ref.binary_conv_fast(ref.pack_planar(ref.sign_bits(x, threshold, negate)).reshape(-1, n, h, w), wbits,
+                         channels, stride, pads, dilation, pad_value, dtype=np.float32, scale=scale, bias=bias)
 
 from the float32 input ``[C, N, H, W]`` to the float32 output ``[Cout, N, Ho, Wo]``:
 
 1. **Pack.** Chunks of input positions are binarized (``x >= 0``; ``x >= t[c]``, or ``x <= t[c]``
-   where ``negate[c]``: the comparisons of :func:`K.sign_bits`, computed as ``x * s >= t * s``
+   where ``negate[c]``: the comparisons of :func:`ref.sign_bits`, computed as ``x * s >= t * s``
    with s = +-1, which is exact) and packed into uint64 words (channel ``c`` is bit ``c % 64``
    of word ``c // 64``, tail bits 0) in a position-major buffer ``[N, top + H + bottom,
    left + W + right, Wc]`` whose border holds the padding pattern (all valid bits for pad
@@ -22,156 +22,52 @@ from the float32 input ``[C, N, H, W]`` to the float32 output ``[Cout, N, Ho, Wo
    VPOPCNTQ where the CPU has it: LLVM compiles for the host). Two output positions share
    every load of weights. Tasks are chunks of output positions x blocks of output channels.
 3. **Epilogue**, per output element, in float32 and in the NumPy kernel's order:
-   ``(half_offset[o, p] - mismatches) * (2 * scale[o]) + bias[o]`` (``K.half_dot_offset``;
+   ``(half_offset[o, p] - mismatches) * (2 * scale[o]) + bias[o]`` (``ref.half_dot_offset``;
    the addition only where there is a bias, so that a -0.0 stays -0.0).
 
-No ``fastmath`` anywhere: it would let LLVM contract the multiply and add into an FMA and change
-the rounding. Every jitted function has ``cache=True``: the machine code is kept on disk, in
-``$NUMBA_CACHE_DIR`` when set, else in ``__pycache__`` next to this file, else (a read-only
-install) in numba's user-wide cache directory (``~/.cache/numba``, or under
-``$XDG_CACHE_HOME``); with none writable numba warns and compiles in every process. The first
-call compiles for several seconds; a later process loads the code in well under a second.
+No ``fastmath`` anywhere, and every function cached on disk (bnncli.runtime.backends.numba.intrinsics).
 
-Threads (``threads`` > 1, on layers with enough work, :data:`PARALLEL_MIN_WORK`): the calling
-thread and ``threads - 1`` helpers on a ThreadPoolExecutor (the caller's ``pool``, else one of
-this module's) each run the nogil task loop :func:`_binary_conv_share`, taking tasks from shared
-atomic counters. The caller starts at once and waits only for tasks, never for a helper: one
-that wakes late finds less (or nothing) to do, and a thread slowed down by another process on
-its core takes fewer tasks instead of holding the others up. ``PARALLEL = "prange"`` runs the
-same loop in a ``parallel=True`` build instead (a separately named function: numba's disk cache
-does not tell the two builds of one function apart) on numba's threading layer, set here to
-``workqueue`` unless ``NUMBA_THREADING_LAYER`` chose one: its threads sleep when idle, where the
-OpenMP layer's spinning threads stalled calls for scheduler ticks (4-11x slower) under a busy
-second core. Measured on a 2-core VM, the pool is as fast or faster than the threading layers
-(every workqueue call wakes its threads twice while the caller waits). Calls into the
-workqueue layer are serialized by a lock: it must not be entered from two threads at once.
+Threads: with a :class:`bnncli.runtime.backends.numba.crew.Crew` on layers with enough work
+(:data:`CREW_MIN_WORK`), the calling thread and the crew's helpers each run the nogil task loop
+:func:`_binary_conv_share`, taking tasks from shared atomic counters. The caller starts at once
+and waits only for tasks, never for a helper: one that wakes late finds less (or nothing) to do,
+and a thread slowed down by another process on its core takes fewer tasks instead of holding
+the others up.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import NamedTuple
 
-import numba
 import numpy as np
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from bnncli.runtime import kernels as K
-from bnncli.runtime.padding import as_pads, output_hw
-
-THREADING_LAYER = "workqueue"
-if numba.config.THREADING_LAYER == "default":  # set before the first parallel call; an explicit choice wins
-    numba.config.THREADING_LAYER = THREADING_LAYER
+from bnncli.graph.bits import n_words, valid_bits_words
+from bnncli.graph.padding import as_pads, output_hw
+from bnncli.runtime.backends import numpy as ref
+from bnncli.runtime.backends.numba.intrinsics import fetch_add, jit, popcount, wait_for
 
 # Output channels per block of transposed weights: the block's K x 64 words (36 KB for 512 input
 # channels, 3 x 3) stay in L1/L2 while a row of positions is XOR-ed against them.
 BLOCK_CHANNELS = 64
-# Work (output elements x words per element) below which a call stays on one thread, about
-# 0.3 ms of it: a sleeping helper thread took 50-100 us to wake on the 2-core VM measured.
-PARALLEL_MIN_WORK = 1 << 21
-# The same for helpers of a bnncli.runtime.numba_crew.Crew, which wake in about 20 us: layers of
-# some 0.1 ms gain from a second thread.
+# Work (output elements x words per element) below which a call stays on the calling thread: the
+# helpers of a Crew wake in about 20 us, so layers of some 0.1 ms gain from a second thread.
 CREW_MIN_WORK = 1 << 19
 # Output positions per task of the popcount loop, and input positions per task of the packing.
 CONV_CHUNK = 64
 PACK_CHUNK = 1024
 
-# How calls on more than one thread run (module docstring): "pool" or "prange".
-PARALLEL = "pool"
 
-_PARALLEL_LOCK = threading.Lock()
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+class ConvWeights(NamedTuple):
+    """Packed weights transposed for the kernel: ``wt`` uint64 ``[blocks, kh * kw * Wc, block]``."""
 
-
-@intrinsic
-def popcount(typingctx, x):
-    """The number of bits set in a uint64 (LLVM ctpop: POPCNT, or VPOPCNTQ when vectorized)."""
-    if not isinstance(x, types.Integer):
-        return None
-    sig = types.int64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
-
-    return sig, codegen
-
-
-def _counter_intrinsic(counters, atomic_op):
-    """Typing and code of an atomic operation on ``counters[index]`` (an int64 array):
-    ``atomic_op(context, builder, pointer)`` emits it and returns the int64 result."""
-    if not (isinstance(counters, types.Array) and counters.dtype == types.int64):
-        return None
-    sig = types.int64(counters, types.intp)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
-        return atomic_op(context, builder, ptr)
-
-    return sig, codegen
-
-
-@intrinsic
-def _fetch_add(typingctx, counters, index):
-    """Atomically ``counters[index] += 1`` (int64 array, acquire-release); returns the value before."""
-    return _counter_intrinsic(counters, lambda context, builder, ptr: builder.atomic_rmw(
-        "add", ptr, context.get_constant(types.int64, 1), "acq_rel"))
-
-
-@intrinsic
-def _load_acquire(typingctx, counters, index):
-    """``counters[index]`` as an atomic load (acquire): re-read on every call, never hoisted."""
-    return _counter_intrinsic(counters, lambda context, builder, ptr: builder.load_atomic(ptr, "acquire", 8))
-
-
-if sys.platform == "win32":
-
-    @njit(cache=True, nogil=True)
-    def _yield_cpu():
-        """Nothing (Windows): pollers spin."""
-
-else:
-    _sched_yield = types.ExternalFunction("sched_yield", types.intc())  # libc, resolved by name: cache-safe
-
-    @njit(cache=True, nogil=True)
-    def _yield_cpu():
-        """Let another runnable thread have this core (sched_yield)."""
-        _sched_yield()
-
-
-@njit(cache=True, nogil=True)
-def _wait_for(counters, index, target):
-    """Spin until ``counters[index] >= target``, yielding the CPU every 64 polls."""
-    polls = 0
-    while _load_acquire(counters, index) < target:
-        polls += 1
-        if polls % 64 == 0:
-            _yield_cpu()
-
-
-class ConvWeights:
-    """Packed weights transposed for the kernel: ``wt`` uint64 ``[blocks, kh * kw * Wc, block]``.
-
-    :func:`binary_conv` given these keeps the :class:`BinaryConvKernel` it builds from the
-    other arguments here, keyed by their identity: do not modify those arrays in place.
-    """
-
-    __slots__ = ("wt", "cout", "kernel", "words", "kernels")
-
-    def __init__(self, wt: np.ndarray, cout: int, kernel: tuple[int, int], words: int) -> None:
-        self.wt, self.cout, self.kernel, self.words = wt, cout, kernel, words
-        self.kernels: dict[tuple, tuple[tuple, BinaryConvKernel]] = {}
+    wt: np.ndarray
+    cout: int
+    kernel: tuple[int, int]
+    words: int
 
 
 def prepare_weights(wbits: np.ndarray) -> ConvWeights:
-    """``wbits`` uint64 ``[Cout, kh, kw, Wc]`` (K.widen_words) -> :class:`ConvWeights`; do it once per layer.
+    """``wbits`` uint64 ``[Cout, kh, kw, Wc]`` (graph.bits.widen_words) -> :class:`ConvWeights`, once per layer.
 
     Output channels are split into near-equal blocks of at most :data:`BLOCK_CHANNELS`, each
     rounded up to a multiple of 8 (a vector of words); the padding channels' weights are 0 and
@@ -188,7 +84,7 @@ def prepare_weights(wbits: np.ndarray) -> ConvWeights:
     return ConvWeights(wt, cout, (kh, kw), wc)
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _fill_border(xf, h, w, hp, wp, wc, top, left, fill):
     """The padding of the packed buffer ``xf`` [N, Hp * Wp * Wc]: ``fill`` in every word of every border position."""
     for n in range(xf.shape[0]):
@@ -203,7 +99,7 @@ def _fill_border(xf, h, w, hp, wp, wc, top, left, fill):
                     img[base + k] = fill[k]
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf):
     """Word ``task % Wc`` of a chunk of input positions (of N * H * W): binarize, pack, store into ``xf``.
 
@@ -264,7 +160,7 @@ def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
                 idx += (hp - h) * wp * wc
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, acc):
     """A chunk of output positions (of N * Ho * Wo) x a block of output channels (``task % blocks``).
 
@@ -408,7 +304,7 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
             p = 0
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
                         hoff, factor, bias, has_bias, out, pack_chunk, conv_chunk):
     """The whole op on the calling thread: border, packing tasks, popcount tasks in order."""
@@ -423,7 +319,7 @@ def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, lef
                    out, acc)
 
 
-@njit(cache=True, boundscheck=False, nogil=True)
+@jit(boundscheck=False)
 def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
                        hoff, factor, bias, has_bias, out, pack_chunk, conv_chunk, counters):
     """One thread's share of the op: tasks taken from the shared atomic ``counters``.
@@ -439,84 +335,20 @@ def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left
     conv_tasks = -(-out.shape[1] // conv_chunk) * wt.shape[0]
     buf = np.empty(pack_chunk, np.uint64)
     while True:
-        task = _fetch_add(counters, 0)
+        task = fetch_add(counters, 0)
         if task >= pack_tasks:
             break
         _pack_task(xs, xf, task, pack_chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
-        _fetch_add(counters, 8)
-    _wait_for(counters, 8, pack_tasks)
+        fetch_add(counters, 8)
+    wait_for(counters, 8, pack_tasks)
     acc = np.empty((conv_chunk + 1, wt.shape[2]), np.int32)
     while True:
-        task = _fetch_add(counters, 16)
+        task = fetch_add(counters, 16)
         if task >= conv_tasks:
             break
         _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias,
                    out, acc)
-        _fetch_add(counters, 24)
-
-
-@njit(cache=True, boundscheck=False, nogil=True, parallel=True)
-def _binary_conv_parallel(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                          hoff, factor, bias, has_bias, out, pack_chunk, conv_chunk, workers):
-    """The op on numba's threading layer: ``workers`` shares (:func:`_binary_conv_share`) in one prange."""
-    wc = fill.shape[0]
-    _fill_border(xf.reshape(-1, hp * wp * wc), h, w, hp, wp, wc, top, left, fill)
-    counters = np.zeros(32, np.int64)
-    for _ in prange(workers):
-        _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                           hoff, factor, bias, has_bias, out, pack_chunk, conv_chunk, counters)
-
-
-def _module_pool(helpers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < helpers:
-            _POOL = ThreadPoolExecutor(helpers, thread_name_prefix="bnn-numba")
-        return _POOL
-
-
-def _run_shared(args: tuple, workers: int, pool, tasks: int) -> None:
-    """:func:`_binary_conv_share` on this thread and helpers; returns when all ``tasks`` are done.
-
-    ``pool`` is a :class:`bnncli.runtime.numba_crew.Crew` (its helpers, awake between calls,
-    run the share), an executor (``workers - 1`` shares are submitted to it), or None (an
-    executor of this module's). ``args`` ends with the zeroed counters. Helpers are not waited
-    for, only the tasks: one that starts after the work is done finds none left, so a busy or
-    slow-waking helper costs nothing but its share of the work.
-    """
-    if hasattr(pool, "run"):
-        pool.run(_binary_conv_share, args)
-    else:
-        if pool is None:
-            pool = _module_pool(workers - 1)
-        try:
-            for _ in range(workers - 1):
-                pool.submit(_binary_conv_share, *args)
-        except RuntimeError:  # a pool shut down: the tasks not taken are this thread's
-            pass
-        _binary_conv_share(*args)
-    _wait_for(args[-1], 24, tasks)
-
-
-def functions_cached(functions) -> bool:
-    """Whether numba's disk cache has an index for each of these jitted functions."""
-    for f in functions:
-        index = getattr(getattr(getattr(f, "_cache", None), "_cache_file", None), "_index_path", None)
-        if index is None or not os.path.exists(index):
-            return False
-    return True
-
-
-def cache_is_warm() -> bool:
-    """Whether numba's disk cache has an index for every function a call compiles (with the current
-    :data:`PARALLEL`): False means the next first call compiles for several seconds. The
-    parallel=True build is compiled only when ``PARALLEL == "prange"``, so it is not asked for
-    otherwise."""
-    functions = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _wait_for,
-                 _yield_cpu]
-    if PARALLEL == "prange":
-        functions.append(_binary_conv_parallel)
-    return functions_cached(functions)
+        fetch_add(counters, 24)
 
 
 def tap_offsets(kernel, dilation, wp: int, wc: int) -> np.ndarray:
@@ -537,34 +369,36 @@ class _Geometry(NamedTuple):
 
 
 class BinaryConvKernel:
-    """One binary conv layer, prepared once (weights transposed, thresholds and scales in the kernel's form).
+    """One binary conv layer (bnncli.runtime.backends.base.BinaryConvLayer), prepared once: weights
+    transposed, thresholds and scales in the kernel's form, per-size work cached.
 
-    ``kernel(x, pads, threads=1, half_offset=None, out=None, pool=None)`` is :func:`binary_conv`
-    on a float32 map ``x`` [C, N, H, W], with the per-size work (output size, tap offsets,
-    ``half_offset`` when not given) cached per input size and padding. Arguments as
-    :func:`binary_conv`; the arrays are copied into the kernel's form when it is built, so
-    changing them afterwards changes nothing: build a new kernel.
+    ``kernel(x, pads, out=None, crew=None, half_offset=None)`` binarizes, packs and binary-convolves
+    a float32 map ``x`` [C, N, H, W] padded by ``pads`` (top, left, bottom, right), into ``out``
+    (a C-contiguous float32 ``[Cout, N, Ho, Wo]``, allocated when None), on the calling thread and
+    the helpers of ``crew`` (bnncli.runtime.backends.numba.crew.Crew) when the layer has enough work.
+    ``half_offset`` (float32 ``[Cout, Ho * Wo]`` or ``[Cout, 1]``, the NumPy kernels'
+    ``half_dot_offset``) is computed and cached when None. The layer's arrays are copied into the
+    kernel's form when it is built, so changing them afterwards changes nothing.
     """
 
-    def __init__(self, wbits: np.ndarray, channels: int, stride=(1, 1), dilation=(1, 1), pad_value: float = 0.0,
-                 threshold: np.ndarray | None = None, negate: np.ndarray | None = None,
-                 scale: np.ndarray | None = None, bias: np.ndarray | None = None,
-                 weights: ConvWeights | None = None) -> None:
+    def __init__(self, layer, weights: ConvWeights | None = None) -> None:
+        pad_value = layer.pad_value
         if pad_value not in (0, -1, 1):
             raise ValueError(f"pad_value must be 0, -1 or 1, not {pad_value!r}")
-        self.wbits = np.ascontiguousarray(wbits, dtype=np.uint64)
+        self.wbits = np.ascontiguousarray(layer.wbits, dtype=np.uint64)
         self.weights = prepare_weights(self.wbits) if weights is None else weights
-        self.channels = int(channels)
+        self.channels = int(layer.channels)
         self.cout = self.weights.cout
         self.kernel = self.weights.kernel
         self.words = self.weights.words
-        if self.words != K.n_words(self.channels) or self.wbits.shape != (self.cout, *self.kernel, self.words):
+        if self.words != n_words(self.channels) or self.wbits.shape != (self.cout, *self.kernel, self.words):
             raise ValueError(f"weights of shape {self.wbits.shape} do not fit {self.channels} input channels")
-        self.stride = (int(stride[0]), int(stride[1]))
-        self.dilation = (int(dilation[0]), int(dilation[1]))
+        self.stride = (int(layer.stride[0]), int(layer.stride[1]))
+        self.dilation = (int(layer.dilation[0]), int(layer.dilation[1]))
         self.pad_value = float(pad_value)
         c = self.channels
-        if threshold is None:  # negate without a threshold means nothing (as in K.sign_bits)
+        threshold, negate, scale, bias = layer.threshold, layer.negate, layer.scale, layer.bias
+        if threshold is None:  # negate without a threshold means nothing (as in the NumPy sign_bits)
             self.threshold = np.zeros(c, dtype=np.float32)
             self.sign = np.ones(c, dtype=np.float32)
         else:
@@ -578,7 +412,7 @@ class BinaryConvKernel:
         self.factor = np.float32(2) * (ones if scale is None else np.asarray(scale, np.float32).reshape(self.cout))
         self.has_bias = bias is not None
         self.bias = np.ascontiguousarray(bias, dtype=np.float32).reshape(self.cout) if self.has_bias else ones
-        self.fill = K.valid_bits_words(c) if self.pad_value == 1 else np.zeros(self.words, dtype=np.uint64)
+        self.fill = valid_bits_words(c) if self.pad_value == 1 else np.zeros(self.words, dtype=np.uint64)
         self._geometries: dict[tuple, _Geometry] = {}
         self._half_offsets: dict[tuple, np.ndarray] = {}
 
@@ -596,17 +430,17 @@ class BinaryConvKernel:
         return g
 
     def half_offset(self, h: int, w: int, pads) -> np.ndarray:
-        """K.half_dot_offset(K.dot_offset(...)) for an input size and padding ([Cout, Ho * Wo] or [Cout, 1]), cached."""
+        """The NumPy kernels' half_dot_offset for an input size and padding ([Cout, Ho * Wo] or [Cout, 1]), cached."""
         key = (h, w, tuple(pads))
         half = self._half_offsets.get(key)
         if half is None:
-            half = K.half_dot_offset(K.dot_offset(self.wbits, self.channels, h, w, self.stride,
-                                                  self.geometry(h, w, pads).pads, self.dilation, self.pad_value))
+            half = ref.half_dot_offset(ref.dot_offset(self.wbits, self.channels, h, w, self.stride,
+                                                      self.geometry(h, w, pads).pads, self.dilation, self.pad_value))
             self._half_offsets[key] = half
         return half
 
-    def __call__(self, x: np.ndarray, pads=(0, 0, 0, 0), threads: int = 1, half_offset: np.ndarray | None = None,
-                 out: np.ndarray | None = None, pool: Executor | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, pads=(0, 0, 0, 0), out: np.ndarray | None = None, crew=None,
+                 half_offset: np.ndarray | None = None) -> np.ndarray:
         if x.dtype != np.float32 or x.ndim != 4:
             raise TypeError(f"binary_conv takes a float32 map [C, N, H, W], not {x.dtype} of shape {x.shape}")
         c, n, h, w = x.shape
@@ -631,13 +465,12 @@ class BinaryConvKernel:
         wt = self.weights.wt
         blocks = wt.shape[0]
         positions = n * ho * wo
-        crew = hasattr(pool, "run")
-        workers = pool.threads if crew else min(int(threads), numba.config.NUMBA_NUM_THREADS)
-        if workers > 1 and cout * positions * g.offsets.shape[0] < (CREW_MIN_WORK if crew else PARALLEL_MIN_WORK):
+        workers = crew.threads if crew is not None else 1
+        if workers > 1 and cout * positions * g.offsets.shape[0] < CREW_MIN_WORK:
             workers = 1
         # Chunks of output positions: at most CONV_CHUNK, small enough for every worker to get
         # about four tasks, and even (positions go in pairs).
-        conv_chunk = min(CONV_CHUNK, max(2, -(-positions * blocks // (4 * max(workers, 1)))))
+        conv_chunk = min(CONV_CHUNK, max(2, -(-positions * blocks // (4 * workers))))
         conv_chunk += conv_chunk % 2
         pack_chunk = max(1, min(PACK_CHUNK, n * h * w))
         xf = np.empty(n * g.hp * g.wp * self.words, dtype=np.uint64)
@@ -646,66 +479,14 @@ class BinaryConvKernel:
                 self.has_bias, out.reshape(cout, positions), pack_chunk, conv_chunk)
         if workers <= 1:
             _binary_conv_serial(*args)
-        elif PARALLEL == "prange":
-            with _PARALLEL_LOCK:  # numba's workqueue layer must not be entered from two threads at once
-                numba.set_num_threads(workers)
-                _binary_conv_parallel(*args, workers)
         else:
+            # Helpers are not waited for, only the tasks: one that starts after the work is done
+            # finds none left, so a busy or slow-waking helper costs nothing but its share.
             _fill_border(xf.reshape(n, -1), h, w, g.hp, g.wp, self.words, g.pads[0], g.pads[1], self.fill)
-            _run_shared((*args, np.zeros(32, np.int64)), workers, pool, -(-positions // conv_chunk) * blocks)
+            counters = np.zeros(32, np.int64)
+            crew.run(_binary_conv_share, (*args, counters))
+            wait_for(counters, 24, -(-positions // conv_chunk) * blocks)
         return out
 
 
-def binary_conv(x: np.ndarray, wbits: np.ndarray | None, channels: int, kernel=None, stride=(1, 1),
-                pads4=(0, 0, 0, 0), dilation=(1, 1), pad_value: float = 0.0, threshold: np.ndarray | None = None,
-                negate: np.ndarray | None = None, half_offset: np.ndarray | None = None,
-                scale: np.ndarray | None = None, bias: np.ndarray | None = None, threads: int = 1, *,
-                weights: ConvWeights | None = None, out: np.ndarray | None = None,
-                pool: Executor | None = None) -> np.ndarray:
-    """Binarize, pack and binary-convolve a float32 map ``x`` [C, N, H, W]; float32 ``[Cout, N, Ho, Wo]``.
-
-    Bit-identical to the NumPy path of ``BinaryConv`` (module docstring). A layer called many
-    times is better served by a :class:`BinaryConvKernel`, built once.
-
-    Args:
-        x: float32 ``[channels, N, H, W]`` (made C-contiguous if it is not).
-        wbits: packed weights, uint64 ``[Cout, kh, kw, Wc]`` (K.widen_words).
-        channels: input channels.
-        kernel: (kh, kw), checked against the weights; None: from the weights.
-        stride, dilation: pairs. pads4: ``(top, left, bottom, right)`` or ``(ph, pw)``.
-        pad_value: 0, -1 or +1.
-        threshold: float32 ``[channels]`` or None (``x >= 0``); negate: bool/uint8 ``[channels]``
-            or None (ignored without a threshold, as in K.sign_bits).
-        half_offset: float32 ``[Cout, Ho * Wo]`` or ``[Cout, 1]`` (K.half_dot_offset of
-            K.dot_offset); None: computed here.
-        scale, bias: float32 ``[Cout]`` or None.
-        threads: 1 runs the serial build; more: the calling thread and ``threads - 1`` helpers
-            (:data:`PARALLEL`; capped at numba's thread count, the CPUs by default; layers with
-            less work than :data:`PARALLEL_MIN_WORK` stay on the calling thread).
-        weights: :func:`prepare_weights` of ``wbits``, made once per layer: it also keeps the
-            kernel built from the other arguments (by their identity), so that a call costs a few
-            microseconds of Python instead of some tens.
-        out: optional C-contiguous float32 ``[Cout, N, Ho, Wo]`` to write into (returned).
-        pool: with ``threads`` > 1, an executor with at least ``threads - 1`` threads to run the
-            helpers on (the runtime's); None: a pool of this module's.
-    """
-    if wbits is None:
-        raise ValueError("binary_conv needs wbits")
-    if kernel is not None and tuple(kernel) != tuple(wbits.shape[1:3]):
-        raise ValueError(f"kernel {tuple(kernel)} does not match the weights' {tuple(wbits.shape[1:3])}")
-    if x.ndim == 4 and x.shape[0] != channels:
-        raise ValueError(f"input has {x.shape[0]} channels, the layer {channels}")
-    if weights is None:
-        kern = BinaryConvKernel(wbits, channels, stride, dilation, pad_value, threshold, negate, scale, bias)
-    else:  # a layer called again: its kernel is kept with its weights
-        arrays = (wbits, threshold, negate, scale, bias)
-        key = (channels, tuple(stride), tuple(dilation), float(pad_value), *map(id, arrays))
-        entry = weights.kernels.get(key)
-        if entry is None or any(a is not b for a, b in zip(entry[0], arrays)):
-            if len(weights.kernels) >= 16:
-                weights.kernels.clear()
-            entry = arrays, BinaryConvKernel(wbits, channels, stride, dilation, pad_value, threshold, negate, scale,
-                                             bias, weights)
-            weights.kernels[key] = entry
-        kern = entry[1]
-    return kern(x, pads4, threads, half_offset, out, pool)
+COMPILED = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task]

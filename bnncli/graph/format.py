@@ -32,9 +32,9 @@ import numpy as np
 
 from bnncli.errors import ArtifactError
 from bnncli.fileio import write_bytes
+from bnncli.graph.graph import Graph, Node
+from bnncli.graph.padding import SAME
 from bnncli.metadata import MODEL_KEYS, check_model_meta
-from bnncli.runtime.graph import Graph, Node
-from bnncli.runtime.padding import SAME
 
 MAGIC = b"\x89BNN\r\n\x1a\n"
 FORMAT = "bnncli-packed"

@@ -1,0 +1,79 @@
+"""Which kernels the runtime computes with: ``numpy`` (the reference) or ``numba`` (compiled).
+
+The NumPy kernels (:mod:`bnncli.runtime.backends.numpy`) are the reference and the fallback: the
+runtime runs with NumPy alone. With the ``fast`` extra installed (``pip install "bnncli[fast]"``,
+numba), the binary convolutions, pooling and affine ops run as compiled kernels
+(:mod:`bnncli.runtime.backends.numba`) that give bit-identical results. The choice is made once
+per model, at one seam: :func:`create` makes the model's :class:`Kernels`, which its context
+holds and its ops call; no op asks which backend it runs on.
+
+* ``load(path, backend=...)`` / ``Model(..., backend=...)``: ``"numpy"``, ``"numba"`` or ``"auto"``;
+* else the environment variable ``BNN_BACKEND``;
+* else ``auto``: numba when it imports, NumPy otherwise.
+
+Asking for ``numba`` where it is not installed is an error that says how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+from bnncli.errors import UsageError
+from bnncli.runtime.backends.base import BinaryConvLayer, ConvLayer, Kernels
+
+__all__ = ["BACKENDS", "CHOICES", "BinaryConvLayer", "ConvLayer", "Kernels", "available", "compiled_cache_is_warm",
+           "create", "resolve"]
+
+BACKENDS = ("numpy", "numba")
+CHOICES = ("auto", *BACKENDS)
+ENV_VAR = "BNN_BACKEND"
+INSTALL_HINT = "pip install 'bnncli[fast]' (numba)"
+
+
+def _numba_backend() -> ModuleType | None:
+    """bnncli.runtime.backends.numba, or None when numba cannot be imported here."""
+    try:
+        from bnncli.runtime.backends import numba
+    except ImportError:
+        return None
+    return numba
+
+
+def available() -> tuple[str, ...]:
+    """The backends that run here: always ``numpy``, and ``numba`` where it imports."""
+    return BACKENDS if _numba_backend() is not None else ("numpy",)
+
+
+def resolve(name: str | None = None) -> str:
+    """The backend to use for ``name`` (None: ``$BNN_BACKEND``, else ``auto``)."""
+    choice = (name or os.environ.get(ENV_VAR) or "auto").strip().lower()
+    if choice not in CHOICES:
+        source = "" if name else f" (from ${ENV_VAR})"
+        raise UsageError(f"unknown runtime backend {choice!r}{source}; choose one of {', '.join(CHOICES)}")
+    if choice == "numpy":
+        return "numpy"
+    if _numba_backend() is not None:
+        return "numba"
+    if choice == "numba":
+        raise UsageError(f"the numba backend needs numba, which does not import here: {INSTALL_HINT}")
+    return "numpy"
+
+
+def create(name: str | None, threads: int, buffers: Any) -> Kernels:
+    """The kernels of backend ``name`` (as :func:`resolve` takes it) on ``threads`` threads, taking
+    outputs and scratch from ``buffers`` (the model's context)."""
+    if resolve(name) == "numba":
+        return _numba_backend().NumbaKernels(threads, buffers)
+    from bnncli.runtime.backends.numpy import NumpyKernels
+
+    return NumpyKernels(threads, buffers)
+
+
+def compiled_cache_is_warm() -> bool:
+    """Whether numba's on-disk cache holds the compiled kernels (False: the first call compiles them,
+    several seconds). The cache is ``__pycache__`` next to bnncli/runtime/backends/numba/, or numba's
+    user-wide cache directory where that is read-only, or ``$NUMBA_CACHE_DIR``."""
+    module = _numba_backend()
+    return module is not None and module.cache_is_warm()

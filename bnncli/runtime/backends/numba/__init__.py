@@ -1,0 +1,58 @@
+"""The compiled backend (numba): the same results as the NumPy kernels, bit for bit, computed in
+machine code with the helper threads of a :class:`~bnncli.runtime.backends.numba.crew.Crew`.
+
+* :mod:`.intrinsics`: the ``jit`` decorator (cached on disk where possible), popcount, atomic
+  task counters, polite waiting;
+* :mod:`.crew`: helper threads that stay awake between calls, so batch 1 uses a second core;
+* :mod:`.binary_conv`: binarize, pack, XOR + popcount and the epilogue of a binary convolution;
+* :mod:`.float_ops`: max and average pooling, the per-channel affine.
+
+Float convolutions, ReLU, additions and matrix products are the NumPy backend's (this class
+inherits them), so they are the reference's by construction.
+
+Imported only through bnncli.runtime.backends, which falls back to NumPy where numba is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bnncli.runtime.backends.numba import binary_conv, crew, float_ops, intrinsics
+from bnncli.runtime.backends.numpy import NumpyKernels
+
+__all__ = ["NumbaKernels", "cache_is_warm"]
+
+
+class NumbaKernels(NumpyKernels):
+    """The compiled backend's kernels (bnncli.runtime.backends.base.Kernels); with ``threads`` > 1,
+    a crew of ``threads - 1`` helpers, closed when these kernels are collected or closed."""
+
+    name = "numba"
+
+    def __init__(self, threads: int, buffers: Any) -> None:
+        super().__init__(threads, buffers)
+        self.crew = crew.Crew.for_owner(self, threads - 1) if threads > 1 else None
+
+    def close(self) -> None:
+        super().close()
+        if self.crew is not None:
+            self.crew.close()
+
+    def binary_conv(self, layer):
+        kernel = binary_conv.BinaryConvKernel(layer)
+        return lambda x, pads, out: kernel(x, pads, out=out, crew=self.crew)
+
+    def max_pool(self, x, kernel, stride, pads, out_hw, relu, out):
+        return float_ops.max_pool(x, kernel, stride, pads, out_hw, relu, out=out, crew=self.crew)
+
+    def avg_pool(self, x, kernel, stride, out_hw, out):
+        return float_ops.avg_pool(x, kernel, stride, out_hw, out=out, crew=self.crew)
+
+    def affine(self, x, scale, shift, out):
+        return float_ops.affine(x, scale, shift, out=out, crew=self.crew)
+
+
+def cache_is_warm() -> bool:
+    """Whether numba's disk cache holds every compiled function of this backend."""
+    return intrinsics.functions_cached([*intrinsics.COMPILED, *crew.COMPILED, *binary_conv.COMPILED,
+                                        *float_ops.COMPILED])
