@@ -20,6 +20,18 @@ the process's peak RSS (VmHWM) and its growth over the RSS before the model was 
 It also reports parity at full size: the largest relative logit difference and top-1 agreement of
 both engines against PyTorch, on the random-weight model and on one with exactly representable
 weights (where float rounding cannot flip a binarization; see tests/conftest.py:make_exact).
+
+Distance to the limit: every model's binary and float multiply-accumulates per image are counted
+from its graph, and the core's peaks are measured in this process at start: binary MAC/s from a
+register-resident XOR + popcount loop built with the numba backend's own vector primitives (the
+instructions its kernel uses, VPOPCNTQ on zmm where the CPU has AVX-512), float MAC/s from a
+single-threaded 1024 x 1024 x 1024 float32 product (NumPy's BLAS). Each run then reports the
+MAC/s it achieved (binary and float together: MACs / time) and ``limit_ms``, the time the peaks
+allow on that many threads (binary MACs / binary peak + float MACs / float peak, divided by the
+threads), so ``time / limit`` is the distance to the limit in one number. ``--profile`` adds, per
+backend, where the time of a batch goes, op type by op type. The instruction set the compiled
+kernels were built for (numba's host CPU name and its AVX2 / AVX-512 / VPOPCNTDQ features) is
+printed and recorded with the results.
 """
 
 from __future__ import annotations
@@ -43,8 +55,36 @@ def _status_kib(field: str) -> int:
     return 0
 
 
-def worker(engine: str, path: str, batch: int, repeats: int, threads: int) -> dict:
-    """Runs in a subprocess: load one engine, time it, report peak memory."""
+def _profile(model, x, repeats: int) -> dict[str, float]:
+    """Milliseconds per call spent in each op type of a packed model (Conv split by kernel size)."""
+    import collections
+
+    totals: dict[str, float] = collections.defaultdict(float)
+    for op in model.ops:
+        key = f"{op.type}{op.kernel[0]}x{op.kernel[1]}" if op.type in ("Conv", "BinaryConv") else op.type
+        call = type(op).__call__
+
+        def timed(*args, _call=call, _op=op, _key=key, **kw):
+            t = time.perf_counter()
+            r = _call(_op, *args, **kw)
+            totals[_key] += time.perf_counter() - t
+            return r
+
+        op.__class__ = type(type(op).__name__, (type(op),), {"__call__": lambda self, *a, _t=timed, **k: _t(*a, **k)})
+    model(x)
+    totals.clear()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(x)
+    total = (time.perf_counter() - start) / repeats
+    out = {k: 1e3 * v / repeats for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
+    out["between ops"] = 1e3 * total - sum(out.values())
+    return out
+
+
+def worker(engine: str, path: str, batch: int, repeats: int, threads: int, profile: bool = False) -> dict:
+    """Runs in a subprocess: load one engine, time it, report peak memory (and, with ``profile``,
+    the time per op type of the packed runtime's backends)."""
     import numpy as np
 
     base = _status_kib("VmRSS")
@@ -90,8 +130,121 @@ def worker(engine: str, path: str, batch: int, repeats: int, threads: int) -> di
     assert "torch" not in sys.modules, "the worker must not import torch"
     if engine == "numba":
         assert model.backend == "numba"
-    return {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * min(times),
-            "peak_rss_mib": _status_kib("VmHWM") / 1024, "model_peak_mib": (_status_kib("VmHWM") - base) / 1024}
+    result = {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * min(times),
+              "peak_rss_mib": _status_kib("VmHWM") / 1024, "model_peak_mib": (_status_kib("VmHWM") - base) / 1024}
+    if profile and engine in ("numpy", "numba"):
+        result["profile_ms"] = _profile(model, x, repeats)
+    return result
+
+
+def count_macs(path: Path) -> dict[str, int]:
+    """Binary and float multiply-accumulates per image of a packed model, from its graph's shapes."""
+    import numpy as np
+
+    from bnncli.runtime import load
+
+    model = load(path, threads=1, backend="numpy")
+    size = model.preprocessing["image_size"]
+    values = model.run(np.zeros((1, 3, size, size), np.float32), intermediates=True)
+    binary = floating = 0
+    for op in model.ops:
+        out = values[op.node.outputs[0]]
+        if op.type == "BinaryConv":
+            binary += out.size * op.cin * op.kernel[0] * op.kernel[1]
+        elif op.type == "Conv":
+            floating += out.size * op.cin * op.kernel[0] * op.kernel[1]
+        elif op.type == "Linear":
+            floating += out.size * op.in_features
+    return {"binary_macs": int(binary), "float_macs": int(floating)}
+
+
+def instruction_set() -> dict:
+    """What the compiled kernels are built for: numba compiles for the host CPU LLVM sees (or
+    $NUMBA_CPU_NAME / $NUMBA_CPU_FEATURES), and the CPU's model name."""
+    info: dict = {"cpu": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import llvmlite.binding as ll
+        from numba.core import config
+
+        ll.initialize_native_target()
+        features = config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+        enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+        info.update(llvm_cpu=config.CPU_NAME or ll.get_host_cpu_name(),
+                    avx2="avx2" in enabled, avx512f="avx512f" in enabled, vpopcntdq="avx512vpopcntdq" in enabled)
+        info["popcount"] = ("AVX-512 VPOPCNTQ (zmm)" if info["vpopcntdq"] else
+                            "AVX-512 BW byte lookup (zmm)" if "avx512bw" in enabled else
+                            "AVX2 byte lookup (vpshufb, ymm)" if info["avx2"] else "scalar or narrower vectors")
+    except ImportError:
+        info["popcount"] = "numba not installed"
+    return info
+
+
+def core_peaks() -> dict[str, float]:
+    """Measured peaks of one core: binary MAC/s of a register-resident XOR + popcount loop (the numba
+    backend's vector primitives, 16 accumulators as in its kernel) and float MAC/s of NumPy's BLAS."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    peaks = {}
+    try:
+        from numba import njit
+
+        from bnncli.runtime.backends.numba.intrinsics import vload, vsplat, vstore, vxor_popcount_add, vzero
+    except ImportError:
+        pass
+    else:
+        @njit(nogil=True)
+        def popcount_loop(w, x, rounds, out):
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = vzero()
+            b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = vzero()
+            w0 = vload(w, 0)
+            w1 = vload(w, 8)
+            for r in range(rounds):
+                x0 = vsplat(x[r & 7])
+                x1 = vsplat(x[(r + 1) & 7])
+                a0 = vxor_popcount_add(a0, x0, w0)
+                a1 = vxor_popcount_add(a1, x0, w1)
+                a2 = vxor_popcount_add(a2, x1, w0)
+                a3 = vxor_popcount_add(a3, x1, w1)
+                a4 = vxor_popcount_add(a4, x0, w1)
+                a5 = vxor_popcount_add(a5, x1, w0)
+                a6 = vxor_popcount_add(a6, x0, w0)
+                a7 = vxor_popcount_add(a7, x1, w1)
+                b0 = vxor_popcount_add(b0, x1, w0)
+                b1 = vxor_popcount_add(b1, x1, w1)
+                b2 = vxor_popcount_add(b2, x0, w0)
+                b3 = vxor_popcount_add(b3, x0, w1)
+                b4 = vxor_popcount_add(b4, x1, w1)
+                b5 = vxor_popcount_add(b5, x0, w0)
+                b6 = vxor_popcount_add(b6, x1, w1)
+                b7 = vxor_popcount_add(b7, x0, w0)
+            for i, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3, b4, b5, b6, b7)):
+                vstore(out, 8 * i, a)
+
+        w = np.arange(16, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x = np.arange(8, dtype=np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+        out = np.zeros(128, np.uint64)
+        rounds = 1 << 20
+        popcount_loop(w, x, 16, out)
+        best = min(_timed(lambda: popcount_loop(w, x, rounds, out)) for _ in range(5))
+        peaks["binary_macs_per_s"] = rounds * 16 * 8 * 64 / best
+    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    with threadpool_limits(1):
+        a @ a
+        best = min(_timed(lambda: a @ a) for _ in range(3))
+    peaks["float_macs_per_s"] = 1024**3 / best
+    return peaks
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def cpu_capacity() -> float:
@@ -108,10 +261,10 @@ def cpu_capacity() -> float:
     return round(2 * alone / run(2), 2)
 
 
-def _measure(engine: str, path: Path, batch: int, repeats: int, threads: int) -> dict:
+def _measure(engine: str, path: Path, batch: int, repeats: int, threads: int, profile: bool = False) -> dict:
     here = str(Path(__file__).parent)
     code = (f"import json, sys; sys.path.insert(0, {here!r}); from bench_runtime import worker; "
-            f"print(json.dumps(worker({engine!r}, {str(path)!r}, {batch}, {repeats}, {threads})))")
+            f"print(json.dumps(worker({engine!r}, {str(path)!r}, {batch}, {repeats}, {threads}, {profile})))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if res.returncode != 0:
         raise RuntimeError(f"{engine} worker failed:\n{res.stderr}")
@@ -171,8 +324,9 @@ def _parity(model, packed: Path, onnx_path: Path, size: int, exact: bool, thread
 
 
 def _compare_engines(name: str, packed: Path, onnx_path: Path, engines: list[str], batch: int, threads: int,
-                     args) -> dict:
-    """The best median of each engine over the rounds, and each backend's speed-up over onnxruntime."""
+                     args, macs: dict, peaks: dict) -> dict:
+    """The best median of each engine over the rounds, each backend's speed-up over onnxruntime, its
+    MAC/s and its distance to the limit the core's peaks allow."""
     repeats = max(3, args.repeats // batch if batch > 1 else args.repeats)
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
@@ -181,12 +335,46 @@ def _compare_engines(name: str, packed: Path, onnx_path: Path, engines: list[str
             r = _measure(engine, path, batch, repeats, threads)
             if engine not in best or r["median_ms"] < best[engine]["median_ms"]:
                 best[engine] = r
+    if args.profile:
+        for engine in ("numpy", "numba"):
+            if engine in best:
+                best[engine]["profile_ms"] = _measure(engine, packed, batch, repeats, threads, True)["profile_ms"]
     ort_ms = min(best[e]["median_ms"] for e in ("ort", "ort-nospin") if e in best)
+    total_macs = batch * (macs["binary_macs"] + macs["float_macs"])
+    limit_ms = None
+    if "binary_macs_per_s" in peaks:
+        limit_ms = 1e3 * batch * (macs["binary_macs"] / peaks["binary_macs_per_s"]
+                                  + macs["float_macs"] / peaks["float_macs_per_s"]) / threads
     run = {"batch": batch, "threads": threads, "engines": best, "onnxruntime_best_ms": ort_ms,
-           "speedup_vs_onnxruntime": {e: ort_ms / best[e]["median_ms"] for e in ("numpy", "numba") if e in best}}
+           "speedup_vs_onnxruntime": {e: ort_ms / best[e]["median_ms"] for e in ("numpy", "numba") if e in best},
+           "limit_ms": limit_ms,
+           "g_macs_per_s": {e: total_macs / best[e]["median_ms"] / 1e6 for e in best}}
     cells = ", ".join(f"{e} {r['median_ms']:.1f} ms (+{r['model_peak_mib']:.0f} MiB)" for e, r in best.items())
     speed = ", ".join(f"{e} {v:.2f}x" for e, v in run["speedup_vs_onnxruntime"].items())
     print(f"{name} batch {batch} threads {threads}: {cells}; faster than onnxruntime: {speed}", flush=True)
+    rates = ", ".join(f"{e} {run['g_macs_per_s'][e]:.0f}" for e in best)
+    limit = ""
+    if limit_ms is not None and "numba" in best:
+        limit = f"; the peaks allow {limit_ms:.1f} ms, numba is at {best['numba']['median_ms'] / limit_ms:.1f}x that"
+    print(f"    G MAC/s (binary + float): {rates}{limit}", flush=True)
+    for engine in ("numpy", "numba"):
+        if "profile_ms" in best.get(engine, {}):
+            prof = best[engine]["profile_ms"]
+            top = ", ".join(f"{k} {v:.2f}" for k, v in prof.items())
+            print(f"    {engine} ms per op type: {top}", flush=True)
+            # The convolutions' own rates against the peaks (their share of the time from the profile).
+            binary_ms = sum(v for k, v in prof.items() if k.startswith("BinaryConv"))
+            float_ms = sum(v for k, v in prof.items() if k.startswith("Conv") or k == "Linear")
+            rates = best[engine]["rates"] = {
+                "binary_g_macs_per_s": batch * macs["binary_macs"] / binary_ms / 1e6 if binary_ms else None,
+                "float_g_macs_per_s": batch * macs["float_macs"] / float_ms / 1e6 if float_ms else None}
+            parts = []
+            for kind in ("binary", "float"):
+                rate, peak = rates[f"{kind}_g_macs_per_s"], peaks.get(f"{kind}_macs_per_s")
+                if rate is not None:
+                    parts.append(f"{kind} convs {rate:.0f} G MAC/s" + (f" ({1e9 * rate / peak / threads:.0%} of "
+                                                                      f"{threads} x the peak)" if peak else ""))
+            print(f"    {engine}: " + ", ".join(parts), flush=True)
     return run
 
 
@@ -200,6 +388,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, len(os.sched_getaffinity(0))}))
     ap.add_argument("--engines", nargs="+", default=None, help="default: every engine installed here")
     ap.add_argument("--no-parity", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="also time each op type of the packed runtime")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -210,18 +399,30 @@ def main() -> None:
     engines = args.engines or [e for e in ("numpy", "numba", "ort", "ort-nospin", "openvino")
                                if e not in ("numba", "openvino") or importlib.util.find_spec(e) is not None]
     cpus = len(os.sched_getaffinity(0))
+    isa = instruction_set()
+    peaks = core_peaks()
     results = {"machine": {"cpus": cpus, "processor": platform.processor() or platform.machine(),
                            "python": platform.python_version(), "numpy": np.__version__,
                            "onnxruntime": __import__("onnxruntime").__version__, "threads": args.threads,
+                           "instruction_set": isa, "core_peaks": peaks, "load_before": os.getloadavg(),
                            "cpu_capacity_before": cpu_capacity()}, "models": {}}
-    print(f"CPU capacity now: {results['machine']['cpu_capacity_before']} of {cpus} CPUs", flush=True)
+    print(f"CPU: {isa.get('cpu')}; kernels built for {isa.get('llvm_cpu', '?')}, popcount: {isa.get('popcount')}",
+          flush=True)
+    print("Core peaks (measured now, one thread): "
+          + ", ".join(f"{k.replace('_macs_per_s', '')} {v / 1e9:.0f} G MAC/s" for k, v in peaks.items()), flush=True)
+    print(f"CPU capacity now: {results['machine']['cpu_capacity_before']} of {cpus} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             packed, onnx_path, model = _build(name, args.size, Path(tmp))
-            entry = {"packed_bytes": packed.stat().st_size, "onnx_bytes": onnx_path.stat().st_size, "runs": []}
+            macs = count_macs(packed)
+            print(f"{name}: {macs['binary_macs'] / 1e9:.2f} G binary and {macs['float_macs'] / 1e9:.2f} G float "
+                  f"MACs per image", flush=True)
+            entry = {"packed_bytes": packed.stat().st_size, "onnx_bytes": onnx_path.stat().st_size, "runs": [], **macs}
             for threads in args.threads:
                 for batch in args.batches:
-                    entry["runs"].append(_compare_engines(name, packed, onnx_path, engines, batch, threads, args))
+                    entry["runs"].append(_compare_engines(name, packed, onnx_path, engines, batch, threads, args,
+                                                          macs, peaks))
             if not args.no_parity:
                 entry["parity_random_weights"] = _parity(model, packed, onnx_path, args.size, False, args.threads[-1])
                 ex_packed, ex_onnx, ex_model = _build(name, args.size, Path(tmp), exact=True)
@@ -231,7 +432,9 @@ def main() -> None:
                       f"exact weights {entry['parity_exact_weights']}", flush=True)
             results["models"][name] = entry
     results["machine"]["cpu_capacity_after"] = cpu_capacity()
-    print(f"CPU capacity now: {results['machine']['cpu_capacity_after']} of {cpus} CPUs", flush=True)
+    results["machine"]["load_after"] = os.getloadavg()
+    print(f"CPU capacity now: {results['machine']['cpu_capacity_after']} of {cpus} CPUs; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

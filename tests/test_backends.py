@@ -143,3 +143,28 @@ def test_a_cold_cache_says_it_is_compiling(tmp_path, capsys, monkeypatch, image_
     image = next(p for p in sorted(image_folder.rglob("*.png")))
     assert main(["predict", "--model", str(tmp_path / "m.bnn"), str(image), "--threads", "1"]) == 0
     assert "compiling the numba kernels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", backends.available())
+@pytest.mark.parametrize("name", list_models())
+def test_fused_forward_equals_every_op_run_on_its_own(name, backend):
+    """A forward pass fuses ops (an affine and a ReLU into the max pool that reads them, a residual
+    Add into the binary convolution before it, a Relu before a pool); one with ``intermediates``
+    runs every node as the graph says. Both give the same logits bit for bit, on every backend."""
+    graph = packed_graph(lower(_model(name, seed=4)))
+    x = np.random.default_rng(4).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for threads in (1, 2):
+        model = Model(graph, threads=threads, backend=backend)
+        unfused = model.run(x, intermediates=True)[graph.outputs[0]]
+        assert np.array_equal(model(x), unfused), (name, backend, threads)
+        assert np.array_equal(model(x), unfused), (name, backend, threads)  # reused buffers, in-place residuals
+
+
+def test_fusions_are_planned_where_the_graph_allows(monkeypatch):
+    """BinaryDenseNet's transitions pool their affine and ReLU; ResNetE's identity blocks write
+    their residual sum from the binary convolution (not the blocks whose shortcut is computed later)."""
+    dense = Model(packed_graph(lower(_model("binarydensenet_tiny"))), threads=1, backend="numpy")
+    assert dense._pool_affines and all(op.relu for op in dense.ops if id(op) in dense._pool_affines)
+    resnet = Model(packed_graph(lower(_model("resnete_tiny"))), threads=1, backend="numpy")
+    adds = [op for op in resnet.ops if op.type == "Add"]
+    assert 0 < len(resnet._residuals) < len(adds)

@@ -10,7 +10,8 @@ import numpy as np
 from bnncli.errors import ArtifactError, DataError
 from bnncli.graph.graph import Graph
 from bnncli.runtime.context import Context, blas_single_threaded
-from bnncli.runtime.ops import BinaryConv, Concat, Conv, Linear, MaxPool, Op, Relu, build_op
+from bnncli.runtime.ops import Add, BinaryConv, Concat, Conv, Linear, MaxPool, Op, Relu, build_op
+from bnncli.runtime.ops import _ChannelAffine as ChannelAffine
 
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
@@ -46,6 +47,8 @@ class Model:
         self._readers_of = self._readers()
         self._plan_concat_growth()
         self._deferred = self._defer_relus()
+        self._pool_affines = self._fuse_affines_into_pools()
+        self._residuals = self._fuse_adds_into_binary_convs()
         self._in_place = self._plan_in_place_outputs()
         self._lock = threading.Lock()
         self._last_shape: tuple[int, ...] | None = None
@@ -108,21 +111,83 @@ class Model:
             return None  # the concatenation reports the mismatch
         return concat.reserve(before, shape[0])
 
-    def _defer_relus(self) -> set[int]:
+    def _defer_relus(self) -> dict[int, str]:
         """Relus read only by a max pool, which then applies them to its (smaller) output (see ops.MaxPool).
 
-        Returns the ids of those Relu ops; a forward pass without intermediates passes their
-        input through, and one with intermediates still runs them, so every value keeps its meaning.
+        Returns the deferred ops: by op id, the value a forward pass without intermediates passes
+        through as the op's output (here the Relu's input); one with intermediates still runs every
+        op, so every value keeps its meaning. The fusions below add to it.
         """
-        readers = self._readers_of
-        deferred = set()
+        deferred = {}
         for op in self.ops:
-            out = op.node.outputs[0]
-            if isinstance(op, Relu) and out not in self.graph.outputs and len(readers.get(out, [])) == 1 \
-                    and isinstance(readers[out][0], MaxPool) and readers[out][0].node.inputs == [out]:
-                readers[out][0].relu = True
-                deferred.add(id(op))
+            pool = self._sole_reader(op, MaxPool)
+            if isinstance(op, Relu) and pool is not None and pool.node.inputs == op.node.outputs:
+                pool.relu = True
+                deferred[id(op)] = op.node.inputs[0]
         return deferred
+
+    def _sole_reader(self, op: Op, kind: type) -> Op | None:
+        """The op of type ``kind`` that is the only reader of ``op``'s output (which is not a graph
+        output and is that reader's only input of its kind), else None."""
+        out = op.node.outputs[0]
+        readers = self._readers_of.get(out, [])
+        if out in self.graph.outputs or len(readers) != 1 or not isinstance(readers[0], kind):
+            return None
+        return readers[0] if readers[0].node.inputs.count(out) == 1 else None
+
+    def _fuse_affines_into_pools(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Affines (folded BatchNorms) read only by a max pool, which then applies them to each tap
+        (ops.MaxPool, ``affine=``): a BinaryDenseNet transition reads its large map once. Also a
+        Relu that only reads a max pool's output runs in the pool (``relu``: the ReLU of the max is
+        the max of the ReLUs). Returns the affine of each such pool by op id; the affines and
+        relus are deferred (a forward pass with intermediates runs every op as it is)."""
+        fused = {}
+        for op in self.ops:
+            pool = self._sole_reader(op, MaxPool)
+            if isinstance(op, ChannelAffine) and pool is not None and pool.node.inputs == op.node.outputs:
+                fused[id(pool)] = (op.scale, op.shift)
+                self._deferred[id(op)] = op.node.inputs[0]
+            relu = self._sole_reader(op, Relu)
+            if isinstance(op, MaxPool) and relu is not None:
+                op.relu = True
+                self._deferred[id(relu)] = relu.node.inputs[0]
+        return fused
+
+    def _fuse_adds_into_binary_convs(self) -> dict[int, Add]:
+        """Binary convolutions whose output only an Add reads (a ResNet block's residual sum), where
+        the Add's other input is computed before the convolution: by op id, that Add, whose sum the
+        convolution's epilogue then writes (``residual=``), in place into the residual when nothing
+        reads it later; the Add itself is deferred."""
+        fused = {}
+        ready = set(self.graph.inputs)  # values computed before the op at hand
+        for op in self.ops:
+            add = self._sole_reader(op, Add)
+            if isinstance(op, BinaryConv) and add is not None \
+                    and all(v in ready for v in add.node.inputs if v != op.node.outputs[0]):
+                fused[id(op)] = add
+                self._deferred[id(add)] = op.node.outputs[0]  # the convolution writes the sum
+            ready.update(op.node.outputs)
+        return fused
+
+    def _run_with_residual(self, op: BinaryConv, x: np.ndarray, values: dict[str, np.ndarray],
+                           refcount: dict[str, int], keep: set[str]) -> np.ndarray:
+        """``op(x) + residual`` (see _fuse_adds_into_binary_convs), into the residual's buffer when it is dead after."""
+        add = self._residuals[id(op)]
+        name = next(v for v in add.node.inputs if v != op.node.outputs[0])
+        residual = values[name]
+        shape = op.output_shape(x)
+        if residual.shape != shape:
+            add.fail(f"adds arrays of different shapes {list(shape)} and {list(residual.shape)}")
+        # In place only where nothing reads the residual's memory after this convolution and its Add
+        # (both kernels read their whole input before they write their output, so it may be ``x``).
+        def later_reads(value: str) -> int:
+            return refcount[value] - op.node.inputs.count(value) - add.node.inputs.count(value)
+
+        in_place = (name not in keep and name not in self.graph.inputs and later_reads(name) == 0
+                    and residual.flags.writeable and residual.flags.c_contiguous and residual.dtype == np.float32
+                    and all(later_reads(k) == 0 and k not in keep for k, v in values.items()
+                            if k != name and np.may_share_memory(residual, v)))
+        return op(x, out=residual if in_place else None, residual=residual)
 
     def _dead_after(self, op: Op, values: dict[str, np.ndarray], refcount: dict[str, int], keep: set[str]) -> bool:
         """True when ``op`` may overwrite its first input: no later node reads it, it is not a
@@ -196,7 +261,11 @@ class Model:
                 args = [values[v] for v in op.node.inputs]
                 out = op.node.outputs[0]
                 if not intermediates and id(op) in self._deferred:
-                    values[out] = args[0]
+                    values[out] = values[self._deferred[id(op)]]
+                elif not intermediates and id(op) in self._residuals:
+                    values[out] = self._run_with_residual(op, args[0], values, refcount, keep)
+                elif not intermediates and id(op) in self._pool_affines:
+                    values[out] = op(*args, affine=self._pool_affines[id(op)])
                 elif not intermediates and op.overwrites_first and self._dead_after(op, values, refcount, keep):
                     values[out] = op(*args, out=args[0])
                 elif id(op) in self._in_place:

@@ -187,14 +187,16 @@ class BinaryConv(Op, op="BinaryConv"):
         _, ho, wo = self.resolve_pads(x.shape[2], x.shape[3], self.dilation)
         return self.cout, x.shape[1], ho, wo
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The result, written into ``out`` (a C-contiguous ``[Cout, N, Ho, Wo]``) when given."""
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+        """The result, written into ``out`` (a C-contiguous ``[Cout, N, Ho, Wo]``) when given; with
+        ``residual`` (of the result's shape, possibly ``out``), ``residual + result``: an Add after
+        the convolution, fused into its epilogue by the model (``Model._fuse_adds_into_binary_convs``)."""
         self.check_channels(x, self.cin)
         _, n, h, w = x.shape
         pads, ho, wo = self.resolve_pads(h, w, self.dilation)
         if out is None:
             out = self.ctx.empty((self.cout, n, ho, wo))
-        return self.run(x, pads, out)
+        return self.run(x, pads, out, residual)
 
 
 class _ChannelAffine(Op):
@@ -241,8 +243,10 @@ class MaxPool(Op, op="MaxPool"):
     """Max pooling; padding counts as -inf (as in PyTorch).
 
     ``relu`` (set by the model at load time, see ``Model._defer_relus``) applies a ReLU to the
-    result: the max of ReLUs is the ReLU of the max, so a ReLU in front of a pool runs here on
-    the pooled map, a quarter of the elements for the stem's stride-2 pool.
+    result: the max of ReLUs is the ReLU of the max, so a ReLU in front of a pool (or after it)
+    runs here on the pooled map, a quarter of the elements for the stem's stride-2 pool. An
+    ``affine`` (scale, shift) given to a call is applied to the input first (an Affine op read
+    only by this pool, ``Model._fuse_affines_into_pools``).
     """
 
     def setup(self) -> None:
@@ -253,12 +257,14 @@ class MaxPool(Op, op="MaxPool"):
             self.fail("padding must be at most half the kernel size")
         self.relu = False
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         if x.ndim != 4:
             self.fail(f"expects a feature map, got {x.ndim} dimensions")
+        if affine is not None:
+            self.check_channels(x, affine[0].shape[0])
         pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3])
         return self.ctx.kernels.max_pool(x, self.kernel, self.stride, pads, (ho, wo), self.relu,
-                                         self.ctx.empty((x.shape[0], x.shape[1], ho, wo)))
+                                         self.ctx.empty((x.shape[0], x.shape[1], ho, wo)), affine)
 
 
 class AvgPool(Op, op="AvgPool"):

@@ -61,8 +61,10 @@ class ConvLayer:
         return self.weight.shape[2], self.weight.shape[3]
 
 
-# A prepared binary convolution: (x, pads, out) -> out, ``out`` a C-contiguous [Cout, N, Ho, Wo].
-BinaryConvFn = Callable[[np.ndarray, Pads, np.ndarray], np.ndarray]
+# A prepared binary convolution: (x, pads, out, residual) -> out, ``out`` a C-contiguous
+# [Cout, N, Ho, Wo]; ``residual`` (None, or an array of out's shape, which may be ``out`` itself) is
+# added to the result: ``residual + conv`` in float32, as an Add op after the convolution would.
+BinaryConvFn = Callable[[np.ndarray, Pads, np.ndarray, "np.ndarray | None"], np.ndarray]
 # A prepared float convolution: (x, pads, out_hw) -> [Cout, N, Ho, Wo].
 ConvFn = Callable[[np.ndarray, Pads, tuple[int, int]], np.ndarray]
 
@@ -90,7 +92,9 @@ class Kernels(Protocol):
     def conv(self, layer: ConvLayer) -> ConvFn: ...
 
     def max_pool(self, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], pads: Pads,
-                 out_hw: tuple[int, int], relu: bool, out: np.ndarray) -> np.ndarray: ...
+                 out_hw: tuple[int, int], relu: bool, out: np.ndarray,
+                 affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Max pooling; ``affine`` (scale, shift): the affine op applied to ``x`` first, ``relu`` to the result."""
 
     def avg_pool(self, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int],
                  out: np.ndarray) -> np.ndarray: ...

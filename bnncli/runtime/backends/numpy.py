@@ -504,12 +504,20 @@ class NumpyBinaryConv:
         k.split(pack, p)
         return words.reshape(-1, n, h, w)
 
-    def __call__(self, x: np.ndarray, pads, out: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, pads, out: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         L, k = self.layer, self.kernels
         h, w = x.shape[2:]
-        return binary_conv_fast(self.binarize(x), L.wbits, L.channels, L.stride, pads, L.dilation, L.pad_value,
-                                pool=k.pool, workers=k.threads, half_offset=lambda *_: self.half_offset(h, w, pads),
-                                fill=self.fill, scale=L.scale, bias=L.bias, dtype=np.float32, out=out)
+        if residual is not None and np.may_share_memory(residual, out):
+            y = self(x, pads, k.buffers.empty(out.shape))
+            np.add(residual, y, out=out)
+            k.buffers.release(y)
+            return out
+        binary_conv_fast(self.binarize(x), L.wbits, L.channels, L.stride, pads, L.dilation, L.pad_value,
+                         pool=k.pool, workers=k.threads, half_offset=lambda *_: self.half_offset(h, w, pads),
+                         fill=self.fill, scale=L.scale, bias=L.bias, dtype=np.float32, out=out)
+        if residual is not None:
+            np.add(residual, out, out=out)
+        return out
 
 
 class NumpyConv:
@@ -596,7 +604,13 @@ class NumpyKernels:
         self.split(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), rows)
         return out
 
-    def max_pool(self, x, kernel, stride, pads, out_hw, relu, out):
+    def max_pool(self, x, kernel, stride, pads, out_hw, relu, out, affine=None):
+        if affine is not None:  # the affine op, then the pool
+            scaled = self.affine(x, *affine, self.buffers.empty(x.shape))
+            out = self.max_pool(scaled, kernel, stride, pads, out_hw, relu, out)
+            self.buffers.release(scaled)
+            return out
+
         def run(xs, dst, a, b) -> None:
             pool(xs, kernel, stride, pads, np.maximum, -np.inf, out=dst)
             if relu:

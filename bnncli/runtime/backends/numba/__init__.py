@@ -40,10 +40,10 @@ class NumbaKernels(NumpyKernels):
 
     def binary_conv(self, layer):
         kernel = binary_conv.BinaryConvKernel(layer)
-        return lambda x, pads, out: kernel(x, pads, out=out, crew=self.crew)
+        return lambda x, pads, out, residual=None: kernel(x, pads, out=out, crew=self.crew, residual=residual)
 
-    def max_pool(self, x, kernel, stride, pads, out_hw, relu, out):
-        return float_ops.max_pool(x, kernel, stride, pads, out_hw, relu, out=out, crew=self.crew)
+    def max_pool(self, x, kernel, stride, pads, out_hw, relu, out, affine=None):
+        return float_ops.max_pool(x, kernel, stride, pads, out_hw, relu, out=out, crew=self.crew, affine=affine)
 
     def avg_pool(self, x, kernel, stride, out_hw, out):
         return float_ops.avg_pool(x, kernel, stride, out_hw, out=out, crew=self.crew)

@@ -16,11 +16,12 @@ from the float32 input ``[C, N, H, W]`` to the float32 output ``[Cout, N, Ho, Wo
    value +1, zero words otherwise), so the inner loops check no bounds.
 2. **XOR + popcount.** The ``K = kh * kw * Wc`` words an output position reads lie at fixed
    offsets from its first word (:func:`tap_offsets`). Weights are transposed to ``[K, Cout]``
-   in blocks of at most 64 output channels (:func:`prepare_weights`), so the innermost loop runs
-   over output channels: an input word, broadcast, is XOR-ed with a vector of weight words and
-   the popcounts of four words are summed before they are added to an int32 count (AVX-512
-   VPOPCNTQ where the CPU has it: LLVM compiles for the host). Two output positions share
-   every load of weights. Tasks are chunks of output positions x blocks of output channels.
+   in blocks of 32 output channels (:func:`prepare_weights`). The micro-kernel takes four output
+   positions x 32 channels: per word of the field, four vectors of weights are loaded once and
+   XOR-ed with each position's word (broadcast), and the popcounts are added to 16 vector
+   accumulators held in registers for the whole field (``U64x8``, explicit vectors: AVX-512
+   VPXORQ / VPOPCNTQ / VPADDQ on zmm where the CPU has them; LLVM compiles for the host).
+   Tasks are chunks of output positions x blocks of output channels.
 3. **Epilogue**, per output element, in float32 and in the NumPy kernel's order:
    ``(half_offset[o, p] - mismatches) * (2 * scale[o]) + bias[o]`` (``ref.half_dot_offset``;
    the addition only where there is a bias, so that a -0.0 stays -0.0).
@@ -44,11 +45,21 @@ import numpy as np
 from bnncli.graph.bits import n_words, valid_bits_words
 from bnncli.graph.padding import as_pads, output_hw
 from bnncli.runtime.backends import numpy as ref
-from bnncli.runtime.backends.numba.intrinsics import fetch_add, jit, popcount, wait_for
+from bnncli.runtime.backends.numba.intrinsics import (
+    fetch_add,
+    jit,
+    vload,
+    vsplat,
+    vstore,
+    vxor_popcount_add,
+    vzero,
+    wait_for,
+)
 
-# Output channels per block of transposed weights: the block's K x 64 words (36 KB for 512 input
-# channels, 3 x 3) stay in L1/L2 while a row of positions is XOR-ed against them.
-BLOCK_CHANNELS = 64
+# Output channels per block of transposed weights (the micro-kernel's four vectors of eight): the
+# block's K x 32 words (18 KB for 512 input channels, 3 x 3) stay in L1 while a chunk of positions
+# is XOR-ed against them.
+BLOCK_CHANNELS = 32
 # Work (output elements x words per element) below which a call stays on the calling thread: the
 # helpers of a Crew wake in about 20 us, so layers of some 0.1 ms gain from a second thread.
 CREW_MIN_WORK = 1 << 19
@@ -69,18 +80,15 @@ class ConvWeights(NamedTuple):
 def prepare_weights(wbits: np.ndarray) -> ConvWeights:
     """``wbits`` uint64 ``[Cout, kh, kw, Wc]`` (graph.bits.widen_words) -> :class:`ConvWeights`, once per layer.
 
-    Output channels are split into near-equal blocks of at most :data:`BLOCK_CHANNELS`, each
-    rounded up to a multiple of 8 (a vector of words); the padding channels' weights are 0 and
-    their results are never written.
+    Output channels go in blocks of :data:`BLOCK_CHANNELS` (four vectors of eight words); the last
+    block's missing channels have weights 0 and their results are never written.
     """
     wbits = np.ascontiguousarray(wbits, dtype=np.uint64)
     cout, kh, kw, wc = wbits.shape
     nb = -(-cout // BLOCK_CHANNELS)
-    ob = -(-cout // nb)
-    ob = -(-ob // 8) * 8
-    flat = np.zeros((nb * ob, kh * kw * wc), dtype=np.uint64)
+    flat = np.zeros((nb * BLOCK_CHANNELS, kh * kw * wc), dtype=np.uint64)
     flat[:cout] = wbits.reshape(cout, -1)
-    wt = np.ascontiguousarray(flat.reshape(nb, ob, -1).transpose(0, 2, 1))
+    wt = np.ascontiguousarray(flat.reshape(nb, BLOCK_CHANNELS, -1).transpose(0, 2, 1))
     return ConvWeights(wt, cout, (kh, kw), wc)
 
 
@@ -160,121 +168,123 @@ def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
                 idx += (hp - h) * wp * wc
 
 
-@jit(boundscheck=False)
-def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, acc):
-    """A chunk of output positions (of N * Ho * Wo) x a block of output channels (``task % blocks``).
+@jit(boundscheck=False, inline="always")
+def _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo):
+    """The first word of output position (n, oy, ox)'s receptive field in the packed buffer, and the next position."""
+    b = n * img + (oy * sy * wp + ox * sx) * wc
+    ox += 1
+    if ox == wo:
+        ox = 0
+        oy += 1
+        if oy == ho:
+            oy = 0
+            n += 1
+    return b, n, oy, ox
 
-    Mismatch counts go to ``acc`` [chunk + 1, block] (int32), two positions at a time, then the
-    float32 epilogue writes ``out`` [Cout, N * Ho * Wo].
+
+@jit(boundscheck=False)
+def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, res,
+               has_res, acc):
+    """A chunk of output positions (of N * Ho * Wo) x a block of 32 output channels (``task % blocks``).
+
+    Four positions at a time: for each word k of the receptive field, the block's 32 weight words
+    (four vectors) are XOR-ed with each position's word (broadcast) and the popcounts added to 16
+    vector accumulators that stay in registers for the whole field; the counts then go to ``acc``
+    [chunk + 3, 32] (int64), and the float32 epilogue writes ``out`` [Cout, N * Ho * Wo], adding
+    ``res`` (same shape; may be ``out``) after the scale and bias where ``has_res``. A chunk
+    whose length is not a multiple of four computes its last position again for the missing ones.
     """
     nb = wt.shape[0]
     kk = wt.shape[1]
-    ob = wt.shape[2]
     cout = out.shape[0]
     blk = task % nb
     q0 = (task // nb) * chunk
     q1 = min(out.shape[1], q0 + chunk)
-    wb = wt[blk]
+    wb = wt[blk].reshape(-1)
     how = ho * wo
     img = hp * wp * wc
     n = q0 // how
     rest = q0 - n * how
     oy = rest // wo
     ox = rest - oy * wo
-    for q in range(q0, q1, 2):
-        b = n * img + (oy * sy * wp + ox * sx) * wc
-        ox += 1
-        if ox == wo:
-            ox = 0
-            oy += 1
-            if oy == ho:
-                oy = 0
-                n += 1
-        if q + 1 < q1:  # the second position of the pair (an odd last one is computed twice, once discarded)
-            d = n * img + (oy * sy * wp + ox * sx) * wc - b
-            ox += 1
-            if ox == wo:
-                ox = 0
-                oy += 1
-                if oy == ho:
-                    oy = 0
-                    n += 1
-        else:
-            d = 0
-        ud = np.uint64(d)  # unsigned indices: no negative-index wrap-around code in the loads
-        a = acc[q - q0]
-        c = acc[q - q0 + 1]
-        g = 0
-        if kk >= 4:  # the first four words set the counts (no pass to zero them)
-            i0 = np.uint64(b + off[0])
-            i1 = np.uint64(b + off[1])
-            i2 = np.uint64(b + off[2])
-            i3 = np.uint64(b + off[3])
-            x0 = xf[i0]
-            x1 = xf[i1]
-            x2 = xf[i2]
-            x3 = xf[i3]
-            y0 = xf[i0 + ud]
-            y1 = xf[i1 + ud]
-            y2 = xf[i2 + ud]
-            y3 = xf[i3 + ud]
-            w0 = wb[0]
-            w1 = wb[1]
-            w2 = wb[2]
-            w3 = wb[3]
-            for o in range(ob):
-                v0 = w0[o]
-                v1 = w1[o]
-                v2 = w2[o]
-                v3 = w3[o]
-                a[o] = np.int32(popcount(x0 ^ v0) + popcount(x1 ^ v1) + popcount(x2 ^ v2) + popcount(x3 ^ v3))
-                c[o] = np.int32(popcount(y0 ^ v0) + popcount(y1 ^ v1) + popcount(y2 ^ v2) + popcount(y3 ^ v3))
-            g = 4
-        else:
-            for o in range(ob):
-                a[o] = 0
-                c[o] = 0
-        while g + 4 <= kk:
-            i0 = np.uint64(b + off[g])
-            i1 = np.uint64(b + off[g + 1])
-            i2 = np.uint64(b + off[g + 2])
-            i3 = np.uint64(b + off[g + 3])
-            x0 = xf[i0]
-            x1 = xf[i1]
-            x2 = xf[i2]
-            x3 = xf[i3]
-            y0 = xf[i0 + ud]
-            y1 = xf[i1 + ud]
-            y2 = xf[i2 + ud]
-            y3 = xf[i3 + ud]
-            w0 = wb[g]
-            w1 = wb[g + 1]
-            w2 = wb[g + 2]
-            w3 = wb[g + 3]
-            for o in range(ob):
-                v0 = w0[o]
-                v1 = w1[o]
-                v2 = w2[o]
-                v3 = w3[o]
-                a[o] += np.int32(popcount(x0 ^ v0) + popcount(x1 ^ v1) + popcount(x2 ^ v2) + popcount(x3 ^ v3))
-                c[o] += np.int32(popcount(y0 ^ v0) + popcount(y1 ^ v1) + popcount(y2 ^ v2) + popcount(y3 ^ v3))
-            g += 4
-        while g < kk:
-            i0 = np.uint64(b + off[g])
-            x0 = xf[i0]
-            y0 = xf[i0 + ud]
-            w0 = wb[g]
-            for o in range(ob):
-                v0 = w0[o]
-                a[o] += np.int32(popcount(x0 ^ v0))
-                c[o] += np.int32(popcount(y0 ^ v0))
-            g += 1
+    for q in range(q0, q1, 4):
+        b0, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
+        b1 = b2 = b3 = b0
+        if q + 1 < q1:
+            b1, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
+            b2 = b3 = b1
+        if q + 2 < q1:
+            b2, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
+            b3 = b2
+        if q + 3 < q1:
+            b3, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
+        a00 = vzero()
+        a01 = vzero()
+        a02 = vzero()
+        a03 = vzero()
+        a10 = vzero()
+        a11 = vzero()
+        a12 = vzero()
+        a13 = vzero()
+        a20 = vzero()
+        a21 = vzero()
+        a22 = vzero()
+        a23 = vzero()
+        a30 = vzero()
+        a31 = vzero()
+        a32 = vzero()
+        a33 = vzero()
+        for k in range(kk):
+            o = off[k]
+            w = k * 32
+            w0 = vload(wb, w)
+            w1 = vload(wb, w + 8)
+            w2 = vload(wb, w + 16)
+            w3 = vload(wb, w + 24)
+            x = vsplat(xf[b0 + o])
+            a00 = vxor_popcount_add(a00, x, w0)
+            a01 = vxor_popcount_add(a01, x, w1)
+            a02 = vxor_popcount_add(a02, x, w2)
+            a03 = vxor_popcount_add(a03, x, w3)
+            x = vsplat(xf[b1 + o])
+            a10 = vxor_popcount_add(a10, x, w0)
+            a11 = vxor_popcount_add(a11, x, w1)
+            a12 = vxor_popcount_add(a12, x, w2)
+            a13 = vxor_popcount_add(a13, x, w3)
+            x = vsplat(xf[b2 + o])
+            a20 = vxor_popcount_add(a20, x, w0)
+            a21 = vxor_popcount_add(a21, x, w1)
+            a22 = vxor_popcount_add(a22, x, w2)
+            a23 = vxor_popcount_add(a23, x, w3)
+            x = vsplat(xf[b3 + o])
+            a30 = vxor_popcount_add(a30, x, w0)
+            a31 = vxor_popcount_add(a31, x, w1)
+            a32 = vxor_popcount_add(a32, x, w2)
+            a33 = vxor_popcount_add(a33, x, w3)
+        r = (q - q0) * 32
+        vstore(acc, r, a00)
+        vstore(acc, r + 8, a01)
+        vstore(acc, r + 16, a02)
+        vstore(acc, r + 24, a03)
+        vstore(acc, r + 32, a10)
+        vstore(acc, r + 40, a11)
+        vstore(acc, r + 48, a12)
+        vstore(acc, r + 56, a13)
+        vstore(acc, r + 64, a20)
+        vstore(acc, r + 72, a21)
+        vstore(acc, r + 80, a22)
+        vstore(acc, r + 88, a23)
+        vstore(acc, r + 96, a30)
+        vstore(acc, r + 104, a31)
+        vstore(acc, r + 112, a32)
+        vstore(acc, r + 120, a33)
     # The epilogue runs over positions (contiguous in ``out`` and ``hoff``) in stretches within
     # one image, indexed from 0 (numba's negative-index wrap-around would otherwise turn the
     # vector stores into scatters).
-    o0 = blk * ob
+    o0 = blk * 32
     per_position = hoff.shape[1] > 1
-    for o in range(o0, min(cout, o0 + ob)):
+    saved = np.empty(chunk if has_res else 0, np.float32)
+    for o in range(o0, min(cout, o0 + 32)):
         f = factor[o]
         bo = bias[o]
         j = o - o0
@@ -283,7 +293,11 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
         while q < q1:
             m = min(q1 - q, how - p)
             dst = out[o, q:q + m]
-            src = acc[q - q0:q - q0 + m, j]
+            if has_res:  # read before ``dst`` is written: the residual may be ``out`` itself
+                rrow = res[o, q:q + m]
+                for i in range(m):
+                    saved[i] = rrow[i]
+            src = acc[(q - q0) * 32 + j:(q - q0 + m) * 32 + j:32]
             if per_position:
                 hrow = hoff[o, p:p + m]
                 if has_bias:
@@ -300,28 +314,31 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
                 else:
                     for i in range(m):
                         dst[i] = (h0 - np.float32(src[i])) * f
+            if has_res:  # the Add that follows the convolution: residual + conv, one rounding
+                for i in range(m):
+                    dst[i] = saved[i] + dst[i]
             q += m
             p = 0
 
 
 @jit(boundscheck=False)
 def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                        hoff, factor, bias, has_bias, out, pack_chunk, conv_chunk):
+                        hoff, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk):
     """The whole op on the calling thread: border, packing tasks, popcount tasks in order."""
     wc = fill.shape[0]
     _fill_border(xf.reshape(-1, hp * wp * wc), h, w, hp, wp, wc, top, left, fill)
     buf = np.empty(pack_chunk, np.uint64)
     for task in range(-(-xs.shape[1] // pack_chunk) * wc):
         _pack_task(xs, xf, task, pack_chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
-    acc = np.empty((conv_chunk + 1, wt.shape[2]), np.int32)
+    acc = np.empty((conv_chunk + 3) * 32, np.int64)
     for task in range(-(-out.shape[1] // conv_chunk) * wt.shape[0]):
         _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias,
-                   out, acc)
+                   out, res, has_res, acc)
 
 
 @jit(boundscheck=False)
 def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                       hoff, factor, bias, has_bias, out, pack_chunk, conv_chunk, counters):
+                       hoff, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk, counters):
     """One thread's share of the op: tasks taken from the shared atomic ``counters``.
 
     ``counters`` (int64, zeroed, a cache line per counter): [0] next packing task, [8] packing
@@ -341,13 +358,13 @@ def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left
         _pack_task(xs, xf, task, pack_chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
         fetch_add(counters, 8)
     wait_for(counters, 8, pack_tasks)
-    acc = np.empty((conv_chunk + 1, wt.shape[2]), np.int32)
+    acc = np.empty((conv_chunk + 3) * 32, np.int64)
     while True:
         task = fetch_add(counters, 16)
         if task >= conv_tasks:
             break
         _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias,
-                   out, acc)
+                   out, res, has_res, acc)
         fetch_add(counters, 24)
 
 
@@ -372,13 +389,15 @@ class BinaryConvKernel:
     """One binary conv layer (bnncli.runtime.backends.base.BinaryConvLayer), prepared once: weights
     transposed, thresholds and scales in the kernel's form, per-size work cached.
 
-    ``kernel(x, pads, out=None, crew=None, half_offset=None)`` binarizes, packs and binary-convolves
+    ``kernel(x, pads, out=None, crew=None, half_offset=None, residual=None)`` binarizes, packs and binary-convolves
     a float32 map ``x`` [C, N, H, W] padded by ``pads`` (top, left, bottom, right), into ``out``
     (a C-contiguous float32 ``[Cout, N, Ho, Wo]``, allocated when None), on the calling thread and
     the helpers of ``crew`` (bnncli.runtime.backends.numba.crew.Crew) when the layer has enough work.
     ``half_offset`` (float32 ``[Cout, Ho * Wo]`` or ``[Cout, 1]``, the NumPy kernels'
-    ``half_dot_offset``) is computed and cached when None. The layer's arrays are copied into the
-    kernel's form when it is built, so changing them afterwards changes nothing.
+    ``half_dot_offset``) is computed and cached when None. ``residual`` (an array of the output's
+    shape, which may be ``out`` itself) is added to the result, as an Add op after the convolution.
+    The layer's arrays are copied into the kernel's form when it is built, so changing them
+    afterwards changes nothing.
     """
 
     def __init__(self, layer, weights: ConvWeights | None = None) -> None:
@@ -440,7 +459,7 @@ class BinaryConvKernel:
         return half
 
     def __call__(self, x: np.ndarray, pads=(0, 0, 0, 0), out: np.ndarray | None = None, crew=None,
-                 half_offset: np.ndarray | None = None) -> np.ndarray:
+                 half_offset: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
         if x.dtype != np.float32 or x.ndim != 4:
             raise TypeError(f"binary_conv takes a float32 map [C, N, H, W], not {x.dtype} of shape {x.shape}")
         c, n, h, w = x.shape
@@ -462,6 +481,12 @@ class BinaryConvKernel:
         elif (out.shape != (cout, n, ho, wo) or out.dtype != np.float32 or not out.flags.c_contiguous
               or not out.flags.writeable):
             raise ValueError(f"out must be a writable C-contiguous float32 {(cout, n, ho, wo)}")
+        if residual is None:
+            res = out
+        elif residual.shape == out.shape and residual.dtype == np.float32 and residual.flags.c_contiguous:
+            res = residual
+        else:
+            raise ValueError(f"residual must be a C-contiguous float32 {(cout, n, ho, wo)}")
         wt = self.weights.wt
         blocks = wt.shape[0]
         positions = n * ho * wo
@@ -469,14 +494,15 @@ class BinaryConvKernel:
         if workers > 1 and cout * positions * g.offsets.shape[0] < CREW_MIN_WORK:
             workers = 1
         # Chunks of output positions: at most CONV_CHUNK, small enough for every worker to get
-        # about four tasks, and even (positions go in pairs).
-        conv_chunk = min(CONV_CHUNK, max(2, -(-positions * blocks // (4 * workers))))
-        conv_chunk += conv_chunk % 2
+        # about four tasks, and a multiple of four (the micro-kernel's positions).
+        conv_chunk = min(CONV_CHUNK, max(4, -(-positions * blocks // (4 * workers))))
+        conv_chunk = -(-conv_chunk // 4) * 4
         pack_chunk = max(1, min(PACK_CHUNK, n * h * w))
         xf = np.empty(n * g.hp * g.wp * self.words, dtype=np.uint64)
         args = (x.reshape(c, n * h * w), xf, wt, g.offsets, self.fill, self.sign, self.threshold, h, w, g.hp, g.wp,
                 g.pads[0], g.pads[1], ho, wo, self.stride[0], self.stride[1], half_offset, self.factor, self.bias,
-                self.has_bias, out.reshape(cout, positions), pack_chunk, conv_chunk)
+                self.has_bias, out.reshape(cout, positions), res.reshape(cout, positions), residual is not None,
+                pack_chunk, conv_chunk)
         if workers <= 1:
             _binary_conv_serial(*args)
         else:

@@ -9,8 +9,10 @@ Every result is bit-identical to the NumPy backend's op (bnncli.runtime.backends
 
 * max pooling takes the maximum of the window's taps inside the map (padding never wins, as
   with -inf padding), NaN propagating like ``np.maximum``; with ``relu`` the result is then
-  ``max(m, 0)``. Taps are compared in another order than NumPy's, which can matter only for
-  the sign of a zero where +0.0 and -0.0 tie;
+  ``max(m, 0)``; with a per-channel affine, each tap is ``x * scale + shift`` first (the
+  affine op's two roundings), so an affine read only by the pool costs no pass of its own.
+  Taps are compared in another order than NumPy's, which can matter only for the sign of a
+  zero where +0.0 and -0.0 tie;
 * average pooling (no padding) adds in NumPy's order, the kernel's rows first, each sum taken
   tap by tap from the first, then the columns of that the same way, then divides by the number
   of taps in float32;
@@ -43,9 +45,10 @@ def _tap_range(k, s, pad, size, out_size):
 
 
 @jit(boundscheck=False)
-def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu):
+def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu, affine, s, t):
     """One [H, W] plane into [Ho, Wo]: per output row, the maximum over the window's rows into
-    ``r`` [W], then over its columns, tap by tap (strided reads that vectorize)."""
+    ``r`` [W], then over its columns, tap by tap (strided reads that vectorize). With ``affine``,
+    every element is first ``x * s + t`` (two float32 roundings, as the affine op)."""
     h, w = x.shape
     ho, wo = out.shape
     for oy in range(ho):
@@ -54,6 +57,14 @@ def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu):
         if ya >= yb:  # a window wholly in the padding (not produced by the rules the ops accept)
             for i in range(w):
                 r[i] = -np.inf
+        elif affine:
+            src = x[ya]
+            for i in range(w):
+                r[i] = src[i] * s + t
+            for y in range(ya + 1, yb):
+                src = x[y]
+                for i in range(w):
+                    r[i] = _max(r[i], src[i] * s + t)
         else:
             src = x[ya]
             for i in range(w):
@@ -92,14 +103,19 @@ def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu):
 
 
 @jit(boundscheck=False)
-def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, counters):
-    """Planes of ``x`` [P, H, W] taken from ``counters`` ([0] next, [8] done) into ``out`` [P, Ho, Wo]."""
+def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, scale, shift, batch, counters):
+    """Planes of ``x`` [P, H, W] taken from ``counters`` ([0] next, [8] done) into ``out`` [P, Ho, Wo];
+    plane p first scaled and shifted by channel p // batch where ``scale`` is not empty."""
     rows = np.empty(x.shape[2], np.float32)
+    affine = scale.shape[0] > 0
     while True:
         p = fetch_add(counters, 0)
         if p >= x.shape[0]:
             break
-        _max_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, top, left, relu)
+        c = p // batch if affine else 0
+        s = scale[c] if affine else np.float32(1)
+        t = shift[c] if affine else np.float32(0)
+        _max_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, top, left, relu, affine, s, t)
         fetch_add(counters, 8)
 
 
@@ -182,16 +198,21 @@ def _output(out: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+_NO_AFFINE = np.zeros(0, np.float32)
+
+
 def max_pool(x: np.ndarray, kernel, stride, pads, out_hw, relu: bool = False, out: np.ndarray | None = None,
-             crew=None) -> np.ndarray:
+             crew=None, affine: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Max pooling of a float32 map ``x`` [C, N, H, W] to [C, N, Ho, Wo] (``out_hw``); ``pads`` is
-    (top, left, bottom, right), ``relu`` applies max(., 0) to the result; into ``out`` when given."""
+    (top, left, bottom, right), ``relu`` applies max(., 0) to the result, ``affine`` (scale, shift)
+    per channel to the input first (as the affine op would); into ``out`` when given."""
     x = _contiguous(x)
     c, n, h, w = x.shape
     ho, wo = out_hw
     out = _output(out, (c, n, ho, wo))
+    scale, shift = affine if affine is not None else (_NO_AFFINE, _NO_AFFINE)
     args = (x.reshape(c * n, h, w), out.reshape(c * n, ho, wo), kernel[0], kernel[1], stride[0], stride[1],
-            pads[0], pads[1], bool(relu), np.zeros(16, np.int64))
+            pads[0], pads[1], bool(relu), scale, shift, n, np.zeros(16, np.int64))
     _run(_max_pool_share, args, c * n, x.size, crew)
     return out
 

@@ -1,6 +1,13 @@
 """What every compiled kernel of the numba backend builds on: the ``jit`` decorator, popcount,
 atomic task counters, and polite waiting.
 
+``U64x8`` is a vector of eight uint64 words held in registers (LLVM's ``<8 x i64>``), with the
+few operations the binary convolution needs (:func:`vload`, :func:`vsplat`, :func:`vzero`,
+:func:`vxor_popcount_add`, :func:`vstore`): written as explicit vectors, they compile to 512-bit
+instructions (``vpxorq``, ``vpopcntq``, ``vpaddq`` on zmm registers) where the CPU has AVX-512, which
+LLVM's loop vectorizer does not choose on its own (it prefers 256-bit vectors on these CPUs), and to
+pairs of 256-bit instructions, or narrower ones, elsewhere.
+
 ``jit`` is numba's ``njit`` with ``nogil=True`` and no ``fastmath`` (which would let LLVM contract
 a multiply and an add into an FMA and change the rounding), caching the machine code on disk
 where numba finds a writable place for it: ``$NUMBA_CACHE_DIR`` when set, else ``__pycache__``
@@ -14,9 +21,10 @@ from __future__ import annotations
 import os
 import sys
 
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, models, register_model
 
 # The jitted functions that could not be cached on disk (compiled anew in every process).
 UNCACHED: list[str] = []
@@ -110,6 +118,99 @@ def wait_for(counters, index, target):
         polls += 1
         if polls % 64 == 0:
             yield_cpu()
+
+
+_I64 = ir.IntType(64)
+_V8 = ir.VectorType(_I64, 8)
+
+
+class U64x8Type(types.Type):
+    """Eight uint64 words in one (virtual) vector register."""
+
+    def __init__(self) -> None:
+        super().__init__(name="U64x8")
+
+
+U64x8 = U64x8Type()
+
+
+@register_model(U64x8Type)
+class _U64x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V8)
+
+
+def _vector_pointer(context, builder, aryty, ary, index):
+    """A ``<8 x i64>*`` to ``ary[index]`` (a 1-D uint64 array; no bounds check: the callers' loops keep in bounds)."""
+    a = context.make_array(aryty)(context, builder, ary)
+    ptr = cgutils.get_item_pointer(context, builder, aryty, a, [index], wraparound=False)
+    return builder.bitcast(ptr, _V8.as_pointer())
+
+
+def _is_words(arr) -> bool:
+    return isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype in (types.uint64, types.int64)
+
+
+@intrinsic
+def vload(typingctx, arr, index):
+    """``arr[index:index + 8]`` of a 1-D uint64 or int64 array, as a vector."""
+    if not _is_words(arr):
+        return None
+    sig = U64x8(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_vector_pointer(context, builder, signature.args[0], args[0], args[1]), align=8)
+
+    return sig, codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, index, value):
+    """``arr[index:index + 8] = value`` (a 1-D uint64 or int64 array)."""
+    if not _is_words(arr):
+        return None
+    sig = types.void(arr, types.intp, U64x8)
+
+    def codegen(context, builder, signature, args):
+        builder.store(args[2], _vector_pointer(context, builder, signature.args[0], args[0], args[1]), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vsplat(typingctx, word):
+    """A vector of eight copies of ``word`` (uint64)."""
+    sig = U64x8(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        v = builder.insert_element(ir.Constant(_V8, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+
+    return sig, codegen
+
+
+@intrinsic
+def vzero(typingctx):
+    """A vector of zeros."""
+    sig = U64x8()
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_V8, [0] * 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def vxor_popcount_add(typingctx, acc, x, w):
+    """``acc + popcount(x ^ w)``, lane by lane (LLVM's ctpop: VPOPCNTQ where the CPU has it)."""
+    sig = U64x8(U64x8, U64x8, U64x8)
+
+    def codegen(context, builder, signature, args):
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8]), "llvm.ctpop.v8i64")
+        return builder.add(args[0], builder.call(ctpop, [builder.xor(args[1], args[2])]))
+
+    return sig, codegen
 
 
 COMPILED = [yield_cpu, wait_for]
