@@ -16,12 +16,12 @@ from the float32 input ``[C, N, H, W]`` to the float32 output ``[Cout, N, Ho, Wo
    value +1, zero words otherwise), so the inner loops check no bounds.
 2. **XOR + popcount.** The ``K = kh * kw * Wc`` words an output position reads lie at fixed
    offsets from its first word (:func:`tap_offsets`). Weights are transposed to ``[K, Cout]``
-   in blocks of 32 output channels (:func:`prepare_weights`). The micro-kernel takes four output
-   positions x 32 channels: per word of the field, four vectors of weights are loaded once and
-   XOR-ed with each position's word (broadcast), and the popcounts are added to 16 vector
-   accumulators held in registers for the whole field (``U64x8``, explicit vectors: AVX-512
-   VPXORQ / VPOPCNTQ / VPADDQ on zmm where the CPU has them; LLVM compiles for the host).
-   Tasks are chunks of output positions x blocks of output channels.
+   in blocks of 32 output channels (:func:`prepare_weights`). The micro-kernel, chosen by the CPU
+   numba compiles for (``intrinsics.VECTOR_ISA``), keeps its counts in vector registers for the
+   whole field: with AVX-512, four output positions x 32 channels in 16 eight-word accumulators
+   (VPXORQ / VPOPCNTQ / VPADDQ on zmm, :func:`_counts_avx512`); with AVX2, two positions x eight
+   channels, popcounts added up byte-wise (VPSHUFB lookups) and widened every 31 words
+   (:func:`_counts_avx2`). Tasks are chunks of output positions x blocks of output channels.
 3. **Epilogue**, per output element, in float32 and in the NumPy kernel's order:
    ``(half_offset[o, p] - mismatches) * (2 * scale[o]) + bias[o]`` (``ref.half_dot_offset``;
    the addition only where there is a bias, so that a -0.0 stays -0.0).
@@ -46,13 +46,22 @@ from bnncli.graph.bits import n_words, valid_bits_words
 from bnncli.graph.padding import as_pads, output_hw
 from bnncli.runtime.backends import numpy as ref
 from bnncli.runtime.backends.numba.intrinsics import (
+    BYTE_COUNT_WORDS,
+    VECTOR_ISA,
     fetch_add,
     jit,
+    vadd4,
+    vbyte_sums,
     vload,
+    vload4,
     vsplat,
+    vsplat4,
     vstore,
+    vstore4,
     vxor_popcount_add,
+    vxor_popcount_bytes_add,
     vzero,
+    vzero4,
     wait_for,
 )
 
@@ -168,56 +177,19 @@ def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
                 idx += (hp - h) * wp * wc
 
 
-@jit(boundscheck=False, inline="always")
-def _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo):
-    """The first word of output position (n, oy, ox)'s receptive field in the packed buffer, and the next position."""
-    b = n * img + (oy * sy * wp + ox * sx) * wc
-    ox += 1
-    if ox == wo:
-        ox = 0
-        oy += 1
-        if oy == ho:
-            oy = 0
-            n += 1
-    return b, n, oy, ox
-
-
 @jit(boundscheck=False)
-def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, res,
-               has_res, acc):
-    """A chunk of output positions (of N * Ho * Wo) x a block of 32 output channels (``task % blocks``).
-
-    Four positions at a time: for each word k of the receptive field, the block's 32 weight words
-    (four vectors) are XOR-ed with each position's word (broadcast) and the popcounts added to 16
-    vector accumulators that stay in registers for the whole field; the counts then go to ``acc``
-    [chunk + 3, 32] (int64), and the float32 epilogue writes ``out`` [Cout, N * Ho * Wo], adding
-    ``res`` (same shape; may be ``out``) after the scale and bias where ``has_res``. A chunk
-    whose length is not a multiple of four computes its last position again for the missing ones.
-    """
-    nb = wt.shape[0]
-    kk = wt.shape[1]
-    cout = out.shape[0]
-    blk = task % nb
-    q0 = (task // nb) * chunk
-    q1 = min(out.shape[1], q0 + chunk)
-    wb = wt[blk].reshape(-1)
-    how = ho * wo
-    img = hp * wp * wc
-    n = q0 // how
-    rest = q0 - n * how
-    oy = rest // wo
-    ox = rest - oy * wo
-    for q in range(q0, q1, 4):
-        b0, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
-        b1 = b2 = b3 = b0
-        if q + 1 < q1:
-            b1, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
-            b2 = b3 = b1
-        if q + 2 < q1:
-            b2, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
-            b3 = b2
-        if q + 3 < q1:
-            b3, n, oy, ox = _position_base(n, oy, ox, img, wp, wc, sy, sx, ho, wo)
+def _counts_avx512(xf, wb, off, bases, count, acc):
+    """Mismatch counts of positions ``bases[:count]`` (first words in ``xf``) x the 32 channels of
+    the weight block ``wb`` [K * 32] into ``acc`` [position * 32 + channel], four positions at a
+    time: for each word k of the field, the block's four weight vectors are loaded once, XOR-ed
+    with each position's word (broadcast), and the popcounts added to 16 eight-word accumulators
+    held in registers for the whole field (VPOPCNTQ on zmm with AVX-512 VPOPCNTDQ)."""
+    kk = off.shape[0]
+    for q in range(0, count, 4):
+        b0 = np.uint64(bases[q])
+        b1 = np.uint64(bases[q + 1])
+        b2 = np.uint64(bases[q + 2])
+        b3 = np.uint64(bases[q + 3])
         a00 = vzero()
         a01 = vzero()
         a02 = vzero()
@@ -235,7 +207,7 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
         a32 = vzero()
         a33 = vzero()
         for k in range(kk):
-            o = off[k]
+            o = np.uint64(off[k])  # unsigned indices: no negative-index wrap-around code in the loads
             w = k * 32
             w0 = vload(wb, w)
             w1 = vload(wb, w + 8)
@@ -261,7 +233,7 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
             a31 = vxor_popcount_add(a31, x, w1)
             a32 = vxor_popcount_add(a32, x, w2)
             a33 = vxor_popcount_add(a33, x, w3)
-        r = (q - q0) * 32
+        r = q * 32
         vstore(acc, r, a00)
         vstore(acc, r + 8, a01)
         vstore(acc, r + 16, a02)
@@ -278,6 +250,92 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
         vstore(acc, r + 104, a31)
         vstore(acc, r + 112, a32)
         vstore(acc, r + 120, a33)
+
+
+@jit(boundscheck=False)
+def _counts_avx2(xf, wb, off, bases, count, acc):
+    """:func:`_counts_avx512` for CPUs with 16 vector registers of four words and no vector
+    popcount (AVX2): two positions x eight channels at a time, popcounts kept as 32 byte counts per
+    register (VPSHUFB nibble lookups) and summed into 64-bit lanes (VPSADBW) only every
+    BYTE_COUNT_WORDS words of the field."""
+    kk = off.shape[0]
+    for q in range(0, count, 2):
+        b0 = np.uint64(bases[q])
+        b1 = np.uint64(bases[q + 1])
+        for sub in range(0, 32, 8):
+            t00 = vzero4()
+            t01 = vzero4()
+            t10 = vzero4()
+            t11 = vzero4()
+            k0 = 0
+            while k0 < kk:
+                k1 = min(kk, k0 + BYTE_COUNT_WORDS)
+                c00 = vzero4()
+                c01 = vzero4()
+                c10 = vzero4()
+                c11 = vzero4()
+                for k in range(k0, k1):
+                    o = np.uint64(off[k])
+                    w = k * 32 + sub
+                    w0 = vload4(wb, w)
+                    w1 = vload4(wb, w + 4)
+                    x = vsplat4(xf[b0 + o])
+                    c00 = vxor_popcount_bytes_add(c00, x, w0)
+                    c01 = vxor_popcount_bytes_add(c01, x, w1)
+                    x = vsplat4(xf[b1 + o])
+                    c10 = vxor_popcount_bytes_add(c10, x, w0)
+                    c11 = vxor_popcount_bytes_add(c11, x, w1)
+                t00 = vadd4(t00, vbyte_sums(c00))
+                t01 = vadd4(t01, vbyte_sums(c01))
+                t10 = vadd4(t10, vbyte_sums(c10))
+                t11 = vadd4(t11, vbyte_sums(c11))
+                k0 = k1
+            r = q * 32 + sub
+            vstore4(acc, r, t00)
+            vstore4(acc, r + 4, t01)
+            vstore4(acc, r + 32, t10)
+            vstore4(acc, r + 36, t11)
+
+
+# The micro-kernel this CPU gets (intrinsics.VECTOR_ISA): only the chosen one is compiled.
+_counts = _counts_avx2 if VECTOR_ISA == "avx2" else _counts_avx512
+
+
+@jit(boundscheck=False)
+def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, res,
+               has_res, acc):
+    """A chunk of output positions (of N * Ho * Wo) x a block of 32 output channels (``task % blocks``).
+
+    The micro-kernel (:func:`_counts_avx512` or :func:`_counts_avx2`) writes the chunk's mismatch
+    counts to ``acc`` [chunk + 3, 32] (int64), and the float32 epilogue writes ``out`` [Cout,
+    N * Ho * Wo], adding ``res`` (same shape; may be ``out``) after the scale and bias where
+    ``has_res``. A chunk whose length is not a multiple of the micro-kernel's positions computes
+    its last position again for the missing ones.
+    """
+    nb = wt.shape[0]
+    cout = out.shape[0]
+    blk = task % nb
+    q0 = (task // nb) * chunk
+    q1 = min(out.shape[1], q0 + chunk)
+    how = ho * wo
+    img = hp * wp * wc
+    n = q0 // how
+    rest = q0 - n * how
+    oy = rest // wo
+    ox = rest - oy * wo
+    bases = np.empty(chunk + 3, np.int64)
+    for i in range(q1 - q0):
+        bases[i] = n * img + (oy * sy * wp + ox * sx) * wc
+        ox += 1
+        if ox == wo:
+            ox = 0
+            oy += 1
+            if oy == ho:
+                oy = 0
+                n += 1
+    for i in range(q1 - q0, q1 - q0 + 3):
+        bases[i] = bases[q1 - q0 - 1]
+    _counts(xf, wt[blk].reshape(-1), off, bases, q1 - q0, acc)
     # The epilogue runs over positions (contiguous in ``out`` and ``hoff``) in stretches within
     # one image, indexed from 0 (numba's negative-index wrap-around would otherwise turn the
     # vector stores into scatters).
@@ -515,4 +573,4 @@ class BinaryConvKernel:
         return out
 
 
-COMPILED = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task]
+COMPILED = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _counts]

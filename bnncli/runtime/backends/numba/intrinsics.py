@@ -213,4 +213,138 @@ def vxor_popcount_add(typingctx, acc, x, w):
     return sig, codegen
 
 
+# Four uint64 words (one 256-bit register), for CPUs without AVX-512: byte-wise popcounts are added
+# up in bytes over up to 31 words (31 x 8 bits fit a byte) and only then summed into the words'
+# 64-bit lanes, one VPSADBW per flush instead of one per word.
+_V4 = ir.VectorType(_I64, 4)
+_B32 = ir.VectorType(ir.IntType(8), 32)
+BYTE_COUNT_WORDS = 31
+
+
+class U64x4Type(types.Type):
+    """Four uint64 words in one 256-bit vector register (or 32 byte counts, see vxor_popcount_bytes_add)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="U64x4")
+
+
+U64x4 = U64x4Type()
+
+
+@register_model(U64x4Type)
+class _U64x4Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _V4)
+
+
+@intrinsic
+def vload4(typingctx, arr, index):
+    """``arr[index:index + 4]`` of a 1-D uint64 or int64 array, as a vector."""
+    if not _is_words(arr):
+        return None
+    sig = U64x4(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.bitcast(_vector_pointer(context, builder, signature.args[0], args[0], args[1]), _V4.as_pointer())
+        return builder.load(ptr, align=8)
+
+    return sig, codegen
+
+
+@intrinsic
+def vstore4(typingctx, arr, index, value):
+    """``arr[index:index + 4] = value`` (a 1-D uint64 or int64 array)."""
+    if not _is_words(arr):
+        return None
+    sig = types.void(arr, types.intp, U64x4)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.bitcast(_vector_pointer(context, builder, signature.args[0], args[0], args[1]), _V4.as_pointer())
+        builder.store(args[2], ptr, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vsplat4(typingctx, word):
+    """A vector of four copies of ``word`` (uint64)."""
+    sig = U64x4(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        v = builder.insert_element(ir.Constant(_V4, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(ir.IntType(32), 4), [0] * 4))
+
+    return sig, codegen
+
+
+@intrinsic
+def vzero4(typingctx):
+    """A vector of zeros (four words, or 32 byte counts)."""
+    sig = U64x4()
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_V4, [0] * 4)
+
+    return sig, codegen
+
+
+@intrinsic
+def vadd4(typingctx, a, b):
+    """``a + b`` in 64-bit lanes."""
+    sig = U64x4(U64x4, U64x4)
+
+    def codegen(context, builder, signature, args):
+        return builder.add(args[0], args[1])
+
+    return sig, codegen
+
+
+@intrinsic
+def vxor_popcount_bytes_add(typingctx, counts, x, w):
+    """``counts + popcount(x ^ w)`` byte by byte (32 byte counts in one vector; LLVM's ctpop on
+    bytes: VPSHUFB nibble lookups on AVX2). A byte holds at most 255: add at most
+    :data:`BYTE_COUNT_WORDS` words before :func:`vbyte_sums`."""
+    sig = U64x4(U64x4, U64x4, U64x4)
+
+    def codegen(context, builder, signature, args):
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_B32, [_B32]), "llvm.ctpop.v32i8")
+        bits = builder.bitcast(builder.xor(args[1], args[2]), _B32)
+        total = builder.add(builder.bitcast(args[0], _B32), builder.call(ctpop, [bits]))
+        return builder.bitcast(total, _V4)
+
+    return sig, codegen
+
+
+@intrinsic
+def vbyte_sums(typingctx, counts):
+    """The sum of each 64-bit lane's eight byte counts, as four uint64 (VPSADBW against zero)."""
+    sig = U64x4(U64x4)
+
+    def codegen(context, builder, signature, args):
+        psad = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V4, [_B32, _B32]),
+                                              "llvm.x86.avx2.psad.bw")
+        return builder.call(psad, [builder.bitcast(args[0], _B32), ir.Constant(_B32, [0] * 32)])
+
+    return sig, codegen
+
+
+def _target_features() -> set[str]:
+    """The CPU features numba compiles for ($NUMBA_CPU_FEATURES, else the host's, as numba decides)."""
+    from numba.core import config
+
+    features = config.CPU_FEATURES
+    if features is None:
+        import llvmlite.binding as ll
+
+        features = ll.get_host_cpu_features().flatten()
+    return {f[1:] for f in features.split(",") if f.startswith("+")}
+
+
+_FEATURES = _target_features()
+# Which micro-kernel the binary convolution compiles: "avx512" (eight-word vectors, 32 registers),
+# "avx2" (four-word vectors, 16 registers, byte-wise counts), or "generic" (eight-word vectors,
+# whatever LLVM makes of them on other CPUs).
+VECTOR_ISA = "avx512" if "avx512f" in _FEATURES else "avx2" if "avx2" in _FEATURES else "generic"
+
 COMPILED = [yield_cpu, wait_for]
