@@ -256,3 +256,44 @@ def test_popcount_intrinsic():
     words = np.random.default_rng(0).integers(0, 2**64 - 1, 1000, dtype=np.uint64, endpoint=True)
     words[:3] = (0, 2**64 - 1, 1 << 63)
     assert count(words) == int(np.bitwise_count(words).sum())
+
+
+def test_each_instruction_sets_micro_kernel_equals_numpy(tmp_path):
+    """The micro-kernel is chosen by the CPU numba compiles for (intrinsics.VECTOR_ISA): compiled
+    here as for an AVX2-only CPU (no AVX-512) too, in a process of its own with its own cache, it
+    still equals the NumPy kernels bit for bit (fields longer than the 31 words a byte count holds)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    features = ll.get_host_cpu_features()
+    if not features.get("avx2"):
+        pytest.skip("this CPU has no AVX2")
+    narrow = ",".join(("+" if on and not name.startswith(("avx512", "avx10", "amx", "evex512")) else "-") + name
+                      for name, on in features.items())
+    code = textwrap.dedent("""
+        import numpy as np
+        from bnncli.graph import bits as B
+        from bnncli.runtime.backends import BinaryConvLayer
+        from bnncli.runtime.backends import numpy as K
+        from bnncli.runtime.backends.numba import binary_conv as NK, intrinsics
+        print(intrinsics.VECTOR_ISA)
+        rng = np.random.default_rng(0)
+        for cin, cout, k, n, hw in ((130, 37, 3, 2, 9), (200, 64, 7, 1, 11), (64, 8, 1, 3, 5)):
+            x = rng.integers(-2, 3, (cin, n, hw, hw)).astype(np.float32)
+            wbits = B.pack_bits(rng.random((cout, k, k, cin)) < 0.5)
+            pads = (k // 2,) * 4
+            xb = K.pack_planar(K.sign_bits(x)).reshape(-1, n, hw, hw)
+            expected = K.binary_conv_fast(xb, wbits, cin, (1, 1), pads, (1, 1), 0.0, dtype=np.float32)
+            got = NK.BinaryConvKernel(BinaryConvLayer(wbits, cin, (1, 1), (1, 1), 0.0))(x, pads)
+            assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), (cin, cout, k)
+        print("equal")
+    """)
+    env = {**__import__("os").environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": narrow,
+           "NUMBA_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["avx2", "equal"]
