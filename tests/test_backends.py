@@ -168,3 +168,15 @@ def test_fusions_are_planned_where_the_graph_allows(monkeypatch):
     resnet = Model(packed_graph(lower(_model("resnete_tiny"))), threads=1, backend="numpy")
     adds = [op for op in resnet.ops if op.type == "Add"]
     assert 0 < len(resnet._residuals) < len(adds)
+
+
+@pytest.mark.parametrize("backend", backends.available())
+@pytest.mark.parametrize("name", ["resnete_tiny", "binarydensenet_tiny"])
+def test_the_stems_bias_is_added_by_its_pool(name, backend):
+    """With the ImageNet stem (conv, ReLU, max pool), the pool adds the convolution's bias to each
+    tap; the logits equal those of the unfused pass bit for bit."""
+    graph = packed_graph(lower(_model(name, seed=5, thumbnail=False)))
+    model = Model(graph, threads=2, backend=backend)
+    assert len(model._unbiased) == 1
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    assert np.array_equal(model(x), model.run(x, intermediates=True)[graph.outputs[0]])

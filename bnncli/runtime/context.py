@@ -14,6 +14,7 @@ knows OpenBLAS, MKL, BLIS and the others on every OS), and restores the previous
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +46,7 @@ class Context:
 
     def empty(self, shape: tuple[int, ...]) -> np.ndarray:
         """An uninitialized C-contiguous float32 array: a released buffer of the same size when there is one."""
-        nbytes = 4 * int(np.prod(shape))
+        nbytes = 4 * math.prod(shape)
         free = self._free.get(nbytes)
         if free:
             return free.pop().reshape(shape)

@@ -47,6 +47,7 @@ class Model:
         self._readers_of = self._readers()
         self._plan_concat_growth()
         self._deferred = self._defer_relus()
+        self._unbiased: set[int] = set()  # convolutions whose bias a max pool adds (_fuse_affines_into_pools)
         self._pool_affines = self._fuse_affines_into_pools()
         self._residuals = self._fuse_adds_into_binary_convs()
         self._in_place = self._plan_in_place_outputs()
@@ -137,16 +138,26 @@ class Model:
 
     def _fuse_affines_into_pools(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Affines (folded BatchNorms) read only by a max pool, which then applies them to each tap
-        (ops.MaxPool, ``affine=``): a BinaryDenseNet transition reads its large map once. Also a
-        Relu that only reads a max pool's output runs in the pool (``relu``: the ReLU of the max is
-        the max of the ReLUs). Returns the affine of each such pool by op id; the affines and
-        relus are deferred (a forward pass with intermediates runs every op as it is)."""
+        (ops.MaxPool, ``affine=``): a BinaryDenseNet transition reads its large map once. Likewise
+        the bias of a convolution read only by a max pool (through a Relu the pool applies or not):
+        the convolution runs without it (``bias=False``). Also a Relu that only reads a max pool's
+        output runs in the pool (``relu``: the ReLU of the max is the max of the ReLUs). Returns the
+        affine of each such pool by op id; the affines and relus are deferred (a forward pass with
+        intermediates runs every op as it is)."""
         fused = {}
         for op in self.ops:
             pool = self._sole_reader(op, MaxPool)
+            relu = self._sole_reader(op, Relu)
+            if pool is None and relu is not None and id(relu) in self._deferred:  # a Relu the pool applies
+                pool = self._sole_reader(relu, MaxPool)
             if isinstance(op, ChannelAffine) and pool is not None and pool.node.inputs == op.node.outputs:
                 fused[id(pool)] = (op.scale, op.shift)
                 self._deferred[id(op)] = op.node.inputs[0]
+            elif isinstance(op, Conv) and op.layer.bias is not None and pool is not None and id(pool) not in fused:
+                # A convolution's bias, added by the pool to each tap (x * 1 + b is x + b exactly): the
+                # stem's bias then costs no pass over its largest map.
+                fused[id(pool)] = (np.ones_like(op.layer.bias), op.layer.bias)
+                self._unbiased.add(id(op))
             relu = self._sole_reader(op, Relu)
             if isinstance(op, MaxPool) and relu is not None:
                 op.relu = True
@@ -266,6 +277,8 @@ class Model:
                     values[out] = self._run_with_residual(op, args[0], values, refcount, keep)
                 elif not intermediates and id(op) in self._pool_affines:
                     values[out] = op(*args, affine=self._pool_affines[id(op)])
+                elif not intermediates and id(op) in self._unbiased:
+                    values[out] = op(*args, bias=False)
                 elif not intermediates and op.overwrites_first and self._dead_after(op, values, refcount, keep):
                     values[out] = op(*args, out=args[0])
                 elif id(op) in self._in_place:

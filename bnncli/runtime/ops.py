@@ -64,6 +64,7 @@ class Op:
         if problem:
             self.fail(problem)
         self._tensors = tensors
+        self._sizes: dict[tuple, tuple[tuple[int, int, int, int], int, int]] = {}  # resolve_pads
         self.setup()
 
     def fail(self, message: str) -> None:
@@ -100,11 +101,18 @@ class Op:
         return self.pair("padding", 0)
 
     def resolve_pads(self, h: int, w: int, dilation=(1, 1)) -> tuple[tuple[int, int, int, int], int, int]:
-        """(top, left, bottom, right), Ho and Wo for an ``h`` x ``w`` input; fails when it is too small."""
+        """(top, left, bottom, right), Ho and Wo for an ``h`` x ``w`` input; fails when it is too small.
+        Kept per input size: a model sees few sizes, and each call of the op asks again."""
+        key = (h, w, dilation)
+        known = self._sizes.get(key)
+        if known is not None:
+            return known
         pads = P.resolve(self.pads, (h, w), self.kernel, self.stride, dilation)
         ho, wo = P.output_hw((h, w), self.kernel, self.stride, pads, dilation)
         if ho < 1 or wo < 1:
             self.fail(f"input {h}x{w} is too small")
+        if len(self._sizes) < 16:
+            self._sizes[key] = (pads, ho, wo)
         return pads, ho, wo
 
     def integer(self, key: str, minimum: int) -> int:
@@ -138,10 +146,11 @@ class Conv(Op, op="Conv"):
         self.layer = ConvLayer(weight, self.tensor("bias", shape=(self.cout,)), self.stride, self.dilation)
         self.run = self.ctx.kernels.conv(self.layer)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, bias: bool = True) -> np.ndarray:
+        """The convolution; ``bias=False`` leaves the bias out (the model has a later op add it)."""
         self.check_channels(x, self.cin)
         pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3], self.dilation)
-        return self.run(x, pads, (ho, wo))
+        return self.run(x, pads, (ho, wo), bias)
 
 
 class BinaryConv(Op, op="BinaryConv"):

@@ -65,8 +65,9 @@ class ConvLayer:
 # [Cout, N, Ho, Wo]; ``residual`` (None, or an array of out's shape, which may be ``out`` itself) is
 # added to the result: ``residual + conv`` in float32, as an Add op after the convolution would.
 BinaryConvFn = Callable[[np.ndarray, Pads, np.ndarray, "np.ndarray | None"], np.ndarray]
-# A prepared float convolution: (x, pads, out_hw) -> [Cout, N, Ho, Wo].
-ConvFn = Callable[[np.ndarray, Pads, tuple[int, int]], np.ndarray]
+# A prepared float convolution: (x, pads, out_hw, bias) -> [Cout, N, Ho, Wo]; ``bias`` False leaves
+# the layer's bias out (a later op adds it).
+ConvFn = Callable[[np.ndarray, Pads, tuple[int, int], bool], np.ndarray]
 
 
 class Buffers(Protocol):

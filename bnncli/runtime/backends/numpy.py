@@ -529,7 +529,7 @@ class NumpyConv:
         self.cout, self.cin = layer.weight.shape[:2]
         self.w2 = np.ascontiguousarray(layer.weight.reshape(self.cout, -1))
 
-    def __call__(self, x: np.ndarray, pads, out_hw) -> np.ndarray:
+    def __call__(self, x: np.ndarray, pads, out_hw, bias: bool = True) -> np.ndarray:
         L, k = self.layer, self.kernels
         n = x.shape[1]
         scratch = None
@@ -543,7 +543,7 @@ class NumpyConv:
         y = k.matmul(self.w2, cols)
         if scratch is not None:
             k.buffers.release(scratch)
-        if L.bias is not None:
+        if L.bias is not None and bias:
             y += L.bias[:, None]
         return y.reshape(self.cout, n, *out_hw)
 
