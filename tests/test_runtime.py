@@ -21,13 +21,21 @@ from bnncli.graph import format
 from bnncli.graph.graph import Graph, Node
 from bnncli.images.labels import imagenet_names, readable_labels
 from bnncli.images.preprocess import preprocess_image
-from bnncli.runtime import Model, load
+from bnncli.runtime import Model, backends, load
 
 TINY = [n for n in list_models() if "tiny" in n]
 BIG = [n for n in list_models() if "tiny" not in n]
 
 
 _model = small_registry_model
+
+
+@pytest.fixture(autouse=True, params=backends.available())
+def backend(request, monkeypatch):
+    """Every test here runs on every backend this machine has (NumPy, and numba with the fast extra):
+    ``$BNN_BACKEND`` picks it for every Model and load() that does not name one."""
+    monkeypatch.setenv(backends.ENV_VAR, request.param)
+    return request.param
 
 
 def _meta(model, classes: int, size: int = 32):
