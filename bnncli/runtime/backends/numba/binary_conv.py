@@ -313,7 +313,6 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
     its last position again for the missing ones.
     """
     nb = wt.shape[0]
-    cout = out.shape[0]
     blk = task % nb
     q0 = (task // nb) * chunk
     q1 = min(out.shape[1], q0 + chunk)
@@ -336,12 +335,22 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
     for i in range(q1 - q0, q1 - q0 + 3):
         bases[i] = bases[q1 - q0 - 1]
     _counts(xf, wt[blk].reshape(-1), off, bases, q1 - q0, acc)
-    # The epilogue runs over positions (contiguous in ``out`` and ``hoff``) in stretches within
-    # one image, indexed from 0 (numba's negative-index wrap-around would otherwise turn the
-    # vector stores into scatters).
-    o0 = blk * 32
+    _epilogue(acc, blk * 32, q0, q1, how, hoff, factor, bias, has_bias, out, res, has_res)
+
+
+@jit(boundscheck=False)
+def _epilogue(acc, o0, q0, q1, how, hoff, factor, bias, has_bias, out, res, has_res):
+    """Output channels ``o0 .. o0 + 31`` of positions ``q0 .. q1`` from their mismatch counts in
+    ``acc``: ``(half_offset - count) * factor (+ bias) (residual +)`` in float32, in the NumPy
+    kernel's order (the addition of the bias only where there is one, so that a -0.0 stays -0.0).
+
+    It runs over positions (contiguous in ``out`` and ``hoff``) in stretches within one image,
+    indexed from 0 (numba's negative-index wrap-around would otherwise turn the vector stores into
+    scatters).
+    """
+    cout = out.shape[0]
     per_position = hoff.shape[1] > 1
-    saved = np.empty(chunk if has_res else 0, np.float32)
+    saved = np.empty(q1 - q0 if has_res else 0, np.float32)
     for o in range(o0, min(cout, o0 + 32)):
         f = factor[o]
         bo = bias[o]
@@ -573,4 +582,4 @@ class BinaryConvKernel:
         return out
 
 
-COMPILED = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _counts]
+COMPILED = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _counts, _epilogue]
