@@ -177,3 +177,35 @@ def test_cache_is_warm_after_calls():
     _run_job(crew)
     crew.close()
     assert functions_cached(F.COMPILED) and functions_cached(NC.COMPILED)
+
+
+@pytest.mark.parametrize("helpers", [1, 2])
+def test_python_jobs_run_every_task_once_and_raise_the_first_error(helpers):
+    """Crew.run_python: NumPy work split over the caller and the helpers (as the compiled backend
+    splits matrix products and column copies); a task's error reaches the caller after the others."""
+    crew = NC.Crew(helpers)
+    try:
+        a = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
+        b = np.random.default_rng(1).standard_normal((96, 80)).astype(np.float32)
+        out = np.full((64, 80), np.nan, np.float32)
+        runs = []
+
+        def rows(r):
+            runs.append(r)
+            np.matmul(a[r:r + 8], b, out=out[r:r + 8])
+
+        for _ in range(20):
+            runs.clear()
+            crew.run_python(rows, list(range(0, 64, 8)))
+            assert sorted(runs) == list(range(0, 64, 8))
+            assert np.array_equal(out, a @ b)
+
+        def fail(i):
+            if i == 3:
+                raise ValueError("task 3")
+
+        with pytest.raises(ValueError, match="task 3"):
+            crew.run_python(fail, list(range(8)))
+        crew.run_python(rows, [0, 8])  # the helpers still serve
+    finally:
+        crew.close()

@@ -494,7 +494,7 @@ class NumpyBinaryConv:
         flat = x.reshape(c, n * h * w)
         p = flat.shape[1]
         L, k = self.layer, self.kernels
-        if k.pool is None or c * p < PARALLEL_MIN_ELEMENTS:
+        if not k.parallel or c * p < PARALLEL_MIN_ELEMENTS:
             return pack_planar(sign_bits(flat, L.threshold, L.negate)).reshape(-1, n, h, w)
         words = np.empty((n_words(c), p), dtype=np.uint64)
 
@@ -550,39 +550,52 @@ class NumpyConv:
 
 class NumpyKernels:
     """The reference backend (bnncli.runtime.backends.base.Kernels): NumPy, and a thread pool of
-    ``threads - 1`` workers beside the calling thread that large ops are split across."""
+    ``threads - 1`` workers beside the calling thread that large ops are split across
+    (:meth:`run_tasks`, which the compiled backend runs on its own helper threads instead)."""
 
     name = "numpy"
 
     def __init__(self, threads: int, buffers: Any) -> None:
         self.threads = threads
+        self.parallel = threads > 1
         self.buffers = buffers
-        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="bnn-runtime") if threads > 1 else None
+        self._pool: ThreadPoolExecutor | None = None  # made on first use (run_tasks)
         # With BLAS held to one thread during a forward pass (bnncli.runtime.context), large
-        # products are split across the pool instead; otherwise the BLAS threads them itself.
+        # products are split across the threads instead; otherwise the BLAS threads them itself.
         self.split_products = False
 
+    @property
+    def pool(self) -> ThreadPoolExecutor | None:
+        """The thread pool of :meth:`run_tasks` (None on one thread)."""
+        if self._pool is None and self.parallel:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bnn-runtime")
+        return self._pool
+
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
 
     # Thread helpers.
+    def run_tasks(self, fn: Callable, tasks: list) -> None:
+        """``fn(task)`` for every task, on the calling thread and ``threads - 1`` others (:func:`run_tasks`)."""
+        run_tasks(fn, tasks, self.pool, self.threads)
+
     def split(self, fn: Callable[[int, int], None], size: int) -> None:
         """``fn(a, b)`` over ``threads`` near-equal blocks of range(size), the calling thread taking one."""
         edges = [round(i * size / self.threads) for i in range(self.threads + 1)]
-        run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])), self.pool, self.threads)
+        self.run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])))
 
     def row_tasks(self, fill: Callable, rows: int) -> None:
         """``fill(kernel rows)`` over interleaved blocks of ``range(rows)``, in parallel."""
-        if self.pool is None:
+        if not self.parallel:
             fill(range(rows))
             return
-        run_tasks(fill, [range(i, rows, self.threads) for i in range(self.threads)], self.pool, self.threads)
+        self.run_tasks(fill, [range(i, rows, self.threads) for i in range(self.threads)])
 
     def by_channels(self, fn, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps."""
         c = x.shape[0]
-        if self.pool is None or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
+        if not self.parallel or x.size < PARALLEL_MIN_ELEMENTS or c < 2:
             fn(x, out, 0, c)
             return out
         self.split(lambda a, b: fn(x[a:b], out[a:b], a, b), c)

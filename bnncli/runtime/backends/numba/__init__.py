@@ -8,13 +8,16 @@ machine code with the helper threads of a :class:`~bnncli.runtime.backends.numba
 * :mod:`.float_ops`: max and average pooling, the per-channel affine.
 
 Float convolutions, ReLU, additions and matrix products are the NumPy backend's (this class
-inherits them), so they are the reference's by construction.
+inherits them), so they are the reference's by construction; where they are split across
+threads, the crew's helpers run those parts too (:meth:`NumbaKernels.run_tasks`), so the backend
+has one set of helper threads, which never waits for a thread pool's threads to wake.
 
 Imported only through bnncli.runtime.backends, which falls back to NumPy where numba is missing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from bnncli.runtime.backends.numba import binary_conv, crew, float_ops, intrinsics
@@ -37,6 +40,15 @@ class NumbaKernels(NumpyKernels):
         super().close()
         if self.crew is not None:
             self.crew.close()
+
+    def run_tasks(self, fn: Callable, tasks: list) -> None:
+        """``fn(task)`` for every task on the calling thread and the crew's helpers (NumPy work that
+        releases the GIL: products, copies), each taking the next task from shared counters."""
+        if self.crew is None or len(tasks) < 2:
+            for task in tasks:
+                fn(task)
+            return
+        self.crew.run_python(fn, tasks)
 
     def binary_conv(self, layer):
         kernel = binary_conv.BinaryConvKernel(layer)

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from bnncli.runtime.backends.numba.intrinsics import fetch_add, jit, load_acquire, yield_cpu
+from bnncli.runtime.backends.numba.intrinsics import fetch_add, jit, load_acquire, wait_for, yield_cpu
 
 # Rounds of 64 polls a helper makes after its last job before it sleeps (each round ends with a
 # sched_yield: about a microsecond on an idle core, so a few milliseconds in all).
@@ -46,6 +46,18 @@ def _await_job(control, seen, rounds):
                 return value
         yield_cpu()
     return load_acquire(control, 0)
+
+
+@jit
+def _claim(counters):
+    """The next task of a Python job (``counters[0]``, then bumped)."""
+    return fetch_add(counters, 0)
+
+
+@jit
+def _finish(counters):
+    """Count a Python job's task done (``counters[8]``)."""
+    fetch_add(counters, 8)
 
 
 @jit
@@ -89,9 +101,10 @@ class Crew:
     def run(self, fn: Callable, args: tuple) -> None:
         """``fn(*args)`` on every helper and on the calling thread; returns when the caller's share is done.
 
-        ``fn`` must be a compiled ``nogil`` function that takes its work from shared counters in
-        ``args``: when it returns on the calling thread, helpers may still be finishing tasks
-        they took, and the caller waits for those through the counters, not here.
+        ``fn`` takes its work from shared counters in ``args`` (a compiled ``nogil`` function, or
+        see :meth:`run_python`) and must not raise: when it returns on the calling thread, helpers
+        may still be finishing tasks they took, and the caller waits for those through the
+        counters, not here.
         """
         if self.helpers and not self._closed:
             self._job = (fn, args)
@@ -100,6 +113,32 @@ class Crew:
                 with self._cond:
                     self._cond.notify_all()
         fn(*args)
+
+    def run_python(self, fn: Callable, tasks: list) -> None:
+        """``fn(task)`` for every task, on the calling thread and the helpers, each taking the next
+        task from shared counters; returns when every task is done. For NumPy work that releases
+        the GIL (products, copies). An error raised by any task is raised here, after every task
+        that started has finished (they may write into the caller's arrays)."""
+        counters = np.zeros(16, np.int64)
+        errors: list[BaseException] = []
+        count = len(tasks)
+
+        def share() -> None:
+            while True:
+                i = _claim(counters)
+                if i >= count:
+                    return
+                try:
+                    fn(tasks[i])
+                except BaseException as e:  # kept for the caller: a helper thread must not die
+                    errors.append(e)
+                finally:
+                    _finish(counters)
+
+        self.run(share, ())
+        wait_for(counters, 8, count)
+        if errors:
+            raise errors[0]
 
     def close(self) -> None:
         """Stop the helpers (they finish the job they are in)."""
@@ -127,4 +166,4 @@ class Crew:
                 job[0](*job[1])
 
 
-COMPILED = [_await_job, _publish]
+COMPILED = [_await_job, _publish, _claim, _finish]
