@@ -3,6 +3,7 @@
     python benchmarks/bench_numba_kernels.py                         # both models, batch 1 and 16, 1 thread
     python benchmarks/bench_numba_kernels.py --models resnete18 --batches 1 --threads 2 --json out.json
     python benchmarks/bench_numba_kernels.py --threads 2 --busy      # with another process on one core
+    python benchmarks/bench_numba_kernels.py --as-avx2               # compiled as for an AVX2-only CPU
 
 For every binary conv shape of BinaryDenseNet28 and ResNetE18 at 224 px (random weights and
 inputs; BinaryDenseNet's convs with per-channel thresholds and some negated channels, as a folded
@@ -16,7 +17,10 @@ Every result is checked bit for bit against the NumPy one.
 
 Reported per shape: milliseconds, G binary MAC/s (Cout * Ho * Wo * N * Cin * kh * kw per second)
 and the speed-up; per model, the sum over its layers. ``--busy`` keeps a second process
-busy-looping on one core while it measures.
+busy-looping on one core while it measures. ``--as-avx2`` runs the whole script again in a
+process whose numba compiles as for an AVX2-only CPU (``$NUMBA_CPU_NAME=haswell`` and this CPU's
+features without AVX-512, with a cache directory of its own), so the narrow micro-kernel can be
+measured on an AVX-512 machine.
 """
 
 from __future__ import annotations
@@ -115,7 +119,10 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--busy", action="store_true", help="keep another process busy on one core meanwhile")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--as-avx2", action="store_true", help="compile as for a CPU with AVX2 but no AVX-512")
     args = p.parse_args(argv)
+    if args.as_avx2:
+        sys.exit(_rerun_as_avx2([a for a in (argv if argv is not None else sys.argv[1:]) if a != "--as-avx2"]))
     buffers = Context(1, "numpy")  # only for the scratch the kernels take
     BACKENDS.update(numpy=NumpyKernels(args.threads, buffers), numba=NumbaKernels(args.threads, buffers))
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
@@ -127,6 +134,22 @@ def main(argv=None) -> None:
             busy.wait()
 
 
+def _rerun_as_avx2(argv: list[str]) -> int:
+    """This script in a process whose numba compiles for Haswell with this CPU's features minus AVX-512."""
+    import os
+    import tempfile
+
+    import llvmlite.binding as ll
+
+    ll.initialize_native_target()
+    wide = ("avx512", "avx10", "amx", "evex512")
+    features = ",".join(("+" if on and not name.startswith(wide) else "-") + name
+                        for name, on in ll.get_host_cpu_features().items())
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": features, "NUMBA_CACHE_DIR": cache}
+        return subprocess.call([sys.executable, __file__, *argv], env=env)
+
+
 def run(args) -> None:
     results = []
     for model in args.models:
@@ -135,7 +158,9 @@ def run(args) -> None:
             for spec in MODELS[model](args.size):
                 key = tuple(spec.items())
                 shapes[key] = shapes.get(key, 0) + 1
-            print(f"\n{model}, batch {batch}, {args.threads} thread(s)"
+            from bnncli.runtime.backends.numba.intrinsics import VECTOR_ISA
+
+            print(f"\n{model}, batch {batch}, {args.threads} thread(s), {VECTOR_ISA} micro-kernel"
                   + (", a busy core" if args.busy else ""))
             print(f"{'cin':>4} {'cout':>4} {'hw':>3} {'s':>1} {'x':>2} | {'numpy ms':>9} {'GMAC/s':>7} | "
                   f"{'numba ms':>9} {'GMAC/s':>7} | {'speed-up':>8}")
