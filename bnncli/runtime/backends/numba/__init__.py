@@ -51,7 +51,7 @@ class NumbaKernels(NumpyKernels):
         self.crew.run_python(fn, tasks)
 
     def binary_conv(self, layer):
-        kernel = binary_conv.BinaryConvKernel(layer)
+        kernel = binary_conv.BinaryConvKernel(layer, buffers=self.buffers)
         return lambda x, pads, out, residual=None: kernel(x, pads, out=out, crew=self.crew, residual=residual)
 
     def max_pool(self, x, kernel, stride, pads, out_hw, relu, out, affine=None):

@@ -464,15 +464,17 @@ class BinaryConvKernel:
     ``half_dot_offset``) is computed and cached when None. ``residual`` (an array of the output's
     shape, which may be ``out`` itself) is added to the result, as an Add op after the convolution.
     The layer's arrays are copied into the kernel's form when it is built, so changing them
-    afterwards changes nothing.
+    afterwards changes nothing. ``buffers`` (the model's context: ``empty``/``release``), when
+    given, lends the packed input's memory for the duration of a call.
     """
 
-    def __init__(self, layer, weights: ConvWeights | None = None) -> None:
+    def __init__(self, layer, weights: ConvWeights | None = None, buffers=None) -> None:
         pad_value = layer.pad_value
         if pad_value not in (0, -1, 1):
             raise ValueError(f"pad_value must be 0, -1 or 1, not {pad_value!r}")
         self.wbits = np.ascontiguousarray(layer.wbits, dtype=np.uint64)
         self.weights = prepare_weights(self.wbits) if weights is None else weights
+        self.buffers = buffers
         self.channels = int(layer.channels)
         self.cout = self.weights.cout
         self.kernel = self.weights.kernel
@@ -565,7 +567,11 @@ class BinaryConvKernel:
         conv_chunk = min(CONV_CHUNK, max(4, -(-positions * blocks // (4 * workers))))
         conv_chunk = -(-conv_chunk // 4) * 4
         pack_chunk = max(1, min(PACK_CHUNK, n * h * w))
-        xf = np.empty(n * g.hp * g.wp * self.words, dtype=np.uint64)
+        words = n * g.hp * g.wp * self.words
+        # The packed input: a float32 buffer of the model's (reused from call to call, no fresh
+        # pages to fault in) seen as words, where the kernel has the model's buffers.
+        scratch = None if self.buffers is None else self.buffers.empty((2 * words,))
+        xf = np.empty(words, dtype=np.uint64) if scratch is None else scratch.view(np.uint64)
         args = (x.reshape(c, n * h * w), xf, wt, g.offsets, self.fill, self.sign, self.threshold, h, w, g.hp, g.wp,
                 g.pads[0], g.pads[1], ho, wo, self.stride[0], self.stride[1], half_offset, self.factor, self.bias,
                 self.has_bias, out.reshape(cout, positions), res.reshape(cout, positions), residual is not None,
@@ -579,6 +585,8 @@ class BinaryConvKernel:
             counters = np.zeros(32, np.int64)
             crew.run(_binary_conv_share, (*args, counters))
             wait_for(counters, 24, -(-positions // conv_chunk) * blocks)
+        if scratch is not None:
+            self.buffers.release(scratch)
         return out
 
 
