@@ -133,7 +133,7 @@ def test_pack_refuses_a_missing_or_foreign_checkpoint(tmp_path, capsys):
 
 def test_packing_keeps_torch_out_of_the_numbers():
     # The checkpoint's binary weights are exactly the packed bits (sign(0) = +1 included).
-    from bnncli.deploy.lower import pack_binary_weight
+    from bnncli.deploy.lowering import pack_binary_weight
     from bnncli.graph import bits as B
 
     w = torch.randn(5, 37, 3, 3)

@@ -20,7 +20,7 @@ from bnncli.cli.common import (
     print_json,
     say,
 )
-from bnncli.deploy.verify import SAMPLES, TOLERANCE
+from bnncli.deploy.verification import SAMPLES, TOLERANCE
 
 
 def export(

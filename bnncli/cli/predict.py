@@ -38,15 +38,6 @@ def find_default_model(runs: Path = Path("runs")) -> Path:
     return found
 
 
-def _softmax(logits):
-    import numpy as np
-
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def predict(
     images: Annotated[list[Path], typer.Argument(
         metavar="IMAGE|DIR", help="Image files (any format Pillow reads), or folders: every image under them, "
@@ -68,12 +59,13 @@ def predict(
     """
     import numpy as np
 
-    from bnncli.artifacts.open import open_model, run_predictor
+    from bnncli.artifacts.open import open_model, run_predictor, softmax
     from bnncli.errors import DataError
 
     path = model if model is not None else find_default_model()
     predictor = open_model(path, threads=threads, backend=backend)
     note_compiling(predictor.backend)
+    toy = toy_data_note(predictor)
     labels = predictor.labels
     k = min(top_k, len(labels))
     results: list[dict] = []
@@ -83,10 +75,10 @@ def predict(
     def flush() -> None:
         if not batch:
             return
-        probs = _softmax(run_predictor(predictor, np.stack([x for _, _, x in batch])))
+        probs = softmax(run_predictor(predictor, np.stack([x for _, _, x in batch])))
         for (slot, image, _), p in zip(batch, probs):
             order = np.argsort(-p, kind="stable")[:k]
-            results[slot] = {"path": str(image), "backend": predictor.backend, "top_k": [
+            results[slot] = {"path": str(image), "model": str(predictor.path), "backend": predictor.backend, "top_k": [
                 {"index": int(i), "label": labels[i], "class_name": predictor.class_names[i],
                  "probability": float(p[i])} for i in order]}
         batch.clear()
@@ -114,8 +106,29 @@ def predict(
              "nothing to predict: the input could not be read")
     else:
         _print_predictions(results, predictor, k)
+    if toy and not json_ and failed < len(results):
+        info(toy)
     if failed:
         raise typer.Exit(1)
+
+
+def toy_data_note(predictor) -> str:
+    """A caveat when the model was trained on a built-in toy dataset (it puts any image in one of its
+    few classes, with high confidence), else ""."""
+    from bnncli.data.builtin import BUILTIN
+
+    source = getattr(predictor, "source", None)
+    config = (source.checkpoint.get("config") or {}) if source is not None else {}
+    data = config.get("data") if isinstance(config, dict) else None
+    if isinstance(data, str) and data.startswith("builtin:"):
+        name = data
+    else:
+        name = next((f"builtin:{b.name}" for b in BUILTIN.values() if tuple(predictor.class_names) == b.classes), "")
+    if not name:
+        return ""
+    return (f"note: this model was trained on {name}, synthetic images of {len(predictor.class_names)} shapes; it "
+            "puts every image in one of those classes, so photos of anything else get confident but meaningless "
+            "answers")
 
 
 def expand_folders(paths: list[Path]) -> list[tuple[Path, str]]:

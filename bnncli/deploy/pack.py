@@ -1,6 +1,6 @@
 """`bnn pack`: a checkpoint -> one packed file with 1-bit binary weights (docs/FORMAT.md).
 
-The graph is lowered and folded (``bnncli.deploy.lower.fold``), binary weights are stored as
+The graph is lowered and folded (``bnncli.deploy.lowering.fold``), binary weights are stored as
 bits in 32-bit words, convolution and linear weights and biases in ``float_dtype`` (float32 or
 float16; the first convolution, which reads the image, stays float32 unless its weights are
 float16 values already), and the small per-channel vectors (BatchNorm affine, binarization
@@ -19,8 +19,8 @@ import numpy as np
 
 from bnncli import __version__
 from bnncli.artifacts.checkpoint import open_checkpoint
-from bnncli.deploy.lower import fold, lower
-from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
+from bnncli.deploy.lowering import fold, lower
+from bnncli.deploy.verification import SAMPLES, TOLERANCE, Parity, verify
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.fileio import write_bytes
 from bnncli.graph.format import FLOAT_DTYPES, decode, encode, header_size

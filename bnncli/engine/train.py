@@ -33,6 +33,7 @@ from torch import nn
 
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.identify import reason
+from bnncli.artifacts.open import autocast
 from bnncli.artifacts.rundir import RunFiles, RunLock
 from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipped, make_loader, open_train_data
 from bnncli.data.presets import default_preset, preprocessing
@@ -41,7 +42,7 @@ from bnncli.data.transforms import eval_transform, train_transform
 from bnncli.engine import distributed
 from bnncli.engine.config import TrainConfig, augmentation
 from bnncli.engine.curves import plot_curves
-from bnncli.engine.evaluate import autocast, evaluate
+from bnncli.engine.evaluate import evaluate
 from bnncli.engine.optim import build_optimizer, build_scheduler
 from bnncli.engine.progress import EpochSums, Reporter
 from bnncli.engine.resume import open_run_dir

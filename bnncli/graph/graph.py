@@ -1,6 +1,6 @@
 """The graph every deployment backend shares: a list of nodes over named arrays.
 
-``bnncli.deploy.lower`` turns a registry model into a :class:`Graph`; the ONNX emitter, the
+``bnncli.deploy.lowering`` turns a registry model into a :class:`Graph`; the ONNX emitter, the
 packer and the NumPy runtime all consume it. A node has an op type (declared, with its inputs,
 params and attributes, in :mod:`bnncli.graph.opset`), the names of the values it reads and
 writes, plain JSON attributes, and ``params``: role -> name of a tensor in ``Graph.tensors``.

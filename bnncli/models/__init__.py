@@ -4,6 +4,7 @@ from bnncli.models import binarydensenet, resnete  # noqa: F401  (registers the 
 from bnncli.models._registry import (
     COMMON_OPTIONS,
     LEGACY_OPTIONS,
+    builtin_model,
     create_model,
     list_models,
     model_family,
@@ -30,6 +31,7 @@ __all__ = [
     "LEGACY_OPTIONS",
     "LayerStats",
     "ModelStats",
+    "builtin_model",
     "count_model",
     "create_model",
     "list_models",

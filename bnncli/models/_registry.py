@@ -52,6 +52,13 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names
 
 
+def builtin_model(name: str) -> bool:
+    """True for a model of bnncli's own zoo (registered by bnncli.models), False for one registered
+    elsewhere or not at all: checkpoints of the others also record their architecture."""
+    fn = _FACTORIES.get(name)
+    return fn is not None and fn.__module__.startswith("bnncli.models.")
+
+
 def model_family(name: str) -> str:
     return _FAMILIES[_check_name(name)]
 

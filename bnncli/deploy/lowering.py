@@ -1,7 +1,8 @@
-"""Lower a registry model to the shared graph, and fold it for the packed runtime.
+"""Lower a model to the shared graph, and fold it for the packed runtime.
 
-:func:`lower` traces the model with torch.fx (``BinaryConv2d`` is a leaf) and maps each module
-and function to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
+:func:`lower` traces the model -- a registry model, or any module built from bnncli's and torch's
+layers -- with torch.fx (bnncli.nn.tracing: ``BinaryConv2d`` is a leaf) and maps each module,
+function and tensor method to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
 binary conv keeps its +-1 weights (packed) and pad value. The ONNX exporter emits this graph.
 Each module type and function has one registered lowering (``@lowers``, ``@lowers_function``)
 returning a node of an op that bnncli/graph/opset.py declares; :data:`SUPPORTED` lists them.
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from bnncli.errors import ArtifactError
@@ -36,11 +38,7 @@ from bnncli.graph.opset import SPECS
 from bnncli.graph.padding import SAME
 from bnncli.nn import BinaryConv2d, is_float_layer
 from bnncli.nn.padding import PaddingRule
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (BinaryConv2d, PaddingRule)) or is_float_layer(m) or super().is_leaf_module(m, qualname)
+from bnncli.nn.tracing import trace
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -109,7 +107,7 @@ def lower(model: nn.Module) -> Graph:
     """The graph of a model in eval mode. Raises ArtifactError naming anything it cannot lower."""
     model = model.eval()
     try:
-        fx_graph = _Tracer().trace(model)
+        fx_graph = trace(model)
     except Exception as e:
         raise ArtifactError(f"cannot trace {type(model).__name__} for export: {e}") from None
     modules = dict(model.named_modules())
@@ -144,7 +142,7 @@ def lower(model: nn.Module) -> Graph:
         elif n.op == "call_module":
             x = value(n.args[0])
             add(n, _lower_module(modules[n.target], n), [x])
-        elif n.op == "call_function":
+        elif n.op in ("call_function", "call_method"):
             lowered = _lower_function(n)
             add(n, lowered, [value(a) for a in lowered.args])
         elif n.op == "output":
@@ -185,15 +183,21 @@ def _lower_module(m: nn.Module, n: fx.Node) -> Lowered | None:
     return entry[1](m, n)
 
 
+# Tensor methods lowered as the function of the same name (``x.flatten(1)`` as ``torch.flatten(x, 1)``).
+_METHODS = {"flatten": torch.flatten, "relu": torch.relu, "add": torch.add}
+
+
 def _lower_function(n: fx.Node) -> Lowered:
-    entry = _FUNCTIONS.get(n.target)
+    entry = _FUNCTIONS.get(_METHODS.get(n.target) if n.op == "call_method" else n.target)
     if entry is None:
         raise _unsupported_function(n)
     return entry[1](n)
 
 
 def _unsupported_function(n: fx.Node) -> ArtifactError:
-    return ArtifactError(f"cannot export the function {getattr(n.target, '__name__', n.target)}; "
+    name = getattr(n.target, "__name__", n.target)
+    what = f"tensor method {n.target}" if n.op == "call_method" else f"function {name}"
+    return ArtifactError(f"cannot export the {what}; "
                          f"supported: {', '.join(SUPPORTED)}")
 
 
@@ -279,6 +283,25 @@ def _linear(m: nn.Linear, n: fx.Node) -> Lowered:
 @lowers(nn.Identity, "Identity")
 def _identity(m: nn.Identity, n: fx.Node) -> None:
     return None
+
+
+@lowers(nn.Dropout, "Dropout")
+def _dropout(m: nn.Dropout, n: fx.Node) -> None:
+    return None  # the identity in eval mode, which is what is exported
+
+
+@lowers_function("relu", torch.relu, F.relu)
+def _relu_function(n: fx.Node) -> Lowered:
+    return Lowered("Relu", args=[n.args[0]])
+
+
+@lowers_function("torch.flatten(x, 1)", torch.flatten)
+def _flatten_function(n: fx.Node) -> Lowered:
+    start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+    end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+    if start != 1 or end != -1:
+        raise ArtifactError(f"torch.flatten from dim {start} to {end} cannot be exported (only flatten(x, 1))")
+    return Lowered("Flatten", args=[n.args[0]])
 
 
 @lowers_function("torch.cat(dim=1)", torch.cat)
