@@ -356,3 +356,18 @@ def test_tensorflow_padding_trains_and_is_recorded(tmp_path, capsys):
     code, _, err = bnn(capsys, "train", "--arch", "resnete_tiny", "--data", "builtin:shapes-mini", "--epochs", "1",
                        "--padding", "valid", "--out", tmp_path / "bad")
     assert code == 2 and "padding must be one of symmetric, tensorflow" in err
+
+
+def test_the_python_api_trains_a_config_and_logs_warnings(image_folder, tmp_path, caplog):
+    """bnncli.train runs the CLI's loop on a config; without a reporter, the library's warnings go to
+    the ``bnncli`` logger (stdlib logging), where a library user can route or silence them."""
+    import logging
+
+    import bnncli
+
+    with caplog.at_level(logging.WARNING, logger="bnncli"):
+        result = bnncli.train(tiny_config(image_folder), out=tmp_path / "api", epochs=1)
+    assert result.epochs_done == 1 and (tmp_path / "api" / "best.pt").is_file()
+    assert any(r.name == "bnncli.engine" and "broken.jpg" in r.getMessage() for r in caplog.records)
+    config = load_checkpoint(tmp_path / "api" / "last.pt")["config"]
+    assert config["epochs"] == 1 and config["arch"] == "binarydensenet_tiny"  # options override the config

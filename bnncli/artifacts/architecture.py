@@ -312,7 +312,7 @@ def rebuild(rec: Any, device: str | torch.device | None = None) -> fx.GraphModul
             raise ArtifactError(f"architecture record: node {name!r} has op {op!r}")
         env[name] = node
     _require(placeholders == 1, f"the model must take one input, not {placeholders}")
-    _require(outputs == 1 and graph.nodes and next(reversed(graph.nodes)).op == "output",
+    _require(outputs == 1 and len(graph.nodes) > 0 and next(reversed(graph.nodes)).op == "output",
              "the record must end with one output")
     try:
         graph.lint()

@@ -49,7 +49,7 @@ def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: di
     from bnncli.artifacts.architecture import record
     from bnncli.models import builtin_model
 
-    module = model.module if hasattr(model, "module") else model  # DistributedDataParallel
+    module: nn.Module = getattr(model, "module", model)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
     arch = getattr(model, "bnn_arch", None) or getattr(module, "bnn_arch", None)
     head: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
@@ -57,7 +57,7 @@ def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: di
         head.update(format_version=ARCHITECTURE_FORMAT_VERSION, architecture=record(module))
         arch, kwargs = type(module).__name__, {}
     else:
-        kwargs = dict(getattr(model, "bnn_kwargs", None) or module.bnn_kwargs)
+        kwargs = dict(getattr(model, "bnn_kwargs", None) or getattr(module, "bnn_kwargs", {}))
         if not builtin_model(arch):  # registered by the user: rebuildable where that registration is absent
             try:
                 head.update(format_version=ARCHITECTURE_FORMAT_VERSION, architecture=record(module))

@@ -7,6 +7,7 @@ so ``bnn eval --json | jq`` always sees clean JSON.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import unicodedata
@@ -48,9 +49,20 @@ CheckpointArg = Annotated[Path, typer.Argument(
     help="A checkpoint (.pt) written by `bnn train` (runs/NAME/best.pt) or `bnn import`, or a run directory.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", metavar="N", min=1, max=256,
                                          help="Random inputs the result is verified on against PyTorch.")]
+def _check_backend(value: str | None) -> str | None:
+    """``--backend`` (or ``$BNN_BACKEND``, which Typer reads) is a known name; Click names the source when not."""
+    if value is None:
+        return None
+    choices = ("auto", "numpy", "numba")  # bnncli.runtime.backends.CHOICES, without importing the runtime
+    if value.strip().lower() not in choices:
+        raise typer.BadParameter(f"unknown backend {value!r}; choose one of {', '.join(choices)}")
+    return value
+
+
 BackendOpt = Annotated[str | None, typer.Option(
-    "--backend", metavar="NAME", help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install "
-    "'bnncli[fast]') or auto [default: $BNN_BACKEND, else auto: numba where it is installed].")]
+    "--backend", metavar="NAME", envvar="BNN_BACKEND", show_envvar=True, callback=_check_backend,
+    help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install 'bnncli[fast]') or auto "
+    "[default: auto: numba where it is installed].")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, metavar="N", help="CPU threads of PyTorch, onnxruntime and the packed runtime [default: "
     "the CPUs this process may use].")]
@@ -123,3 +135,20 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     err.print(Text.assemble(("warning:", "yellow"), " ", printable(message)), highlight=False)
+
+
+class _LogLines(logging.Handler):
+    """Library log records (the ``bnncli`` logger) as the CLI's own lines: warnings as ``warning:``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            (warn if record.levelno >= logging.WARNING else info)(record.getMessage())
+        except Exception:  # a handler must not raise into the library
+            self.handleError(record)
+
+
+def render_library_logs() -> None:
+    """Show the library's warnings (stdlib logging, logger ``bnncli``) on stderr, once per process."""
+    logger = logging.getLogger("bnncli")
+    if not any(isinstance(h, _LogLines) for h in logger.handlers):
+        logger.addHandler(_LogLines(logging.WARNING))

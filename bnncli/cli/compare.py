@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bnncli.cli.common import ForceOpt, JsonOpt, out, plain, print_json, say
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 
 def compare(
@@ -77,7 +80,7 @@ def _show_groups(result: dict, target: Path, json_: bool) -> None:
         f"{grouped['groups'][0]['selected_by']})")
 
 
-def _cells(options: dict, keys: list[str]) -> list[str]:
+def _cells(options: dict, keys: list[str]) -> list[Text]:
     """A row's values of the differing options (``arch`` among them when the architectures differ)."""
     return [plain(_short(options.get(k))) for k in keys]
 

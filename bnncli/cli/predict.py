@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -24,13 +23,11 @@ from bnncli.cli.common import (
 
 
 def find_default_model(runs: Path = Path("runs")) -> Path:
-    """``$BNN_MODEL``, else the model of the newest run under ``runs``; UsageError if none."""
+    """The model of the newest run under ``runs`` (``--model`` and ``$BNN_MODEL`` come first, read by
+    Typer); UsageError if none."""
     from bnncli.artifacts.rundir import find_default_model as newest_run_model
     from bnncli.errors import UsageError
 
-    env = os.environ.get("BNN_MODEL")
-    if env:
-        return Path(env)
     found = newest_run_model(runs)
     if found is None:
         raise UsageError("no model given: pass --model PATH (a checkpoint, .onnx or packed file), set BNN_MODEL, "
@@ -43,8 +40,8 @@ def predict(
         metavar="IMAGE|DIR", help="Image files (any format Pillow reads), or folders: every image under them, "
         "sub-folders included, in sorted order.")],
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", metavar="FILE", help="Checkpoint, ONNX or packed model; told apart by content [default: "
-        "$BNN_MODEL, else the newest run's model].")] = None,
+        "--model", "-m", metavar="FILE", envvar="BNN_MODEL", show_envvar=True,
+        help="Checkpoint, ONNX or packed model; told apart by content [default: the newest run's model].")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", metavar="K", min=1, help="Classes to show per image.")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help="Images per forward pass.")] = 16,
     backend: BackendOpt = None,

@@ -20,31 +20,23 @@ from typing import Annotated, Any
 import typer
 
 from bnncli.cli.common import err, info, printable, warn
-from bnncli.errors import UsageError
 
 LOG_EVERY_ENV = "BNN_LOG_EVERY"
 LOG_EVERY_DEFAULT = 10.0  # seconds between lines when stderr is not a terminal
 
 
 def _parse_log_every(value: float | None) -> float | None:
-    if value is None:
-        text = os.environ.get(LOG_EVERY_ENV, "").strip()
-        if not text:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise UsageError(f"${LOG_EVERY_ENV} must be a number of seconds, not {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"--log-every (or ${LOG_EVERY_ENV}) must be a number of seconds >= 0, not {value!r}")
+    """``--log-every`` or ``$BNN_LOG_EVERY`` (Typer reads the variable and names it in its errors)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise typer.BadParameter(f"must be a number of seconds >= 0, not {value!r}")
     return value
 
 
 LogEveryOpt = Annotated[float | None, typer.Option(
-    "--log-every", metavar="SECONDS", callback=_parse_log_every,
+    "--log-every", metavar="SECONDS", envvar=LOG_EVERY_ENV, show_envvar=True, callback=_parse_log_every,
     help=f"Print a plain progress line every SECONDS instead of bars; 0: one line per epoch only [default: "
-         f"${LOG_EVERY_ENV}, else bars on a terminal and a line every {LOG_EVERY_DEFAULT:g} s otherwise, as in "
-         f"CI, nohup or Slurm logs].")]
+         f"bars on a terminal and a line every {LOG_EVERY_DEFAULT:g} s otherwise, as in CI, nohup or Slurm "
+         f"logs].")]
 
 
 def line_interval(log_every: float | None) -> float | None:
@@ -155,7 +147,7 @@ class RichReporter:
     def __init__(self) -> None:
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.run_dir: str | None = None
-        self.progress = None
+        self.progress: Any = None  # a rich Progress while the bars show
         self.run_task = None
         self.epoch_task = None
         self.epochs = 0

@@ -114,7 +114,7 @@ def keras_order(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, str,
             yield from keras_order(child, f"{prefix}{name}.")
 
 
-def _expected_shapes(kind: str, m: nn.Module) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(kind: str, m: Any) -> dict[str, tuple[int, ...]]:
     if kind in ("binary conv", "conv"):
         cout, cin, kh, kw = m.weight.shape
         return {"kernel": (kh, kw, cin, cout)}
@@ -139,7 +139,7 @@ def _by_kind(weights: KerasWeights) -> dict[str, list[KerasLayer]]:
         groups[kind].append(layer)
     for layers in groups.values():
         layers.sort(key=lambda la: la.index)
-        seen = {}
+        seen: dict[Any, Any] = {}
         for la in layers:
             if la.index in seen:
                 raise ArtifactError(f"{weights.path}: layers {seen[la.index]} and {la.name} claim the same "
@@ -160,7 +160,7 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
     """Pair per kind by creation order and check names and shapes; the first misfit in model order."""
     modules = list(keras_order(model))
     taken = {kind: 0 for kind in WEIGHTS}
-    pairs = []
+    pairs: list[Any] = []
     for kind, qualname, m in modules:
         i = taken[kind]
         taken[kind] += 1
@@ -258,7 +258,7 @@ def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha
 # --- the conversion --------------------------------------------------------------------------
 
 
-def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
+def _copy(kind: str | None, m: Any, layer: KerasLayer) -> None:
     w = layer.weights
     with torch.no_grad():
         if kind in ("binary conv", "conv"):
@@ -343,7 +343,7 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
     names = class_names_for(options["num_classes"], class_names)
     ckpt = model_checkpoint(model, names, preprocessing("larq", image_size), source=source)
     params = sum(p.numel() for p in model.parameters())
-    result = ImportResult(Path(), arch, dict(model.bnn_kwargs), len(pairing.pairs), params, source)
+    result = ImportResult(Path(), arch, dict(getattr(model, "bnn_kwargs", {})), len(pairing.pairs), params, source)
     return model, ckpt, result
 
 

@@ -48,7 +48,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def _param(m: nn.Module, name: str) -> np.ndarray:
     """A float layer's parameter as the layer computes with it (float16-valued weights rounded)."""
     t = getattr(m, name)
-    return _np(m.deployed(t) if is_float_layer(m) else t)
+    deployed = getattr(m, "deployed", None) if is_float_layer(m) else None
+    return _np(deployed(t) if deployed is not None else t)
 
 
 def _pair(v) -> list[int]:
@@ -144,7 +145,7 @@ def lower(model: nn.Module) -> Graph:
             add(n, _lower_module(modules[n.target], n), [x])
         elif n.op in ("call_function", "call_method"):
             lowered = _lower_function(n)
-            add(n, lowered, [value(a) for a in lowered.args])
+            add(n, lowered, [value(a) for a in lowered.args or []])
         elif n.op == "output":
             out = n.args[0]
             if not isinstance(out, fx.Node):
@@ -188,7 +189,7 @@ _METHODS = {"flatten": torch.flatten, "relu": torch.relu, "add": torch.add}
 
 
 def _lower_function(n: fx.Node) -> Lowered:
-    entry = _FUNCTIONS.get(_METHODS.get(n.target) if n.op == "call_method" else n.target)
+    entry = _FUNCTIONS.get(_METHODS.get(str(n.target)) if n.op == "call_method" else n.target)
     if entry is None:
         raise _unsupported_function(n)
     return entry[1](n)
@@ -309,7 +310,10 @@ def _cat(n: fx.Node) -> Lowered:
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     if dim != 1:
         raise ArtifactError(f"torch.cat along dim {dim} cannot be exported (only channels, dim 1)")
-    return Lowered("Concat", {"axis": 1}, args=list(n.args[0]))
+    parts = n.args[0]
+    if not isinstance(parts, (list, tuple)):
+        raise _unsupported_function(n)
+    return Lowered("Concat", {"axis": 1}, args=list(parts))
 
 
 @lowers_function("+", operator.add, torch.add)
@@ -365,20 +369,21 @@ def fold(graph: Graph, into_float_convs: bool = True) -> Graph:
     g = Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs), dict(n.params))
                for n in graph.nodes], dict(graph.tensors), list(graph.inputs), list(graph.outputs))
     for bn in [n for n in g.nodes if n.op == "BatchNorm"]:
-        scale, shift = batchnorm_affine(g.param(bn, "weight"), g.param(bn, "bias"), g.param(bn, "running_mean"),
-                                        g.param(bn, "running_var"), bn.attrs["eps"])
+        scale, shift = batchnorm_affine(g.tensor(bn, "weight"), g.tensor(bn, "bias"),
+                                        g.tensor(bn, "running_mean"), g.tensor(bn, "running_var"),
+                                        bn.attrs["eps"])
         x = bn.inputs[0]
         producer = g.producer(x)
         readers = g.consumers(bn.outputs[0])
         foldable = bn.outputs[0] not in g.outputs and producer is not None and _only_reader(g, x) is bn
-        if foldable and producer.op == "Conv" and into_float_convs:
-            w = g.param(producer, "weight")
+        if foldable and producer is not None and producer.op == "Conv" and into_float_convs:
+            w = g.tensor(producer, "weight")
             bias = g.param(producer, "bias")
             bias = np.zeros(w.shape[0], np.float32) if bias is None else bias
             _set(g, producer, "weight", (w * scale[:, None, None, None]).astype(np.float32))
             _set(g, producer, "bias", (bias * scale + shift).astype(np.float32))
             _remove(g, bn, x)
-        elif foldable and producer.op == "BinaryConv":
+        elif foldable and producer is not None and producer.op == "BinaryConv":
             alpha = g.param(producer, "out_scale")
             out_scale = scale if alpha is None else (alpha * scale).astype(np.float32)
             old_bias = g.param(producer, "out_bias")

@@ -93,7 +93,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+_TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
 def _type_name(f: dataclasses.Field) -> str:
@@ -249,8 +249,10 @@ def augmentation(cfg: TrainConfig):
     """The run's training augmentation (bnncli.data.transforms.Augmentation)."""
     from bnncli.data.transforms import Augmentation
 
-    return Augmentation(cfg.augment, cfg.flip, None if cfg.crop_scale is None else tuple(cfg.crop_scale),
-                        None if cfg.crop_ratio is None else tuple(cfg.crop_ratio), cfg.pad_crop)
+    def pair(v: list[float] | None) -> tuple[float, float] | None:
+        return None if v is None else (float(v[0]), float(v[1]))
+
+    return Augmentation(cfg.augment, cfg.flip, pair(cfg.crop_scale), pair(cfg.crop_ratio), cfg.pad_crop)
 
 
 def _check_model_options(arch: str, options: dict[str, Any]) -> None:

@@ -103,6 +103,13 @@ class Graph:
         name = node.params.get(role)
         return None if name is None else self.tensors[name]
 
+    def tensor(self, node: Node, role: str) -> np.ndarray:
+        """The tensor a node requires in ``role`` (its op's spec says which); ArtifactError when absent."""
+        array = self.param(node, role)
+        if array is None:
+            raise ArtifactError(f"node {node.name!r} ({node.op}) lacks its {role}")
+        return array
+
     def check(self) -> None:
         """Every value is written once before it is read; every param names a tensor; node names are
         unique; kernel windows and padding are within bounds (:data:`MAX_WINDOW`)."""

@@ -100,6 +100,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     model = _FACTORIES[name](**{k: v for k, v in resolved.items() if k not in COMMON_OPTIONS})
     set_float_weights(model, resolved["float_weights"])
     set_padding(model, resolved["padding"])
-    model.bnn_arch = name
-    model.bnn_kwargs = resolved
+    model.bnn_arch = name  # type: ignore[assignment]
+    model.bnn_kwargs = resolved  # type: ignore[assignment]
     return model
