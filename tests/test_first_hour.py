@@ -74,12 +74,16 @@ def test_log_lines_are_the_default_off_a_terminal_and_configurable(monkeypatch, 
     monkeypatch.setenv("BNN_LOG_EVERY", "-1")
     assert main(["eval", "nothing.pt", "--data", "builtin:shapes-mini"]) == 2
     err = capsys.readouterr().err
-    assert "BNN_LOG_EVERY" in err and "seconds >= 0" in err
+    assert "--log-every (from $BNN_LOG_EVERY) must be a number of seconds >= 0" in err
     monkeypatch.delenv("BNN_LOG_EVERY")
+    assert main(["eval", "nothing.pt", "--data", "builtin:shapes-mini", "--log-every", "-1"]) == 2
+    assert "--log-every must be" in capsys.readouterr().err  # given on the command line: no env var named
+    assert main(["predict", "x.png", "--model", "nothing.bnn", "--backend", "gpu"]) == 2
+    assert "unknown runtime backend 'gpu'; choose" in capsys.readouterr().err
     monkeypatch.setenv("BNN_BACKEND", "cuda")
     assert main(["predict", "x.png", "--model", "nothing.bnn"]) == 2
     err = capsys.readouterr().err
-    assert "BNN_BACKEND" in err and "unknown backend 'cuda'" in err
+    assert "unknown runtime backend 'cuda' (from $BNN_BACKEND)" in err
 
     import bnncli.cli.progress as progress
 

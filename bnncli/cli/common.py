@@ -49,13 +49,22 @@ CheckpointArg = Annotated[Path, typer.Argument(
     help="A checkpoint (.pt) written by `bnn train` (runs/NAME/best.pt) or `bnn import`, or a run directory.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", metavar="N", min=1, max=256,
                                          help="Random inputs the result is verified on against PyTorch.")]
-def _check_backend(value: str | None) -> str | None:
-    """``--backend`` (or ``$BNN_BACKEND``, which Typer reads) is a known name; Click names the source when not."""
+def from_environment(ctx: typer.Context, param: Any) -> str:
+    """`` (from $VAR)`` when an option's value came from its environment variable, else ""."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    return f" (from ${param.envvar})" if source is not None and source.name == "ENVIRONMENT" else ""
+
+
+def _check_backend(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """``--backend`` (or ``$BNN_BACKEND``, which Typer reads) is a known name."""
     if value is None:
         return None
     choices = ("auto", "numpy", "numba")  # bnncli.runtime.backends.CHOICES, without importing the runtime
     if value.strip().lower() not in choices:
-        raise typer.BadParameter(f"unknown backend {value!r}; choose one of {', '.join(choices)}")
+        from bnncli.errors import UsageError
+
+        raise UsageError(f"unknown runtime backend {value!r}{from_environment(ctx, param)}; choose one of "
+                         f"{', '.join(choices)}")
     return value
 
 

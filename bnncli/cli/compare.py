@@ -12,11 +12,14 @@ from bnncli.cli.common import ForceOpt, JsonOpt, out, plain, print_json, say
 if TYPE_CHECKING:
     from rich.text import Text
 
+DEFAULT_PLOT = "compare.png"
+
 
 def compare(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run directories of bnn train.")],
-    plot: Annotated[Path, typer.Option("--plot", metavar="FILE", help="Where to draw the runs' validation "
-                                       "curves, overlaid (an existing file needs --force).")] = Path("compare.png"),
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="FILE", help="Where to draw the runs' validation "
+                    "curves, overlaid; an existing file needs --force, except the default's own earlier plot "
+                    f"[default: {DEFAULT_PLOT}].")] = None,
     group_seeds: Annotated[bool, typer.Option(
         "--group-seeds", help="One row for the runs that differ only by --seed: mean ± standard deviation "
         "over the seeds, and one mean curve with a band from the lowest to the highest run.")] = False,
@@ -26,9 +29,12 @@ def compare(
     """Compare training runs: architecture, the options that differ, epochs, best and last top-1/top-5,
     images/s, parameters and 1-bit size, and their validation curves in one PNG."""
     from bnncli.engine.compare import compare_runs
-    from bnncli.engine.curves import plot_comparison
+    from bnncli.engine.curves import COMPARISON, plot_comparison, written_by
     from bnncli.fileio import check_output
 
+    if plot is None:  # the default file is replaced when bnn compare drew it (a rerun), never another file
+        plot = Path(DEFAULT_PLOT)
+        force = force or written_by(plot, COMPARISON)
     target = check_output(plot, inputs=runs, force=force, suffix=".png")
     result = compare_runs(runs)
     if group_seeds:

@@ -19,21 +19,27 @@ from typing import Annotated, Any
 
 import typer
 
-from bnncli.cli.common import err, info, printable, warn
+from bnncli.cli.common import err, from_environment, info, printable, warn
+from bnncli.errors import UsageError
 
 LOG_EVERY_ENV = "BNN_LOG_EVERY"
 LOG_EVERY_DEFAULT = 10.0  # seconds between lines when stderr is not a terminal
 
 
-def _parse_log_every(value: float | None) -> float | None:
-    """``--log-every`` or ``$BNN_LOG_EVERY`` (Typer reads the variable and names it in its errors)."""
+def _parse_log_every(value: float | None, source: str = "") -> float | None:
+    """The log interval, checked; ``source`` says where it came from (`` (from $BNN_LOG_EVERY)``)."""
     if value is not None and not (math.isfinite(value) and value >= 0):
-        raise typer.BadParameter(f"must be a number of seconds >= 0, not {value!r}")
+        raise UsageError(f"--log-every{source} must be a number of seconds >= 0, not {value!r}")
     return value
 
 
+def _check_log_every(ctx: typer.Context, param: Any, value: float | None) -> float | None:
+    """``--log-every`` or ``$BNN_LOG_EVERY`` (Typer reads the variable)."""
+    return _parse_log_every(value, from_environment(ctx, param))
+
+
 LogEveryOpt = Annotated[float | None, typer.Option(
-    "--log-every", metavar="SECONDS", envvar=LOG_EVERY_ENV, show_envvar=True, callback=_parse_log_every,
+    "--log-every", metavar="SECONDS", envvar=LOG_EVERY_ENV, show_envvar=True, callback=_check_log_every,
     help=f"Print a plain progress line every SECONDS instead of bars; 0: one line per epoch only [default: "
          f"bars on a terminal and a line every {LOG_EVERY_DEFAULT:g} s otherwise, as in CI, nohup or Slurm "
          f"logs].")]
