@@ -50,6 +50,7 @@ def test_models_table_and_filter(capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["models", "nosuchnet"], "no model matches"),
+    (["models", "binarydensnet28"], "no model matches 'binarydensnet28'; did you mean binarydensenet28"),
     (["models", "--image-size", "2"], "--image-size"),
     (["models", "--bogus"], "No such option"),
     (["nosuchcommand"], "No such command"),

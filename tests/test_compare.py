@@ -38,6 +38,7 @@ def test_compare_lists_what_differs_and_draws_the_curves(two_runs, tmp_path, cap
     assert main(["compare", str(two_runs / "flip"), str(two_runs / "noflip"), "--plot", str(plot), "--force"]) == 0
     shown = capsys.readouterr().out
     assert "flip" in shown and "noflip" in shown and "best top-1" in shown
+    assert " KiB" in shown and " MiB" not in shown  # a tiny model: 41.3 KiB, not 0.04 MiB
 
 
 def test_compare_refuses_what_is_not_a_run(tmp_path, capsys, two_runs):

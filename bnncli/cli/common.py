@@ -83,6 +83,21 @@ ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace OUTPUT if it exists (never the command's input, nor a run directory's own files).")]
 
 
+def short_count(n: int) -> str:
+    """A count in at most 7 characters: 9,408, 54,500, 115.6M, 1.68G."""
+    for scale, unit in ((1e9, "G"), (1e6, "M")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}" if n < 100 * scale else f"{n / scale:.0f}{unit}"
+    return f"{n:,}"
+
+
+def short_size(nbytes: float) -> str:
+    """A size in MiB, KiB or bytes, whichever keeps three digits: 4.04 MiB, 41.3 KiB, 512 B."""
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.2f} MiB"
+    return f"{nbytes / 2**10:.1f} KiB" if nbytes >= 1024 else f"{nbytes:.0f} B"
+
+
 def default_output(checkpoint: Path, suffix: str) -> Path:
     """Next to the checkpoint, with ``suffix`` (runs/NAME/best.pt -> runs/NAME/best.onnx)."""
     from bnncli.artifacts.rundir import resolve_model_path

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bnncli.cli.common import ForceOpt, JsonOpt, out, plain, print_json, say
+from bnncli.cli.common import ForceOpt, JsonOpt, out, plain, print_json, say, short_count, short_size
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -56,8 +56,8 @@ def compare(
         table.add_row(plain(name), *_cells(r["options"], result["differing"]),
                       str(r["epochs"]), _pct(r["best_top1"]) + (f" (ep {r['best_epoch']})" if r["best_epoch"] else ""),
                       _pct(r["best_top5"]), _pct(r["last_top1"]),
-                      f"{r['images_per_s']:.0f}" if r["images_per_s"] else "-", f"{r['params'] / 1e6:.2f}M",
-                      f"{r['size_bytes'] / 2**20:.2f} MiB")
+                      f"{r['images_per_s']:.0f}" if r["images_per_s"] else "-", short_count(r["params"]),
+                      short_size(r["size_bytes"]))
     out.print(table)
     say(f"wrote {target} (validation curves; top-1 by {result['runs'][0]['selected_by']})")
 
@@ -80,7 +80,7 @@ def _show_groups(result: dict, target: Path, json_: bool) -> None:
         table.add_row(plain(g["name"]), *_cells(g["options"], grouped["differing"]),
                       str(len(g["runs"])), _pm(g["best_top1_mean"], g["best_top1_std"]),
                       _pm(g["last_top1_mean"], g["last_top1_std"]),
-                      f"{g['images_per_s']:.0f}" if g["images_per_s"] else "-", f"{g['size_bytes'] / 2**20:.2f} MiB")
+                      f"{g['images_per_s']:.0f}" if g["images_per_s"] else "-", short_size(g["size_bytes"]))
     out.print(table)
     say(f"wrote {target} (validation curves, mean of each group's runs; top-1 by "
         f"{grouped['groups'][0]['selected_by']})")

@@ -13,6 +13,7 @@ from bnncli.cli.common import (
     JsonOpt,
     ThreadsOpt,
     WorkersOpt,
+    info,
     note_compiling,
     out,
     plain,
@@ -80,6 +81,8 @@ def evaluate(
         raise GateFailed(f"--min-top1 {min_top1:g} fails: the model is not finite ({broken})")
     if min_top1 is not None and result["top1"] < min_top1:
         raise GateFailed(f"top-1 {result['top1']:.4f} is below --min-top1 {min_top1:g}")
+    if min_top1 is not None:
+        info(f"gate passed: top-1 {result['top1']:.4f} >= --min-top1 {min_top1:g}")
 
 
 def not_finite(r: dict[str, Any]) -> str:

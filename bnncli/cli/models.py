@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from bnncli.cli.common import JsonOpt, out, plain, print_json
+from bnncli.cli.common import short_count as _count
+from bnncli.cli.common import short_size as _size
 
 
 def models(
@@ -30,7 +32,11 @@ def models(
 
     names = list_models(pattern)
     if not names:
-        raise UsageError(f"no model matches {pattern!r}; known: {', '.join(list_models())}")
+        import difflib
+
+        close = difflib.get_close_matches(pattern or "", list_models(), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(list_models())}"
+        raise UsageError(f"no model matches {pattern!r}; {hint}")
     if layers:
         if len(names) != 1 and pattern not in names:
             raise UsageError(f"--layers lists one model; {pattern!r} matches {len(names)}: {', '.join(names)}")
@@ -133,16 +139,3 @@ def _print_layers(name: str, model, image_size: int, json_: bool) -> None:
     out.print(table)
     out.print("Exact counts: --json.", highlight=False)
 
-
-def _count(n: int) -> str:
-    """A count in at most 6 characters: 9,408, 115.6M, 1.68G."""
-    for scale, unit in ((1e9, "G"), (1e6, "M")):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}" if n < 100 * scale else f"{n / scale:.0f}{unit}"
-    return f"{n:,}"
-
-
-def _size(nbytes: float) -> str:
-    if nbytes >= 2**20:
-        return f"{nbytes / 2**20:.2f} MiB"
-    return f"{nbytes / 2**10:.1f} KiB" if nbytes >= 1024 else f"{nbytes:.0f} B"

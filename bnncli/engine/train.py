@@ -38,7 +38,7 @@ from bnncli.artifacts.rundir import RunFiles, RunLock
 from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipped, make_loader, open_train_data
 from bnncli.data.presets import default_preset, preprocessing
 from bnncli.data.tensor_loaders import train_batches, train_dataset
-from bnncli.data.transforms import eval_transform, train_transform
+from bnncli.data.transforms import eval_transform, resolved_augmentation, train_transform
 from bnncli.engine import distributed
 from bnncli.engine.config import TrainConfig, augmentation
 from bnncli.engine.curves import plot_curves
@@ -285,6 +285,11 @@ def write_run_files(run: Run) -> None:
         "config": run.cfg.to_dict(), "arch": run.raw_model.bnn_arch, "arch_kwargs": run.raw_model.bnn_kwargs,
         "class_names": run.data.class_names, "preprocessing": run.data.preprocessing,
         "world_size": run.ctx.world_size,
+        # What the options left unset (None in "config") resolved to in this run.
+        "used": {"image_size": run.data.image_size, "preset": run.data.preprocessing["preset"],
+                 "augmentation": resolved_augmentation(run.data.preprocessing, augmentation(run.cfg)),
+                 "workers": run.data.workers, "threads": torch.get_num_threads(),
+                 "batch_per_process": run.data.batch},
     }, indent=2) + "\n")
 
 
