@@ -125,16 +125,21 @@ def _print_layers(name: str, model, image_size: int, json_: bool) -> None:
         print_json({"name": name, "image_size": image_size, "layers": [r.as_dict() for r in rows],
                     "totals": totals.as_dict()})
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"{name} at {image_size}x{image_size}")
-    for col in ("layer", "type", "kind", "output", "params", "binary MACs", "FP MACs", "size"):
-        table.add_column(col, justify="left" if col in ("layer", "type", "kind") else "right")
+    # Within 80 columns: no vertical rules, the layer type says binary or float (BinaryConv2d; --json
+    # has the kind), and a long layer name folds onto a second line rather than being cut.
+    table = Table(title=f"{name} at {image_size}x{image_size}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 0, 0, 1))
+    for col in ("layer", "type", "output", "params", "bin MACs", "FP MACs", "size"):
+        text = col in ("layer", "type")
+        table.add_column(col, justify="left" if text else "right", overflow="fold", no_wrap=not text)
     for r in rows:
-        table.add_row(plain(r.name or "(model)"), r.type, r.kind, "x".join(map(str, r.output_shape)),
+        table.add_row(plain(r.name or "(model)"), r.type, "x".join(map(str, r.output_shape)),
                       _count(r.params), _count(r.binary_macs), _count(r.fp_macs), _size(r.size_bytes))
     table.add_section()
-    table.add_row("total", "", "", "", _count(totals.params), _count(totals.binary_macs), _count(totals.fp_macs),
+    table.add_row("total", "", "", _count(totals.params), _count(totals.binary_macs), _count(totals.fp_macs),
                   _size(totals.size_bytes))
     out.print(table)
     out.print("Exact counts: --json.", highlight=False)

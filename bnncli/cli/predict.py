@@ -181,7 +181,9 @@ def _print_predictions(results: list[dict], predictor, k: int) -> None:
          f"{predictor.backend})")
     table = Table(title=f"top-{k}")
     for col in ("image", "rank", "label", "probability"):
-        table.add_column(col, justify="right" if col in ("rank", "probability") else "left")
+        # A long path folds onto more lines rather than losing its end (the file name) at 80 columns.
+        table.add_column(col, justify="right" if col in ("rank", "probability") else "left",
+                         overflow="fold", no_wrap=col in ("rank", "probability"))
     for r in results:
         if "error" in r:
             continue

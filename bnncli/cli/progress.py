@@ -158,6 +158,7 @@ class RichReporter:
         self.epoch_task = None
         self.epochs = 0
         self.epoch_step = 0
+        self.narrow = False
 
     def __enter__(self) -> RichReporter:
         return self
@@ -184,8 +185,11 @@ class RichReporter:
         self.run_dir = i["run_dir"]
         self.epochs = i["epochs"]
         info(_start_line(i))
+        # Below 120 columns (an 80-column terminal) the bar is shorter and a step shows loss and accuracy
+        # only (img/s and lr are in each epoch's summary line), so the step count, elapsed time and ETA fit.
+        self.narrow = err.width < 120
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+            TextColumn("{task.description}"), BarColumn(bar_width=8 if self.narrow else 30), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=err, transient=True,
         )
@@ -207,7 +211,8 @@ class RichReporter:
              lr: float) -> None:
         if self.progress is None:
             return
-        stats = f"loss {loss:.4f}  acc {top1:6.2%}  {images_per_s:,.0f} img/s  lr {lr:.2e}"
+        stats = (f"loss {loss:.3f} acc {top1:5.1%}" if self.narrow else
+                 f"loss {loss:.4f}  acc {top1:6.2%}  {images_per_s:,.0f} img/s  lr {lr:.2e}")
         self.progress.update(self.epoch_task, completed=step, stats=stats)
         self.progress.advance(self.run_task, step - self.epoch_step)
         self.epoch_step = step
