@@ -127,11 +127,12 @@ def export(checkpoint: str | os.PathLike, output: str | os.PathLike, **options: 
     return export_onnx(checkpoint, output, **options)
 
 
-def pack(checkpoint: str | os.PathLike, output: str | os.PathLike, *, float_dtype: str = "float32",
+def pack(checkpoint: str | os.PathLike, output: str | os.PathLike, *, float_dtype: str = "auto",
          **options: Any) -> PackResult:
-    """``bnn pack``: a checkpoint to one packed file (1-bit binary weights; ``float_dtype`` float32
-    or float16 for the full-precision layers), verified by running the packed bytes against
-    PyTorch before it is written. ``options``: ``samples``, ``tolerance``, ``threads``."""
+    """``bnn pack``: a checkpoint to one packed file (1-bit binary weights; ``float_dtype`` float32,
+    float16, or auto: float16 when lossless, else float32, for the full-precision layers), verified
+    by running the packed bytes against PyTorch before it is written. ``options``: ``samples``,
+    ``tolerance``, ``threads``."""
     from bnncli.deploy.pack import pack_model
 
     return pack_model(checkpoint, output, float_dtype=float_dtype, **options)

@@ -112,7 +112,7 @@ def test_pack_names_bytes_as_bytes_and_weights_as_weights(models, tmp_path, caps
     assert binary / 8 <= sizes["binary_weights"] < binary  # 1 bit each, rows padded to 32-bit words
     code, out, _ = bnn(capsys, "pack", models["checkpoint"], "-o", tmp_path / "b.bnn", "--samples", "1")
     assert (f"{binary:,} binary weights at 1 bit in {sizes['binary_weights']:,} bytes, "
-            f"{report['float_params']:,} float weights (float32) in {sizes['float_weights']:,} bytes, "
+            f"{report['float_params']:,} float weights ({report['float_dtype']}) in {sizes['float_weights']:,} bytes, "
             f"{sizes['per_channel']:,} bytes of per-channel float32 vectors") in out
 
 

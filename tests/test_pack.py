@@ -10,7 +10,7 @@ from conftest import write_checkpoint
 from bnncli.artifacts.checkpoint import load_model
 from bnncli.cli.app import main
 from bnncli.deploy.pack import pack_model
-from bnncli.errors import ArtifactError
+from bnncli.errors import ArtifactError, UsageError
 from bnncli.graph import format as fmt
 from bnncli.runtime import load
 
@@ -86,6 +86,21 @@ def test_float16_rounds_a_model_with_float32_weights_and_says_so(tmp_path, capsy
     assert first.params["weight"] not in r16.rounded
     assert main(["pack", str(path), "-o", str(tmp_path / "c.bnn"), "--float-dtype", "float16"]) == 0
     assert "float16 rounded" in capsys.readouterr().out
+
+
+def test_the_default_float_dtype_is_float16_exactly_when_it_is_lossless(tmp_path, capsys):
+    """bnn pack's default (auto) stores float16 for a model trained with float16-valued weights (the
+    default) and float32 for one trained with float32 weights, which float16 would round."""
+    exact = write_checkpoint(tmp_path / "a.pt", "resnete_tiny", seed=4)
+    rounded = write_checkpoint(tmp_path / "b.pt", "resnete_tiny", seed=4, float_weights="float32")
+    for ckpt, want in ((exact, "float16"), (rounded, "float32")):
+        assert main(["pack", str(ckpt), "-o", str(tmp_path / f"{ckpt.stem}.bnn"), "--samples", "1", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["float_dtype"] == want and report["lossless"]
+        assert fmt.read_packed(tmp_path / f"{ckpt.stem}.bnn")[1]["float_dtype"] == want
+    assert pack_model(exact, tmp_path / "c.bnn", "auto", samples=1).float_dtype == "float16"
+    with pytest.raises(UsageError, match="float dtype must be one of float32, float16, auto"):
+        pack_model(exact, tmp_path / "d.bnn", "float64")
 
 
 def test_float16_overflow_is_refused(tmp_path):
