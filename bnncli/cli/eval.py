@@ -57,6 +57,9 @@ def evaluate(
     if min_top1 is not None and not 0.0 <= min_top1 <= 1.0:
         raise UsageError(f"--min-top1 is a fraction in [0, 1] (0.6 for 60%), not {min_top1}")
 
+    from bnncli.artifacts.open import sniff
+
+    sniff(model)  # a missing or foreign model file is refused before torch loads
     from bnncli.engine.evaluate import evaluate_model_file
 
     warned: set[str] = set()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -26,18 +26,32 @@ def models(
 ) -> None:
     """List registered models with params, binary params, MACs, OPs and 1-bit size (ImageNet head),
     and which have published ImageNet weights to `bnn import larq`, with their accuracy."""
-    from bnncli.convert.larq import PUBLISHED
-    from bnncli.errors import UsageError
-    from bnncli.models import ANCHORS, count_model, create_model, list_models, model_family
+    import fnmatch
 
-    names = list_models(pattern)
+    from bnncli.convert.published import PUBLISHED
+    from bnncli.errors import UsageError
+    from bnncli.models.anchors import ANCHORS
+    from bnncli.models.zoo import IMAGE_SIZE, NUM_CLASSES, ZOO
+
+    # The zoo at its default size comes from a table of plain data (bnncli.models.zoo): no torch to
+    # load, no model to build. Other sizes, and --layers, build the models.
+    static = not layers and (image_size, num_classes) == (IMAGE_SIZE, NUM_CLASSES)
+    if static:
+        known = list(ZOO)
+    else:
+        from bnncli.models import list_models
+
+        known = list_models()
+    names = [n for n in known if fnmatch.fnmatch(n, pattern)] if pattern else known
     if not names:
         import difflib
 
-        close = difflib.get_close_matches(pattern or "", list_models(), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(list_models())}"
+        close = difflib.get_close_matches(pattern or "", known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
         raise UsageError(f"no model matches {pattern!r}; {hint}")
     if layers:
+        from bnncli.models import create_model
+
         if len(names) != 1 and pattern not in names:
             raise UsageError(f"--layers lists one model; {pattern!r} matches {len(names)}: {', '.join(names)}")
         name = pattern if pattern in names else names[0]
@@ -46,12 +60,18 @@ def models(
         return
     rows = []
     for name in names:
-        # Count every model as configured for ImageNet-sized input, so rows are comparable.
-        model = create_model(name, num_classes=num_classes, thumbnail=image_size < 50, in_channels=3)
-        s = count_model(model, image_size=image_size)
+        s: Any  # ZooCounts or ModelStats: the same fields
+        if static:
+            s, family = ZOO[name], ZOO[name].family
+        else:
+            from bnncli.models import count_model, create_model, model_family
+
+            # Count every model as configured for ImageNet-sized input, so rows are comparable.
+            model = create_model(name, num_classes=num_classes, thumbnail=image_size < 50, in_channels=3)
+            s, family = count_model(model, image_size=image_size), model_family(name)
         rows.append({
             "name": name,
-            "family": model_family(name),
+            "family": family,
             "params": s.params,
             "params_with_bn_stats": s.params_with_bn_stats,
             "binary_params": s.binary_params,

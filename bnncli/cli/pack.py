@@ -45,13 +45,14 @@ def pack(
     difference above --tolerance (1e-3) or a different top-1 is an error, except where float16 storage had to
     round weights (a model trained with --float-weights float32), which is reported.
     """
-    from bnncli.deploy.pack import pack_model
     from bnncli.errors import UsageError
 
     if float_dtype not in (*FLOAT_DTYPES, "auto"):
         raise UsageError(f"--float-dtype must be {', '.join(FLOAT_DTYPES)} or auto, not {float_dtype!r}")
     require_checkpoint(checkpoint, "bnn pack")
     target = check_model_output(output or default_output(checkpoint, ".bnn"), checkpoint, force, ".bnn")
+    from bnncli.deploy.pack import pack_model  # torch: only once the paths are known to be good
+
     result = pack_model(checkpoint, target, float_dtype, samples=samples, tolerance=tolerance, threads=threads)
     if json_:
         print_json(result.as_dict())

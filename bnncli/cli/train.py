@@ -170,7 +170,6 @@ def train(
     """
     from bnncli.engine.config import parse_steps
     from bnncli.engine.stopping import StopRequest, graceful_interrupts
-    from bnncli.engine.train import train as run_training
 
     model_options = {"clip_threshold": clip_threshold, "scaling": scaling, "activation_gradient": activation_gradient,
                      "weight_gradient": weight_gradient, "pad_value": pad_value,
@@ -188,6 +187,7 @@ def train(
         "model": {k: v for k, v in model_options.items() if v is not None} or None,
     }
     cfg, checkpoint, out_dir = _configure(overrides, recipe, resume, out_dir)
+    from bnncli.engine.train import train as run_training  # torch: only once the options are known to be good
     reporter = make_reporter(log_every)
     watched = _with_tensorboard(reporter, tensorboard, tensorboard_dir)
     stop = StopRequest()
@@ -218,10 +218,11 @@ def _with_tensorboard(reporter, on: bool, directory: str | None):
 def _configure(overrides: dict[str, Any], recipe: Path | None, resume: Path | None, out_dir: Path | None):
     """``(config, checkpoint to resume or None, run directory)`` from the command line."""
     from bnncli.engine.config import resolve_config
-    from bnncli.engine.resume import load_resume, resume_overrides
 
     if resume is None:
         return resolve_config(recipe=recipe, overrides=overrides), None, out_dir
+    from bnncli.engine.resume import load_resume, resume_overrides
+
     if recipe is not None:
         raise UsageError("--recipe cannot be used with --resume: a resumed run keeps its configuration")
     if out_dir is not None and Path(out_dir).resolve() != Path(resume).resolve():

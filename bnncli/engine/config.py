@@ -257,6 +257,15 @@ def augmentation(cfg: TrainConfig):
 
 def _check_model_options(arch: str, options: dict[str, Any]) -> None:
     """Model options must exist for ``arch`` and have the type of their default."""
+    if "bnncli.models._registry" not in sys.modules:  # nothing registered beyond the zoo: check without torch
+        from bnncli.models.zoo import ZOO
+
+        if arch not in ZOO:
+            import difflib
+
+            close = difflib.get_close_matches(arch, list(ZOO), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(ZOO)}"
+            raise UsageError(f"unknown model {arch!r}{hint}")
     from bnncli.models import model_options
 
     defaults = model_options(arch)  # an unknown arch raises here, with close matches
