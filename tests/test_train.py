@@ -371,3 +371,18 @@ def test_the_python_api_trains_a_config_and_logs_warnings(image_folder, tmp_path
     assert any(r.name == "bnncli.engine" and "broken.jpg" in r.getMessage() for r in caplog.records)
     config = load_checkpoint(tmp_path / "api" / "last.pt")["config"]
     assert config["epochs"] == 1 and config["arch"] == "binarydensenet_tiny"  # options override the config
+
+
+def test_in_channels_trains_a_grey_model_from_the_command_line(image_folder, tmp_path, capsys):
+    """--in-channels 1 (friction item 14): grey images are read as one channel, not three equal ones."""
+    from bnncli.cli.app import main
+
+    run = tmp_path / "grey"
+    assert main(["train", "--arch", "resnete_tiny", "--data", str(image_folder), "--epochs", "1", "--batch-size",
+                 "8", "--image-size", "16", "--workers", "0", "--in-channels", "1", "--out", str(run), "--json"]) == 0
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["arch_kwargs"]["in_channels"] == 1 and ckpt["preprocessing"]["channels"] == 1
+    assert build_model(ckpt).stem[0].in_channels == 1
+    image = next(p for p in sorted(image_folder.rglob("*.png")))
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(run), "--json"]) == 0

@@ -94,6 +94,9 @@ def train(
     binary_downsample: Annotated[bool | None, typer.Option(
         "--binary-downsample/--fp-downsample", help="ResNetE shortcut convs binary (ablation) or full precision.")
     ] = None,
+    in_channels: Annotated[int | None, typer.Option(
+        "--in-channels", metavar="N", min=1, max=3, help="Image channels the model reads: 3 (RGB) or 1 (grey: "
+        "digits, scans; images are read as L) [default: 3].")] = None,
     float_weights: Annotated[str | None, typer.Option(
         "--float-weights", metavar="DTYPE", help="float16: the full-precision layers compute with float16-valued "
         "weights, so `bnn pack --float-dtype float16` is lossless; float32: plain float layers [default: the "
@@ -173,7 +176,8 @@ def train(
 
     model_options = {"clip_threshold": clip_threshold, "scaling": scaling, "activation_gradient": activation_gradient,
                      "weight_gradient": weight_gradient, "pad_value": pad_value,
-                     "binary_downsample": binary_downsample, "float_weights": float_weights, "padding": padding}
+                     "binary_downsample": binary_downsample, "float_weights": float_weights, "padding": padding,
+                     "in_channels": in_channels}
     overrides: dict[str, Any] = {
         "arch": arch, "data": data, "val_split": val_split, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "optimizer": optimizer,
