@@ -71,6 +71,7 @@ def evaluate(
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_skip: Callable[[Any], None] | None = None,
+    confusion: bool = False,
 ) -> dict[str, Any]:
     """Run ``predict`` over ``batches`` of ``(images, labels, skipped)`` and measure it.
 
@@ -81,6 +82,8 @@ def evaluate(
     ``nonfinite_logits``: images whose logits hold NaN or inf. Such an image counts as wrong in
     top-1 and top-5 (a NaN "prediction" is no hit), and it makes ``loss`` NaN or inf. With 5
     classes or fewer every label is in the top 5, so ``top5`` is None (not measured).
+    ``confusion=True`` adds ``confusion``: ``classes`` and ``counts[true][predicted]``, image counts
+    by top-1 prediction (an image with non-finite logits counts in no column).
     """
     n_classes = len(class_names)
     k = min(5, n_classes)
@@ -88,6 +91,7 @@ def evaluate(
     loss_sum = top1 = top5 = images = skipped = nonfinite = 0.0
     class_seen = torch.zeros(n_classes, dtype=torch.float64)
     class_correct = torch.zeros(n_classes, dtype=torch.float64)
+    matrix = torch.zeros(n_classes * n_classes if confusion else 0, dtype=torch.float64)
     model_seconds = 0.0
     start = time.perf_counter()
     for x, y, bad in batches:
@@ -119,15 +123,19 @@ def evaluate(
         images += len(y)
         class_seen.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
         class_correct.index_add_(0, y, hit1.double())
+        if confusion:
+            cells = (y * n_classes + best[:, 0])[finite]
+            matrix.index_add_(0, cells, torch.ones(len(cells), dtype=torch.float64))
         if on_batch is not None:
             on_batch(len(y) + len(bad))
     seconds = time.perf_counter() - start
     totals = torch.cat([torch.tensor([loss_sum, top1, top5, images, skipped, nonfinite], dtype=torch.float64),
-                        class_seen, class_correct])
+                        class_seen, class_correct, matrix])
     if reduce is not None:
         totals = reduce(totals)
     loss_sum, top1, top5, images, skipped, nonfinite = totals[:6].tolist()
-    class_seen, class_correct = totals[6:6 + n_classes], totals[6 + n_classes:]
+    class_seen, class_correct = totals[6:6 + n_classes], totals[6 + n_classes:6 + 2 * n_classes]
+    matrix = totals[6 + 2 * n_classes:]
     n = max(images, 1.0)
     return {
         "top1": top1 / n,
@@ -144,6 +152,8 @@ def evaluate(
             for name, seen, correct in zip(class_names, class_seen.tolist(), class_correct.tolist())
             if seen > 0
         },
+        **({"confusion": {"classes": list(class_names),
+                          "counts": matrix.view(n_classes, n_classes).long().tolist()}} if confusion else {}),
     }
 
 
@@ -161,7 +171,8 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
                         device: str = "auto", amp: str = "none", channels_last: bool = False,
                         on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None,
                         on_skip: Callable[[Any], None] | None = None, backend: str | None = None,
-                        threads: int | None = None, on_open: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        threads: int | None = None, on_open: Callable[[str], None] | None = None,
+                        confusion: bool = False) -> dict[str, Any]:
     """``bnn eval``: any model file on a labelled folder (or builtin dataset), measured by :func:`evaluate`.
 
     ``on_open(backend)`` is called once the model is open, ``on_start(images)`` once the data is.
@@ -185,7 +196,7 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
     if on_start is not None:
         on_start(len(dataset))
     try:
-        res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip)
+        res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip, confusion=confusion)
     except ArtifactError as e:
         if em.source in str(e):
             raise
