@@ -386,3 +386,23 @@ def test_in_channels_trains_a_grey_model_from_the_command_line(image_folder, tmp
     image = next(p for p in sorted(image_folder.rglob("*.png")))
     capsys.readouterr()
     assert main(["predict", str(image), "--model", str(run), "--json"]) == 0
+
+
+def test_every_training_option_is_one_parameter_named_as_its_field():
+    """Each training option is written once on the command line side: a `bnn train` parameter named
+    as its TrainConfig field (or model option), turned into overrides without a hand-kept list."""
+    import inspect
+
+    from bnncli.cli import train as cli_train
+    from bnncli.engine.config import FIELDS, MODEL_OPTIONS
+
+    params = {cli_train.RENAMED.get(p, p) for p in inspect.signature(cli_train.train).parameters}
+    params -= set(cli_train.RUN_OPTIONS)
+    recipe_only = {"model", "description", "reference", "thumbnail"}  # set in recipes, not on the command line
+    assert params == (set(FIELDS) | set(MODEL_OPTIONS)) - recipe_only
+    given = {p: None for p in inspect.signature(cli_train.train).parameters}
+    given.update(arch="resnete_tiny", steps="3,4", crop_scale=(0.5, 1.0), compile_=True, scaling="xnor")
+    overrides = cli_train.config_overrides(given)
+    assert overrides["steps"] == [3, 4] and overrides["crop_scale"] == [0.5, 1.0] and overrides["compile"] is True
+    assert overrides["model"] == {"scaling": "xnor"} and overrides["arch"] == "resnete_tiny"
+    assert overrides["epochs"] is None and "json_" not in overrides and "compile_" not in overrides

@@ -64,6 +64,8 @@ def train(
         "--lr", metavar="RATE", help=f"Peak learning rate {_default(D.lr)}.")] = None,
     optimizer: Annotated[str | None, typer.Option(
         "--optimizer", metavar="NAME", help=f"{_choices(OPTIMIZERS, D.optimizer)} (the paper: adam).")] = None,
+    momentum: Annotated[float | None, typer.Option(
+        "--momentum", metavar="X", help=f"Momentum of --optimizer sgd {_default(D.momentum)}.")] = None,
     weight_decay: Annotated[float | None, typer.Option(
         "--weight-decay", metavar="X", help=f"Weight decay {_default(D.weight_decay)} (the paper: none).")] = None,
     schedule: Annotated[str | None, typer.Option(
@@ -171,25 +173,10 @@ def train(
     stops; `bnn train --resume RUN` continues exactly where it stopped. For several GPUs or
     machines: `torchrun --nproc_per_node N -m bnncli train ...`.
     """
-    from bnncli.engine.config import parse_steps
+    given = dict(locals())  # every option as parsed, by parameter name (nothing else is defined yet)
     from bnncli.engine.stopping import StopRequest, graceful_interrupts
 
-    model_options = {"clip_threshold": clip_threshold, "scaling": scaling, "activation_gradient": activation_gradient,
-                     "weight_gradient": weight_gradient, "pad_value": pad_value,
-                     "binary_downsample": binary_downsample, "float_weights": float_weights, "padding": padding,
-                     "in_channels": in_channels}
-    overrides: dict[str, Any] = {
-        "arch": arch, "data": data, "val_split": val_split, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "optimizer": optimizer,
-        "weight_decay": weight_decay, "schedule": schedule, "steps": parse_steps(steps), "factor": factor,
-        "warmup_epochs": warmup_epochs, "image_size": image_size, "preset": preset, "init": init,
-        "augment": augment, "flip": flip, "crop_scale": None if crop_scale is None else list(crop_scale),
-        "crop_ratio": None if crop_ratio is None else list(crop_ratio), "pad_crop": pad_crop,
-        "label_smoothing": label_smoothing,
-        "workers": workers, "threads": threads, "seed": seed, "device": device, "amp": amp,
-        "channels_last": channels_last, "compile": compile_, "sync_bn": sync_bn, "loader": loader,
-        "model": {k: v for k, v in model_options.items() if v is not None} or None,
-    }
+    overrides = config_overrides(given)
     cfg, checkpoint, out_dir = _configure(overrides, recipe, resume, out_dir)
     from bnncli.engine.train import train as run_training  # torch: only once the options are known to be good
     reporter = make_reporter(log_every)
@@ -205,6 +192,37 @@ def train(
         raise
     if reporter.is_main:
         _report(result, cfg, json_)
+
+
+# Parameters of `train` that are not TrainConfig fields or model options: where and how a run goes.
+RUN_OPTIONS = ("recipe", "out_dir", "resume", "log_every", "tensorboard", "tensorboard_dir", "json_")
+RENAMED = {"compile_": "compile"}  # parameter -> TrainConfig field, where a Python keyword is in the way
+
+
+def config_overrides(given: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields (and model options) the command line sets, from ``train``'s parameters:
+    each option is written once, as its parameter, named as its field (tests/test_train.py checks
+    that every field has one). Unset options are None, which never override a recipe."""
+    from bnncli.engine.config import FIELDS, MODEL_OPTIONS, parse_steps
+
+    overrides: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for name, value in given.items():
+        if name in RUN_OPTIONS:
+            continue
+        field = RENAMED.get(name, name)
+        if field in MODEL_OPTIONS:
+            if value is not None:
+                model[field] = value
+        elif field in FIELDS:
+            overrides[field] = value
+        else:
+            raise AssertionError(f"bnn train's parameter {name} is neither a TrainConfig field nor a run option")
+    overrides["steps"] = parse_steps(overrides.get("steps"))
+    for key in ("crop_scale", "crop_ratio"):
+        overrides[key] = None if overrides.get(key) is None else list(overrides[key])
+    overrides["model"] = model or None
+    return overrides
 
 
 def _with_tensorboard(reporter, on: bool, directory: str | None):
