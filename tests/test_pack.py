@@ -134,7 +134,7 @@ def test_pack_cli(tmp_path, tiny_checkpoint, capsys):
     text = capsys.readouterr().out
     assert "binary weights at 1 bit" in text and "largest difference" in text
     assert main(["pack", str(tiny_checkpoint), "--float-dtype", "bfloat16"]) == 2
-    assert "--float-dtype must be float32 or float16" in capsys.readouterr().err
+    assert "--float-dtype must be float32, float16 or auto" in capsys.readouterr().err
 
 
 def test_pack_refuses_a_missing_or_foreign_checkpoint(tmp_path, capsys):
