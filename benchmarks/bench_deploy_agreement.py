@@ -59,7 +59,7 @@ def main() -> None:
     import numpy as np
 
     from bnncli.artifacts.open import open_model
-    from bnncli.deploy.verify import compare
+    from bnncli.deploy.verification import compare
     from bnncli.images.preprocess import preprocess_file
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bnn-agreement-"))

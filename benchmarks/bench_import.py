@@ -42,7 +42,7 @@ def bnn(*args) -> None:
 
 
 def parity(keras: np.ndarray, got: np.ndarray) -> dict:
-    from bnncli.deploy.verify import compare
+    from bnncli.deploy.verification import compare
 
     p = compare(keras, got)
     return {"max_abs_diff": p.max_abs_diff, "max_rel_diff": p.max_rel_diff, "top1": f"{p.top1_agree}/{p.samples}"}

@@ -278,7 +278,7 @@ def _build(name: str, size: int, folder: Path, exact: bool = False):
     from bnncli import create_model
     from bnncli.artifacts.onnx_file import save_onnx
     from bnncli.data.presets import preprocessing
-    from bnncli.deploy.lower import lower
+    from bnncli.deploy.lowering import lower
     from bnncli.deploy.onnx_export import to_onnx
     from bnncli.deploy.pack import packed_graph
     from bnncli.graph.format import write_packed
@@ -307,7 +307,7 @@ def _parity(model, packed: Path, onnx_path: Path, size: int, exact: bool, thread
     import torch
 
     from bnncli.artifacts.onnx_file import ort_session
-    from bnncli.deploy.verify import compare
+    from bnncli.deploy.verification import compare
     from bnncli.runtime import load
 
     if exact:

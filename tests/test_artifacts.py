@@ -12,7 +12,7 @@ from conftest import write_checkpoint
 
 from bnncli.artifacts import find_default_model, open_model, resolve_model_path
 from bnncli.artifacts.onnx_file import metadata_props, read_metadata
-from bnncli.deploy.verify import TOLERANCE, VerificationError, compare, sample_inputs, verify
+from bnncli.deploy.verification import TOLERANCE, VerificationError, compare, sample_inputs, verify
 from bnncli.errors import ArtifactError
 from bnncli.fileio import write_text
 from bnncli.graph.format import PREAMBLE_SIZE, header_size

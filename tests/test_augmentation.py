@@ -84,6 +84,21 @@ def test_cli_records_the_options_and_label_smoothing_changes_the_loss(image_fold
         runs[name] = out
     config = json.loads((runs["smooth"] / "config.json").read_text())["config"]
     assert (config["flip"], config["pad_crop"], config["label_smoothing"], config["augment"]) == (0.0, 1, 0.3, True)
+    used = json.loads((runs["smooth"] / "config.json").read_text())["used"]
+    assert used["augmentation"] == {"enabled": True, "flip": 0.0, "pad_crop": 1}
+    assert (used["image_size"], used["preset"], used["workers"], used["batch_per_process"]) == (16, "small", 0, 8)
     loss = {k: json.loads((v / "metrics.jsonl").read_text().splitlines()[0])["train_loss"] for k, v in runs.items()}
     assert loss["smooth"] != loss["plain"]
     assert main(["train", "--arch", "binarydensenet_tiny", "--data", str(image_folder), "--flip", "2"]) == 2
+
+
+def test_the_augmentation_used_has_every_default_filled_in():
+    """config.json records these values rather than the options' None (friction item 11)."""
+    from bnncli.data.presets import preprocessing
+    from bnncli.data.transforms import resolved_augmentation
+
+    assert resolved_augmentation(preprocessing("small", 32), Augmentation()) == \
+        {"enabled": True, "flip": 0.5, "pad_crop": 4}
+    assert resolved_augmentation(preprocessing("imagenet", 64), Augmentation(flip=0.0)) == \
+        {"enabled": True, "flip": 0.0, "crop_scale": [0.08, 1.0], "crop_ratio": [0.75, 4 / 3]}
+    assert resolved_augmentation(preprocessing("small", 32), Augmentation(enabled=False)) == {"enabled": False}

@@ -11,7 +11,7 @@ from conftest import FOLDER_CLASSES, small_registry_model, write_checkpoint
 
 from bnncli import list_models
 from bnncli.cli.app import main
-from bnncli.deploy.lower import lower
+from bnncli.deploy.lowering import lower
 from bnncli.deploy.pack import packed_graph
 from bnncli.errors import UsageError
 from bnncli.runtime import Model, backends

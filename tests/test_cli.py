@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_models import ZOO
@@ -50,6 +51,7 @@ def test_models_table_and_filter(capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["models", "nosuchnet"], "no model matches"),
+    (["models", "binarydensnet28"], "no model matches 'binarydensnet28'; did you mean binarydensenet28"),
     (["models", "--image-size", "2"], "--image-size"),
     (["models", "--bogus"], "No such option"),
     (["nosuchcommand"], "No such command"),
@@ -65,3 +67,18 @@ def test_bad_input_is_one_line_and_exit_2(args, needle):
 def test_bnn_debug_shows_the_traceback():
     res = run_bnn("models", "nosuchnet", env={"BNN_DEBUG": "1"})
     assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_refusals_and_the_model_table_do_not_load_torch(tmp_path):
+    """Friction item 6: a misspelt model, a missing model file, and `bnn models` at its default size
+    answer without importing torch (which costs seconds of CPU)."""
+    code = ("import sys; from bnncli.cli.app import main; "
+            "rcs = [main(['train', '--arch', 'binarydensnet_tiny', '--data', 'builtin:shapes']), main(['models']), "
+            "main(['models', 'resnete*', '--json']), main(['eval', 'missing.pt', '--data', 'builtin:shapes']), "
+            "main(['pack', 'missing.pt']), main(['export', 'missing.pt']), "
+            "main(['predict', 'x.png', '--model', 'missing.bnn'])]; "
+            "print(rcs, 'torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert res.stdout.strip().splitlines()[-1] == "[2, 0, 0, 2, 2, 2, 2] False", res.stdout + res.stderr
+    assert "did you mean binarydensenet_tiny" in res.stderr

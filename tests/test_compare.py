@@ -38,6 +38,7 @@ def test_compare_lists_what_differs_and_draws_the_curves(two_runs, tmp_path, cap
     assert main(["compare", str(two_runs / "flip"), str(two_runs / "noflip"), "--plot", str(plot), "--force"]) == 0
     shown = capsys.readouterr().out
     assert "flip" in shown and "noflip" in shown and "best top-1" in shown
+    assert " KiB" in shown and " MiB" not in shown  # a tiny model: 41.3 KiB, not 0.04 MiB
 
 
 def test_compare_refuses_what_is_not_a_run(tmp_path, capsys, two_runs):
@@ -45,3 +46,16 @@ def test_compare_refuses_what_is_not_a_run(tmp_path, capsys, two_runs):
     assert main(["compare", str(two_runs / "flip"), str(tmp_path / "empty"), "--plot", str(tmp_path / "c.png")]) == 2
     assert "is not a run directory of bnn train: config.json is missing" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+def test_the_default_plot_is_redrawn_on_a_rerun_but_never_replaces_another_file(two_runs, tmp_path, capsys,
+                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = [str(two_runs / "flip"), str(two_runs / "noflip")]
+    for _ in range(2):  # the README's `bnn compare c1 c2`, twice
+        assert main(["compare", *runs, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["plot"] == "compare.png"
+    (tmp_path / "compare.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 32)  # somebody else's PNG
+    assert main(["compare", *runs]) == 2
+    assert "compare.png exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "compare.png").stat().st_size == 40

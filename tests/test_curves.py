@@ -27,7 +27,7 @@ def figures(monkeypatch):
     """The figures the module saves, kept for inspection."""
     saved = []
     real = curves._save
-    monkeypatch.setattr(curves, "_save", lambda fig, path: saved.append(fig) or real(fig, path))
+    monkeypatch.setattr(curves, "_save", lambda fig, path, *rest: saved.append(fig) or real(fig, path, *rest))
     return saved
 
 

@@ -12,6 +12,7 @@ from conftest import FOLDER_CLASSES
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.rundir import resolve_model_path as resolve_checkpoint
 from bnncli.cli.app import main
+from bnncli.data.builtin import SHAPE_CLASSES
 from bnncli.data.presets import preprocessing
 from bnncli.engine.evaluate import evaluate, load_eval_model
 from bnncli.errors import ArtifactError
@@ -90,8 +91,6 @@ def test_eval_model_loader_gives_a_callable(imagenet_checkpoint):
 
 def test_eval_on_the_builtin_dataset(tmp_path, capsys):
     model = create_model("binarydensenet_tiny")
-    from bnncli.data.builtin import SHAPE_CLASSES
-
     save_checkpoint(tmp_path / "best.pt", model_checkpoint(model, list(SHAPE_CLASSES), preprocessing("small", 32)))
     assert main(["eval", str(tmp_path), "--data", "builtin:shapes-mini", "--json", "--batch-size", "16"]) == 0
     res = json.loads(capsys.readouterr().out)
@@ -103,3 +102,23 @@ def test_a_model_for_other_classes_is_refused(imagenet_checkpoint, capsys):
     assert main(["eval", str(imagenet_checkpoint), "--data", "builtin:shapes-mini"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "classes are not those of builtin:shapes-mini" in err[0]
+
+
+def test_confusion_matrix_counts_every_prediction(tmp_path, capsys):
+    """--confusion (friction item 14): rows are true classes, columns top-1 predictions."""
+    res = evaluate(lambda x: x, batches(), CLASSES, confusion=True)
+    counts = res["confusion"]["counts"]
+    assert res["confusion"]["classes"] == CLASSES and len(counts) == 6 and all(len(r) == 6 for r in counts)
+    assert {(i, j): c for i, row in enumerate(counts) for j, c in enumerate(row) if c} == \
+        {(0, 0): 1, (1, 2): 1, (2, 2): 1, (4, 3): 1}
+    assert "confusion" not in evaluate(lambda x: x, batches(), CLASSES)
+    model = create_model("binarydensenet_tiny", num_classes=10)
+    save_checkpoint(tmp_path / "best.pt", model_checkpoint(model, list(SHAPE_CLASSES), preprocessing("small", 32)))
+    assert main(["eval", str(tmp_path), "--data", "builtin:shapes-mini", "--confusion", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    counts = r["confusion"]["counts"]
+    assert sum(map(sum, counts)) == r["images"] == 40
+    assert sum(counts[i][i] for i in range(10)) == round(r["top1"] * 40)
+    assert main(["eval", str(tmp_path), "--data", "builtin:shapes-mini", "--confusion"]) == 0
+    shown = capsys.readouterr().out
+    assert "confusion (rows: true class, columns: predicted)" in shown and "0 circle" in shown

@@ -40,7 +40,9 @@ def test_min_top1_gate_on_a_packed_model(three_kinds, image_folder, capsys):
     assert main([*args, "--json"]) == 0
     top1 = json.loads(capsys.readouterr().out)["top1"]
     assert top1 < 1.0  # a random model
+    capsys.readouterr()
     assert main([*args, "--min-top1", str(top1)]) == 0
+    assert f"gate passed: top-1 {top1:.4f} >= --min-top1 {top1:g}" in capsys.readouterr().err
     assert main([*args, "--min-top1", str(min(1.0, top1 + 0.05))]) == 1
 
 

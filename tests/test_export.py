@@ -12,7 +12,7 @@ from bnncli.artifacts.onnx_file import FORMAT, ort_session, read_metadata
 from bnncli.cli.app import main
 from bnncli.data.presets import preprocessing
 from bnncli.deploy.export import export_onnx
-from bnncli.deploy.lower import lower
+from bnncli.deploy.lowering import lower
 from bnncli.deploy.onnx_export import OPSET, to_onnx
 from bnncli.errors import ArtifactError
 from bnncli.nn import BinaryConv2d

@@ -18,7 +18,7 @@ from conftest import FOLDER_CLASSES, write_checkpoint
 from PIL import Image
 
 from bnncli.cli.app import main
-from bnncli.errors import ArtifactError, DataError, UsageError
+from bnncli.errors import ArtifactError, DataError
 
 
 def bnn(capsys, *args):
@@ -57,18 +57,34 @@ def test_train_prints_plain_progress_lines_during_an_epoch_to_a_log(tmp_path, ca
     assert "\x1b" not in err and "\r" not in err  # plain text, no bars
 
 
-def test_log_lines_are_the_default_off_a_terminal_and_configurable(monkeypatch):
+def test_log_lines_are_the_default_off_a_terminal_and_configurable(monkeypatch, capsys):
     from bnncli.cli.progress import LOG_EVERY_DEFAULT, LineReporter, RichReporter, _parse_log_every, make_reporter
 
     monkeypatch.delenv("BNN_LOG_EVERY", raising=False)
     reporter = make_reporter(_parse_log_every(None))  # pytest's stderr is not a terminal
     assert isinstance(reporter, LineReporter) and reporter.interval == LOG_EVERY_DEFAULT
-    monkeypatch.setenv("BNN_LOG_EVERY", "2.5")
-    assert make_reporter(_parse_log_every(None)).interval == 2.5
+    assert make_reporter(_parse_log_every(2.5)).interval == 2.5
     assert make_reporter(_parse_log_every(0.0)).interval == float("inf")  # 0: epoch lines only
+    # $BNN_LOG_EVERY is read by Typer (envvar=), shown in --help and named in its errors
+    assert main(["train", "--help"]) == 0
+    assert "BNN_LOG_EVERY" in capsys.readouterr().out
     monkeypatch.setenv("BNN_LOG_EVERY", "soon")
-    with pytest.raises(UsageError, match="BNN_LOG_EVERY must be a number of seconds"):
-        _parse_log_every(None)
+    assert main(["train", "--arch", "resnete_tiny", "--data", "builtin:shapes-mini"]) == 2
+    assert "BNN_LOG_EVERY" in capsys.readouterr().err
+    monkeypatch.setenv("BNN_LOG_EVERY", "-1")
+    assert main(["eval", "nothing.pt", "--data", "builtin:shapes-mini"]) == 2
+    err = capsys.readouterr().err
+    assert "--log-every (from $BNN_LOG_EVERY) must be a number of seconds >= 0" in err
+    monkeypatch.delenv("BNN_LOG_EVERY")
+    assert main(["eval", "nothing.pt", "--data", "builtin:shapes-mini", "--log-every", "-1"]) == 2
+    assert "--log-every must be" in capsys.readouterr().err  # given on the command line: no env var named
+    assert main(["predict", "x.png", "--model", "nothing.bnn", "--backend", "gpu"]) == 2
+    assert "unknown runtime backend 'gpu'; choose" in capsys.readouterr().err
+    monkeypatch.setenv("BNN_BACKEND", "cuda")
+    assert main(["predict", "x.png", "--model", "nothing.bnn"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown runtime backend 'cuda' (from $BNN_BACKEND)" in err
+
     import bnncli.cli.progress as progress
 
     monkeypatch.setattr(progress, "err", SimpleNamespace(is_terminal=True))
@@ -96,7 +112,7 @@ def test_pack_names_bytes_as_bytes_and_weights_as_weights(models, tmp_path, caps
     assert binary / 8 <= sizes["binary_weights"] < binary  # 1 bit each, rows padded to 32-bit words
     code, out, _ = bnn(capsys, "pack", models["checkpoint"], "-o", tmp_path / "b.bnn", "--samples", "1")
     assert (f"{binary:,} binary weights at 1 bit in {sizes['binary_weights']:,} bytes, "
-            f"{report['float_params']:,} float weights (float32) in {sizes['float_weights']:,} bytes, "
+            f"{report['float_params']:,} float weights ({report['float_dtype']}) in {sizes['float_weights']:,} bytes, "
             f"{sizes['per_channel']:,} bytes of per-channel float32 vectors") in out
 
 
@@ -358,3 +374,20 @@ def test_models_fits_80_columns_and_wide_shows_exact_counts(capsys):
     assert re.search(r"^binarydensenet28 +5\.13M +4\.2M +3\.59G +202M +4\.04 MiB +60\.91%$", out, re.M)
     code, out, _ = bnn(capsys, "models", "--wide")
     assert code == 0 and "5,131,496" in out and "3,587,383,296" in out
+
+
+def test_shell_completion_is_offered(capsys):
+    assert main(["--help"]) == 0
+    assert "--install-completion" in capsys.readouterr().out
+
+
+def test_the_cli_renders_library_log_warnings(capsys):
+    import logging
+
+    from bnncli.cli.common import render_library_logs
+
+    render_library_logs()
+    render_library_logs()  # once per process, however often it is called
+    logging.getLogger("bnncli.engine").warning("%s is odd", "[bold]x\x1b.png")
+    logging.getLogger("bnncli.engine").info("not shown")
+    assert capsys.readouterr().err == "warning: [bold]x\\x1b.png is odd\n"

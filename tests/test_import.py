@@ -22,7 +22,7 @@ from bnncli.cli.app import main
 from bnncli.convert import keras_h5
 from bnncli.convert.larq import convert, keras_order
 from bnncli.data.presets import preprocessing
-from bnncli.deploy.verify import compare
+from bnncli.deploy.verification import compare
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
 from bnncli.images.preprocess import larq_crop_box, preprocess_image

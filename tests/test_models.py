@@ -193,3 +193,24 @@ def test_models_layers_cli(capsys):
     assert "BinaryConv2d" in shown and "total" in shown
     assert main(["models", "resnete*", "--layers"]) == 2
     assert "--layers lists one model" in capsys.readouterr().err
+
+
+def test_the_zoo_table_is_the_registry_and_its_counts():
+    """bnncli.models.zoo (plain data, for `bnn models` and name checks without torch) equals the
+    registry's built-in models and count_model at 224 px and 1000 classes. When a model changes,
+    regenerate the table from the rows this test prints."""
+    from bnncli.models import builtin_model, count_model, create_model, list_models, model_family
+    from bnncli.models.zoo import IMAGE_SIZE, NUM_CLASSES, ZOO
+
+    rows = []
+    for name in (n for n in list_models() if builtin_model(n)):
+        s = count_model(create_model(name, num_classes=NUM_CLASSES, thumbnail=False, in_channels=3), IMAGE_SIZE)
+        rows.append(f'    "{name}": ZooCounts("{model_family(name)}", {s.params}, {s.params_with_bn_stats}, '
+                    f'{s.binary_params}, {s.binary_macs}, {s.fp_macs}, {s.fc_macs}),')
+        entry = ZOO.get(name)
+        assert entry is not None and (entry.family, entry.params, entry.params_with_bn_stats, entry.binary_params,
+                                      entry.binary_macs, entry.fp_macs, entry.fc_macs) == (
+            model_family(name), s.params, s.params_with_bn_stats, s.binary_params, s.binary_macs, s.fp_macs,
+            s.fc_macs), "\n".join(rows)
+        assert (entry.ops, entry.size_bytes) == (s.ops, s.size_bytes)
+    assert list(ZOO) == [n for n in list_models() if builtin_model(n)]

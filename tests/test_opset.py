@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bnncli.artifacts.onnx_file import ort_session
-from bnncli.deploy import lower as lowering
-from bnncli.deploy import onnx_export, pack
-from bnncli.deploy.lower import fold, lower
+from bnncli.deploy import lowering, onnx_export, pack
+from bnncli.deploy.lowering import fold, lower
 from bnncli.errors import ArtifactError
 from bnncli.graph import opset
 from bnncli.graph.graph import Graph, Node
@@ -112,13 +112,14 @@ class _EveryLowering(nn.Module):
         self.avg_pool = nn.AvgPool2d(2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
+        self.drop = nn.Dropout(0.5)
         self.fc = nn.Linear(16, 4)
 
     def forward(self, x):
         x = self.relu(self.bn(self.conv(x)))
-        x = torch.cat([x, self.binary(x)], dim=1)
-        x = self.same(self.max_pool(x)) + self.avg_pool(x)
-        return self.fc(self.flatten(self.pool(x)))
+        x = torch.cat([x, self.binary(torch.relu(x))], dim=1)
+        x = self.same(self.max_pool(x)) + F.relu(self.avg_pool(x))
+        return self.fc(self.drop(self.flatten(self.pool(x)))) + self.fc(torch.flatten(self.pool(x), 1))
 
 
 def test_every_registered_lowering_runs_on_every_backend():
@@ -126,7 +127,7 @@ def test_every_registered_lowering_runs_on_every_backend():
     model = _EveryLowering().eval()
     types = {type(m) for m in model.modules()} - {_EveryLowering}
     assert set(lowering._MODULES) <= types, "add the newly lowered module type to _EveryLowering"
-    called = {n.target for n in lowering._Tracer().trace(model).nodes if n.op == "call_function"}
+    called = {n.target for n in lowering.trace(model).nodes if n.op == "call_function"}
     assert {label for label, _ in lowering._FUNCTIONS.values()} == \
         {lowering._FUNCTIONS[t][0] for t in called}, "add a call of the newly lowered function to _EveryLowering"
     x = torch.randn(2, 3, 8, 8)

@@ -10,7 +10,7 @@ from conftest import write_checkpoint
 from bnncli.artifacts.checkpoint import load_model
 from bnncli.cli.app import main
 from bnncli.deploy.pack import pack_model
-from bnncli.errors import ArtifactError
+from bnncli.errors import ArtifactError, UsageError
 from bnncli.graph import format as fmt
 from bnncli.runtime import load
 
@@ -88,6 +88,21 @@ def test_float16_rounds_a_model_with_float32_weights_and_says_so(tmp_path, capsy
     assert "float16 rounded" in capsys.readouterr().out
 
 
+def test_the_default_float_dtype_is_float16_exactly_when_it_is_lossless(tmp_path, capsys):
+    """bnn pack's default (auto) stores float16 for a model trained with float16-valued weights (the
+    default) and float32 for one trained with float32 weights, which float16 would round."""
+    exact = write_checkpoint(tmp_path / "a.pt", "resnete_tiny", seed=4)
+    rounded = write_checkpoint(tmp_path / "b.pt", "resnete_tiny", seed=4, float_weights="float32")
+    for ckpt, want in ((exact, "float16"), (rounded, "float32")):
+        assert main(["pack", str(ckpt), "-o", str(tmp_path / f"{ckpt.stem}.bnn"), "--samples", "1", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["float_dtype"] == want and report["lossless"]
+        assert fmt.read_packed(tmp_path / f"{ckpt.stem}.bnn")[1]["float_dtype"] == want
+    assert pack_model(exact, tmp_path / "c.bnn", "auto", samples=1).float_dtype == "float16"
+    with pytest.raises(UsageError, match="float dtype must be one of float32, float16, auto"):
+        pack_model(exact, tmp_path / "d.bnn", "float64")
+
+
 def test_float16_overflow_is_refused(tmp_path):
     from bnncli.artifacts.checkpoint import load_checkpoint, save_checkpoint
 
@@ -119,7 +134,7 @@ def test_pack_cli(tmp_path, tiny_checkpoint, capsys):
     text = capsys.readouterr().out
     assert "binary weights at 1 bit" in text and "largest difference" in text
     assert main(["pack", str(tiny_checkpoint), "--float-dtype", "bfloat16"]) == 2
-    assert "--float-dtype must be float32 or float16" in capsys.readouterr().err
+    assert "--float-dtype must be float32, float16 or auto" in capsys.readouterr().err
 
 
 def test_pack_refuses_a_missing_or_foreign_checkpoint(tmp_path, capsys):
@@ -133,7 +148,7 @@ def test_pack_refuses_a_missing_or_foreign_checkpoint(tmp_path, capsys):
 
 def test_packing_keeps_torch_out_of_the_numbers():
     # The checkpoint's binary weights are exactly the packed bits (sign(0) = +1 included).
-    from bnncli.deploy.lower import pack_binary_weight
+    from bnncli.deploy.lowering import pack_binary_weight
     from bnncli.graph import bits as B
 
     w = torch.randn(5, 37, 3, 3)

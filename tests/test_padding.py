@@ -10,7 +10,7 @@ from conftest import exact_inputs, make_exact, randomize_batchnorm, rewrite_pack
 from bnncli import create_model
 from bnncli.artifacts.onnx_file import ort_session
 from bnncli.data.presets import preprocessing
-from bnncli.deploy.lower import lower
+from bnncli.deploy.lowering import lower
 from bnncli.deploy.onnx_export import to_onnx
 from bnncli.deploy.pack import packed_graph
 from bnncli.errors import ArtifactError, UsageError

@@ -127,3 +127,18 @@ def test_a_model_that_is_not_one_is_refused(tmp_path, image_folder, capsys):
     assert main(["predict", _val_images(image_folder)[0], "--model", str(bogus)]) == 2
     err = capsys.readouterr().err
     assert "not a bnncli checkpoint, ONNX model or packed model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_model_of_the_builtin_toy_data_says_so(tmp_path, capsys, models, image_folder):
+    import bnncli
+    from bnncli.data.builtin import SHAPE_CLASSES
+
+    ckpt = write_checkpoint(tmp_path / "shapes.pt", "binarydensenet_tiny", class_names=SHAPE_CLASSES)
+    images = bnncli.sample_images(tmp_path / "samples", count=2)
+    assert [p.name for p in images] == ["0-circle.png", "1-ring.png"]
+    assert main(["predict", *map(str, images), "--model", str(ckpt)]) == 0
+    err = capsys.readouterr().err
+    assert "trained on builtin:shapes, synthetic images of 10 shapes" in err
+    # a model of other classes gets no such note
+    assert main(["predict", _val_images(image_folder)[0], "--model", str(models["checkpoint"])]) == 0
+    assert "synthetic" not in capsys.readouterr().err

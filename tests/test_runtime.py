@@ -12,10 +12,10 @@ from PIL import Image
 
 from bnncli import list_models
 from bnncli.artifacts.onnx_file import ort_session
-from bnncli.deploy.lower import fold, lower
+from bnncli.deploy.lowering import fold, lower
 from bnncli.deploy.onnx_export import to_onnx
 from bnncli.deploy.pack import packed_graph
-from bnncli.deploy.verify import compare
+from bnncli.deploy.verification import compare
 from bnncli.errors import ArtifactError, DataError
 from bnncli.graph import format
 from bnncli.graph.graph import Graph, Node

@@ -140,7 +140,7 @@ def test_zero_pad_correction_is_the_border_only():
 
 @pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
 def test_binary_conv_op_matches_binaryconv2d_with_exact_zeros(pad_value):
-    from bnncli.deploy.lower import lower
+    from bnncli.deploy.lowering import lower
     from bnncli.runtime.model import Model
 
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def test_pools_leave_out_padding_as_pytorch(kernel, stride, padding):
     # Max pools skip taps that fall on padding instead of padding with -inf (with kernel 2 and
     # padding 1 no tap covers every output, so -inf fills first); a ReLU deferred into the pool
     # (ops.MaxPool.relu) gives the ReLU of the max, which is the max of the ReLUs.
-    from bnncli.deploy.lower import lower
+    from bnncli.deploy.lowering import lower
     from bnncli.runtime.model import Model
 
     x = torch.randn(2, 5, 11, 9)
@@ -182,7 +182,7 @@ def test_pools_leave_out_padding_as_pytorch(kernel, stride, padding):
 
 
 def test_add_overwrites_only_inputs_nothing_reads_later():
-    from bnncli.deploy.lower import lower
+    from bnncli.deploy.lowering import lower
     from bnncli.runtime.model import Model
 
     class Net(torch.nn.Module):

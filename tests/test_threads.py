@@ -80,3 +80,18 @@ def test_train_eval_export_and_pack_take_threads(image_folder, tmp_path, capsys,
     assert main(["pack", str(run), "-o", str(tmp_path / "m.bnn"), "--threads", "1", "--json"]) == 0
     capsys.readouterr()
     assert main(["train", "--arch", "binarydensenet_tiny", "--data", str(image_folder), "--threads", "0"]) == 2
+
+
+def test_predict_and_open_model_set_torch_threads_for_checkpoints(tiny_checkpoint, image_folder, capsys,
+                                                                  keep_torch_threads):
+    """One inference seam (bnncli.artifacts.open_model) applies --threads to every kind, checkpoints included."""
+    import bnncli
+
+    image = next(p for p in sorted(image_folder.rglob("*.png")) if p.is_file())
+    torch.set_num_threads(2)
+    assert main(["predict", str(image), "--model", str(tiny_checkpoint), "--threads", "1", "--json"]) == 0
+    assert torch.get_num_threads() == 1
+    assert json.loads(capsys.readouterr().out)[0]["model"] == str(tiny_checkpoint)
+    torch.set_num_threads(2)
+    predictor = bnncli.open_model(tiny_checkpoint, threads=1)
+    assert torch.get_num_threads() == 1 and predictor.kind == "checkpoint"

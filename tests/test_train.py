@@ -356,3 +356,53 @@ def test_tensorflow_padding_trains_and_is_recorded(tmp_path, capsys):
     code, _, err = bnn(capsys, "train", "--arch", "resnete_tiny", "--data", "builtin:shapes-mini", "--epochs", "1",
                        "--padding", "valid", "--out", tmp_path / "bad")
     assert code == 2 and "padding must be one of symmetric, tensorflow" in err
+
+
+def test_the_python_api_trains_a_config_and_logs_warnings(image_folder, tmp_path, caplog):
+    """bnncli.train runs the CLI's loop on a config; without a reporter, the library's warnings go to
+    the ``bnncli`` logger (stdlib logging), where a library user can route or silence them."""
+    import logging
+
+    import bnncli
+
+    with caplog.at_level(logging.WARNING, logger="bnncli"):
+        result = bnncli.train(tiny_config(image_folder), out=tmp_path / "api", epochs=1)
+    assert result.epochs_done == 1 and (tmp_path / "api" / "best.pt").is_file()
+    assert any(r.name == "bnncli.engine" and "broken.jpg" in r.getMessage() for r in caplog.records)
+    config = load_checkpoint(tmp_path / "api" / "last.pt")["config"]
+    assert config["epochs"] == 1 and config["arch"] == "binarydensenet_tiny"  # options override the config
+
+
+def test_in_channels_trains_a_grey_model_from_the_command_line(image_folder, tmp_path, capsys):
+    """--in-channels 1 (friction item 14): grey images are read as one channel, not three equal ones."""
+    from bnncli.cli.app import main
+
+    run = tmp_path / "grey"
+    assert main(["train", "--arch", "resnete_tiny", "--data", str(image_folder), "--epochs", "1", "--batch-size",
+                 "8", "--image-size", "16", "--workers", "0", "--in-channels", "1", "--out", str(run), "--json"]) == 0
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["arch_kwargs"]["in_channels"] == 1 and ckpt["preprocessing"]["channels"] == 1
+    assert build_model(ckpt).stem[0].in_channels == 1
+    image = next(p for p in sorted(image_folder.rglob("*.png")))
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", str(run), "--json"]) == 0
+
+
+def test_every_training_option_is_one_parameter_named_as_its_field():
+    """Each training option is written once on the command line side: a `bnn train` parameter named
+    as its TrainConfig field (or model option), turned into overrides without a hand-kept list."""
+    import inspect
+
+    from bnncli.cli import train as cli_train
+    from bnncli.engine.config import FIELDS, MODEL_OPTIONS
+
+    params = {cli_train.RENAMED.get(p, p) for p in inspect.signature(cli_train.train).parameters}
+    params -= set(cli_train.RUN_OPTIONS)
+    recipe_only = {"model", "description", "reference", "thumbnail"}  # set in recipes, not on the command line
+    assert params == (set(FIELDS) | set(MODEL_OPTIONS)) - recipe_only
+    given = {p: None for p in inspect.signature(cli_train.train).parameters}
+    given.update(arch="resnete_tiny", steps="3,4", crop_scale=(0.5, 1.0), compile_=True, scaling="xnor")
+    overrides = cli_train.config_overrides(given)
+    assert overrides["steps"] == [3, 4] and overrides["crop_scale"] == [0.5, 1.0] and overrides["compile"] is True
+    assert overrides["model"] == {"scaling": "xnor"} and overrides["arch"] == "resnete_tiny"
+    assert overrides["epochs"] is None and "json_" not in overrides and "compile_" not in overrides

@@ -6,6 +6,12 @@ Required keys: ``format``, ``format_version``, the model description of
 :data:`bnncli.metadata.MODEL_KEYS` (``arch``, ``arch_kwargs``, ``class_names``, ``preprocessing``)
 and ``model`` (the state dict). Training adds ``epoch``, ``optimizer``,
 ``scheduler``, ``scaler``, ``rng``, ``metrics`` and ``config``.
+
+The model is rebuilt from ``arch`` (a registry name) and ``arch_kwargs``. A model built some other
+way (a researcher's own ``nn.Module`` of bnncli layers) or registered outside bnncli also carries
+``architecture``: its torch.fx trace as plain data (:mod:`bnncli.artifacts.architecture`), and
+``arch`` is then its class name. Such a checkpoint has format version 2, so that a bnncli that
+cannot read the record refuses the file rather than failing to find the model.
 """
 
 from __future__ import annotations
@@ -29,25 +35,40 @@ from bnncli.fileio import atomic_open
 from bnncli.metadata import MODEL_KEYS, check_model_meta, model_meta
 
 FORMAT = "bnncli-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a registry model's checkpoint
+ARCHITECTURE_FORMAT_VERSION = 2  # a checkpoint with an architecture record
+READS = 2  # the newest format version this bnncli reads
 REQUIRED = (*MODEL_KEYS, "model")
 
 
 def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: dict[str, Any],
                      **extra: Any) -> dict[str, Any]:
-    """The checkpoint dict of a registry model (built with ``create_model``)."""
-    arch = getattr(model, "bnn_arch", None)
-    if arch is None:
-        raise ArtifactError("only models built with bnncli.create_model can be checkpointed")
-    module = model.module if hasattr(model, "module") else model
+    """The checkpoint dict of ``model``: a registry model (``create_model``) by name and options;
+    any other module built from bnncli's and torch's layers with its architecture recorded
+    (:func:`bnncli.artifacts.architecture.record`, ArtifactError naming what it cannot record)."""
+    from bnncli.artifacts.architecture import record
+    from bnncli.models import builtin_model
+
+    module: nn.Module = getattr(model, "module", model)  # DistributedDataParallel
     module = getattr(module, "_orig_mod", module)  # torch.compile wrapper
+    arch = getattr(model, "bnn_arch", None) or getattr(module, "bnn_arch", None)
+    head: dict[str, Any] = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    if arch is None:
+        head.update(format_version=ARCHITECTURE_FORMAT_VERSION, architecture=record(module))
+        arch, kwargs = type(module).__name__, {}
+    else:
+        kwargs = dict(getattr(model, "bnn_kwargs", None) or getattr(module, "bnn_kwargs", {}))
+        if not builtin_model(arch):  # registered by the user: rebuildable where that registration is absent
+            try:
+                head.update(format_version=ARCHITECTURE_FORMAT_VERSION, architecture=record(module))
+            except ArtifactError:
+                pass  # it reloads where its factory is registered (build_model says so)
     state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
     return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        **head,
         "bnncli_version": __version__,
         "arch": arch,
-        "arch_kwargs": dict(model.bnn_kwargs),
+        "arch_kwargs": kwargs,
         "class_names": list(class_names),
         "preprocessing": dict(preprocessing),
         "model": state,
@@ -86,10 +107,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not a bnncli checkpoint (no '{FORMAT}' format marker)")
     version = ckpt.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path} has checkpoint format version {version!r}; this bnncli reads up to {FORMAT_VERSION}"
-        )
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= READS:
+        raise ArtifactError(f"{path} has checkpoint format version {version!r}; this bnncli reads up to {READS}")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise ArtifactError(f"{path} lacks the checkpoint fields {', '.join(missing)}")
@@ -116,16 +135,28 @@ def _check_training_fields(ckpt: dict[str, Any]) -> None:
 
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the registry model a checkpoint describes, with its weights, in eval mode."""
-    from bnncli.models import LEGACY_OPTIONS, create_model
+    """Rebuild the model a checkpoint describes, with its weights, in eval mode: a registered model
+    by name and options, else its architecture record (an ``fx.GraphModule``)."""
+    from bnncli.models import LEGACY_OPTIONS, create_model, list_models
 
+    arch = ckpt["arch"]
+    record = ckpt.get("architecture")
+    if arch not in list_models() and record is None:
+        raise ArtifactError(f"unknown model {arch!r}: it is not one of bnncli's models, and the checkpoint does not "
+                            "record its architecture; import the code that registers it (register_model) first")
     try:
-        model = create_model(ckpt["arch"], **{**LEGACY_OPTIONS, **ckpt["arch_kwargs"]})
-        model.load_state_dict(ckpt["model"])
+        if arch in list_models():
+            model = create_model(arch, **{**LEGACY_OPTIONS, **ckpt["arch_kwargs"]})
+            model.load_state_dict(ckpt["model"])
+        else:
+            from bnncli.artifacts.architecture import rebuild
+
+            model = rebuild(record, device="meta")
+            model.load_state_dict(ckpt["model"], assign=True)
     except BnnError:
         raise
     except Exception as e:
-        raise ArtifactError(f"checkpoint weights do not fit {ckpt['arch']}: {reason(e)}") from None
+        raise ArtifactError(f"checkpoint weights do not fit {arch}: {reason(e)}") from None
     return model.eval()
 
 

@@ -212,6 +212,6 @@ except ImportError:  # Windows
 
     def _lock(fd: int) -> None:
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]  # Windows only
         except OSError as e:
             raise BlockingIOError(*e.args) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -30,7 +31,8 @@ def _arguments_by_metavar() -> None:
 
     if hasattr(TyperArgument, "display_type_rich"):
         plain_type = TyperArgument.display_type_rich
-        TyperArgument.display_type_rich = lambda self, ctx: None if self.metavar else plain_type(self, ctx)
+        setattr(TyperArgument, "display_type_rich",  # noqa: B010  (patching a method)
+                lambda self, ctx: None if self.metavar else plain_type(self, ctx))
     if hasattr(TyperArgument, "_usage_display_name"):
         usage_name = TyperArgument._usage_display_name
 
@@ -40,7 +42,7 @@ def _arguments_by_metavar() -> None:
             name = self.metavar if self.required else f"[{self.metavar}]"
             return name + ("..." if self.nargs != 1 else "")
 
-        TyperArgument._usage_display_name = _usage
+        setattr(TyperArgument, "_usage_display_name", _usage)  # noqa: B010  (patching a method)
 
 
 _arguments_by_metavar()
@@ -49,7 +51,7 @@ app = typer.Typer(
     name="bnn",
     help="Train, evaluate and ship binary neural networks (Bethge et al., 2019: 'Back to Simplicity').",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -96,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     from bnncli.threads import prefer_sleeping_waits
 
     prefer_sleeping_waits()  # before anything loads PyTorch's OpenMP (bnncli.threads)
+    from bnncli.cli.common import render_library_logs
+
+    render_library_logs()
 
     command = typer.main.get_command(app)
     try:
@@ -115,12 +120,14 @@ def main(argv: list[str] | None = None) -> int:
             return int(getattr(e, "exit_code", 0) or 0)
         if _is(e, "NoArgsIsHelpError"):  # `bnn` or `bnn CMD` alone: show the help
             ctx = getattr(e, "ctx", None)
-            sys.stdout.write((ctx.get_help() if ctx is not None else e.format_message()) + "\n")
+            click_error: Any = e  # Click's exception, not imported here
+            sys.stdout.write((ctx.get_help() if ctx is not None else click_error.format_message()) + "\n")
             return 0
         if _is(e, "UsageError") and not _debug():
             ctx = getattr(e, "ctx", None)
             path = ctx.command_path if ctx is not None else "bnn"
-            sys.stderr.write(f"{path}: error: {e.format_message()} (see '{path} --help')\n")
+            usage_error: Any = e
+            sys.stderr.write(f"{path}: error: {usage_error.format_message()} (see '{path} --help')\n")
             return 2
         if _is(e, "Abort"):
             sys.stderr.write("bnn: aborted\n")

@@ -7,6 +7,7 @@ so ``bnn eval --json | jq`` always sees clean JSON.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import unicodedata
@@ -48,9 +49,29 @@ CheckpointArg = Annotated[Path, typer.Argument(
     help="A checkpoint (.pt) written by `bnn train` (runs/NAME/best.pt) or `bnn import`, or a run directory.")]
 SamplesOpt = Annotated[int, typer.Option("--samples", metavar="N", min=1, max=256,
                                          help="Random inputs the result is verified on against PyTorch.")]
+def from_environment(ctx: typer.Context, param: Any) -> str:
+    """`` (from $VAR)`` when an option's value came from its environment variable, else ""."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    return f" (from ${param.envvar})" if source is not None and source.name == "ENVIRONMENT" else ""
+
+
+def _check_backend(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """``--backend`` (or ``$BNN_BACKEND``, which Typer reads) is a known name."""
+    if value is None:
+        return None
+    choices = ("auto", "numpy", "numba")  # bnncli.runtime.backends.CHOICES, without importing the runtime
+    if value.strip().lower() not in choices:
+        from bnncli.errors import UsageError
+
+        raise UsageError(f"unknown runtime backend {value!r}{from_environment(ctx, param)}; choose one of "
+                         f"{', '.join(choices)}")
+    return value
+
+
 BackendOpt = Annotated[str | None, typer.Option(
-    "--backend", metavar="NAME", help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install "
-    "'bnncli[fast]') or auto [default: $BNN_BACKEND, else auto: numba where it is installed].")]
+    "--backend", metavar="NAME", envvar="BNN_BACKEND", show_envvar=True, callback=_check_backend,
+    help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install 'bnncli[fast]') or auto "
+    "[default: auto: numba where it is installed].")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, metavar="N", help="CPU threads of PyTorch, onnxruntime and the packed runtime [default: "
     "the CPUs this process may use].")]
@@ -60,6 +81,21 @@ ToleranceOpt = Annotated[float, typer.Option(
     "float rounding flips one near-zero binarization (docs/deployment.md, Parity).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Replace OUTPUT if it exists (never the command's input, nor a run directory's own files).")]
+
+
+def short_count(n: int) -> str:
+    """A count in at most 7 characters: 9,408, 54,500, 115.6M, 1.68G."""
+    for scale, unit in ((1e9, "G"), (1e6, "M")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}" if n < 100 * scale else f"{n / scale:.0f}{unit}"
+    return f"{n:,}"
+
+
+def short_size(nbytes: float) -> str:
+    """A size in MiB, KiB or bytes, whichever keeps three digits: 4.04 MiB, 41.3 KiB, 512 B."""
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.2f} MiB"
+    return f"{nbytes / 2**10:.1f} KiB" if nbytes >= 1024 else f"{nbytes:.0f} B"
 
 
 def default_output(checkpoint: Path, suffix: str) -> Path:
@@ -123,3 +159,20 @@ def info(message: str) -> None:
 
 def warn(message: str) -> None:
     err.print(Text.assemble(("warning:", "yellow"), " ", printable(message)), highlight=False)
+
+
+class _LogLines(logging.Handler):
+    """Library log records (the ``bnncli`` logger) as the CLI's own lines: warnings as ``warning:``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            (warn if record.levelno >= logging.WARNING else info)(record.getMessage())
+        except Exception:  # a handler must not raise into the library
+            self.handleError(record)
+
+
+def render_library_logs() -> None:
+    """Show the library's warnings (stdlib logging, logger ``bnncli``) on stderr, once per process."""
+    logger = logging.getLogger("bnncli")
+    if not any(isinstance(h, _LogLines) for h in logger.handlers):
+        logger.addHandler(_LogLines(logging.WARNING))

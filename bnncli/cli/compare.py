@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from bnncli.cli.common import ForceOpt, JsonOpt, out, plain, print_json, say
+from bnncli.cli.common import ForceOpt, JsonOpt, out, plain, print_json, say, short_count, short_size
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+DEFAULT_PLOT = "compare.png"
 
 
 def compare(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Run directories of bnn train.")],
-    plot: Annotated[Path, typer.Option("--plot", metavar="FILE", help="Where to draw the runs' validation "
-                                       "curves, overlaid (an existing file needs --force).")] = Path("compare.png"),
+    plot: Annotated[Path | None, typer.Option("--plot", metavar="FILE", help="Where to draw the runs' validation "
+                    "curves, overlaid; an existing file needs --force, except the default's own earlier plot "
+                    f"[default: {DEFAULT_PLOT}].")] = None,
     group_seeds: Annotated[bool, typer.Option(
         "--group-seeds", help="One row for the runs that differ only by --seed: mean ± standard deviation "
         "over the seeds, and one mean curve with a band from the lowest to the highest run.")] = False,
@@ -23,9 +29,12 @@ def compare(
     """Compare training runs: architecture, the options that differ, epochs, best and last top-1/top-5,
     images/s, parameters and 1-bit size, and their validation curves in one PNG."""
     from bnncli.engine.compare import compare_runs
-    from bnncli.engine.curves import plot_comparison
+    from bnncli.engine.curves import COMPARISON, plot_comparison, written_by
     from bnncli.fileio import check_output
 
+    if plot is None:  # the default file is replaced when bnn compare drew it (a rerun), never another file
+        plot = Path(DEFAULT_PLOT)
+        force = force or written_by(plot, COMPARISON)
     target = check_output(plot, inputs=runs, force=force, suffix=".png")
     result = compare_runs(runs)
     if group_seeds:
@@ -47,8 +56,8 @@ def compare(
         table.add_row(plain(name), *_cells(r["options"], result["differing"]),
                       str(r["epochs"]), _pct(r["best_top1"]) + (f" (ep {r['best_epoch']})" if r["best_epoch"] else ""),
                       _pct(r["best_top5"]), _pct(r["last_top1"]),
-                      f"{r['images_per_s']:.0f}" if r["images_per_s"] else "-", f"{r['params'] / 1e6:.2f}M",
-                      f"{r['size_bytes'] / 2**20:.2f} MiB")
+                      f"{r['images_per_s']:.0f}" if r["images_per_s"] else "-", short_count(r["params"]),
+                      short_size(r["size_bytes"]))
     out.print(table)
     say(f"wrote {target} (validation curves; top-1 by {result['runs'][0]['selected_by']})")
 
@@ -71,13 +80,13 @@ def _show_groups(result: dict, target: Path, json_: bool) -> None:
         table.add_row(plain(g["name"]), *_cells(g["options"], grouped["differing"]),
                       str(len(g["runs"])), _pm(g["best_top1_mean"], g["best_top1_std"]),
                       _pm(g["last_top1_mean"], g["last_top1_std"]),
-                      f"{g['images_per_s']:.0f}" if g["images_per_s"] else "-", f"{g['size_bytes'] / 2**20:.2f} MiB")
+                      f"{g['images_per_s']:.0f}" if g["images_per_s"] else "-", short_size(g["size_bytes"]))
     out.print(table)
     say(f"wrote {target} (validation curves, mean of each group's runs; top-1 by "
         f"{grouped['groups'][0]['selected_by']})")
 
 
-def _cells(options: dict, keys: list[str]) -> list[str]:
+def _cells(options: dict, keys: list[str]) -> list[Text]:
     """A row's values of the differing options (``arch`` among them when the architectures differ)."""
     return [plain(_short(options.get(k))) for k in keys]
 

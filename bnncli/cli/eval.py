@@ -13,6 +13,7 @@ from bnncli.cli.common import (
     JsonOpt,
     ThreadsOpt,
     WorkersOpt,
+    info,
     note_compiling,
     out,
     plain,
@@ -45,6 +46,9 @@ def evaluate(
     ] = None,
     backend: BackendOpt = None,
     threads: ThreadsOpt = None,
+    confusion: Annotated[bool, typer.Option(
+        "--confusion", help="Also the confusion matrix: images of each true class (rows) by the class predicted "
+        "(columns); a table up to 20 classes, always in --json as confusion.")] = False,
     log_every: LogEveryOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -56,6 +60,9 @@ def evaluate(
     if min_top1 is not None and not 0.0 <= min_top1 <= 1.0:
         raise UsageError(f"--min-top1 is a fraction in [0, 1] (0.6 for 60%), not {min_top1}")
 
+    from bnncli.artifacts.open import sniff
+
+    sniff(model)  # a missing or foreign model file is refused before torch loads
     from bnncli.engine.evaluate import evaluate_model_file
 
     warned: set[str] = set()
@@ -68,11 +75,14 @@ def evaluate(
     with eval_progress(log_every) as (on_start, on_batch):
         result = evaluate_model_file(model, data, batch_size=batch_size, workers=workers, device=device, amp=amp,
                                      channels_last=channels_last, on_start=on_start, on_batch=on_batch,
-                                     on_skip=on_skip, backend=backend, threads=threads, on_open=note_compiling)
+                                     on_skip=on_skip, backend=backend, threads=threads, on_open=note_compiling,
+                                     confusion=confusion)
     if json_:
         print_json(result)
     else:
         _print_eval(result)
+        if confusion:
+            _print_confusion(result)
     broken = not_finite(result)
     if broken:
         warn(f"the model is not finite: {broken}")
@@ -80,6 +90,8 @@ def evaluate(
         raise GateFailed(f"--min-top1 {min_top1:g} fails: the model is not finite ({broken})")
     if min_top1 is not None and result["top1"] < min_top1:
         raise GateFailed(f"top-1 {result['top1']:.4f} is below --min-top1 {min_top1:g}")
+    if min_top1 is not None:
+        info(f"gate passed: top-1 {result['top1']:.4f} >= --min-top1 {min_top1:g}")
 
 
 def not_finite(r: dict[str, Any]) -> str:
@@ -96,6 +108,29 @@ def not_finite(r: dict[str, Any]) -> str:
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.2%}"
+
+
+# The confusion table for people: up to this many classes (--json has it for any number).
+CONFUSION_TABLE_CLASSES = 20
+
+
+def _print_confusion(r: dict[str, Any]) -> None:
+    """Rows: true class; columns: predicted class, numbered (the row labels name them)."""
+    from rich import box
+    from rich.table import Table
+
+    names, matrix = r["confusion"]["classes"], r["confusion"]["counts"]
+    if len(names) > CONFUSION_TABLE_CLASSES:
+        info(f"confusion matrix: {len(names)} classes are too many for a table; it is in --json (confusion)")
+        return
+    table = Table(title="confusion (rows: true class, columns: predicted)", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 0, 0, 1))
+    table.add_column("true class", overflow="fold")
+    for j in range(len(names)):
+        table.add_column(str(j), justify="right", no_wrap=True)
+    for i, (name, row) in enumerate(zip(names, matrix)):
+        table.add_row(plain(f"{i} {name}"), *(str(v) if v else "." for v in row))
+    out.print(table)
 
 
 def _print_eval(r: dict[str, Any]) -> None:

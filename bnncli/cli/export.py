@@ -20,7 +20,7 @@ from bnncli.cli.common import (
     print_json,
     say,
 )
-from bnncli.deploy.verify import SAMPLES, TOLERANCE
+from bnncli.deploy.verification import SAMPLES, TOLERANCE
 
 
 def export(
@@ -40,10 +40,10 @@ def export(
     as an explicit Pad; binary weights as +-1 floats. Fails, writing nothing, if onnxruntime and
     PyTorch disagree (relative logit difference above --tolerance, 1e-3, or a different top-1).
     """
-    from bnncli.deploy.export import export_onnx
-
     require_checkpoint(checkpoint, "bnn export")
     target = check_model_output(output or default_output(checkpoint, ".onnx"), checkpoint, force, ".onnx")
+    from bnncli.deploy.export import export_onnx  # torch and onnx: only once the paths are known to be good
+
     result = export_onnx(checkpoint, target, samples=samples, tolerance=tolerance, threads=threads)
     if json_:
         print_json(result.as_dict())

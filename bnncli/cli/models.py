@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from bnncli.cli.common import JsonOpt, out, plain, print_json
+from bnncli.cli.common import short_count as _count
+from bnncli.cli.common import short_size as _size
 
 
 def models(
@@ -24,14 +26,32 @@ def models(
 ) -> None:
     """List registered models with params, binary params, MACs, OPs and 1-bit size (ImageNet head),
     and which have published ImageNet weights to `bnn import larq`, with their accuracy."""
-    from bnncli.convert.larq import PUBLISHED
-    from bnncli.errors import UsageError
-    from bnncli.models import ANCHORS, count_model, create_model, list_models, model_family
+    import fnmatch
 
-    names = list_models(pattern)
+    from bnncli.convert.published import PUBLISHED
+    from bnncli.errors import UsageError
+    from bnncli.models.anchors import ANCHORS
+    from bnncli.models.zoo import IMAGE_SIZE, NUM_CLASSES, ZOO
+
+    # The zoo at its default size comes from a table of plain data (bnncli.models.zoo): no torch to
+    # load, no model to build. Other sizes, and --layers, build the models.
+    static = not layers and (image_size, num_classes) == (IMAGE_SIZE, NUM_CLASSES)
+    if static:
+        known = list(ZOO)
+    else:
+        from bnncli.models import list_models
+
+        known = list_models()
+    names = [n for n in known if fnmatch.fnmatch(n, pattern)] if pattern else known
     if not names:
-        raise UsageError(f"no model matches {pattern!r}; known: {', '.join(list_models())}")
+        import difflib
+
+        close = difflib.get_close_matches(pattern or "", known, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(known)}"
+        raise UsageError(f"no model matches {pattern!r}; {hint}")
     if layers:
+        from bnncli.models import create_model
+
         if len(names) != 1 and pattern not in names:
             raise UsageError(f"--layers lists one model; {pattern!r} matches {len(names)}: {', '.join(names)}")
         name = pattern if pattern in names else names[0]
@@ -40,12 +60,18 @@ def models(
         return
     rows = []
     for name in names:
-        # Count every model as configured for ImageNet-sized input, so rows are comparable.
-        model = create_model(name, num_classes=num_classes, thumbnail=image_size < 50, in_channels=3)
-        s = count_model(model, image_size=image_size)
+        s: Any  # ZooCounts or ModelStats: the same fields
+        if static:
+            s, family = ZOO[name], ZOO[name].family
+        else:
+            from bnncli.models import count_model, create_model, model_family
+
+            # Count every model as configured for ImageNet-sized input, so rows are comparable.
+            model = create_model(name, num_classes=num_classes, thumbnail=image_size < 50, in_channels=3)
+            s, family = count_model(model, image_size=image_size), model_family(name)
         rows.append({
             "name": name,
-            "family": model_family(name),
+            "family": family,
             "params": s.params,
             "params_with_bn_stats": s.params_with_bn_stats,
             "binary_params": s.binary_params,
@@ -119,30 +145,22 @@ def _print_layers(name: str, model, image_size: int, json_: bool) -> None:
         print_json({"name": name, "image_size": image_size, "layers": [r.as_dict() for r in rows],
                     "totals": totals.as_dict()})
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"{name} at {image_size}x{image_size}")
-    for col in ("layer", "type", "kind", "output", "params", "binary MACs", "FP MACs", "size"):
-        table.add_column(col, justify="left" if col in ("layer", "type", "kind") else "right")
+    # Within 80 columns: no vertical rules, the layer type says binary or float (BinaryConv2d; --json
+    # has the kind), and a long layer name folds onto a second line rather than being cut.
+    table = Table(title=f"{name} at {image_size}x{image_size}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 0, 0, 1))
+    for col in ("layer", "type", "output", "params", "bin MACs", "FP MACs", "size"):
+        text = col in ("layer", "type")
+        table.add_column(col, justify="left" if text else "right", overflow="fold", no_wrap=not text)
     for r in rows:
-        table.add_row(plain(r.name or "(model)"), r.type, r.kind, "x".join(map(str, r.output_shape)),
+        table.add_row(plain(r.name or "(model)"), r.type, "x".join(map(str, r.output_shape)),
                       _count(r.params), _count(r.binary_macs), _count(r.fp_macs), _size(r.size_bytes))
     table.add_section()
-    table.add_row("total", "", "", "", _count(totals.params), _count(totals.binary_macs), _count(totals.fp_macs),
+    table.add_row("total", "", "", _count(totals.params), _count(totals.binary_macs), _count(totals.fp_macs),
                   _size(totals.size_bytes))
     out.print(table)
     out.print("Exact counts: --json.", highlight=False)
 
-
-def _count(n: int) -> str:
-    """A count in at most 6 characters: 9,408, 115.6M, 1.68G."""
-    for scale, unit in ((1e9, "G"), (1e6, "M")):
-        if n >= scale:
-            return f"{n / scale:.3g}{unit}" if n < 100 * scale else f"{n / scale:.0f}{unit}"
-    return f"{n:,}"
-
-
-def _size(nbytes: float) -> str:
-    if nbytes >= 2**20:
-        return f"{nbytes / 2**20:.2f} MiB"
-    return f"{nbytes / 2**10:.1f} KiB" if nbytes >= 1024 else f"{nbytes:.0f} B"

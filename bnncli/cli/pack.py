@@ -20,7 +20,7 @@ from bnncli.cli.common import (
     print_json,
     say,
 )
-from bnncli.deploy.verify import SAMPLES, TOLERANCE
+from bnncli.deploy.verification import SAMPLES, TOLERANCE
 from bnncli.graph.format import FLOAT_DTYPES
 
 
@@ -30,8 +30,9 @@ def pack(
         "--output", "-o", metavar="FILE",
         help="Where to write (default: CHECKPOINT.bnn); an existing file needs --force.")] = None,
     float_dtype: Annotated[str, typer.Option(
-        "--float-dtype", metavar="DTYPE", help=f"Storage of the full-precision layers: {' or '.join(FLOAT_DTYPES)}.")
-    ] = FLOAT_DTYPES[0],
+        "--float-dtype", metavar="DTYPE", help=f"Storage of the full-precision layers: {' or '.join(FLOAT_DTYPES)}, "
+        "or auto: float16 when that stores every weight unchanged (models trained with --float-weights float16, "
+        "the default), else float32.")] = "auto",
     samples: SamplesOpt = SAMPLES,
     tolerance: ToleranceOpt = TOLERANCE,
     force: ForceOpt = False,
@@ -44,13 +45,14 @@ def pack(
     difference above --tolerance (1e-3) or a different top-1 is an error, except where float16 storage had to
     round weights (a model trained with --float-weights float32), which is reported.
     """
-    from bnncli.deploy.pack import pack_model
     from bnncli.errors import UsageError
 
-    if float_dtype not in FLOAT_DTYPES:
-        raise UsageError(f"--float-dtype must be {' or '.join(FLOAT_DTYPES)}, not {float_dtype!r}")
+    if float_dtype not in (*FLOAT_DTYPES, "auto"):
+        raise UsageError(f"--float-dtype must be {', '.join(FLOAT_DTYPES)} or auto, not {float_dtype!r}")
     require_checkpoint(checkpoint, "bnn pack")
     target = check_model_output(output or default_output(checkpoint, ".bnn"), checkpoint, force, ".bnn")
+    from bnncli.deploy.pack import pack_model  # torch: only once the paths are known to be good
+
     result = pack_model(checkpoint, target, float_dtype, samples=samples, tolerance=tolerance, threads=threads)
     if json_:
         print_json(result.as_dict())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -24,13 +23,11 @@ from bnncli.cli.common import (
 
 
 def find_default_model(runs: Path = Path("runs")) -> Path:
-    """``$BNN_MODEL``, else the model of the newest run under ``runs``; UsageError if none."""
+    """The model of the newest run under ``runs`` (``--model`` and ``$BNN_MODEL`` come first, read by
+    Typer); UsageError if none."""
     from bnncli.artifacts.rundir import find_default_model as newest_run_model
     from bnncli.errors import UsageError
 
-    env = os.environ.get("BNN_MODEL")
-    if env:
-        return Path(env)
     found = newest_run_model(runs)
     if found is None:
         raise UsageError("no model given: pass --model PATH (a checkpoint, .onnx or packed file), set BNN_MODEL, "
@@ -38,22 +35,13 @@ def find_default_model(runs: Path = Path("runs")) -> Path:
     return found
 
 
-def _softmax(logits):
-    import numpy as np
-
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def predict(
     images: Annotated[list[Path], typer.Argument(
         metavar="IMAGE|DIR", help="Image files (any format Pillow reads), or folders: every image under them, "
         "sub-folders included, in sorted order.")],
     model: Annotated[Path | None, typer.Option(
-        "--model", "-m", metavar="FILE", help="Checkpoint, ONNX or packed model; told apart by content [default: "
-        "$BNN_MODEL, else the newest run's model].")] = None,
+        "--model", "-m", metavar="FILE", envvar="BNN_MODEL", show_envvar=True,
+        help="Checkpoint, ONNX or packed model; told apart by content [default: the newest run's model].")] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", metavar="K", min=1, help="Classes to show per image.")] = 5,
     batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", min=1, help="Images per forward pass.")] = 16,
     backend: BackendOpt = None,
@@ -68,12 +56,13 @@ def predict(
     """
     import numpy as np
 
-    from bnncli.artifacts.open import open_model, run_predictor
+    from bnncli.artifacts.open import open_model, run_predictor, softmax
     from bnncli.errors import DataError
 
     path = model if model is not None else find_default_model()
     predictor = open_model(path, threads=threads, backend=backend)
     note_compiling(predictor.backend)
+    toy = toy_data_note(predictor)
     labels = predictor.labels
     k = min(top_k, len(labels))
     results: list[dict] = []
@@ -83,10 +72,10 @@ def predict(
     def flush() -> None:
         if not batch:
             return
-        probs = _softmax(run_predictor(predictor, np.stack([x for _, _, x in batch])))
+        probs = softmax(run_predictor(predictor, np.stack([x for _, _, x in batch])))
         for (slot, image, _), p in zip(batch, probs):
             order = np.argsort(-p, kind="stable")[:k]
-            results[slot] = {"path": str(image), "backend": predictor.backend, "top_k": [
+            results[slot] = {"path": str(image), "model": str(predictor.path), "backend": predictor.backend, "top_k": [
                 {"index": int(i), "label": labels[i], "class_name": predictor.class_names[i],
                  "probability": float(p[i])} for i in order]}
         batch.clear()
@@ -114,8 +103,29 @@ def predict(
              "nothing to predict: the input could not be read")
     else:
         _print_predictions(results, predictor, k)
+    if toy and not json_ and failed < len(results):
+        info(toy)
     if failed:
         raise typer.Exit(1)
+
+
+def toy_data_note(predictor) -> str:
+    """A caveat when the model was trained on a built-in toy dataset (it puts any image in one of its
+    few classes, with high confidence), else ""."""
+    from bnncli.data.builtin import BUILTIN
+
+    source = getattr(predictor, "source", None)
+    config = (source.checkpoint.get("config") or {}) if source is not None else {}
+    data = config.get("data") if isinstance(config, dict) else None
+    if isinstance(data, str) and data.startswith("builtin:"):
+        name = data
+    else:
+        name = next((f"builtin:{b.name}" for b in BUILTIN.values() if tuple(predictor.class_names) == b.classes), "")
+    if not name:
+        return ""
+    return (f"note: this model was trained on {name}, synthetic images of {len(predictor.class_names)} shapes; it "
+            "puts every image in one of those classes, so photos of anything else get confident but meaningless "
+            "answers")
 
 
 def expand_folders(paths: list[Path]) -> list[tuple[Path, str]]:
@@ -171,7 +181,9 @@ def _print_predictions(results: list[dict], predictor, k: int) -> None:
          f"{predictor.backend})")
     table = Table(title=f"top-{k}")
     for col in ("image", "rank", "label", "probability"):
-        table.add_column(col, justify="right" if col in ("rank", "probability") else "left")
+        # A long path folds onto more lines rather than losing its end (the file name) at 80 columns.
+        table.add_column(col, justify="right" if col in ("rank", "probability") else "left",
+                         overflow="fold", no_wrap=col in ("rank", "probability"))
     for r in results:
         if "error" in r:
             continue

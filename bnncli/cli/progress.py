@@ -19,32 +19,30 @@ from typing import Annotated, Any
 
 import typer
 
-from bnncli.cli.common import err, info, printable, warn
+from bnncli.cli.common import err, from_environment, info, printable, warn
 from bnncli.errors import UsageError
 
 LOG_EVERY_ENV = "BNN_LOG_EVERY"
 LOG_EVERY_DEFAULT = 10.0  # seconds between lines when stderr is not a terminal
 
 
-def _parse_log_every(value: float | None) -> float | None:
-    if value is None:
-        text = os.environ.get(LOG_EVERY_ENV, "").strip()
-        if not text:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise UsageError(f"${LOG_EVERY_ENV} must be a number of seconds, not {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"--log-every (or ${LOG_EVERY_ENV}) must be a number of seconds >= 0, not {value!r}")
+def _parse_log_every(value: float | None, source: str = "") -> float | None:
+    """The log interval, checked; ``source`` says where it came from (`` (from $BNN_LOG_EVERY)``)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise UsageError(f"--log-every{source} must be a number of seconds >= 0, not {value!r}")
     return value
 
 
+def _check_log_every(ctx: typer.Context, param: Any, value: float | None) -> float | None:
+    """``--log-every`` or ``$BNN_LOG_EVERY`` (Typer reads the variable)."""
+    return _parse_log_every(value, from_environment(ctx, param))
+
+
 LogEveryOpt = Annotated[float | None, typer.Option(
-    "--log-every", metavar="SECONDS", callback=_parse_log_every,
+    "--log-every", metavar="SECONDS", envvar=LOG_EVERY_ENV, show_envvar=True, callback=_check_log_every,
     help=f"Print a plain progress line every SECONDS instead of bars; 0: one line per epoch only [default: "
-         f"${LOG_EVERY_ENV}, else bars on a terminal and a line every {LOG_EVERY_DEFAULT:g} s otherwise, as in "
-         f"CI, nohup or Slurm logs].")]
+         f"bars on a terminal and a line every {LOG_EVERY_DEFAULT:g} s otherwise, as in CI, nohup or Slurm "
+         f"logs].")]
 
 
 def line_interval(log_every: float | None) -> float | None:
@@ -155,11 +153,12 @@ class RichReporter:
     def __init__(self) -> None:
         self.is_main = int(os.environ.get("RANK", "0")) == 0
         self.run_dir: str | None = None
-        self.progress = None
+        self.progress: Any = None  # a rich Progress while the bars show
         self.run_task = None
         self.epoch_task = None
         self.epochs = 0
         self.epoch_step = 0
+        self.narrow = False
 
     def __enter__(self) -> RichReporter:
         return self
@@ -186,8 +185,11 @@ class RichReporter:
         self.run_dir = i["run_dir"]
         self.epochs = i["epochs"]
         info(_start_line(i))
+        # Below 120 columns (an 80-column terminal) the bar is shorter and a step shows loss and accuracy
+        # only (img/s and lr are in each epoch's summary line), so the step count, elapsed time and ETA fit.
+        self.narrow = err.width < 120
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+            TextColumn("{task.description}"), BarColumn(bar_width=8 if self.narrow else 30), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
             console=err, transient=True,
         )
@@ -209,7 +211,8 @@ class RichReporter:
              lr: float) -> None:
         if self.progress is None:
             return
-        stats = f"loss {loss:.4f}  acc {top1:6.2%}  {images_per_s:,.0f} img/s  lr {lr:.2e}"
+        stats = (f"loss {loss:.3f} acc {top1:5.1%}" if self.narrow else
+                 f"loss {loss:.4f}  acc {top1:6.2%}  {images_per_s:,.0f} img/s  lr {lr:.2e}")
         self.progress.update(self.epoch_task, completed=step, stats=stats)
         self.progress.advance(self.run_task, step - self.epoch_step)
         self.epoch_step = step

@@ -64,6 +64,8 @@ def train(
         "--lr", metavar="RATE", help=f"Peak learning rate {_default(D.lr)}.")] = None,
     optimizer: Annotated[str | None, typer.Option(
         "--optimizer", metavar="NAME", help=f"{_choices(OPTIMIZERS, D.optimizer)} (the paper: adam).")] = None,
+    momentum: Annotated[float | None, typer.Option(
+        "--momentum", metavar="X", help=f"Momentum of --optimizer sgd {_default(D.momentum)}.")] = None,
     weight_decay: Annotated[float | None, typer.Option(
         "--weight-decay", metavar="X", help=f"Weight decay {_default(D.weight_decay)} (the paper: none).")] = None,
     schedule: Annotated[str | None, typer.Option(
@@ -94,6 +96,9 @@ def train(
     binary_downsample: Annotated[bool | None, typer.Option(
         "--binary-downsample/--fp-downsample", help="ResNetE shortcut convs binary (ablation) or full precision.")
     ] = None,
+    in_channels: Annotated[int | None, typer.Option(
+        "--in-channels", metavar="N", min=1, max=3, help="Image channels the model reads: 3 (RGB) or 1 (grey: "
+        "digits, scans; images are read as L) [default: 3].")] = None,
     float_weights: Annotated[str | None, typer.Option(
         "--float-weights", metavar="DTYPE", help="float16: the full-precision layers compute with float16-valued "
         "weights, so `bnn pack --float-dtype float16` is lossless; float32: plain float layers [default: the "
@@ -168,26 +173,12 @@ def train(
     stops; `bnn train --resume RUN` continues exactly where it stopped. For several GPUs or
     machines: `torchrun --nproc_per_node N -m bnncli train ...`.
     """
-    from bnncli.engine.config import parse_steps
+    given = dict(locals())  # every option as parsed, by parameter name (nothing else is defined yet)
     from bnncli.engine.stopping import StopRequest, graceful_interrupts
-    from bnncli.engine.train import train as run_training
 
-    model_options = {"clip_threshold": clip_threshold, "scaling": scaling, "activation_gradient": activation_gradient,
-                     "weight_gradient": weight_gradient, "pad_value": pad_value,
-                     "binary_downsample": binary_downsample, "float_weights": float_weights, "padding": padding}
-    overrides: dict[str, Any] = {
-        "arch": arch, "data": data, "val_split": val_split, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "optimizer": optimizer,
-        "weight_decay": weight_decay, "schedule": schedule, "steps": parse_steps(steps), "factor": factor,
-        "warmup_epochs": warmup_epochs, "image_size": image_size, "preset": preset, "init": init,
-        "augment": augment, "flip": flip, "crop_scale": None if crop_scale is None else list(crop_scale),
-        "crop_ratio": None if crop_ratio is None else list(crop_ratio), "pad_crop": pad_crop,
-        "label_smoothing": label_smoothing,
-        "workers": workers, "threads": threads, "seed": seed, "device": device, "amp": amp,
-        "channels_last": channels_last, "compile": compile_, "sync_bn": sync_bn, "loader": loader,
-        "model": {k: v for k, v in model_options.items() if v is not None} or None,
-    }
+    overrides = config_overrides(given)
     cfg, checkpoint, out_dir = _configure(overrides, recipe, resume, out_dir)
+    from bnncli.engine.train import train as run_training  # torch: only once the options are known to be good
     reporter = make_reporter(log_every)
     watched = _with_tensorboard(reporter, tensorboard, tensorboard_dir)
     stop = StopRequest()
@@ -201,6 +192,37 @@ def train(
         raise
     if reporter.is_main:
         _report(result, cfg, json_)
+
+
+# Parameters of `train` that are not TrainConfig fields or model options: where and how a run goes.
+RUN_OPTIONS = ("recipe", "out_dir", "resume", "log_every", "tensorboard", "tensorboard_dir", "json_")
+RENAMED = {"compile_": "compile"}  # parameter -> TrainConfig field, where a Python keyword is in the way
+
+
+def config_overrides(given: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields (and model options) the command line sets, from ``train``'s parameters:
+    each option is written once, as its parameter, named as its field (tests/test_train.py checks
+    that every field has one). Unset options are None, which never override a recipe."""
+    from bnncli.engine.config import FIELDS, MODEL_OPTIONS, parse_steps
+
+    overrides: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    for name, value in given.items():
+        if name in RUN_OPTIONS:
+            continue
+        field = RENAMED.get(name, name)
+        if field in MODEL_OPTIONS:
+            if value is not None:
+                model[field] = value
+        elif field in FIELDS:
+            overrides[field] = value
+        else:
+            raise AssertionError(f"bnn train's parameter {name} is neither a TrainConfig field nor a run option")
+    overrides["steps"] = parse_steps(overrides.get("steps"))
+    for key in ("crop_scale", "crop_ratio"):
+        overrides[key] = None if overrides.get(key) is None else list(overrides[key])
+    overrides["model"] = model or None
+    return overrides
 
 
 def _with_tensorboard(reporter, on: bool, directory: str | None):
@@ -218,10 +240,11 @@ def _with_tensorboard(reporter, on: bool, directory: str | None):
 def _configure(overrides: dict[str, Any], recipe: Path | None, resume: Path | None, out_dir: Path | None):
     """``(config, checkpoint to resume or None, run directory)`` from the command line."""
     from bnncli.engine.config import resolve_config
-    from bnncli.engine.resume import load_resume, resume_overrides
 
     if resume is None:
         return resolve_config(recipe=recipe, overrides=overrides), None, out_dir
+    from bnncli.engine.resume import load_resume, resume_overrides
+
     if recipe is not None:
         raise UsageError("--recipe cannot be used with --resume: a resumed run keeps its configuration")
     if out_dir is not None and Path(out_dir).resolve() != Path(resume).resolve():

@@ -35,6 +35,7 @@ from bnncli import __version__
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.rundir import check_model_output
 from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, read_keras_weights
+from bnncli.convert.published import PUBLISHED, Published  # noqa: F401  (Published: part of this module's API)
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
@@ -46,33 +47,6 @@ from bnncli.nn import BinaryConv2d
 FAMILIES = ("binarydensenet", "resnete")
 
 
-@dataclass(frozen=True)
-class Published:
-    """A weights file Larq Zoo publishes (larq_zoo 2.4's download table: file name and SHA-256)."""
-
-    larq_zoo_model: str
-    release: str
-    file: str
-    sha256: str
-
-    @property
-    def url(self) -> str:
-        return f"https://github.com/larq/zoo/releases/download/{self.release}/{self.file}"
-
-
-PUBLISHED = {
-    "binarydensenet28": Published("BinaryDenseNet28", "binary_densenet-v0.1.0", "binary_densenet_28_weights.h5",
-                                  "21fe3ca03eed244df9c41a2219876fcf03e73800932ec96a3e2a76af4747ac53"),
-    "binarydensenet37": Published("BinaryDenseNet37", "binary_densenet-v0.1.0", "binary_densenet_37_weights.h5",
-                                  "8056a5d52c3ed86a934893987d09a06f59a5166aa9bddcaedb050f111d0a7d76"),
-    "binarydensenet37_dilated": Published(
-        "BinaryDenseNet37Dilated", "binary_densenet-v0.1.0", "binary_densenet_37_dilated_weights.h5",
-        "15c1bcd79b8dc22971382fbf79acf364a3f51049d0e584a11533e6fdbb7363d3"),
-    "binarydensenet45": Published("BinaryDenseNet45", "binary_densenet-v0.1.0", "binary_densenet_45_weights.h5",
-                                  "d00a0d26fbd2dba1bfba8c0306c770f3aeea5c370e99f963bb239bd916f72c37"),
-    "resnete18": Published("BinaryResNetE18", "resnet_e-v0.1.0", "resnet_e_18_weights.h5",
-                           "bde4a64d42c164a7b10a28debbe1ad5b287c499bc0247ecb00449e6e89f3bf5b"),
-}
 IMPORT_OPTIONS: dict[str, Any] = {"padding": "tensorflow", "float_weights": "float32", "pad_value": 0.0}
 # Keras layer class prefix (its default name) -> what it is.
 KINDS = {"quant_conv2d": "binary conv", "conv2d": "conv", "batch_normalization": "BatchNorm", "dense": "dense"}
@@ -114,7 +88,7 @@ def keras_order(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, str,
             yield from keras_order(child, f"{prefix}{name}.")
 
 
-def _expected_shapes(kind: str, m: nn.Module) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(kind: str, m: Any) -> dict[str, tuple[int, ...]]:
     if kind in ("binary conv", "conv"):
         cout, cin, kh, kw = m.weight.shape
         return {"kernel": (kh, kw, cin, cout)}
@@ -139,7 +113,7 @@ def _by_kind(weights: KerasWeights) -> dict[str, list[KerasLayer]]:
         groups[kind].append(layer)
     for layers in groups.values():
         layers.sort(key=lambda la: la.index)
-        seen = {}
+        seen: dict[Any, Any] = {}
         for la in layers:
             if la.index in seen:
                 raise ArtifactError(f"{weights.path}: layers {seen[la.index]} and {la.name} claim the same "
@@ -160,7 +134,7 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
     """Pair per kind by creation order and check names and shapes; the first misfit in model order."""
     modules = list(keras_order(model))
     taken = {kind: 0 for kind in WEIGHTS}
-    pairs = []
+    pairs: list[Any] = []
     for kind, qualname, m in modules:
         i = taken[kind]
         taken[kind] += 1
@@ -258,7 +232,7 @@ def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha
 # --- the conversion --------------------------------------------------------------------------
 
 
-def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
+def _copy(kind: str | None, m: Any, layer: KerasLayer) -> None:
     w = layer.weights
     with torch.no_grad():
         if kind in ("binary conv", "conv"):
@@ -343,7 +317,7 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
     names = class_names_for(options["num_classes"], class_names)
     ckpt = model_checkpoint(model, names, preprocessing("larq", image_size), source=source)
     params = sum(p.numel() for p in model.parameters())
-    result = ImportResult(Path(), arch, dict(model.bnn_kwargs), len(pairing.pairs), params, source)
+    result = ImportResult(Path(), arch, dict(getattr(model, "bnn_kwargs", {})), len(pairing.pairs), params, source)
     return model, ckpt, result
 
 

@@ -14,7 +14,9 @@ Pillow only.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -93,6 +95,26 @@ class ShapesDataset:
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return self.load(index)
+
+
+def write_samples(directory: str | os.PathLike, count: int = 10, dataset: str = "shapes",
+                  split: str = "val") -> list[Path]:
+    """The first ``count`` images of a built-in split as PNG files ``<index>-<class>.png`` in
+    ``directory`` (created if needed; files of the same name are replaced); returns their paths."""
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise DataError(f"count must be a whole number >= 1, not {count!r}")
+    data = ShapesDataset(dataset, split)
+    if count > len(data):
+        raise DataError(f"builtin:{dataset} has {len(data)} {split} images, fewer than {count}")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        img, label = data.load(i)
+        path = out / f"{i}-{data.classes[label]}.png"
+        img.save(path)
+        paths.append(path)
+    return paths
 
 
 # --- drawing -------------------------------------------------------------------------------------

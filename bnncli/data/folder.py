@@ -68,7 +68,7 @@ def images_under(folder: Path) -> list[str]:
     files are read as the files they point to; links to folders *below* a class folder are not
     followed, so no arrangement of links can make the scan loop or leave the class folder.
     """
-    found = []
+    found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))

@@ -65,8 +65,8 @@ def open_train_data(spec: str, val_split: float | None = None, seed: int = 0) ->
     name = _builtin_name(spec)
     if name is not None:
         _own_val_split(spec, val_split)
-        train = ShapesDataset(name, "train")
-        return DataSplits(train, ShapesDataset(name, "val"), train.classes, BUILTIN[name].image_size)
+        builtin = ShapesDataset(name, "train")
+        return DataSplits(builtin, ShapesDataset(name, "val"), builtin.classes, BUILTIN[name].image_size)
     train_dir, val_dir = split_folders(spec)
     if train_dir is None:
         raise DataError(f"{spec} has a val split but no train split: expected {spec}/train/<class>/<images>")
@@ -162,7 +162,7 @@ def open_eval_data(spec: str, class_names: Sequence[str]) -> Source:
     train_dir, val_dir = split_folders(spec)
     if val_dir is None and train_dir is not None and train_dir != Path(spec):  # a root with train/ only
         raise DataError(f"{spec} has no val split; pass a split folder itself (e.g. {train_dir}) to evaluate on it")
-    return ImageFolderDataset(val_dir if val_dir is not None else train_dir, classes=list(class_names))
+    return ImageFolderDataset(val_dir if val_dir is not None else train_dir or spec, classes=list(class_names))
 
 
 # --- samples and batches ---------------------------------------------------------------------------
@@ -237,8 +237,9 @@ class EpochSampler(Sampler):
     """
 
     def __init__(self, dataset: SampleDataset, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
-        self.inner = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                        drop_last=False)
+        self.inner: DistributedSampler = DistributedSampler(
+            dataset,  # type: ignore[arg-type]  # a map-style dataset by duck typing
+            num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
         self.seed = seed
         self.epoch = 0
         self.start = 0
@@ -291,7 +292,7 @@ def make_loader(dataset: SampleDataset, sampler: Sampler, batch_size: int, worke
     (:func:`collate`; ``--loader device`` keeps them encoded, bnncli.data.tensor_loaders)."""
     workers = capped_workers(workers)
     return DataLoader(
-        dataset,
+        dataset,  # type: ignore[arg-type]  # a map-style dataset by duck typing
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

@@ -200,7 +200,8 @@ def _shaped(height: int, width: int) -> torch.Tensor:
 def file_of(source: Source, index: int) -> str | None:
     """The image file behind sample ``index`` of ``source``; None for a built-in dataset."""
     while isinstance(source, Subset):
-        source, index = source.source, source.indices[index]
+        index = source.indices[index]
+        source = source.source
     if isinstance(source, ImageFolderDataset):
         return source.samples[index][0]
     return None
@@ -339,7 +340,9 @@ class EncodedBatch:
 
     def jpegs(self) -> list[torch.Tensor]:
         """The JPEG files, in the order of their samples (views of ``buffer``)."""
-        return [self.buffer[s.span[0]:s.span[1]] for s in self.samples if s.data is None]
+        buffer = self.buffer
+        assert buffer is not None or all(s.data is not None for s in self.samples)
+        return [buffer[s.span[0]:s.span[1]] for s in self.samples if s.data is None]  # type: ignore[index]
 
 
 def collate_encoded(items: list) -> EncodedBatch:
@@ -373,7 +376,7 @@ class EncodedDataset(SampleDataset):
         try:
             path = file_of(self.source, index)
             data = read_image_bytes(path, MAX_JPEG_BYTES) if path is not None else None
-            size = jpeg_size(data, path) if data is not None else None
+            size = jpeg_size(data, path) if data is not None and path is not None else None
             if size is not None:
                 sample = Encoded(None, size, (), _label(self.source, index), where, jpeg=data)
             else:

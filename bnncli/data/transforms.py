@@ -76,6 +76,22 @@ class Augmentation:
     pad_crop: int | None = None
 
 
+def resolved_augmentation(pre: dict[str, Any], aug: Augmentation | None = None) -> dict[str, Any]:
+    """The augmentation a run of preset ``pre["preset"]`` uses, every default filled in (what
+    config.json records): ``enabled``, ``flip``, and ``crop_scale`` / ``crop_ratio`` (imagenet, larq)
+    or ``pad_crop`` (small)."""
+    aug = aug or Augmentation()
+    if not aug.enabled:
+        return {"enabled": False}
+    used: dict[str, Any] = {"enabled": True, "flip": FLIP if aug.flip is None else float(aug.flip)}
+    if pre["preset"] in ("imagenet", "larq"):
+        used["crop_scale"] = [float(v) for v in (aug.crop_scale or CROP_SCALE)]
+        used["crop_ratio"] = [float(v) for v in (aug.crop_ratio or CROP_RATIO)]
+    elif pre["preset"] == "small":
+        used["pad_crop"] = max(1, pre["image_size"] // 8) if aug.pad_crop is None else int(aug.pad_crop)
+    return used
+
+
 def train_transform(pre: dict[str, Any], aug: Augmentation | None = None):
     """Training augmentation of a preset, as ``aug`` adjusts it.
 
@@ -88,14 +104,14 @@ def train_transform(pre: dict[str, Any], aug: Augmentation | None = None):
     if not aug.enabled:
         return eval_transform(pre)
     size = pre["image_size"]
+    used = resolved_augmentation(pre, aug)
     if pre["preset"] in ("imagenet", "larq"):
         geometry = [
-            T.RandomResizedCrop(size, scale=tuple(aug.crop_scale or CROP_SCALE),
-                                ratio=tuple(aug.crop_ratio or CROP_RATIO),
+            T.RandomResizedCrop(size, scale=tuple(used["crop_scale"]), ratio=tuple(used["crop_ratio"]),
                                 interpolation=InterpolationMode.BILINEAR, antialias=True),
         ]
     elif pre["preset"] == "small":
-        margin = max(1, size // 8) if aug.pad_crop is None else int(aug.pad_crop)
+        margin = used["pad_crop"]
         geometry = [T.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True)]
         if margin:
             geometry.append(T.RandomCrop(size, padding=margin))
@@ -103,6 +119,6 @@ def train_transform(pre: dict[str, Any], aug: Augmentation | None = None):
             geometry.append(T.CenterCrop(size))
     else:
         raise UsageError(f"unknown preprocessing preset {pre['preset']!r}")
-    flip = FLIP if aug.flip is None else float(aug.flip)
+    flip = used["flip"]
     steps = [*geometry, T.RandomHorizontalFlip(flip)] if flip > 0 else geometry
     return T.Compose([*steps, T.ToTensor(), T.Normalize(pre["mean"], pre["std"])])

@@ -4,7 +4,7 @@
                                     --fold + pack (1-bit)------> model.bnn   (bnncli.runtime, NumPy)
 
 ``export_onnx`` and ``pack_model`` start from a checkpoint and verify the result against PyTorch
-(:mod:`bnncli.deploy.verify`) before writing. Opening model files is :mod:`bnncli.artifacts`'s job.
+(:mod:`bnncli.deploy.verification`) before writing. Opening model files is :mod:`bnncli.artifacts`'s job.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ _EXPORTS = {
     "PackResult": "bnncli.deploy.pack",
     "pack_model": "bnncli.deploy.pack",
     "packed_graph": "bnncli.deploy.pack",
-    "fold": "bnncli.deploy.lower",
-    "lower": "bnncli.deploy.lower",
-    "Parity": "bnncli.deploy.verify",
-    "VerificationError": "bnncli.deploy.verify",
-    "verify": "bnncli.deploy.verify",
+    "fold": "bnncli.deploy.lowering",
+    "lower": "bnncli.deploy.lowering",
+    "Parity": "bnncli.deploy.verification",
+    "VerificationError": "bnncli.deploy.verification",
+    "verify": "bnncli.deploy.verification",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -9,9 +9,9 @@ from typing import Any
 
 from bnncli.artifacts.checkpoint import open_checkpoint
 from bnncli.artifacts.onnx_file import ort_session, save_onnx
-from bnncli.deploy.lower import lower
+from bnncli.deploy.lowering import lower
 from bnncli.deploy.onnx_export import OPSET, to_onnx
-from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
+from bnncli.deploy.verification import SAMPLES, TOLERANCE, Parity, verify
 from bnncli.nn.threads import use_torch_threads
 
 

@@ -56,12 +56,12 @@ def emits(op: str):
 
 
 def _kernel(graph: Graph, node: Node) -> list[int]:
-    return list(graph.param(node, "weight").shape[2:]) if node.op == "Conv" else node.attrs["kernel_size"]
+    return list(graph.tensor(node, "weight").shape[2:]) if node.op == "Conv" else node.attrs["kernel_size"]
 
 
 def spatial_sizes(graph: Graph, size: tuple[int, int]) -> dict[str, tuple[int, int]]:
     """(H, W) of every feature map ``graph`` computes from an input of ``size``, by value name."""
-    sizes = {graph.inputs[0]: tuple(size)}
+    sizes: dict[str, tuple[int, int]] = {graph.inputs[0]: (int(size[0]), int(size[1]))}
     for node in graph.nodes:
         hw = sizes.get(node.inputs[0])
         if hw is None or node.op in ("Flatten", "Linear"):
@@ -107,6 +107,9 @@ class _Emitter:
     def param(self, node: Node, role: str) -> np.ndarray | None:
         return self.graph.param(node, role)
 
+    def tensor(self, node: Node, role: str) -> np.ndarray:
+        return self.graph.tensor(node, role)
+
     def pads(self, node: Node) -> list[int]:
         """ONNX ``pads`` (top, left, bottom, right) of a padded node at the export size."""
         a = node.attrs
@@ -119,7 +122,7 @@ class _Emitter:
     # One method per graph op, registered in EMITTERS.
     @emits("Conv")
     def conv(self, node: Node) -> None:
-        w = self.param(node, "weight").astype(np.float32)
+        w = self.tensor(node, "weight").astype(np.float32)
         inputs = [node.inputs[0], self.init(f"{node.name}.weight", w)]
         b = self.param(node, "bias")
         if b is not None:
@@ -150,7 +153,7 @@ class _Emitter:
             xb = self.emit("Pad", [xb, pad_spec, self.const(float(a["pad_value"]))], f"{name}.padded",
                            f"{name}.pad", mode="constant")
             pads = [0, 0, 0, 0]
-        w32 = self.param(node, "weight")
+        w32 = self.tensor(node, "weight")
         bits = B.unpack_bits(w32, a["in_channels"])  # [Cout, kh, kw, Cin]
         w = np.where(bits, 1.0, -1.0).astype(np.float32).transpose(0, 3, 1, 2)
         scale, bias = self.param(node, "out_scale"), self.param(node, "out_bias")
@@ -165,15 +168,15 @@ class _Emitter:
 
     @emits("BatchNorm")
     def batchnorm(self, node: Node) -> None:
-        inputs = [node.inputs[0]] + [self.init(f"{node.name}.{r}", self.param(node, r).astype(np.float32))
+        inputs = [node.inputs[0]] + [self.init(f"{node.name}.{r}", self.tensor(node, r).astype(np.float32))
                                      for r in ("weight", "bias", "running_mean", "running_var")]
         self.emit("BatchNormalization", inputs, node.outputs[0], node.name, epsilon=float(node.attrs["eps"]))
 
     @emits("Affine")
     def affine(self, node: Node) -> None:
-        y = self.emit("Mul", [node.inputs[0], self.channel_vector(node, "scale", self.param(node, "scale"))],
+        y = self.emit("Mul", [node.inputs[0], self.channel_vector(node, "scale", self.tensor(node, "scale"))],
                       f"{node.name}.scaled", f"{node.name}.scale")
-        self.emit("Add", [y, self.channel_vector(node, "shift", self.param(node, "shift"))], node.outputs[0],
+        self.emit("Add", [y, self.channel_vector(node, "shift", self.tensor(node, "shift"))], node.outputs[0],
                   f"{node.name}.shift")
 
     @emits("Relu")
@@ -200,7 +203,7 @@ class _Emitter:
 
     @emits("Linear")
     def linear(self, node: Node) -> None:
-        inputs = [node.inputs[0], self.init(f"{node.name}.weight", self.param(node, "weight").astype(np.float32))]
+        inputs = [node.inputs[0], self.init(f"{node.name}.weight", self.tensor(node, "weight").astype(np.float32))]
         b = self.param(node, "bias")
         if b is not None:
             inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))

@@ -1,6 +1,6 @@
 """`bnn pack`: a checkpoint -> one packed file with 1-bit binary weights (docs/FORMAT.md).
 
-The graph is lowered and folded (``bnncli.deploy.lower.fold``), binary weights are stored as
+The graph is lowered and folded (``bnncli.deploy.lowering.fold``), binary weights are stored as
 bits in 32-bit words, convolution and linear weights and biases in ``float_dtype`` (float32 or
 float16; the first convolution, which reads the image, stays float32 unless its weights are
 float16 values already), and the small per-channel vectors (BatchNorm affine, binarization
@@ -19,8 +19,8 @@ import numpy as np
 
 from bnncli import __version__
 from bnncli.artifacts.checkpoint import open_checkpoint
-from bnncli.deploy.lower import fold, lower
-from bnncli.deploy.verify import SAMPLES, TOLERANCE, Parity, verify
+from bnncli.deploy.lowering import fold, lower
+from bnncli.deploy.verification import SAMPLES, TOLERANCE, Parity, verify
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.fileio import write_bytes
 from bnncli.graph.format import FLOAT_DTYPES, decode, encode, header_size
@@ -29,6 +29,7 @@ from bnncli.graph.opset import FLOAT_DTYPE_PARAMS
 from bnncli.nn.threads import use_torch_threads
 from bnncli.runtime.model import Model
 
+AUTO = "auto"  # the float dtype: float16 when lossless, else float32
 # Tensors stored in the chosen float dtype: the weights of the full-precision layers (the op list says which).
 FLOAT_WEIGHTS = FLOAT_DTYPE_PARAMS
 
@@ -121,7 +122,8 @@ def size_breakdown(graph: Graph, data: bytes) -> dict[str, int]:
 
 def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_dtype: str = "float32",
                samples: int = SAMPLES, tolerance: float = TOLERANCE, threads: int | None = None) -> PackResult:
-    """Pack ``checkpoint`` into ``output``.
+    """Pack ``checkpoint`` into ``output``; ``float_dtype`` float32, float16, or auto: float16 when that
+    stores every float weight unchanged (a model trained with float16-valued weights), else float32.
 
     The written bytes are decoded and run first; a relative logit difference above ``tolerance``
     or a different top-1 raises ArtifactError and nothing is written. That holds for float32 and
@@ -131,8 +133,17 @@ def pack_model(checkpoint: str | os.PathLike, output: str | os.PathLike, float_d
     ``threads``: PyTorch's and the packed runtime's CPU threads (bnncli.threads).
     """
     use_torch_threads(threads)
+    if float_dtype not in (*FLOAT_DTYPES, AUTO):
+        raise UsageError(f"float dtype must be one of {', '.join((*FLOAT_DTYPES, AUTO))}, not {float_dtype!r}")
     src = open_checkpoint(checkpoint)
-    graph, rounded = _packed(lower(src.model), float_dtype)
+    lowered = lower(src.model)
+    if float_dtype == AUTO:  # float16 where it stores every weight unchanged, else float32
+        graph, rounded = _packed(lowered, "float16")
+        float_dtype = "float16" if not rounded else "float32"
+        if rounded:
+            graph, rounded = _packed(lowered, "float32")
+    else:
+        graph, rounded = _packed(lowered, float_dtype)
     meta = {**src.meta, "float_dtype": float_dtype, "producer": f"bnncli {__version__}"}
     data = encode(graph, meta)
     runtime = Model(*decode(data, str(output)), threads=threads)  # what a reader of the file will run

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,7 @@ def summarize(run: dict[str, Any], differing: list[str]) -> dict[str, Any]:
     }
 
 
-def compare_runs(paths: list[str | os.PathLike]) -> dict[str, Any]:
+def compare_runs(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
     """Rows for ``paths`` (run directories) with the options that differ between them."""
     runs = [read_run(p) for p in paths]
     options = [_options(r) for r in runs]
@@ -117,9 +118,10 @@ def group_by_seed(result: dict[str, Any]) -> dict[str, Any]:
 
 def _mean_std(values: list[float | None]) -> dict[str, float | None]:
     """Mean and sample standard deviation (None with fewer than two values, or any value missing)."""
-    if not values or any(v is None for v in values):
+    known = [v for v in values if v is not None]
+    if not values or len(known) < len(values):
         return {"mean": None, "std": None}
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None}
+    return {"mean": statistics.fmean(known), "std": statistics.stdev(known) if len(known) > 1 else None}
 
 
 def _group_name(names: list[str]) -> str:

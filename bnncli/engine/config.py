@@ -93,7 +93,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool}
+_TYPES: dict[str, type | tuple[type, ...]] = {"int": int, "float": (int, float), "str": str, "bool": bool}
 
 
 def _type_name(f: dataclasses.Field) -> str:
@@ -249,12 +249,23 @@ def augmentation(cfg: TrainConfig):
     """The run's training augmentation (bnncli.data.transforms.Augmentation)."""
     from bnncli.data.transforms import Augmentation
 
-    return Augmentation(cfg.augment, cfg.flip, None if cfg.crop_scale is None else tuple(cfg.crop_scale),
-                        None if cfg.crop_ratio is None else tuple(cfg.crop_ratio), cfg.pad_crop)
+    def pair(v: list[float] | None) -> tuple[float, float] | None:
+        return None if v is None else (float(v[0]), float(v[1]))
+
+    return Augmentation(cfg.augment, cfg.flip, pair(cfg.crop_scale), pair(cfg.crop_ratio), cfg.pad_crop)
 
 
 def _check_model_options(arch: str, options: dict[str, Any]) -> None:
     """Model options must exist for ``arch`` and have the type of their default."""
+    if "bnncli.models._registry" not in sys.modules:  # nothing registered beyond the zoo: check without torch
+        from bnncli.models.zoo import ZOO
+
+        if arch not in ZOO:
+            import difflib
+
+            close = difflib.get_close_matches(arch, list(ZOO), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; known models: {', '.join(ZOO)}"
+            raise UsageError(f"unknown model {arch!r}{hint}")
     from bnncli.models import model_options
 
     defaults = model_options(arch)  # an unknown arch raises here, with close matches

@@ -139,7 +139,7 @@ def plot_groups(groups: dict[str, Sequence[Sequence[dict[str, Any]]]], path: str
     _style(acc_ax, "validation top-1\n(stars: best epoch" + ("; bands: lowest to highest run)" if several else ")"),
            "top-1", True, [])
     _style(loss_ax, "validation loss", "cross-entropy", False, losses)
-    return _save(fig, path)
+    return _save(fig, path, COMPARISON)
 
 
 def _spread(histories: Sequence[Sequence[dict[str, Any]]], key: str):
@@ -150,7 +150,33 @@ def _spread(histories: Sequence[Sequence[dict[str, Any]]], key: str):
     return (epochs, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values])
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+# The PNG text chunk every bnncli plot carries, so a command can tell its own earlier output from a user's file.
+SOFTWARE = "bnncli"
+COMPARISON = "bnncli compare"  # bnn compare's plots: its default output is replaced only when it is one
+
+
+def _save(fig, path: str | os.PathLike, software: str = SOFTWARE) -> Path:
     with atomic_open(path) as f:
-        fig.savefig(f, format="png")
+        fig.savefig(f, format="png", metadata={"Software": software})
     return Path(path)
+
+
+def written_by(path: str | os.PathLike, software: str) -> bool:
+    """True when ``path`` is a PNG whose ``Software`` text chunk is ``software`` (a plot bnncli drew)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    at = 8
+    while at + 8 <= len(head):  # chunks: length, type, data, CRC
+        length, kind = int.from_bytes(head[at:at + 4], "big"), head[at + 4:at + 8]
+        data = head[at + 8:at + 8 + length]
+        if kind == b"tEXt" and data == b"Software\x00" + software.encode("latin-1"):
+            return True
+        if kind == b"IDAT":
+            return False
+        at += 12 + length
+    return False

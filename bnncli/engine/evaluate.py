@@ -7,7 +7,6 @@ so checkpoints, ONNX sessions and packed artifacts are measured by the same loop
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -17,11 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bnncli.artifacts.checkpoint import build_model, load_checkpoint
-from bnncli.artifacts.open import Predictor, open_model, run_predictor, sniff
-from bnncli.artifacts.rundir import resolve_model_path
+from bnncli.artifacts.open import CheckpointPredictor, Predictor, open_model, run_predictor
 from bnncli.errors import ArtifactError, DataError
-from bnncli.nn.threads import use_torch_threads
 
 TOP5_MIN_CLASSES = 5  # top-5 is reported for more classes than this (with 5 or fewer it is always 100%)
 
@@ -43,35 +39,17 @@ class EvalModel:
 def load_eval_model(path: str | os.PathLike, device: torch.device | str = "cpu",
                     amp: str = "none", channels_last: bool = False, backend: str | None = None,
                     threads: int | None = None) -> EvalModel:
-    """The ``MODEL`` argument of ``bnn eval``: any model file :func:`bnncli.artifacts.open_model`
-    opens. ONNX runs on onnxruntime and packed models on the NumPy runtime (both on CPU);
-    checkpoints on ``device``, with ``amp`` autocast and ``channels_last`` if asked. ``backend``:
-    the packed runtime's kernels (bnncli.runtime.backends); ``threads``: the CPU threads of
-    whichever runs it (bnncli.threads)."""
-    file = resolve_model_path(path)
-    if sniff(file) != "checkpoint":
-        return _deployed_eval_model(open_model(file, threads=threads, backend=backend))
-    use_torch_threads(threads)
-    ckpt = load_checkpoint(file)
-    device = torch.device(device)
-    model = build_model(ckpt)
-    nonfinite = sum(1 for t in model.state_dict().values() if t.is_floating_point() and not torch.isfinite(t).all())
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def predict(x: torch.Tensor) -> torch.Tensor:
-        if len(x) == 0:
-            return torch.zeros(0, len(ckpt["class_names"]))
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            return model(x)
-
-    return EvalModel(predict=predict, class_names=list(ckpt["class_names"]), preprocessing=dict(ckpt["preprocessing"]),
-                     source=str(file), kind="checkpoint", arch=ckpt["arch"], nonfinite_weights=nonfinite)
+    """The ``MODEL`` argument of ``bnn eval``: any model file, opened by the one inference seam
+    :func:`bnncli.artifacts.open_model` (which applies ``threads``, ``backend``, ``device``, ``amp``
+    and ``channels_last``). ONNX runs on onnxruntime and packed models on the NumPy runtime (both
+    on CPU), checkpoints on ``device``."""
+    predictor = open_model(path, threads=threads, backend=backend, device=device, amp=amp,
+                           channels_last=channels_last)
+    if isinstance(predictor, CheckpointPredictor):
+        return EvalModel(predict=predictor.forward, class_names=predictor.class_names,
+                         preprocessing=predictor.preprocessing, source=str(predictor.path), kind=predictor.kind,
+                         arch=predictor.arch, nonfinite_weights=predictor.nonfinite_weights)
+    return _deployed_eval_model(predictor)
 
 
 def _deployed_eval_model(predictor: Predictor) -> EvalModel:
@@ -85,13 +63,6 @@ def _deployed_eval_model(predictor: Predictor) -> EvalModel:
                      source=str(predictor.path), kind=predictor.kind, arch=predictor.arch, backend=predictor.backend)
 
 
-def autocast(device: torch.device, amp: str):
-    """bf16/fp16 autocast on the device, or nothing."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def evaluate(
     predict: Callable[[torch.Tensor], Any],
     batches: Iterable,
@@ -100,6 +71,7 @@ def evaluate(
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     on_batch: Callable[[int], None] | None = None,
     on_skip: Callable[[Any], None] | None = None,
+    confusion: bool = False,
 ) -> dict[str, Any]:
     """Run ``predict`` over ``batches`` of ``(images, labels, skipped)`` and measure it.
 
@@ -110,6 +82,8 @@ def evaluate(
     ``nonfinite_logits``: images whose logits hold NaN or inf. Such an image counts as wrong in
     top-1 and top-5 (a NaN "prediction" is no hit), and it makes ``loss`` NaN or inf. With 5
     classes or fewer every label is in the top 5, so ``top5`` is None (not measured).
+    ``confusion=True`` adds ``confusion``: ``classes`` and ``counts[true][predicted]``, image counts
+    by top-1 prediction (an image with non-finite logits counts in no column).
     """
     n_classes = len(class_names)
     k = min(5, n_classes)
@@ -117,6 +91,7 @@ def evaluate(
     loss_sum = top1 = top5 = images = skipped = nonfinite = 0.0
     class_seen = torch.zeros(n_classes, dtype=torch.float64)
     class_correct = torch.zeros(n_classes, dtype=torch.float64)
+    matrix = torch.zeros(n_classes * n_classes if confusion else 0, dtype=torch.float64)
     model_seconds = 0.0
     start = time.perf_counter()
     for x, y, bad in batches:
@@ -148,15 +123,19 @@ def evaluate(
         images += len(y)
         class_seen.index_add_(0, y, torch.ones(len(y), dtype=torch.float64))
         class_correct.index_add_(0, y, hit1.double())
+        if confusion:
+            cells = (y * n_classes + best[:, 0])[finite]
+            matrix.index_add_(0, cells, torch.ones(len(cells), dtype=torch.float64))
         if on_batch is not None:
             on_batch(len(y) + len(bad))
     seconds = time.perf_counter() - start
     totals = torch.cat([torch.tensor([loss_sum, top1, top5, images, skipped, nonfinite], dtype=torch.float64),
-                        class_seen, class_correct])
+                        class_seen, class_correct, matrix])
     if reduce is not None:
         totals = reduce(totals)
     loss_sum, top1, top5, images, skipped, nonfinite = totals[:6].tolist()
-    class_seen, class_correct = totals[6:6 + n_classes], totals[6 + n_classes:]
+    class_seen, class_correct = totals[6:6 + n_classes], totals[6 + n_classes:6 + 2 * n_classes]
+    matrix = totals[6 + 2 * n_classes:]
     n = max(images, 1.0)
     return {
         "top1": top1 / n,
@@ -173,6 +152,8 @@ def evaluate(
             for name, seen, correct in zip(class_names, class_seen.tolist(), class_correct.tolist())
             if seen > 0
         },
+        **({"confusion": {"classes": list(class_names),
+                          "counts": matrix.view(n_classes, n_classes).long().tolist()}} if confusion else {}),
     }
 
 
@@ -190,7 +171,8 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
                         device: str = "auto", amp: str = "none", channels_last: bool = False,
                         on_start: Callable[[int], None] | None = None, on_batch: Callable[[int], None] | None = None,
                         on_skip: Callable[[Any], None] | None = None, backend: str | None = None,
-                        threads: int | None = None, on_open: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        threads: int | None = None, on_open: Callable[[str], None] | None = None,
+                        confusion: bool = False) -> dict[str, Any]:
     """``bnn eval``: any model file on a labelled folder (or builtin dataset), measured by :func:`evaluate`.
 
     ``on_open(backend)`` is called once the model is open, ``on_start(images)`` once the data is.
@@ -214,7 +196,7 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
     if on_start is not None:
         on_start(len(dataset))
     try:
-        res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip)
+        res = evaluate(em.predict, loader, em.class_names, on_batch=on_batch, on_skip=on_skip, confusion=confusion)
     except ArtifactError as e:
         if em.source in str(e):
             raise
@@ -222,7 +204,7 @@ def evaluate_model_file(model: str | os.PathLike, data: str, *, batch_size: int 
     if res["images"] == 0:
         raise DataError(f"no readable images in {data}")
     result = {"model": em.source, "kind": em.kind, "arch": em.arch, "backend": em.backend, "data": data, **res,
-              "nonfinite_weights": em.nonfinite_weights, "device": str(dev)}
+              "nonfinite_weights": em.nonfinite_weights, "device": str(dev) if em.kind == "checkpoint" else "cpu"}
     published = published_numbers(em.arch, len(em.class_names))
     if published is not None:  # only a 1000-class model of an architecture with published ImageNet numbers
         result["published"] = published

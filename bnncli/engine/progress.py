@@ -1,15 +1,20 @@
 """What a run reports while it trains: the :class:`Reporter` interface and an epoch's running sums.
 
-The library never prints; the CLI implements :class:`Reporter` with rich (and a log file).
+The library never prints; the CLI implements :class:`Reporter` with rich (and a log file). The
+base class sends warnings to the ``bnncli`` logger (stdlib logging), so a library user routes or
+silences them like any other library's.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from bnncli.engine import distributed
+
+log = logging.getLogger("bnncli.engine")
 
 
 class Reporter:
@@ -36,7 +41,9 @@ class Reporter:
 
     def warning(self, text: str) -> None:
         """One line for people. ``text`` names user files and classes: a reporter shows it literally
-        (never as markup, control characters escaped); it is not for JSON."""
+        (never as markup, control characters escaped); it is not for JSON. Here: a warning of the
+        ``bnncli.engine`` logger."""
+        log.warning("%s", text)
 
 
 class EpochSums:

@@ -33,15 +33,16 @@ from torch import nn
 
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.identify import reason
+from bnncli.artifacts.open import autocast
 from bnncli.artifacts.rundir import RunFiles, RunLock
 from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipped, make_loader, open_train_data
 from bnncli.data.presets import default_preset, preprocessing
 from bnncli.data.tensor_loaders import train_batches, train_dataset
-from bnncli.data.transforms import eval_transform, train_transform
+from bnncli.data.transforms import eval_transform, resolved_augmentation, train_transform
 from bnncli.engine import distributed
 from bnncli.engine.config import TrainConfig, augmentation
 from bnncli.engine.curves import plot_curves
-from bnncli.engine.evaluate import autocast, evaluate
+from bnncli.engine.evaluate import evaluate
 from bnncli.engine.optim import build_optimizer, build_scheduler
 from bnncli.engine.progress import EpochSums, Reporter
 from bnncli.engine.resume import open_run_dir
@@ -146,7 +147,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike | None = None, *, resume: dic
 
 def build_data(cfg: TrainConfig, ctx: distributed.Context, resume: dict[str, Any] | None) -> TrainData:
     """Class names come from the train split; the eval preprocessing is what checkpoints record."""
+    assert cfg.data is not None and cfg.arch is not None  # config.validate made sure
     data = open_train_data(cfg.data, cfg.val_split, cfg.seed)
+    if data.train is None:
+        raise DataError(f"{cfg.data} has no training images")
     cfg.val_split = data.held_out  # recorded as used: config.json and every checkpoint carry it
     if resume is not None and list(resume["class_names"]) != data.class_names:
         raise DataError(f"the classes in {cfg.data} differ from those of the run being resumed")
@@ -183,6 +187,7 @@ def build_model(cfg: TrainConfig, data: TrainData, ctx: distributed.Context,
     options.setdefault("thumbnail", data.image_size < 50)  # small inputs get the 3x3 stem
     if resume is not None:  # a run started before an option existed keeps what it was trained with
         options.update({k: v for k, v in LEGACY_OPTIONS.items() if k not in resume["arch_kwargs"]})
+    assert cfg.arch is not None  # config.validate made sure
     raw_model = create_model(cfg.arch, **options)
     if cfg.init == "he_normal":
         he_normal_(raw_model)
@@ -203,7 +208,7 @@ def build_model(cfg: TrainConfig, data: TrainData, ctx: distributed.Context,
         device_ids = [ctx.device] if ctx.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(raw_model, device_ids=device_ids)
     if cfg.compile:
-        model = torch.compile(model)
+        model = torch.compile(model)  # type: ignore[assignment]  # still a module, wrapped
     return raw_model, model
 
 
@@ -215,7 +220,7 @@ def open_run(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, 
     error: BnnError | None = None
     if ctx.is_main:
         try:
-            opened = open_run_dir(out, cfg.arch, resume)
+            opened = open_run_dir(out, cfg.arch or "run", resume)
         except BnnError as e:
             if not ctx.distributed:
                 raise
@@ -280,6 +285,11 @@ def write_run_files(run: Run) -> None:
         "config": run.cfg.to_dict(), "arch": run.raw_model.bnn_arch, "arch_kwargs": run.raw_model.bnn_kwargs,
         "class_names": run.data.class_names, "preprocessing": run.data.preprocessing,
         "world_size": run.ctx.world_size,
+        # What the options left unset (None in "config") resolved to in this run.
+        "used": {"image_size": run.data.image_size, "preset": run.data.preprocessing["preset"],
+                 "augmentation": resolved_augmentation(run.data.preprocessing, augmentation(run.cfg)),
+                 "workers": run.data.workers, "threads": torch.get_num_threads(),
+                 "batch_per_process": run.data.batch},
     }, indent=2) + "\n")
 
 
@@ -324,7 +334,7 @@ def run_epochs(run: Run) -> TrainResult:
             # Asked to stop during validation: the epoch's checkpoint is already written.
             return stopped(run, epoch + 1, 0, None, save=False)
     if run.ctx.is_main and run.history:
-        plot_curves(run.history, run.files.curves, cfg.arch)
+        plot_curves(run.history, run.files.curves, cfg.arch or "")
     distributed.barrier(run.ctx)
     return TrainResult(run.files.dir, cfg.epochs, cfg.epochs, 0, run.data.steps_per_epoch, False, None,
                        run.history, run.best, run.raw_model)
@@ -358,7 +368,7 @@ def run_epoch(run: Run, epoch: int, first_step: int, sums: EpochSums) -> int | N
                                                                       run.ctx)[0]:
             kept = f"; {run.files.last} keeps epoch {run.history[-1]['epoch']}" if run.history else ""
             if run.ctx.is_main and run.history:
-                plot_curves(run.history, run.files.curves, run.cfg.arch)
+                plot_curves(run.history, run.files.curves, run.cfg.arch or "")
             raise UsageError(f"training diverged in epoch {epoch + 1}: the loss is not finite by step {step}/{steps}"
                              f"{kept}; start again with a lower --lr (this run: {run.cfg.lr:g})")
         now = time.perf_counter()
@@ -426,6 +436,7 @@ def epoch_metrics(run: Run, epoch: int, sums: EpochSums) -> dict[str, Any]:
 
 def validate(run: Run, epoch: int) -> dict[str, Any]:
     """Held-out metrics, sharded across processes with the counts summed."""
+    assert run.data.val_set is not None  # validate is called only with a validation split
     run.reporter.validating(epoch + 1, len(run.data.val_set))
     run.raw_model.eval()
     device, cfg = run.ctx.device, run.cfg
@@ -493,6 +504,6 @@ def stopped(run: Run, epochs_done: int, step_in_epoch: int, sums: list[float] | 
     if run.ctx.is_main and save:
         save_checkpoint(run.files.last, checkpoint_state(run, epochs_done, step_in_epoch, sums))
     if run.ctx.is_main and run.history:  # also when the epoch's checkpoint was written already (save=False)
-        plot_curves(run.history, run.files.curves, run.cfg.arch)
+        plot_curves(run.history, run.files.curves, run.cfg.arch or "")
     return TrainResult(run.files.dir, epochs_done, run.cfg.epochs, step_in_epoch, run.data.steps_per_epoch, True,
                        run.stop.reason, run.history, run.best, run.raw_model)

@@ -64,7 +64,7 @@ BINARY_ENCODING = {
     "byte_order": "little",
     "tail_bits": 0,
 }
-DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint32": np.dtype("<u4"),
+DTYPES: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "uint32": np.dtype("<u4"),
           "uint8": np.dtype("u1")}
 FLOAT_DTYPES = ("float32", "float16")
 
@@ -308,7 +308,7 @@ def _parse_graph(g: Any, tensors: dict[str, np.ndarray]) -> Graph:
     for key in ("inputs", "outputs"):
         _require(isinstance(g[key], list) and len(g[key]) == 1 and isinstance(g[key][0], str),
                  f"graph {key} must be one name")
-    _require(isinstance(g["nodes"], list) and g["nodes"], "graph nodes must be a non-empty list")
+    _require(isinstance(g["nodes"], list) and bool(g["nodes"]), "graph nodes must be a non-empty list")
     try:
         nodes = [Node.from_json(n) for n in g["nodes"]]
         graph = Graph(nodes, tensors, list(g["inputs"]), list(g["outputs"]))
@@ -354,7 +354,8 @@ def _parse_tensors(table: Any, payload: memoryview) -> dict[str, np.ndarray]:
         _require(isinstance(entry, dict) and {"name", "dtype", "shape", "offset", "nbytes"} == set(entry),
                  "each tensor entry needs exactly name, dtype, shape, offset, nbytes")
         name = entry["name"]
-        _require(isinstance(name, str) and name and name not in tensors, f"bad or duplicate tensor name {name!r}")
+        _require(isinstance(name, str) and bool(name) and name not in tensors,
+                 f"bad or duplicate tensor name {name!r}")
         _require(entry["dtype"] in DTYPES, f"tensor {name}: unknown dtype {entry['dtype']!r}")
         shape = entry["shape"]
         _check_shape(name, shape)

@@ -1,6 +1,6 @@
 """The graph every deployment backend shares: a list of nodes over named arrays.
 
-``bnncli.deploy.lower`` turns a registry model into a :class:`Graph`; the ONNX emitter, the
+``bnncli.deploy.lowering`` turns a registry model into a :class:`Graph`; the ONNX emitter, the
 packer and the NumPy runtime all consume it. A node has an op type (declared, with its inputs,
 params and attributes, in :mod:`bnncli.graph.opset`), the names of the values it reads and
 writes, plain JSON attributes, and ``params``: role -> name of a tensor in ``Graph.tensors``.
@@ -102,6 +102,13 @@ class Graph:
         """The tensor a node uses in ``role``, or None when it has none."""
         name = node.params.get(role)
         return None if name is None else self.tensors[name]
+
+    def tensor(self, node: Node, role: str) -> np.ndarray:
+        """The tensor a node requires in ``role`` (its op's spec says which); ArtifactError when absent."""
+        array = self.param(node, role)
+        if array is None:
+            raise ArtifactError(f"node {node.name!r} ({node.op}) lacks its {role}")
+        return array
 
     def check(self) -> None:
         """Every value is written once before it is read; every param names a tensor; node names are

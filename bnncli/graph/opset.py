@@ -10,7 +10,7 @@ To add a graph op:
 1. declare it in :data:`OPSET` below (and the params a packed file stores in its float dtype in
    ``float_dtype_params``; bnncli.deploy.pack reads them from here);
 2. lower it: a ``@lowers(ModuleType, ...)`` or ``@lowers_function(...)`` function in
-   bnncli/deploy/lower.py returning ``Lowered("Name", attrs, params)``;
+   bnncli/deploy/lowering.py returning ``Lowered("Name", attrs, params)``;
 3. emit it: an ``@emits("Name")`` method of ``_Emitter`` in bnncli/deploy/onnx_export.py;
 4. run it: ``class Name(Op, op="Name")`` in bnncli/runtime/ops.py (``setup`` and ``__call__``);
 5. document it: its row in the op table of docs/FORMAT.md (optional params marked ``?``).

@@ -36,7 +36,7 @@ def resolve(padding: str | Sequence[int], size: tuple[int, int], kernel: Sequenc
         top, bottom = same_pads(size[0], kernel[0], stride[0], dilation[0])
         left, right = same_pads(size[1], kernel[1], stride[1], dilation[1])
         return top, left, bottom, right
-    ph, pw = padding
+    ph, pw = int(padding[0]), int(padding[1])
     return ph, pw, ph, pw
 
 

@@ -126,7 +126,7 @@ def preprocess_image(image, preprocessing: dict[str, Any]) -> np.ndarray:
     check_resize(w, h, int(preprocessing["resize"]))
     new_w, new_h = _resized_size(w, h, int(preprocessing["resize"]))
     if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.BILINEAR)
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
     w, h = image.size
     if size > w or size > h:  # torchvision pads with 0 before cropping
         left, top = max(0, (size - w) // 2), max(0, (size - h) // 2)

@@ -1,17 +1,28 @@
-"""The model registry and the paper's model zoo."""
+"""The model registry and the paper's model zoo.
 
-from bnncli.models import binarydensenet, resnete  # noqa: F401  (registers the models)
-from bnncli.models._registry import (
-    COMMON_OPTIONS,
-    LEGACY_OPTIONS,
-    create_model,
-    list_models,
-    model_family,
-    model_options,
-    register_model,
-)
-from bnncli.models.anchors import ANCHORS
-from bnncli.models.stats import LayerStats, ModelStats, count_model, layer_summary
+The names below are imported on first use, and the zoo's families (which need torch) are
+registered then: importing :mod:`bnncli.models.zoo` (names and counts as plain data) or
+:mod:`bnncli.models.anchors` (published accuracies) does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bnncli.models._registry import (
+        COMMON_OPTIONS,
+        LEGACY_OPTIONS,
+        builtin_model,
+        create_model,
+        list_models,
+        model_family,
+        model_options,
+        register_model,
+    )
+    from bnncli.models.anchors import ANCHORS
+    from bnncli.models.stats import LayerStats, ModelStats, count_model, layer_summary
 
 IMAGENET_MODELS = (
     "binarydensenet28",
@@ -23,6 +34,22 @@ IMAGENET_MODELS = (
     "birealnet18",
 )
 
+_EXPORTS = {
+    "ANCHORS": "bnncli.models.anchors",
+    "COMMON_OPTIONS": "bnncli.models._registry",
+    "LEGACY_OPTIONS": "bnncli.models._registry",
+    "LayerStats": "bnncli.models.stats",
+    "ModelStats": "bnncli.models.stats",
+    "builtin_model": "bnncli.models._registry",
+    "count_model": "bnncli.models.stats",
+    "create_model": "bnncli.models._registry",
+    "list_models": "bnncli.models._registry",
+    "layer_summary": "bnncli.models.stats",
+    "model_family": "bnncli.models._registry",
+    "model_options": "bnncli.models._registry",
+    "register_model": "bnncli.models._registry",
+}
+
 __all__ = [
     "ANCHORS",
     "COMMON_OPTIONS",
@@ -30,11 +57,20 @@ __all__ = [
     "LEGACY_OPTIONS",
     "LayerStats",
     "ModelStats",
+    "builtin_model",
     "count_model",
     "create_model",
-    "list_models",
     "layer_summary",
+    "list_models",
     "model_family",
     "model_options",
     "register_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bnncli.models' has no attribute {name!r}")
+    importlib.import_module("bnncli.models.binarydensenet")  # registers the zoo's models
+    importlib.import_module("bnncli.models.resnete")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

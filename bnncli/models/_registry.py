@@ -52,6 +52,13 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names
 
 
+def builtin_model(name: str) -> bool:
+    """True for a model of bnncli's own zoo (registered by bnncli.models), False for one registered
+    elsewhere or not at all: checkpoints of the others also record their architecture."""
+    fn = _FACTORIES.get(name)
+    return fn is not None and fn.__module__.startswith("bnncli.models.")
+
+
 def model_family(name: str) -> str:
     return _FAMILIES[_check_name(name)]
 
@@ -93,6 +100,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     model = _FACTORIES[name](**{k: v for k, v in resolved.items() if k not in COMMON_OPTIONS})
     set_float_weights(model, resolved["float_weights"])
     set_padding(model, resolved["padding"])
-    model.bnn_arch = name
-    model.bnn_kwargs = resolved
+    model.bnn_arch = name  # type: ignore[assignment]
+    model.bnn_kwargs = resolved  # type: ignore[assignment]
     return model

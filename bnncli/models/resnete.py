@@ -22,6 +22,7 @@ class Downsample(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, stride: int, binary: BinaryOptions | None) -> None:
         super().__init__()
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
+        self.conv: nn.Module
         if binary is None:
             self.conv = FloatConv2d(in_channels, out_channels, 1, bias=False)
         else:

@@ -9,6 +9,7 @@ weights at 1 bit, everything else at 32 bits.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ class ModelStats:
         return {**asdict(self), "ops": self.ops, "size_bytes": self.size_bytes}
 
 
-def _conv_macs(module: nn.Module, out: torch.Tensor) -> int:
+def _conv_macs(module: Any, out: torch.Tensor) -> int:
     kh, kw = module.kernel_size
     groups = getattr(module, "groups", 1)
     return out[0].numel() * (module.in_channels // groups) * kh * kw
@@ -50,13 +51,12 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
 
     The forward pass runs on the meta device, so it costs no compute or memory.
     """
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    bn_stats = sum(
-        m.running_mean.numel() + m.running_var.numel()
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
-    )
-    binary_params = sum(m.weight.numel() for m in model.modules() if isinstance(m, BinaryConv2d))
+    params = sum(int(p.numel()) for p in model.parameters() if p.requires_grad)
+    bn_stats = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            bn_stats += m.running_mean.numel() + (m.running_var.numel() if m.running_var is not None else 0)
+    binary_params = sum(int(m.weight.numel()) for m in model.modules() if isinstance(m, BinaryConv2d))
     if in_channels is None:
         first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, BinaryConv2d)))
         in_channels = first.in_channels
@@ -74,7 +74,7 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
             totals["fc"] += macs
 
     meta_model = _to_meta(model)
-    counted = [m for m in meta_model.modules() if isinstance(m, (BinaryConv2d, nn.Conv2d, nn.Linear))]
+    counted: list[nn.Module] = [m for m in meta_model.modules() if isinstance(m, (BinaryConv2d, nn.Conv2d, nn.Linear))]
     _forward_with_hook(meta_model, counted, hook, in_channels, image_size)
     return ModelStats(
         params=params,

@@ -18,6 +18,8 @@ with the binary weights' sign. The trained layer then *is* a float16 layer, and
 
 from __future__ import annotations
 
+from typing import overload
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -46,6 +48,12 @@ class _FloatWeights:
 
     float_weights: str = "float32"
 
+    @overload
+    def deployed(self, t: Tensor) -> Tensor: ...
+
+    @overload
+    def deployed(self, t: None) -> None: ...
+
     def deployed(self, t: Tensor | None) -> Tensor | None:
         """A parameter as the layer computes with it (rounded to float16 when the layer holds float16 weights)."""
         if t is None or self.float_weights == "float32":
@@ -58,7 +66,7 @@ class FloatConv2d(_FloatWeights, PaddingRule, nn.Conv2d):
     and pads by TensorFlow's rule when ``padding_rule == "tensorflow"`` (bnncli.nn.padding)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        weight, bias = self.deployed(self.weight), self.deployed(self.bias)
+        weight, bias = self.deployed(self.weight), self.deployed(self.bias)  # bias: a Tensor or None
         if self.tf_same:
             x = F.pad(x, tf_pad_arg(x, self.kernel_size, self.stride, self.dilation))
             return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)

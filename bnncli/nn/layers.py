@@ -21,7 +21,7 @@ SCALINGS = ("none", "xnor")
 
 
 def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 class BinaryConv2d(PaddingRule, nn.Module):

@@ -33,7 +33,7 @@ def tf_pad_arg(x: Tensor, kernel, stride, dilation) -> tuple[int, int, int, int]
 
 
 def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 class PaddingRule:
@@ -71,5 +71,5 @@ def set_padding(model: nn.Module, rule: str) -> int:
         raise UsageError(f"padding must be one of {', '.join(PADDINGS)}, not {rule!r}")
     layers = [m for m in model.modules() if _switchable(m)]
     for m in layers:
-        m.padding_rule = rule
+        m.padding_rule = rule  # type: ignore[assignment]
     return len(layers)

@@ -333,7 +333,7 @@ def _target_features() -> set[str]:
     """The CPU features numba compiles for ($NUMBA_CPU_FEATURES, else the host's, as numba decides)."""
     from numba.core import config
 
-    features = config.CPU_FEATURES
+    features = getattr(config, "CPU_FEATURES", None)
     if features is None:
         import llvmlite.binding as ll
 

@@ -1,7 +1,8 @@
-"""Lower a registry model to the shared graph, and fold it for the packed runtime.
+"""Lower a model to the shared graph, and fold it for the packed runtime.
 
-:func:`lower` traces the model with torch.fx (``BinaryConv2d`` is a leaf) and maps each module
-and function to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
+:func:`lower` traces the model -- a registry model, or any module built from bnncli's and torch's
+layers -- with torch.fx (bnncli.nn.tracing: ``BinaryConv2d`` is a leaf) and maps each module,
+function and tensor method to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
 binary conv keeps its +-1 weights (packed) and pad value. The ONNX exporter emits this graph.
 Each module type and function has one registered lowering (``@lowers``, ``@lowers_function``)
 returning a node of an op that bnncli/graph/opset.py declares; :data:`SUPPORTED` lists them.
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from bnncli.errors import ArtifactError
@@ -36,11 +38,7 @@ from bnncli.graph.opset import SPECS
 from bnncli.graph.padding import SAME
 from bnncli.nn import BinaryConv2d, is_float_layer
 from bnncli.nn.padding import PaddingRule
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (BinaryConv2d, PaddingRule)) or is_float_layer(m) or super().is_leaf_module(m, qualname)
+from bnncli.nn.tracing import trace
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -50,7 +48,8 @@ def _np(t: torch.Tensor) -> np.ndarray:
 def _param(m: nn.Module, name: str) -> np.ndarray:
     """A float layer's parameter as the layer computes with it (float16-valued weights rounded)."""
     t = getattr(m, name)
-    return _np(m.deployed(t) if is_float_layer(m) else t)
+    deployed = getattr(m, "deployed", None) if is_float_layer(m) else None
+    return _np(deployed(t) if deployed is not None else t)
 
 
 def _pair(v) -> list[int]:
@@ -109,7 +108,7 @@ def lower(model: nn.Module) -> Graph:
     """The graph of a model in eval mode. Raises ArtifactError naming anything it cannot lower."""
     model = model.eval()
     try:
-        fx_graph = _Tracer().trace(model)
+        fx_graph = trace(model)
     except Exception as e:
         raise ArtifactError(f"cannot trace {type(model).__name__} for export: {e}") from None
     modules = dict(model.named_modules())
@@ -144,9 +143,9 @@ def lower(model: nn.Module) -> Graph:
         elif n.op == "call_module":
             x = value(n.args[0])
             add(n, _lower_module(modules[n.target], n), [x])
-        elif n.op == "call_function":
+        elif n.op in ("call_function", "call_method"):
             lowered = _lower_function(n)
-            add(n, lowered, [value(a) for a in lowered.args])
+            add(n, lowered, [value(a) for a in lowered.args or []])
         elif n.op == "output":
             out = n.args[0]
             if not isinstance(out, fx.Node):
@@ -185,15 +184,21 @@ def _lower_module(m: nn.Module, n: fx.Node) -> Lowered | None:
     return entry[1](m, n)
 
 
+# Tensor methods lowered as the function of the same name (``x.flatten(1)`` as ``torch.flatten(x, 1)``).
+_METHODS = {"flatten": torch.flatten, "relu": torch.relu, "add": torch.add}
+
+
 def _lower_function(n: fx.Node) -> Lowered:
-    entry = _FUNCTIONS.get(n.target)
+    entry = _FUNCTIONS.get(_METHODS.get(str(n.target)) if n.op == "call_method" else n.target)
     if entry is None:
         raise _unsupported_function(n)
     return entry[1](n)
 
 
 def _unsupported_function(n: fx.Node) -> ArtifactError:
-    return ArtifactError(f"cannot export the function {getattr(n.target, '__name__', n.target)}; "
+    name = getattr(n.target, "__name__", n.target)
+    what = f"tensor method {n.target}" if n.op == "call_method" else f"function {name}"
+    return ArtifactError(f"cannot export the {what}; "
                          f"supported: {', '.join(SUPPORTED)}")
 
 
@@ -281,12 +286,34 @@ def _identity(m: nn.Identity, n: fx.Node) -> None:
     return None
 
 
+@lowers(nn.Dropout, "Dropout")
+def _dropout(m: nn.Dropout, n: fx.Node) -> None:
+    return None  # the identity in eval mode, which is what is exported
+
+
+@lowers_function("relu", torch.relu, F.relu)
+def _relu_function(n: fx.Node) -> Lowered:
+    return Lowered("Relu", args=[n.args[0]])
+
+
+@lowers_function("torch.flatten(x, 1)", torch.flatten)
+def _flatten_function(n: fx.Node) -> Lowered:
+    start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+    end = n.args[2] if len(n.args) > 2 else n.kwargs.get("end_dim", -1)
+    if start != 1 or end != -1:
+        raise ArtifactError(f"torch.flatten from dim {start} to {end} cannot be exported (only flatten(x, 1))")
+    return Lowered("Flatten", args=[n.args[0]])
+
+
 @lowers_function("torch.cat(dim=1)", torch.cat)
 def _cat(n: fx.Node) -> Lowered:
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     if dim != 1:
         raise ArtifactError(f"torch.cat along dim {dim} cannot be exported (only channels, dim 1)")
-    return Lowered("Concat", {"axis": 1}, args=list(n.args[0]))
+    parts = n.args[0]
+    if not isinstance(parts, (list, tuple)):
+        raise _unsupported_function(n)
+    return Lowered("Concat", {"axis": 1}, args=list(parts))
 
 
 @lowers_function("+", operator.add, torch.add)
@@ -342,20 +369,21 @@ def fold(graph: Graph, into_float_convs: bool = True) -> Graph:
     g = Graph([Node(n.op, n.name, list(n.inputs), list(n.outputs), dict(n.attrs), dict(n.params))
                for n in graph.nodes], dict(graph.tensors), list(graph.inputs), list(graph.outputs))
     for bn in [n for n in g.nodes if n.op == "BatchNorm"]:
-        scale, shift = batchnorm_affine(g.param(bn, "weight"), g.param(bn, "bias"), g.param(bn, "running_mean"),
-                                        g.param(bn, "running_var"), bn.attrs["eps"])
+        scale, shift = batchnorm_affine(g.tensor(bn, "weight"), g.tensor(bn, "bias"),
+                                        g.tensor(bn, "running_mean"), g.tensor(bn, "running_var"),
+                                        bn.attrs["eps"])
         x = bn.inputs[0]
         producer = g.producer(x)
         readers = g.consumers(bn.outputs[0])
         foldable = bn.outputs[0] not in g.outputs and producer is not None and _only_reader(g, x) is bn
-        if foldable and producer.op == "Conv" and into_float_convs:
-            w = g.param(producer, "weight")
+        if foldable and producer is not None and producer.op == "Conv" and into_float_convs:
+            w = g.tensor(producer, "weight")
             bias = g.param(producer, "bias")
             bias = np.zeros(w.shape[0], np.float32) if bias is None else bias
             _set(g, producer, "weight", (w * scale[:, None, None, None]).astype(np.float32))
             _set(g, producer, "bias", (bias * scale + shift).astype(np.float32))
             _remove(g, bn, x)
-        elif foldable and producer.op == "BinaryConv":
+        elif foldable and producer is not None and producer.op == "BinaryConv":
             alpha = g.param(producer, "out_scale")
             out_scale = scale if alpha is None else (alpha * scale).astype(np.float32)
             old_bias = g.param(producer, "out_bias")
