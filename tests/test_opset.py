@@ -107,6 +107,7 @@ class _EveryLowering(nn.Module):
         self.bn = nn.BatchNorm2d(8)
         self.relu = nn.ReLU()
         self.binary = BinaryConv2d(8, 8, 3, padding=1, scaling="xnor")
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)  # GroupConv
         self.same = nn.Identity()
         self.max_pool = nn.MaxPool2d(2)
         self.avg_pool = nn.AvgPool2d(2)
@@ -116,7 +117,7 @@ class _EveryLowering(nn.Module):
 
     def forward(self, x):
         x = self.relu(self.bn(self.conv(x)))
-        x = torch.cat([x, self.binary(x)], dim=1)
+        x = self.grouped(torch.cat([x, self.binary(x)], dim=1))
         x = self.same(self.max_pool(x)) + self.avg_pool(x)
         return self.fc(self.flatten(self.pool(x)))
 

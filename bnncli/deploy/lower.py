@@ -8,7 +8,7 @@ returning a node of an op that bnncli/graph/opset.py declares; :data:`SUPPORTED`
 
 :func:`fold` rewrites it for the packer and runtime without changing what it computes:
 
-* BatchNorm after a float conv (the ImageNet stems) -> into the conv's weights and bias.
+* BatchNorm after a float conv, grouped or not (the ImageNet stems) -> into the conv's weights and bias.
 * BatchNorm whose output only binary convs read (every BinaryDenseNet dense layer) -> a
   per-channel threshold of those convs' binarization: sign(s * x + b) = +1 iff x >= -b / s
   (s > 0), x <= -b / s (s < 0), or always / never (s = 0, by the sign of b).
@@ -203,12 +203,15 @@ def _optional_bias(m: nn.Module, params: dict[str, np.ndarray]) -> dict[str, np.
     return params
 
 
-@lowers(nn.Conv2d, "Conv2d (groups 1, zero padding)")
+@lowers(nn.Conv2d, "Conv2d (zero padding; groups: GroupConv)")
 def _conv(m: nn.Conv2d, n: fx.Node) -> Lowered:
-    if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise ArtifactError(f"{n.target}: only convolutions with groups=1 and numeric zero padding export")
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ArtifactError(f"{n.target}: only convolutions with numeric zero padding export")
     attrs = {"stride": _pair(m.stride), "padding": _padding(m), "dilation": _pair(m.dilation)}
-    return Lowered("Conv", attrs, _optional_bias(m, {"weight": _param(m, "weight")}))
+    params = _optional_bias(m, {"weight": _param(m, "weight")})
+    if m.groups != 1:  # depthwise (QuickNet's stem, its blur pools) or grouped convolutions
+        return Lowered("GroupConv", {**attrs, "groups": int(m.groups)}, params)
+    return Lowered("Conv", attrs, params)
 
 
 @lowers(BinaryConv2d, "BinaryConv2d")
@@ -348,7 +351,7 @@ def fold(graph: Graph, into_float_convs: bool = True) -> Graph:
         producer = g.producer(x)
         readers = g.consumers(bn.outputs[0])
         foldable = bn.outputs[0] not in g.outputs and producer is not None and _only_reader(g, x) is bn
-        if foldable and producer.op == "Conv" and into_float_convs:
+        if foldable and producer.op in ("Conv", "GroupConv") and into_float_convs:
             w = g.param(producer, "weight")
             bias = g.param(producer, "bias")
             bias = np.zeros(w.shape[0], np.float32) if bias is None else bias

@@ -1,6 +1,6 @@
 """The model registry and the paper's model zoo."""
 
-from bnncli.models import binarydensenet, resnete  # noqa: F401  (registers the models)
+from bnncli.models import binarydensenet, quicknet, resnete  # noqa: F401  (registers the models)
 from bnncli.models._registry import (
     COMMON_OPTIONS,
     LEGACY_OPTIONS,
@@ -21,6 +21,10 @@ IMAGENET_MODELS = (
     "resnete18",
     "resnete34",
     "birealnet18",
+    "birealnet_larq",
+    "quicknet_small",
+    "quicknet",
+    "quicknet_large",
 )
 
 __all__ = [

@@ -61,6 +61,26 @@ class ConvLayer:
         return self.weight.shape[2], self.weight.shape[3]
 
 
+@dataclass(frozen=True, eq=False)
+class GroupConvLayer:
+    """A float convolution in ``groups`` groups (depthwise when ``groups`` equals the input
+    channels), zero padding, an optional bias. Output channel o reads input channels
+    ``g * Cin/groups ...`` of its group g = o // (Cout/groups). Its sums are defined in one
+    order, so that every backend gives the same float32 bits: per output value, starting from
+    0, ``acc = acc + w * x`` over the group's input channels, then the kernel rows, then its
+    columns (each product and each sum rounded to float32), then ``+ bias``."""
+
+    weight: np.ndarray  # float32 [Cout, Cin / groups, kh, kw]
+    bias: np.ndarray | None
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.weight.shape[2], self.weight.shape[3]
+
+
 # A prepared binary convolution: (x, pads, out) -> out, ``out`` a C-contiguous [Cout, N, Ho, Wo].
 BinaryConvFn = Callable[[np.ndarray, Pads, np.ndarray], np.ndarray]
 # A prepared float convolution: (x, pads, out_hw) -> [Cout, N, Ho, Wo].
@@ -88,6 +108,8 @@ class Kernels(Protocol):
     def binary_conv(self, layer: BinaryConvLayer) -> BinaryConvFn: ...
 
     def conv(self, layer: ConvLayer) -> ConvFn: ...
+
+    def group_conv(self, layer: GroupConvLayer) -> ConvFn: ...
 
     def max_pool(self, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], pads: Pads,
                  out_hw: tuple[int, int], relu: bool, out: np.ndarray) -> np.ndarray: ...
