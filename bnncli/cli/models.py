@@ -64,6 +64,12 @@ def models(
     if any(r["larq_zoo"] for r in rows):
         out.print("Larq Zoo weights: download the .h5 file (bnn models --json lists the URLs),\n"
                   "then `bnn import larq FILE.h5`.", highlight=False)
+    if pattern is None:
+        from bnncli.convert.larq import NOT_IMPORTED
+
+        out.print("Larq Zoo models bnncli does not import:", highlight=False)
+        for zoo_name, (top1, reason) in NOT_IMPORTED.items():
+            out.print(f"  {zoo_name} ({top1:.2f}% top-1): {reason}", highlight=False)
 
 
 def _zoo_top1(row: dict) -> str:

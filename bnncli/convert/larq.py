@@ -1,15 +1,19 @@
 """``bnn import larq``: Larq Zoo's Keras weights (HDF5) -> an ordinary bnncli checkpoint.
 
-Larq Zoo trained the paper's models in TensorFlow and published their ImageNet weights as Keras
-HDF5 files; its architectures equal bnncli's to the parameter. Three details make a converted
-model compute what the Keras one computes:
+Larq Zoo trained the paper's models, QuickNet and Bi-Real Net in TensorFlow and published their
+ImageNet weights as Keras HDF5 files; its architectures equal bnncli's to the parameter
+(binarydensenet*, resnete18, quicknet_small / quicknet / quicknet_large, birealnet_larq). Three
+details make a converted model compute what the Keras one computes:
 
 * **padding**: Keras pads its stride-2 layers by TensorFlow's "same" rule, unevenly, so the model
   is built with ``padding="tensorflow"`` (bnncli.nn.padding);
-* **pairing**: layers are matched by kind (binary conv, float conv, BatchNorm, dense) in Keras'
-  creation order, which the numeric suffixes of their names give (bnncli.convert.keras_h5), and
-  bnncli's modules are listed in the order Larq Zoo creates them (a ResNetE shortcut before its
-  block's main branch). Every shape is checked; the first layer that does not fit is named.
+* **pairing**: layers are matched by Keras class (``quant_conv2d``, ``conv2d``, ``batch_normalization``,
+  ``dense``, ...; Keras numbers each class's layers in the order they are created, which the
+  suffixes of their names give, bnncli.convert.keras_h5), and bnncli's modules are listed in the
+  order Larq Zoo creates them (a ResNetE shortcut before its block's main branch). Which Keras
+  class a module is depends on the family: QuickNet's float convs and classifier are QuantConv2D
+  and QuantDense layers without quantizers, so there ``quant_conv2d`` counts binary and float convs
+  alike. Every shape is checked; the first layer that does not fit is named.
 * **precision**: the float layers stay float32 (``float_weights="float32"``), as trained; the
   classifier's softmax is left out (bnncli models return logits).
 
@@ -39,11 +43,14 @@ from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
 from bnncli.models import create_model, list_models, model_family
+from bnncli.models.quicknet import BlurPool2d
 from bnncli.models.resnete import BasicBlockE
 from bnncli.nn import BinaryConv2d
 
-# The registry families whose structure Larq Zoo's factories build.
-FAMILIES = ("binarydensenet", "resnete")
+# The registry families whose structure Larq Zoo's factories build, and single models of other
+# families that Larq Zoo builds (birealnet18 is the Bi-Real paper's, with PyTorch's BatchNorm eps).
+FAMILIES = ("binarydensenet", "resnete", "quicknet")
+MODELS = ("birealnet_larq", "birealnet_larq_tiny")
 
 
 @dataclass(frozen=True)
@@ -72,18 +79,53 @@ PUBLISHED = {
                                   "d00a0d26fbd2dba1bfba8c0306c770f3aeea5c370e99f963bb239bd916f72c37"),
     "resnete18": Published("BinaryResNetE18", "resnet_e-v0.1.0", "resnet_e_18_weights.h5",
                            "bde4a64d42c164a7b10a28debbe1ad5b287c499bc0247ecb00449e6e89f3bf5b"),
+    "quicknet_small": Published("QuickNetSmall", "quicknet-v1.0", "quicknet_small_weights.h5",
+                                "1ac3b07df7f5a911dd0b49febb2486428ddf1ca130297c403815dfae5a1c71a2"),
+    "quicknet": Published("QuickNet", "quicknet-v1.0", "quicknet_weights.h5",
+                          "8aba9e4e5f8d342faef04a0b2ae8e562da57dbb7d15162e8b3e091c951ba756c"),
+    "quicknet_large": Published("QuickNetLarge", "quicknet-v1.0", "quicknet_large_weights.h5",
+                                "c5158e8a59147b31370becd937825f4db8a5cdf308314874f678f596629be45c"),
+    "birealnet_larq": Published("BiRealNet", "birealnet-v0.3.0", "birealnet_weights.h5",
+                                "6e6efac1584fcd60dd024198c87f42eb53b5ec719a5ca1f527e1fe7e8b997117"),
 }
-IMPORT_OPTIONS: dict[str, Any] = {"padding": "tensorflow", "float_weights": "float32", "pad_value": 0.0}
-# Keras layer class prefix (its default name) -> what it is.
-KINDS = {"quant_conv2d": "binary conv", "conv2d": "conv", "batch_normalization": "BatchNorm", "dense": "dense"}
-WEIGHTS = {"binary conv": ("kernel",), "conv": ("kernel",), "BatchNorm": ("gamma", "beta", "moving_mean",
-                                                                         "moving_variance"),
-           "dense": ("kernel", "bias")}
+# Larq Zoo 2.4's other published models (top-1 from its docstrings), and why bnncli does not import them.
+NOT_IMPORTED: dict[str, tuple[float, str]] = {
+    "MeliusNet22": (62.4, "not yet: its improvement blocks add a binary conv's 64 channels onto the last 64 "
+                          "channels of the map, an op the graph lacks (its grouped stem convs are GroupConv)"),
+    "RealToBinaryNet": (65.01, "out of scope: each binary conv's output is scaled per image by factors computed "
+                               "from its real-valued input (pool, dense, sigmoid), which the graph ops cannot express"),
+    "XNORNet": (44.96, "not yet: AlexNet-style binary convs with per-channel weight scaling and binary 1x1 "
+                       "classifier convs; expressible, not written"),
+    "DoReFaNet": (53.39, "out of scope: 2-bit activations; the packed runtime's binary convs take +-1 inputs only"),
+    "BinaryAlexNet": (36.30, "not yet: binary weights on the float image in its first conv and binary 1x1 "
+                             "classifier convs on reshaped maps; expressible, not written"),
+}
+IMPORT_OPTIONS: dict[str, Any] = {"padding": "tensorflow", "float_weights": "float32"}
+# Options a family's import sets (Larq pads binary convs with 0; QuickNet with +1, its default).
+FAMILY_OPTIONS: dict[str, dict[str, Any]] = {"binarydensenet": {"pad_value": 0.0}, "resnete": {"pad_value": 0.0}}
+# Keras layer class prefix (its default name) -> the weights its layers hold.
+WEIGHTS = {
+    "quant_conv2d": ("kernel",), "conv2d": ("kernel",),
+    "quant_depthwise_conv2d": ("depthwise_kernel",), "depthwise_conv2d": ("depthwise_kernel",),
+    "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "dense": ("kernel", "bias"), "quant_dense": ("kernel", "bias"),
+}
+# What the layers of each Keras class are, in messages.
+LABELS = {"quant_conv2d": "binary conv", "conv2d": "conv", "quant_depthwise_conv2d": "depthwise conv",
+          "depthwise_conv2d": "blur pool", "batch_normalization": "BatchNorm", "dense": "dense",
+          "quant_dense": "dense"}
+# Where a family builds a module kind with another Keras class: QuickNet's float convs and classifier
+# are QuantConv2D / QuantDense without quantizers, its depthwise stem conv a QuantDepthwiseConv2D.
+FAMILY_CLASSES: dict[str, dict[str, str]] = {
+    "quicknet": {"conv": "quant_conv2d", "depthwise conv": "quant_depthwise_conv2d", "dense": "quant_dense"},
+}
+_DEFAULT_CLASSES = {"binary conv": "quant_conv2d", "conv": "conv2d", "depthwise conv": "depthwise_conv2d",
+                    "blur pool": "depthwise_conv2d", "BatchNorm": "batch_normalization", "dense": "dense"}
 
 
 def importable_models() -> list[str]:
     """Registered models whose structure Larq Zoo's factories build (the tiny ones included)."""
-    return [name for name in list_models() if model_family(name) in FAMILIES]
+    return [name for name in list_models() if model_family(name) in FAMILIES or name in MODELS]
 
 
 # --- bnncli's side: modules in Larq Zoo's creation order ------------------------------------
@@ -92,13 +134,20 @@ def importable_models() -> list[str]:
 def _kind(m: nn.Module) -> str | None:
     if isinstance(m, BinaryConv2d):
         return "binary conv"
+    if isinstance(m, BlurPool2d):
+        return "blur pool"
     if isinstance(m, nn.Conv2d):
-        return "conv"
+        return "depthwise conv" if m.groups > 1 else "conv"
     if isinstance(m, nn.BatchNorm2d):
         return "BatchNorm"
     if isinstance(m, nn.Linear):
         return "dense"
     return None
+
+
+def keras_class(kind: str, family: str) -> str:
+    """The Keras class (its default layer name) that Larq Zoo builds a module of ``kind`` with in ``family``."""
+    return FAMILY_CLASSES.get(family, {}).get(kind, _DEFAULT_CLASSES[kind])
 
 
 def keras_order(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, str, nn.Module]]:
@@ -118,9 +167,15 @@ def _expected_shapes(kind: str, m: nn.Module) -> dict[str, tuple[int, ...]]:
     if kind in ("binary conv", "conv"):
         cout, cin, kh, kw = m.weight.shape
         return {"kernel": (kh, kw, cin, cout)}
+    if kind in ("depthwise conv", "blur pool"):
+        cout, cin_g, kh, kw = m.weight.shape
+        if cin_g != 1:
+            raise ArtifactError(f"a {kind} with {cin_g} input channels per group has no Keras counterpart")
+        return {"depthwise_kernel": (kh, kw, cout, 1)}
     if kind == "BatchNorm":
         c = m.num_features
-        return {k: (c,) for k in WEIGHTS["BatchNorm"]}
+        roles = WEIGHTS["batch_normalization"] if m.affine else ("moving_mean", "moving_variance")
+        return {k: (c,) for k in roles}
     out_f, in_f = m.weight.shape
     return {"kernel": (in_f, out_f), "bias": (out_f,)}
 
@@ -129,14 +184,13 @@ def _expected_shapes(kind: str, m: nn.Module) -> dict[str, tuple[int, ...]]:
 
 
 def _by_kind(weights: KerasWeights) -> dict[str, list[KerasLayer]]:
-    """The file's layers per kind in creation order; refuses layer types bnncli has no match for."""
-    groups: dict[str, list[KerasLayer]] = {kind: [] for kind in WEIGHTS}
+    """The file's layers per Keras class in creation order; refuses classes no Larq Zoo model of bnncli's has."""
+    groups: dict[str, list[KerasLayer]] = {base: [] for base in WEIGHTS}
     for layer in weights.layers:
-        kind = KINDS.get(layer.base)
-        if kind is None:
+        if layer.base not in groups:
             raise ArtifactError(f"{weights.path}: layer {layer.name} is of a kind no bnncli model has "
-                                f"(expected {', '.join(KINDS)} layers)")
-        groups[kind].append(layer)
+                                f"(expected {', '.join(WEIGHTS)} layers)")
+        groups[layer.base].append(layer)
     for layers in groups.values():
         layers.sort(key=lambda la: la.index)
         seen = {}
@@ -157,17 +211,23 @@ class Pairing:
 
 
 def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str) -> Pairing:
-    """Pair per kind by creation order and check names and shapes; the first misfit in model order."""
-    modules = list(keras_order(model))
-    taken = {kind: 0 for kind in WEIGHTS}
+    """Pair per Keras class by creation order and check names and shapes; the first misfit in model order."""
+    family = model_family(arch)
+    modules = [(kind, keras_class(kind, family), qualname, m) for kind, qualname, m in keras_order(model)]
+    taken = {base: 0 for base in WEIGHTS}
     pairs = []
-    for kind, qualname, m in modules:
-        i = taken[kind]
-        taken[kind] += 1
-        if i >= len(groups[kind]):
-            return Pairing(pairs, f"the file has {len(groups[kind])} {kind} layers, {arch} needs "
-                                  f"{sum(k == kind for k, _, _ in modules)}: none for {qualname}")
-        layer = groups[kind][i]
+
+    def label(base: str) -> str:
+        kinds = sorted({kind for kind, b, _, _ in modules if b == base})
+        return " or ".join(kinds) if kinds else LABELS[base]
+
+    for kind, base, qualname, m in modules:
+        i = taken[base]
+        taken[base] += 1
+        if i >= len(groups[base]):
+            return Pairing(pairs, f"the file has {len(groups[base])} {label(base)} layers, {arch} needs "
+                                  f"{sum(b == base for _, b, _, _ in modules)}: none for {qualname}")
+        layer = groups[base][i]
         expected = _expected_shapes(kind, m)
         if set(layer.weights) != set(expected):
             return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.weights))}; {arch}'s "
@@ -177,18 +237,18 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
                 return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
                                       f"{list(layer.weights[role].shape)}, expected {list(shape)}")
         pairs.append((qualname, m, layer))
-    for kind, layers in groups.items():
-        if taken[kind] < len(layers):
-            return Pairing(pairs, f"layer {layers[taken[kind]].name} is one {kind} more than {arch} has")
+    for base, layers in groups.items():
+        if taken[base] < len(layers):
+            return Pairing(pairs, f"layer {layers[taken[base]].name} is one {label(base)} more than {arch} has")
     return Pairing(pairs, None)
 
 
-def _file_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
-    """num_classes, in_channels and the stem kind, read off the file (before any arch is chosen)."""
-    convs, dense = groups["conv"], groups["dense"]
+def _file_options(groups: dict[str, list[KerasLayer]], family: str) -> dict[str, Any]:
+    """num_classes, in_channels and the stem kind, read off the file for a model of ``family``."""
+    convs, dense = groups[keras_class("conv", family)], groups[keras_class("dense", family)]
     if not convs or not dense:
-        raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo "
-                            "BinaryDenseNet or ResNetE (include_top=True)")
+        raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo model "
+                            "with its classifier (include_top=True)")
     stem = convs[0].weights.get("kernel")
     if stem is None or stem.ndim != 4:
         raise ArtifactError(f"layer {convs[0].name}: no 4-dimensional kernel")
@@ -196,7 +256,10 @@ def _file_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
     kernel = dense[-1].weights.get("kernel")
     if kernel is None or kernel.ndim != 2:
         raise ArtifactError(f"layer {dense[-1].name}: no 2-dimensional kernel")
-    return {"num_classes": int(kernel.shape[1]), "in_channels": int(cin), "thumbnail": int(kh) == 3}
+    # BinaryDenseNet and ResNetE have a 3x3 "thumbnail" stem for small inputs; QuickNet's stem is always 3x3.
+    thumbnail = int(kh) == 3 and family != "quicknet"
+    return {"num_classes": int(kernel.shape[1]), "in_channels": int(cin), "thumbnail": thumbnail,
+            **IMPORT_OPTIONS, **FAMILY_OPTIONS.get(family, {})}
 
 
 def _build(arch: str, options: dict[str, Any], device: str | None = None) -> nn.Module:
@@ -229,15 +292,20 @@ def _by_file_name(fits: list[str], file_name: str) -> str | None:
     return None
 
 
-def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha256: str, file_name: str) -> str:
+def infer_arch(groups: dict[str, list[KerasLayer]], sha256: str, file_name: str) -> str:
     """The one importable model the file fits: a published file by its checksum, else by its layers'
     shapes, and among models with equal shapes (37 and 37-dilated) by the file name; UsageError
     when none or several remain."""
     for arch, published in PUBLISHED.items():
         if published.sha256 == sha256:
             return arch
-    fits, closest = [], None
+    fits, closest, unreadable = [], None, None
     for arch in importable_models():
+        try:
+            options = _file_options(groups, model_family(arch))
+        except ArtifactError as e:
+            unreadable = unreadable or e
+            continue
         p = pair_layers(_build(arch, options, "meta"), groups, arch)
         if p.problem is None:
             fits.append(arch)
@@ -251,6 +319,8 @@ def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha
     if fits:
         raise UsageError(f"the file fits {' and '.join(fits)} equally (their weights have the same shapes) and "
                          f"its name does not say which; pass --arch")
+    if closest is None and unreadable is not None:
+        raise unreadable
     hint = f" (closest: {closest[1]}: {closest[2]})" if closest else ""
     raise ArtifactError(f"no importable model fits the file{hint}")
 
@@ -263,9 +333,12 @@ def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
     with torch.no_grad():
         if kind in ("binary conv", "conv"):
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["kernel"].transpose(3, 2, 0, 1))))
+        elif kind in ("depthwise conv", "blur pool"):  # [kh, kw, C, 1] -> [C, 1, kh, kw]
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["depthwise_kernel"].transpose(2, 3, 0, 1))))
         elif kind == "BatchNorm":
-            m.weight.copy_(torch.from_numpy(w["gamma"]))
-            m.bias.copy_(torch.from_numpy(w["beta"]))
+            if m.affine:
+                m.weight.copy_(torch.from_numpy(w["gamma"]))
+                m.bias.copy_(torch.from_numpy(w["beta"]))
             m.running_mean.copy_(torch.from_numpy(w["moving_mean"]))
             m.running_var.copy_(torch.from_numpy(w["moving_variance"]))
         else:
@@ -320,12 +393,12 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
     """The converted model (eval mode), its checkpoint dict, and what was done; writes nothing."""
     weights = read_keras_weights(weights_path)
     groups = _by_kind(weights)
-    options = {**_file_options(groups), **IMPORT_OPTIONS}
     sha256 = _sha256(weights.path)
     if arch is None:
-        arch = infer_arch(groups, options, sha256, weights.path.name)
+        arch = infer_arch(groups, sha256, weights.path.name)
     elif arch not in importable_models():
         raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: {', '.join(importable_models())}")
+    options = _file_options(groups, model_family(arch))
     model = _build(arch, options)
     pairing = pair_layers(model, groups, arch)
     if pairing.problem is not None:
@@ -334,9 +407,13 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
     for _, m, layer in pairing.pairs:
         _copy(_kind(m), m, layer)
     model.eval()
+    # Where the file came from is known only when it is the published file itself (its checksum):
+    # another file of a published architecture (a fine-tune, random weights) has no URL.
     published = PUBLISHED.get(arch)
+    if published is not None and published.sha256 != sha256:
+        published = None
     source = {"importer": "larq", "file": weights.path.name, "sha256": sha256,
-              "published": published is not None and published.sha256 == sha256,
+              "published": published is not None,
               "larq_zoo_model": published.larq_zoo_model if published else None,
               "url": published.url if published else None,
               "keras_version": weights.keras_version, "backend": weights.backend, "bnncli_version": __version__}
