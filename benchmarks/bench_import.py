@@ -1,11 +1,12 @@
-"""All five Larq Zoo models imported and compared with Keras in PyTorch, onnxruntime and the packed runtime.
+"""Every importable Larq Zoo model imported and compared with Keras in PyTorch, onnxruntime and the packed runtime.
 
     TF_USE_LEGACY_KERAS=1 /work/larqenv/bin/python tests/fixtures/larq/make_fixtures.py --full /work/larq-full
     python benchmarks/bench_import.py --dir /work/larq-full [--json out.json]
 
 The first command (TensorFlow, larq and larq-zoo in their own environment; see
-tests/fixtures/larq/make_fixtures.py) builds BinaryDenseNet28, 37, 37Dilated, 45 and
-BinaryResNetE18 with larq-zoo, gives them random weights and BatchNorm statistics, and saves each
+tests/fixtures/larq/make_fixtures.py) builds BinaryDenseNet28, 37, 37Dilated, 45,
+BinaryResNetE18, BiRealNet, QuickNetSmall, QuickNet and QuickNetLarge with larq-zoo, gives them
+random weights and BatchNorm statistics, and saves each
 as ``<Model>.h5`` (Keras ``save_weights``, the layout of the published files) with an ``.npz`` of
 4 inputs at 224 px and Keras' logits. This script then, per model: ``bnn import larq`` (the
 architecture read off the file), ``bnn export`` and ``bnn pack`` (float32 and float16, with
@@ -32,6 +33,10 @@ MODELS = {  # Larq Zoo class -> bnncli model
     "BinaryDenseNet37Dilated": "binarydensenet37_dilated",
     "BinaryDenseNet45": "binarydensenet45",
     "BinaryResNetE18": "resnete18",
+    "BiRealNet": "birealnet_larq",
+    "QuickNetSmall": "quicknet_small",
+    "QuickNet": "quicknet",
+    "QuickNetLarge": "quicknet_large",
 }
 
 
@@ -75,6 +80,7 @@ def run_model(larq_name: str, arch: str, src: Path, work: Path) -> dict:
         "pytorch": parity(keras, pytorch),
         "onnxruntime": parity(keras, ort_session(str(onnx)).run(None, {"input": x})[0]),
         "packed_float32": parity(keras, load(packed, threads=1)(x)),
+        "packed_float32_numpy": parity(keras, load(packed, threads=1, backend="numpy")(x)),
         "packed_float16": parity(keras, load(packed16, threads=1)(x)),
         "bytes": {"checkpoint": ckpt.stat().st_size, "onnx": onnx.stat().st_size,
                   "packed_float32": packed.stat().st_size, "packed_float16": packed16.stat().st_size},
@@ -86,7 +92,9 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/work/larq-full"), help="make_fixtures.py --full output")
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--available", action="store_true", help="run the models whose files --dir holds, skip the rest")
     args = ap.parse_args()
+    args.models = [m for m in args.models if (args.dir / f"{m}.h5").is_file()] if args.available else args.models
     missing = [m for m in args.models if not (args.dir / f"{m}.h5").is_file()]
     if missing:
         raise SystemExit(f"{args.dir} lacks {', '.join(missing)}; make them with the first command in this "
@@ -96,8 +104,10 @@ def main() -> None:
         for name in args.models:
             row = run_model(name, MODELS[name], args.dir, Path(tmp))
             rows.append(row)
-            cells = "  ".join(f"{k} {row[k]['max_rel_diff']:.2g} rel, top-1 {row[k]['top1']}"
-                              for k in ("pytorch", "onnxruntime", "packed_float32", "packed_float16"))
+            cells = "  ".join(f"{k} {row[k]['max_abs_diff']:.2g} abs {row[k]['max_rel_diff']:.2g} rel, "
+                              f"top-1 {row[k]['top1']}"
+                              for k in ("pytorch", "onnxruntime", "packed_float32", "packed_float32_numpy",
+                                        "packed_float16"))
             print(f"{name:24s} {cells}  packed {row['bytes']['packed_float32']:,} / "
                   f"{row['bytes']['packed_float16']:,} B", flush=True)
     if args.json:
