@@ -53,6 +53,48 @@ def parity(keras: np.ndarray, got: np.ndarray) -> dict:
     return {"max_abs_diff": p.max_abs_diff, "max_rel_diff": p.max_rel_diff, "top1": f"{p.top1_agree}/{p.samples}"}
 
 
+def first_flip(model, packed, x: np.ndarray, inputs_file: Path) -> dict | None:
+    """Where PyTorch's and the packed runtime's binarizations first differ from Keras': the binary
+    conv, how many signs flip there, and the largest |x| (Keras' value) among them. A difference in
+    the logits that starts at a flip of a value within float rounding of 0 is the order of float
+    additions, not a different function. None when the file lacks the Keras values."""
+    if not inputs_file.is_file():
+        return None
+    import torch
+
+    from bnncli.nn import BinaryConv2d
+
+    keras = np.load(inputs_file)
+    count = len([k for k in keras.files if k.startswith("c")])
+    seen: list[np.ndarray] = []
+    hooks = [m.register_forward_pre_hook(lambda _m, a: seen.append(a[0].numpy().transpose(0, 2, 3, 1)))
+             for m in model.modules() if isinstance(m, BinaryConv2d)]
+    with torch.no_grad():
+        model(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    values = packed.run(x, intermediates=True)
+    nodes = [n for n in packed.graph.nodes if n.op == "BinaryConv"]
+    out = {}
+    for backend, maps in (("pytorch", seen), ("packed", [values[n.inputs[0]] for n in nodes])):
+        out[backend] = "no flip"
+        for i in range(min(count, len(maps))):
+            if backend == "packed":
+                if "in_threshold" in nodes[i].params:  # BatchNorm folded into a threshold: not comparable
+                    out[backend] = f"n/a from binary conv {i} (a folded threshold)"
+                    break
+                got = maps[i].transpose(0, 2, 3, 1)  # Model.run returns NCHW values; Keras' are NHWC
+            else:
+                got = maps[i]
+            ref = keras[f"c{i}"]
+            flips = (got >= 0) != (ref >= 0)
+            if flips.any():
+                out[backend] = (f"binary conv {i} ({keras['names'][i]}): {int(flips.sum())} of {ref.size} signs, "
+                                f"|x| <= {float(np.abs(ref[flips]).max()):.2g}")
+                break
+    return out
+
+
 def run_model(larq_name: str, arch: str, src: Path, work: Path) -> dict:
     import torch
 
@@ -74,12 +116,15 @@ def run_model(larq_name: str, arch: str, src: Path, work: Path) -> dict:
     assert meta["arch"] == arch, (meta["arch"], arch)
     with torch.no_grad():
         pytorch = model(torch.from_numpy(x)).numpy()
+    packed_model = load(packed, threads=1)
     return {
         "larq_zoo_model": larq_name, "arch": arch, "import_seconds": round(imported_s, 1),
+        "first_flip": first_flip(model, load(packed, threads=1, backend="numpy"), x,
+                                 src / f"{larq_name}_binary_inputs.npz"),
         "h5_bytes": (src / f"{larq_name}.h5").stat().st_size,
         "pytorch": parity(keras, pytorch),
         "onnxruntime": parity(keras, ort_session(str(onnx)).run(None, {"input": x})[0]),
-        "packed_float32": parity(keras, load(packed, threads=1)(x)),
+        "packed_float32": parity(keras, packed_model(x)),
         "packed_float32_numpy": parity(keras, load(packed, threads=1, backend="numpy")(x)),
         "packed_float16": parity(keras, load(packed16, threads=1)(x)),
         "bytes": {"checkpoint": ckpt.stat().st_size, "onnx": onnx.stat().st_size,
@@ -110,6 +155,8 @@ def main() -> None:
                                         "packed_float16"))
             print(f"{name:24s} {cells}  packed {row['bytes']['packed_float32']:,} / "
                   f"{row['bytes']['packed_float16']:,} B", flush=True)
+            if row["first_flip"]:
+                print(f"{'':24s} first sign that differs from Keras: {row['first_flip']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

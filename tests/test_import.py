@@ -132,6 +132,15 @@ def test_imported_model_matches_keras_at_a_second_square_size(name, tmp_path, ca
         _check(name, load_packed(tmp_path / "m.bnn", backend=backend)(x), keras)
 
 
+def test_bireal_net_is_refused_at_sizes_where_its_shortcut_pools_would_differ(tmp_path, capsys):
+    """Larq Zoo pools Bi-Real Net's shortcuts with 'same' padding: a partial window on odd maps."""
+    _refused(capsys, tmp_path, FIXTURES / "birealnet_larq_tiny.h5", "at 48 px a shortcut pool of "
+             "birealnet_larq_tiny reads a 3x3 map", "--image-size", "48")
+    code, _, err = bnn(capsys, "import", "larq", FIXTURES / "birealnet_larq_tiny.h5", "-o", tmp_path / "ok.pt",
+                       "--image-size", "96")
+    assert code == 0, err
+
+
 def test_dense_net_differences_are_reported(imported):
     """What 'the same top-1' hides: the largest difference from Keras, printed for the record."""
     for name in DENSENETS:

@@ -67,9 +67,13 @@ def models(
     if pattern is None:
         from bnncli.convert.larq import NOT_IMPORTED
 
+        import textwrap
+
         out.print("Larq Zoo models bnncli does not import:", highlight=False)
         for zoo_name, (top1, reason) in NOT_IMPORTED.items():
-            out.print(f"  {zoo_name} ({top1:.2f}% top-1): {reason}", highlight=False)
+            text = textwrap.fill(f"{zoo_name} ({top1:.2f}% top-1): {reason}", width=78, initial_indent="  ",
+                                 subsequent_indent="    ")
+            out.print(text, highlight=False, soft_wrap=True)
 
 
 def _zoo_top1(row: dict) -> str:

@@ -328,6 +328,32 @@ def infer_arch(groups: dict[str, list[KerasLayer]], sha256: str, file_name: str)
 # --- the conversion --------------------------------------------------------------------------
 
 
+def _check_bireal_size(arch: str, options: dict[str, Any], image_size: int) -> None:
+    """Larq Zoo's Bi-Real Net pools its shortcuts with ``AvgPool2D(2, strides=2, padding="same")``,
+    which on a map of odd size averages a last, partial window; bnncli's shortcut pool (and the
+    graph's AvgPool) has no padding, so the two agree only where every shortcut pool reads a map of
+    even height and width (224 px: 56, 28, 14). UsageError for an image size where one does not."""
+    model = _build(arch, options, "meta").eval()
+    odd = []
+
+    def hook(module, args) -> None:
+        h, w = args[0].shape[-2:]
+        if h % 2 or w % 2:
+            odd.append(f"{h}x{w}")
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.AvgPool2d)]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, options["in_channels"], image_size, image_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    if odd:
+        raise UsageError(f"at {image_size} px a shortcut pool of {arch} reads a {odd[0]} map, where Larq Zoo's "
+                         f"'same' average pooling averages a partial window that bnncli does not reproduce; "
+                         f"pass an --image-size that is a multiple of 32 (224 by default)")
+
+
 def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
     w = layer.weights
     with torch.no_grad():
@@ -399,6 +425,8 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
     elif arch not in importable_models():
         raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: {', '.join(importable_models())}")
     options = _file_options(groups, model_family(arch))
+    if arch in MODELS:
+        _check_bireal_size(arch, options, image_size)
     model = _build(arch, options)
     pairing = pair_layers(model, groups, arch)
     if pairing.problem is not None:
