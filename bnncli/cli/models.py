@@ -65,9 +65,9 @@ def models(
         out.print("Larq Zoo weights: download the .h5 file (bnn models --json lists the URLs),\n"
                   "then `bnn import larq FILE.h5`.", highlight=False)
     if pattern is None:
-        from bnncli.convert.larq import NOT_IMPORTED
-
         import textwrap
+
+        from bnncli.convert.larq import NOT_IMPORTED
 
         out.print("Larq Zoo models bnncli does not import:", highlight=False)
         for zoo_name, (top1, reason) in NOT_IMPORTED.items():
