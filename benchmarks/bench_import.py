@@ -5,7 +5,7 @@
 
 The first command (TensorFlow, larq and larq-zoo in their own environment; see
 tests/fixtures/larq/make_fixtures.py) builds BinaryDenseNet28, 37, 37Dilated, 45,
-BinaryResNetE18, BiRealNet, QuickNetSmall, QuickNet and QuickNetLarge with larq-zoo, gives them
+BinaryResNetE18, BiRealNet, QuickNetSmall, QuickNet, QuickNetLarge and MeliusNet22 with larq-zoo, gives them
 random weights and BatchNorm statistics, and saves each
 as ``<Model>.h5`` (Keras ``save_weights``, the layout of the published files) with an ``.npz`` of
 4 inputs at 224 px and Keras' logits. This script then, per model: ``bnn import larq`` (the
@@ -37,6 +37,7 @@ MODELS = {  # Larq Zoo class -> bnncli model
     "QuickNetSmall": "quicknet_small",
     "QuickNet": "quicknet",
     "QuickNetLarge": "quicknet_large",
+    "MeliusNet22": "meliusnet22",
 }
 
 

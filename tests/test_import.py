@@ -35,7 +35,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "larq"
 INFO = json.loads((FIXTURES / "fixtures.json").read_text())["fixtures"]
 RESNETE = ["resnete_tiny"]
 DENSENETS = ["binarydensenet_tiny", "binarydensenet_tiny_dilated"]
-LARQ_ZOO_2 = ["quicknet_tiny", "birealnet_larq_tiny"]  # QuickNet, Bi-Real Net
+LARQ_ZOO_2 = ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny"]  # QuickNet, Bi-Real Net, MeliusNet
 RESIDUAL = RESNETE + LARQ_ZOO_2
 
 
@@ -134,11 +134,34 @@ def test_imported_model_matches_keras_at_a_second_square_size(name, tmp_path, ca
 
 def test_bireal_net_is_refused_at_sizes_where_its_shortcut_pools_would_differ(tmp_path, capsys):
     """Larq Zoo pools Bi-Real Net's shortcuts with 'same' padding: a partial window on odd maps."""
-    _refused(capsys, tmp_path, FIXTURES / "birealnet_larq_tiny.h5", "at 48 px a shortcut pool of "
+    _refused(capsys, tmp_path, FIXTURES / "birealnet_larq_tiny.h5", "at 48 px a stride-2 pool of "
              "birealnet_larq_tiny reads a 3x3 map", "--image-size", "48")
     code, _, err = bnn(capsys, "import", "larq", FIXTURES / "birealnet_larq_tiny.h5", "-o", tmp_path / "ok.pt",
                        "--image-size", "96")
     assert code == 0, err
+
+
+def test_meliusnet_layers_pair_by_larq_zoos_names(tmp_path, capsys):
+    """MeliusNet's Keras layers carry Larq Zoo's own names; a grouped stem conv is one Conv2D per group."""
+    from bnncli.convert.larq import meliusnet_names
+
+    model, _, result = convert(FIXTURES / "meliusnet_tiny.h5", image_size=32)
+    assert result.arch == "meliusnet_tiny"
+    names = meliusnet_names(model)
+    groups = [f"stem_s1_groupconv_conv{g}" for g in range(4)]
+    assert names[2] == ("grouped conv", "stem.conv1", model.stem.conv1, groups)
+    with h5py.File(FIXTURES / "meliusnet_tiny.h5", "r") as f:  # group 2's kernel is output channels 16-23
+        kernel = f["stem_s2_groupconv_conv2/stem_s2_groupconv_conv2/kernel:0"][()]
+    assert np.array_equal(model.stem.conv2.weight[16:24].detach().numpy(), kernel.transpose(3, 2, 0, 1))
+
+    def drop(f):
+        _set_names(f, [n for n in _names(f) if n != "section_1_block_0_improve_binconv"])
+        del f["section_1_block_0_improve_binconv"]
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path, "meliusnet_tiny.h5"), drop),
+             "no importable model fits the file (closest: meliusnet_tiny: the file has no layer "
+             "section_1_block_0_improve_binconv for meliusnet_tiny's features.4.conv)")
+    _refused(capsys, tmp_path, FIXTURES / "resnete_tiny.h5", "has no layer stem_s0_conv, so it is not a Larq Zoo "
+             "meliusnet_tiny", "--arch", "meliusnet_tiny")
 
 
 def test_dense_net_differences_are_reported(imported):
@@ -421,6 +444,7 @@ def test_models_lists_larq_zoos_published_files_and_names_the_models_it_does_not
     code, out, err = bnn(capsys, "models")
     assert code == 0, err
     text = " ".join(out.split())
-    for zoo_name in ("MeliusNet22", "RealToBinaryNet", "XNORNet", "DoReFaNet", "BinaryAlexNet"):
+    assert rows["meliusnet22"]["larq_zoo"]["url"].endswith("/meliusnet22-v0.1.0/meliusnet22_weights.h5")
+    for zoo_name in ("RealToBinaryNet", "XNORNet", "DoReFaNet", "BinaryAlexNet"):
         assert f"{zoo_name} (" in text, zoo_name
     assert "DoReFaNet (53.39% top-1): out of scope: 2-bit activations" in text

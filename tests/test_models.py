@@ -203,12 +203,14 @@ LARQ_ZOO = {
     "quicknet": (13_230_024, 13_243_720, 1_849_688_064, 29_651_712),
     "quicknet_large": (23_338_184, 23_359_304, 3_699_376_128, 29_651_712),
     "birealnet_larq": (11_689_512, 11_699_112, 1_676_279_808, 137_793_536),
+    "meliusnet22": (6_944_584, 6_969_672, 4_624_220_160, 136_388_608),
 }
-# The "Parameters" of larq-zoo's docstrings. BiRealNet's is all its weights; QuickNet's are
-# ModelProfile's count, which leaves out the statistics of every BatchNorm with a scale and centre:
-# the trainable weights, the blur kernels and the stem's depthwise BatchNorm's two statistics.
+# The "Parameters" of larq-zoo's docstrings. BiRealNet's is all its weights, MeliusNet22's the
+# trainable ones; QuickNet's are ModelProfile's count, which leaves out the statistics of every
+# BatchNorm with a scale and centre: the trainable weights, the blur kernels and the stem's
+# depthwise BatchNorm's two statistics.
 LARQ_ZOO_DOCSTRING_PARAMS = {"quicknet_small": 12_655_688, "quicknet": 13_234_088, "quicknet_large": 23_342_248,
-                             "birealnet_larq": 11_699_112}
+                             "birealnet_larq": 11_699_112, "meliusnet22": 6_944_584}
 
 
 @pytest.mark.parametrize("name", sorted(LARQ_ZOO))
@@ -220,6 +222,8 @@ def test_larq_zoo_models_count_what_larq_zoo_builds(name):
     if name.startswith("quicknet"):
         depthwise_bn_stats = 2 * model.stem.depthwise_bn.num_features
         assert s.params + fixed + depthwise_bn_stats == LARQ_ZOO_DOCSTRING_PARAMS[name]
+    elif name == "meliusnet22":  # its docstring counts the trainable weights
+        assert s.params == LARQ_ZOO_DOCSTRING_PARAMS[name]
     else:
         assert s.params_with_bn_stats == LARQ_ZOO_DOCSTRING_PARAMS[name]
 
@@ -256,3 +260,19 @@ def test_birealnet_larq_differs_from_birealnet18_only_in_larq_zoos_choices():
     convs = [m for m in larq.modules() if isinstance(m, BinaryConv2d)]
     assert {(c.clip_threshold, c.weight_gradient, c.scaling, c.activation_gradient) for c in convs} == {
         (1.0, "larq", "xnor", "approxsign")}
+
+
+def test_meliusnet_improvement_block_adds_onto_the_last_channels():
+    from bnncli.models.common import BinaryOptions
+    from bnncli.models.meliusnet import DenseBlock, ImprovementBlock
+
+    model = create_model("meliusnet22")
+    blocks = list(model.features)
+    assert sum(isinstance(b, DenseBlock) for b in blocks) == 17 == sum(isinstance(b, ImprovementBlock) for b in blocks)
+    assert model.stem.conv1.groups == 4 and model.stem.conv2.groups == 8 and model.num_features == 512
+    block = ImprovementBlock(8, 4, BinaryOptions()).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        w = block.conv(block.bn(x))
+        y = block(x)
+    assert torch.equal(y[:, :4], x[:, :4]) and torch.equal(y[:, 4:], x[:, 4:] + w)

@@ -363,9 +363,9 @@ def test_tensorflow_padding_trains_and_is_recorded(tmp_path, capsys):
     assert code == 2 and "padding must be one of symmetric, tensorflow" in err
 
 
-@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny"])
+@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny"])
 def test_larq_zoo_models_train_pack_and_evaluate(arch, tmp_path, capsys):
-    """QuickNet (depthwise and blur-pool GroupConv nodes, +1 padding, in-conv ReLU) and Larq Zoo's
+    """QuickNet (depthwise and blur-pool GroupConv nodes, +1 padding, in-conv ReLU), MeliusNet (Slice) and Larq Zoo's
     Bi-Real Net train on the CLI, and their checkpoints pack and evaluate."""
     run = tmp_path / "run"
     code, _, err = bnn(capsys, "train", "--arch", arch, "--data", "builtin:shapes-mini", "--epochs", "1",

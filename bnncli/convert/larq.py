@@ -43,14 +43,22 @@ from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
 from bnncli.models import create_model, list_models, model_family
+from bnncli.models.meliusnet import DenseBlock, ImprovementBlock, MeliusNet
+from bnncli.models.meliusnet import Transition as MeliusTransition
 from bnncli.models.quicknet import BlurPool2d
 from bnncli.models.resnete import BasicBlockE
 from bnncli.nn import BinaryConv2d
 
 # The registry families whose structure Larq Zoo's factories build, and single models of other
 # families that Larq Zoo builds (birealnet18 is the Bi-Real paper's, with PyTorch's BatchNorm eps).
-FAMILIES = ("binarydensenet", "resnete", "quicknet")
+FAMILIES = ("binarydensenet", "resnete", "quicknet", "meliusnet")
 MODELS = ("birealnet_larq", "birealnet_larq_tiny")
+# Families whose Keras layers Larq Zoo names itself ("stem_s0_conv", "section_0_block_0_dense_bn"):
+# paired by those names, not by class and creation order.
+NAMED_FAMILIES = ("meliusnet",)
+# Models whose stride-2 pools Larq Zoo pads by TensorFlow's "same" rule while bnncli's do not pad
+# (the same where the maps they read have even sizes): Bi-Real Net's shortcut average pools.
+SAME_POOLS = ("birealnet_larq", "birealnet_larq_tiny")
 
 
 @dataclass(frozen=True)
@@ -87,11 +95,11 @@ PUBLISHED = {
                                 "c5158e8a59147b31370becd937825f4db8a5cdf308314874f678f596629be45c"),
     "birealnet_larq": Published("BiRealNet", "birealnet-v0.3.0", "birealnet_weights.h5",
                                 "6e6efac1584fcd60dd024198c87f42eb53b5ec719a5ca1f527e1fe7e8b997117"),
+    "meliusnet22": Published("MeliusNet22", "meliusnet22-v0.1.0", "meliusnet22_weights.h5",
+                             "c1ba85e8389ae326009665ec13331e49fc3df4d0f925fa8553e224f7362c18ed"),
 }
 # Larq Zoo 2.4's other published models (top-1 from its docstrings), and why bnncli does not import them.
 NOT_IMPORTED: dict[str, tuple[float, str]] = {
-    "MeliusNet22": (62.4, "not yet: its improvement blocks add a binary conv's 64 channels onto the last 64 "
-                          "channels of the map, an op the graph lacks (its grouped stem convs are GroupConv)"),
     "RealToBinaryNet": (65.01, "out of scope: each binary conv's output is scaled per image by factors computed "
                                "from its real-valued input (pool, dense, sigmoid), which the graph ops cannot express"),
     "XNORNet": (44.96, "not yet: AlexNet-style binary convs with per-channel weight scaling and binary 1x1 "
@@ -243,6 +251,83 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
     return Pairing(pairs, None)
 
 
+def meliusnet_names(model: MeliusNet) -> list[tuple[str, str, nn.Module, list[str]]]:
+    """(kind, qualified name, module, Keras layer names) of a MeliusNet in Larq Zoo's order; a
+    grouped conv is one Keras Conv2D per group (``stem_s1_groupconv_conv0`` ...)."""
+    stem = model.stem
+    out: list[tuple[str, str, nn.Module, list[str]]] = [("conv", "stem.conv0", stem.conv0, ["stem_s0_conv"])]
+    for i, conv in ((1, stem.conv1), (2, stem.conv2)):
+        out.append(("BatchNorm", f"stem.bn{i - 1}", getattr(stem, f"bn{i - 1}"), [f"stem_s{i - 1}_bn"]))
+        parts = [f"stem_s{i}_groupconv_conv{g}" for g in range(conv.groups)]
+        out.append(("grouped conv", f"stem.conv{i}", conv, parts))
+    out.append(("BatchNorm", "stem.bn2", stem.bn2, ["stem_s2_bn"]))
+    section = block = 0
+    for i, m in enumerate(model.features):
+        q = f"features.{i}"
+        name = f"section_{section}_block_{block}"
+        if isinstance(m, DenseBlock):
+            out += [("BatchNorm", f"{q}.bn", m.bn, [f"{name}_dense_bn"]),
+                    ("binary conv", f"{q}.conv", m.conv, [f"{name}_dense_binconv"])]
+        elif isinstance(m, ImprovementBlock):
+            out += [("BatchNorm", f"{q}.bn", m.bn, [f"{name}_improve_bn"]),
+                    ("binary conv", f"{q}.conv", m.conv, [f"{name}_improve_binconv"])]
+            block += 1
+        elif isinstance(m, MeliusTransition):
+            out += [("BatchNorm", f"{q}.bn", m.bn, [f"section_{section}_transition_bn"]),
+                    ("conv", f"{q}.conv", m.conv, [f"section_{section}_transition_pw"])]
+            section, block = section + 1, 0
+    return out + [("BatchNorm", "head_bn", model.head_bn, ["head_bn"]), ("dense", "fc", model.fc, ["head_dense"])]
+
+
+def is_named_file(weights: KerasWeights) -> bool:
+    """Whether the file's layers carry MeliusNet's own names (rather than Keras' class names)."""
+    return any(layer.name == "stem_s0_conv" for layer in weights.layers)
+
+
+def pair_named(model: nn.Module, weights: KerasWeights, arch: str) -> Pairing:
+    """Pair a MeliusNet's modules with the file's layers by Larq Zoo's layer names; check shapes."""
+    by_name = {layer.name: layer for layer in weights.layers}
+    pairs = []
+    used = set()
+    for kind, qualname, m, names in meliusnet_names(model):
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            return Pairing(pairs, f"the file has no layer {missing[0]} for {arch}'s {qualname}")
+        layers = [by_name[n] for n in names]
+        if kind == "grouped conv":
+            cout, cin_g, kh, kw = m.weight.shape
+            expected = {"kernel": (kh, kw, cin_g, cout // m.groups)}
+        else:
+            expected = _expected_shapes(kind, m)
+        for layer in layers:
+            if set(layer.weights) != set(expected):
+                return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.weights))}; {arch}'s "
+                                      f"{qualname} ({kind}) needs {', '.join(sorted(expected))}")
+            for role, shape in expected.items():
+                if tuple(layer.weights[role].shape) != shape:
+                    return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
+                                          f"{list(layer.weights[role].shape)}, expected {list(shape)}")
+        used.update(names)
+        pairs.append((qualname, m, layers if kind == "grouped conv" else layers[0]))
+    extra = [layer.name for layer in weights.layers if layer.name not in used]
+    if extra:
+        return Pairing(pairs, f"layer {extra[0]} is one layer more than {arch} has")
+    return Pairing(pairs, None)
+
+
+def _named_options(weights: KerasWeights) -> dict[str, Any]:
+    by_name = {layer.name: layer for layer in weights.layers}
+    stem, dense = by_name.get("stem_s0_conv"), by_name.get("head_dense")
+    if dense is None:
+        raise ArtifactError("the file has no layer head_dense, so it is not a Larq Zoo MeliusNet with its "
+                            "classifier (include_top=True)")
+    kernel, k = stem.weights.get("kernel"), dense.weights.get("kernel")
+    if kernel is None or kernel.ndim != 4 or k is None or k.ndim != 2:
+        raise ArtifactError("layers stem_s0_conv and head_dense need a 4- and a 2-dimensional kernel")
+    return {"num_classes": int(k.shape[1]), "in_channels": int(kernel.shape[2]), "thumbnail": False,
+            **IMPORT_OPTIONS}
+
+
 def _file_options(groups: dict[str, list[KerasLayer]], family: str) -> dict[str, Any]:
     """num_classes, in_channels and the stem kind, read off the file for a model of ``family``."""
     convs, dense = groups[keras_class("conv", family)], groups[keras_class("dense", family)]
@@ -301,6 +386,8 @@ def infer_arch(groups: dict[str, list[KerasLayer]], sha256: str, file_name: str)
             return arch
     fits, closest, unreadable = [], None, None
     for arch in importable_models():
+        if model_family(arch) in NAMED_FAMILIES:
+            continue
         try:
             options = _file_options(groups, model_family(arch))
         except ArtifactError as e:
@@ -325,14 +412,41 @@ def infer_arch(groups: dict[str, list[KerasLayer]], sha256: str, file_name: str)
     raise ArtifactError(f"no importable model fits the file{hint}")
 
 
+def infer_named_arch(weights: KerasWeights, sha256: str) -> str:
+    """The MeliusNet the file fits: the published file by its checksum, else by names and shapes."""
+    for arch, published in PUBLISHED.items():
+        if published.sha256 == sha256:
+            return arch
+    options = _named_options(weights)
+    closest = None
+    for arch in importable_models():
+        if model_family(arch) not in NAMED_FAMILIES:
+            continue
+        p = pair_named(_build(arch, options, "meta"), weights, arch)
+        if p.problem is None:
+            return arch
+        if closest is None or len(p.pairs) > closest[0]:
+            closest = (len(p.pairs), arch, p.problem)
+    hint = f" (closest: {closest[1]}: {closest[2]})" if closest else ""
+    raise ArtifactError(f"no importable model fits the file{hint}")
+
+
 # --- the conversion --------------------------------------------------------------------------
 
 
-def _check_bireal_size(arch: str, options: dict[str, Any], image_size: int) -> None:
-    """Larq Zoo's Bi-Real Net pools its shortcuts with ``AvgPool2D(2, strides=2, padding="same")``,
-    which on a map of odd size averages a last, partial window; bnncli's shortcut pool (and the
-    graph's AvgPool) has no padding, so the two agree only where every shortcut pool reads a map of
-    even height and width (224 px: 56, 28, 14). UsageError for an image size where one does not."""
+def _unpadded_stride_2(m: nn.Module) -> bool:
+    if not isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+        return False
+    pad = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
+    stride = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
+    return not any(pad) and max(stride) == 2
+
+
+def _check_pool_sizes(arch: str, options: dict[str, Any], image_size: int) -> None:
+    """Larq Zoo pools Bi-Real Net's shortcuts with ``AvgPool2D(2, strides=2, padding="same")``,
+    which on a map of odd size averages a last, partial window; bnncli's shortcut pools (and the
+    graph's AvgPool) do not pad, so the two agree only where every such pool reads a map of even
+    height and width (224 px: 56, 28, 14). UsageError for an image size where one does not."""
     model = _build(arch, options, "meta").eval()
     odd = []
 
@@ -341,7 +455,7 @@ def _check_bireal_size(arch: str, options: dict[str, Any], image_size: int) -> N
         if h % 2 or w % 2:
             odd.append(f"{h}x{w}")
 
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.AvgPool2d)]
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if _unpadded_stride_2(m)]
     try:
         with torch.no_grad():
             model(torch.empty(1, options["in_channels"], image_size, image_size, device="meta"))
@@ -349,12 +463,17 @@ def _check_bireal_size(arch: str, options: dict[str, Any], image_size: int) -> N
         for h in handles:
             h.remove()
     if odd:
-        raise UsageError(f"at {image_size} px a shortcut pool of {arch} reads a {odd[0]} map, where Larq Zoo's "
-                         f"'same' average pooling averages a partial window that bnncli does not reproduce; "
+        raise UsageError(f"at {image_size} px a stride-2 pool of {arch} reads a {odd[0]} map, where Larq Zoo's "
+                         f"'same' pooling pools a partial window that bnncli does not reproduce; "
                          f"pass an --image-size that is a multiple of 32 (224 by default)")
 
 
-def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
+def _copy(kind: str, m: nn.Module, layer: KerasLayer | list[KerasLayer]) -> None:
+    if isinstance(layer, list):  # a grouped conv from one Keras Conv2D per group: [kh, kw, Cin/g, Cout/g] each
+        parts = [np.ascontiguousarray(la.weights["kernel"].transpose(3, 2, 0, 1)) for la in layer]
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.concatenate(parts)))
+        return
     w = layer.weights
     with torch.no_grad():
         if kind in ("binary conv", "conv"):
@@ -373,7 +492,8 @@ def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
 
 
 def _check_values(pairs) -> None:
-    for _, _, layer in pairs:
+    layers = [la for _, _, layer in pairs for la in (layer if isinstance(layer, list) else [layer])]
+    for layer in layers:
         for role, array in layer.weights.items():
             if not np.isfinite(array).all():
                 raise ArtifactError(f"layer {layer.name}: {role} holds NaN or infinite values")
@@ -418,22 +538,30 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
             class_names: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any], ImportResult]:
     """The converted model (eval mode), its checkpoint dict, and what was done; writes nothing."""
     weights = read_keras_weights(weights_path)
-    groups = _by_kind(weights)
     sha256 = _sha256(weights.path)
-    if arch is None:
-        arch = infer_arch(groups, sha256, weights.path.name)
-    elif arch not in importable_models():
+    named = is_named_file(weights)
+    groups = None if named else _by_kind(weights)
+    if arch is not None and arch not in importable_models():
         raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: {', '.join(importable_models())}")
-    options = _file_options(groups, model_family(arch))
-    if arch in MODELS:
-        _check_bireal_size(arch, options, image_size)
+    if named:
+        arch = arch or infer_named_arch(weights, sha256)
+        if model_family(arch) not in NAMED_FAMILIES:
+            raise ArtifactError(f"{weights.path} names its layers as Larq Zoo's MeliusNet does, not as {arch}'s")
+        options = _named_options(weights)
+    else:
+        arch = arch or infer_arch(groups, sha256, weights.path.name)
+        if model_family(arch) in NAMED_FAMILIES:
+            raise ArtifactError(f"{weights.path} has no layer stem_s0_conv, so it is not a Larq Zoo {arch}")
+        options = _file_options(groups, model_family(arch))
+    if arch in SAME_POOLS:
+        _check_pool_sizes(arch, options, image_size)
     model = _build(arch, options)
-    pairing = pair_layers(model, groups, arch)
+    pairing = pair_named(model, weights, arch) if named else pair_layers(model, groups, arch)
     if pairing.problem is not None:
         raise ArtifactError(f"{weights.path} does not fit {arch}: {pairing.problem}")
     _check_values(pairing.pairs)
     for _, m, layer in pairing.pairs:
-        _copy(_kind(m), m, layer)
+        _copy(_kind(m) or "", m, layer)
     model.eval()
     # Where the file came from is known only when it is the published file itself (its checksum):
     # another file of a published architecture (a fine-tune, random weights) has no URL.

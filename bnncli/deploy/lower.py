@@ -34,13 +34,14 @@ from bnncli.graph.graph import Graph, Node
 from bnncli.graph.numerics import batchnorm_affine
 from bnncli.graph.opset import SPECS
 from bnncli.graph.padding import SAME
-from bnncli.nn import BinaryConv2d, is_float_layer
+from bnncli.nn import BinaryConv2d, ChannelSlice, is_float_layer
 from bnncli.nn.padding import PaddingRule
 
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (BinaryConv2d, PaddingRule)) or is_float_layer(m) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (BinaryConv2d, PaddingRule, ChannelSlice)) or is_float_layer(m) \
+            or super().is_leaf_module(m, qualname)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -277,6 +278,11 @@ def _flatten(m: nn.Flatten, n: fx.Node) -> Lowered:
 @lowers(nn.Linear, "Linear")
 def _linear(m: nn.Linear, n: fx.Node) -> Lowered:
     return Lowered("Linear", {}, _optional_bias(m, {"weight": _param(m, "weight")}))
+
+
+@lowers(ChannelSlice, "ChannelSlice")
+def _slice(m: ChannelSlice, n: fx.Node) -> Lowered:
+    return Lowered("Slice", {"axis": 1, "start": int(m.start), "stop": int(m.stop)})
 
 
 @lowers(nn.Identity, "Identity")

@@ -140,6 +140,14 @@ class _Emitter:
                   strides=node.attrs["stride"], pads=self.pads(node), dilations=node.attrs["dilation"],
                   group=int(node.attrs["groups"]))
 
+    @emits("Slice")
+    def slice(self, node: Node) -> None:
+        a = node.attrs
+        starts = self.init(f"{node.name}.starts", np.array([a["start"]], np.int64))
+        ends = self.init(f"{node.name}.ends", np.array([a["stop"]], np.int64))
+        axes = self.init(f"{node.name}.axes", np.array([1], np.int64))
+        self.emit("Slice", [node.inputs[0], starts, ends, axes], node.outputs[0], node.name)
+
     @emits("BinaryConv")
     def binary_conv(self, node: Node) -> None:
         a = node.attrs

@@ -29,7 +29,7 @@ MAX_WINDOW = MAX_IMAGE_SIZE
 # Ops whose output has a different rank than their first input (every other op keeps it).
 _RANK_OUT = {"Flatten": 2, "Linear": 2}
 _RANK_IN = {"Linear": 2, "Conv": 4, "GroupConv": 4, "BinaryConv": 4, "MaxPool": 4, "AvgPool": 4,
-            "GlobalAvgPool": 4, "BatchNorm": 4, "Affine": 4, "Concat": 4}
+            "GlobalAvgPool": 4, "BatchNorm": 4, "Affine": 4, "Concat": 4, "Slice": 4}
 
 
 def _pair(v: Any) -> tuple[int, int] | None:

@@ -79,6 +79,7 @@ OPSET: tuple[OpSpec, ...] = (
     OpSpec("GroupConv", "float convolution in groups (depthwise when groups = channels), zero padding",
            params=("weight",), optional_params=("bias",), attrs=(*_PAIRS, "groups"),
            float_dtype_params=("weight", "bias")),
+    OpSpec("Slice", "channels start to stop - 1 (MeliusNet's improvement blocks)", attrs=("axis", "start", "stop")),
 )
 
 SPECS: dict[str, OpSpec] = {s.name: s for s in OPSET}

@@ -1,6 +1,6 @@
 """The model registry and the paper's model zoo."""
 
-from bnncli.models import binarydensenet, quicknet, resnete  # noqa: F401  (registers the models)
+from bnncli.models import binarydensenet, meliusnet, quicknet, resnete  # noqa: F401  (registers the models)
 from bnncli.models._registry import (
     COMMON_OPTIONS,
     LEGACY_OPTIONS,
@@ -25,6 +25,7 @@ IMAGENET_MODELS = (
     "quicknet_small",
     "quicknet",
     "quicknet_large",
+    "meliusnet22",
 )
 
 __all__ = [

@@ -14,5 +14,6 @@ ANCHORS: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "quicknet_small": {"larq_zoo": (59.4, 81.8)},
     "quicknet": {"larq_zoo": (63.3, 84.6)},
     "quicknet_large": {"larq_zoo": (66.9, 87.0)},
+    "meliusnet22": {"larq_zoo": (62.4, 83.9)},
 }
 """Where a number comes from: the 2019 paper, the Larq Zoo re-implementation, the authors' 2020 retrain."""

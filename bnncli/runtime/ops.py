@@ -413,6 +413,28 @@ class GroupConv(Op, op="GroupConv"):
         return self.run(x, pads, (ho, wo))
 
 
+# --- channel slice (MeliusNet's improvement blocks) ------------------------------------------
+
+
+class Slice(Op, op="Slice"):
+    """Channels ``start`` to ``stop - 1`` (``axis`` 1 in NCHW terms, the only axis supported): in the
+    runtime's channel-first layout a contiguous view, no copy and no kernel."""
+
+    def setup(self) -> None:
+        if self.node.attrs["axis"] != 1:
+            self.fail(f"supports only axis 1 (channels), not {self.node.attrs['axis']!r}")
+        self.start = self.integer("start", 0)
+        self.stop = self.integer("stop", 1)
+        if self.stop <= self.start:
+            self.fail(f"takes channels {self.start} to {self.stop - 1}: none")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[0] < self.stop:
+            self.fail(f"takes channels up to {self.stop - 1} of a feature map; got shape {list(x.shape)} "
+                      f"(channels first)")
+        return x[self.start:self.stop]
+
+
 # Every op the runtime knows, in the order of bnncli.graph.opset.OPSET (tests/test_opset.py checks
 # that there is one class per declared op).
 OPS: tuple[type[Op], ...] = tuple(_REGISTERED[s.name] for s in opset.OPSET if s.name in _REGISTERED)
