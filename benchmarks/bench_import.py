@@ -80,15 +80,18 @@ def first_flip(model, packed, x: np.ndarray, inputs_file: Path) -> dict | None:
     for backend, maps in (("pytorch", seen), ("packed", [values[n.inputs[0]] for n in nodes])):
         out[backend] = "no flip"
         for i in range(min(count, len(maps))):
-            if backend == "packed":
-                if "in_threshold" in nodes[i].params:  # BatchNorm folded into a threshold: not comparable
-                    out[backend] = f"n/a from binary conv {i} (a folded threshold)"
-                    break
-                got = maps[i].transpose(0, 2, 3, 1)  # Model.run returns NCHW values; Keras' are NHWC
-            else:
-                got = maps[i]
             ref = keras[f"c{i}"]
-            flips = (got >= 0) != (ref >= 0)
+            if backend == "packed":
+                got = maps[i].transpose(0, 2, 3, 1)  # Model.run returns NCHW values; Keras' are NHWC
+                t = packed.graph.param(nodes[i], "in_threshold")
+                negate = packed.graph.param(nodes[i], "in_negate")
+                if t is None:
+                    bits = got >= 0
+                else:  # a BatchNorm folded into the binarization: x >= t, or x <= t where negated
+                    bits = np.where(negate.astype(bool) if negate is not None else False, got <= t, got >= t)
+            else:
+                bits = maps[i] >= 0
+            flips = bits != (ref >= 0)
             if flips.any():
                 out[backend] = (f"binary conv {i} ({keras['names'][i]}): {int(flips.sum())} of {ref.size} signs, "
                                 f"|x| <= {float(np.abs(ref[flips]).max()):.2g}")
