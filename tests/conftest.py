@@ -90,8 +90,9 @@ def randomize_batchnorm(model, seed: int = 0) -> None:
                 c = m.num_features
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
                 m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                m.weight.copy_(torch.randn(c, generator=g) * 0.6 + 0.8)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+                if m.affine:  # QuickNet's depthwise stem BatchNorm has no scale and centre
+                    m.weight.copy_(torch.randn(c, generator=g) * 0.6 + 0.8)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.5)
 
 
 def write_checkpoint(path: Path, arch: str = "binarydensenet_tiny", class_names=("a", "b", "c", "d"),
@@ -143,6 +144,8 @@ def make_exact(model, seed: int = 0) -> None:
             if isinstance(m, BinaryConv2d):
                 m.weight.copy_(torch.where(torch.rand(m.weight.shape, generator=g) < 0.5, -0.5, 0.5))
             elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                if not m.weight.requires_grad:  # fixed weights (QuickNet's blur pools, multiples of 1/16)
+                    continue
                 m.weight.copy_(dyadic(m.weight.shape, 1 / 16, 0.25))
                 if m.bias is not None:
                     m.bias.copy_(dyadic(m.bias.shape, 1 / 8, 1.0))
@@ -150,10 +153,13 @@ def make_exact(model, seed: int = 0) -> None:
                 c = m.num_features
                 m.eps = 0.0
                 m.running_var.copy_(4.0 ** torch.randint(-1, 2, (c,), generator=g).float())
-                m.weight.copy_(2.0 ** torch.randint(-3, 0, (c,), generator=g).float()
-                               * torch.where(torch.rand(c, generator=g) < 0.2, -1.0, 1.0))
+                gamma = 2.0 ** torch.randint(-3, 0, (c,), generator=g).float() \
+                    * torch.where(torch.rand(c, generator=g) < 0.2, -1.0, 1.0)
                 m.running_mean.copy_(dyadic((c,), 1 / 8, 2.0))
-                m.bias.copy_(dyadic((c,), 1 / 8, 1.0))
+                beta = dyadic((c,), 1 / 8, 1.0)
+                if m.affine:  # QuickNet's depthwise stem BatchNorm has no scale and centre
+                    m.weight.copy_(gamma)
+                    m.bias.copy_(beta)
 
 
 def exact_inputs(n: int, channels: int = 3, size: int = 32, seed: int = 0):

@@ -27,6 +27,7 @@ from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
 from bnncli.images.preprocess import larq_crop_box, preprocess_image
 from bnncli.runtime import load as load_packed
+from bnncli.runtime.backends import available as available_backends
 
 h5py = pytest.importorskip("h5py")
 
@@ -34,6 +35,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "larq"
 INFO = json.loads((FIXTURES / "fixtures.json").read_text())["fixtures"]
 RESNETE = ["resnete_tiny"]
 DENSENETS = ["binarydensenet_tiny", "binarydensenet_tiny_dilated"]
+LARQ_ZOO_2 = ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny"]  # QuickNet, Bi-Real Net, MeliusNet
+RESIDUAL = RESNETE + LARQ_ZOO_2
 
 
 def bnn(capsys, *args):
@@ -53,11 +56,12 @@ def _keras_logits(name: str, key: str = "logits") -> np.ndarray:
 
 
 def _check(name: str, logits: np.ndarray, keras: np.ndarray) -> None:
-    """ResNetE: within 1e-4 relative of Keras and the same top-1. BinaryDenseNet: the same top-1
-    on every input (a deep dense net can flip a near-zero sign through float rounding)."""
+    """ResNetE, QuickNet, Bi-Real Net: within 1e-4 relative of Keras and the same top-1.
+    BinaryDenseNet: the same top-1 on every input (a deep dense net can flip a near-zero sign
+    through float rounding)."""
     p = compare(keras, logits)
     assert p.top1_agree == p.samples, (name, p)
-    if name in RESNETE:
+    if name in RESIDUAL:
         assert p.max_rel_diff <= 1e-4, (name, p)
 
 
@@ -75,7 +79,7 @@ def imported(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-@pytest.mark.parametrize("name", RESNETE + DENSENETS)
+@pytest.mark.parametrize("name", RESIDUAL + DENSENETS)
 def test_imported_model_matches_keras_in_pytorch(name, imported):
     model, ckpt = load_model(imported[name])
     assert ckpt["arch"] == name and ckpt["arch_kwargs"]["padding"] == "tensorflow"
@@ -86,7 +90,7 @@ def test_imported_model_matches_keras_in_pytorch(name, imported):
         _check(name, logits, _keras_logits(name, key.replace("inputs", "logits")))
 
 
-@pytest.mark.parametrize("name", RESNETE + DENSENETS)
+@pytest.mark.parametrize("name", RESIDUAL + DENSENETS)
 def test_imported_model_matches_keras_after_export_and_pack(name, imported, tmp_path, capsys):
     ckpt = imported[name]
     code, _, err = bnn(capsys, "export", ckpt, "-o", tmp_path / "m.onnx")
@@ -98,10 +102,66 @@ def test_imported_model_matches_keras_after_export_and_pack(name, imported, tmp_
     x = _inputs(name)
     session = ort_session(str(tmp_path / "m.onnx"))
     _check(name, session.run(None, {"input": x})[0], _keras_logits(name))
-    packed = load_packed(tmp_path / "m.bnn")
-    assert packed.meta["format_version"] == 2  # "same" padding and Larq preprocessing need version 2
-    _check(name, packed(x), _keras_logits(name))
-    _check(name, packed(_inputs(name, "inputs_2")), _keras_logits(name, "logits_2"))  # any input size
+    for backend in available_backends():
+        packed = load_packed(tmp_path / "m.bnn", backend=backend)
+        assert packed.meta["format_version"] == 2  # "same" padding and Larq preprocessing need version 2
+        _check(name, packed(x), _keras_logits(name))
+        _check(name, packed(_inputs(name, "inputs_2")), _keras_logits(name, "logits_2"))  # any input size
+
+
+@pytest.mark.parametrize("name", LARQ_ZOO_2)
+def test_imported_model_matches_keras_at_a_second_square_size(name, tmp_path, capsys):
+    """Imported for 64 px (the size an ONNX file is exported at), against Keras' logits at 64 px in
+    PyTorch, onnxruntime and every packed backend; the architecture read off the file."""
+    ckpt = tmp_path / "m.pt"
+    code, out, err = bnn(capsys, "import", "larq", FIXTURES / INFO[name]["h5"], "-o", ckpt, "--image-size", 64,
+                         "--json")
+    assert code == 0, err
+    assert json.loads(out)["arch"] == name
+    x, keras = _inputs(name, "inputs_3"), _keras_logits(name, "logits_3")
+    model, _ = load_model(ckpt)
+    with torch.no_grad():
+        _check(name, model(torch.from_numpy(x)).numpy(), keras)
+    for command, target in (("export", "m.onnx"), ("pack", "m.bnn")):
+        code, _, err = bnn(capsys, command, ckpt, "-o", tmp_path / target)
+        assert code == 0, err
+    from bnncli.artifacts.onnx_file import ort_session
+
+    _check(name, ort_session(str(tmp_path / "m.onnx")).run(None, {"input": x})[0], keras)
+    for backend in available_backends():
+        _check(name, load_packed(tmp_path / "m.bnn", backend=backend)(x), keras)
+
+
+def test_bireal_net_is_refused_at_sizes_where_its_shortcut_pools_would_differ(tmp_path, capsys):
+    """Larq Zoo pools Bi-Real Net's shortcuts with 'same' padding: a partial window on odd maps."""
+    _refused(capsys, tmp_path, FIXTURES / "birealnet_larq_tiny.h5", "at 48 px a stride-2 pool of "
+             "birealnet_larq_tiny reads a 3x3 map", "--image-size", "48")
+    code, _, err = bnn(capsys, "import", "larq", FIXTURES / "birealnet_larq_tiny.h5", "-o", tmp_path / "ok.pt",
+                       "--image-size", "96")
+    assert code == 0, err
+
+
+def test_meliusnet_layers_pair_by_larq_zoos_names(tmp_path, capsys):
+    """MeliusNet's Keras layers carry Larq Zoo's own names; a grouped stem conv is one Conv2D per group."""
+    from bnncli.convert.larq import meliusnet_names
+
+    model, _, result = convert(FIXTURES / "meliusnet_tiny.h5", image_size=32)
+    assert result.arch == "meliusnet_tiny"
+    names = meliusnet_names(model)
+    groups = [f"stem_s1_groupconv_conv{g}" for g in range(4)]
+    assert names[2] == ("grouped conv", "stem.conv1", model.stem.conv1, groups)
+    with h5py.File(FIXTURES / "meliusnet_tiny.h5", "r") as f:  # group 2's kernel is output channels 16-23
+        kernel = f["stem_s2_groupconv_conv2/stem_s2_groupconv_conv2/kernel:0"][()]
+    assert np.array_equal(model.stem.conv2.weight[16:24].detach().numpy(), kernel.transpose(3, 2, 0, 1))
+
+    def drop(f):
+        _set_names(f, [n for n in _names(f) if n != "section_1_block_0_improve_binconv"])
+        del f["section_1_block_0_improve_binconv"]
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path, "meliusnet_tiny.h5"), drop),
+             "no importable model fits the file (closest: meliusnet_tiny: the file has no layer "
+             "section_1_block_0_improve_binconv for meliusnet_tiny's features.4.conv)")
+    _refused(capsys, tmp_path, FIXTURES / "resnete_tiny.h5", "has no layer stem_s0_conv, so it is not a Larq Zoo "
+             "meliusnet_tiny", "--arch", "meliusnet_tiny")
 
 
 def test_dense_net_differences_are_reported(imported):
@@ -136,6 +196,42 @@ def test_architecture_is_read_off_the_file_and_the_checkpoint_describes_itself(t
     code, _, err = bnn(capsys, "import", "larq", anonymous, "-o", tmp_path / "e.pt")
     assert code == 2 and "fits binarydensenet_tiny and binarydensenet_tiny_dilated" in err and "--arch" in err
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_only_the_published_file_itself_gets_its_url(monkeypatch):
+    """A file of a published architecture with another checksum (random weights, a fine-tune) is not
+    the published file: no URL or Larq Zoo model is recorded beside "published": false."""
+    from bnncli.convert import larq
+
+    published = larq.Published("BinaryResNetE18Tiny", "resnet_e-v0.1.0", "resnete_tiny.h5", "0" * 64)
+    monkeypatch.setitem(larq.PUBLISHED, "resnete_tiny", published)
+    _, _, result = convert(FIXTURES / "resnete_tiny.h5")
+    assert result.source["published"] is False
+    assert result.source["url"] is None and result.source["larq_zoo_model"] is None
+    # The published file is recognised by its checksum alone, whatever its name, and described.
+    sha = larq._sha256(FIXTURES / "resnete_tiny.h5")
+    monkeypatch.setitem(larq.PUBLISHED, "resnete_tiny", larq.Published("X", "r-v1", "x.h5", sha))
+    _, _, result = convert(FIXTURES / "resnete_tiny.h5")
+    assert result.arch == "resnete_tiny" and result.source["published"] is True
+    assert result.source["url"] == "https://github.com/larq/zoo/releases/download/r-v1/x.h5"
+
+
+def test_published_quicknet_and_birealnet_files_are_known():
+    """larq-zoo 2.4's download table (larq_zoo/sota/quicknet.py, literature/birealnet.py)."""
+    from bnncli.convert.larq import PUBLISHED, importable_models
+
+    assert {k: (p.larq_zoo_model, p.url) for k, p in PUBLISHED.items() if "quick" in k or "bireal" in k} == {
+        "quicknet_small": ("QuickNetSmall", "https://github.com/larq/zoo/releases/download/quicknet-v1.0/"
+                                            "quicknet_small_weights.h5"),
+        "quicknet": ("QuickNet", "https://github.com/larq/zoo/releases/download/quicknet-v1.0/quicknet_weights.h5"),
+        "quicknet_large": ("QuickNetLarge", "https://github.com/larq/zoo/releases/download/quicknet-v1.0/"
+                                            "quicknet_large_weights.h5"),
+        "birealnet_larq": ("BiRealNet", "https://github.com/larq/zoo/releases/download/birealnet-v0.3.0/"
+                                        "birealnet_weights.h5"),
+    }
+    assert PUBLISHED["quicknet_large"].sha256.startswith("c5158e8a5914")
+    assert set(PUBLISHED) <= set(importable_models())
+    assert "birealnet18" not in importable_models()  # not Larq Zoo's (BatchNorm eps 1e-5)
 
 
 def test_a_1000_class_import_names_the_imagenet_synsets(tmp_path):
@@ -175,11 +271,22 @@ def test_larq_preprocessing_equals_tensorflows(i):
     image = Image.open(FIXTURES / f"preprocess_{i}.png")
     w, h = image.size
     assert list(larq_crop_box(h, w, 0.875)) == data[f"crop_{i}"].tolist()
-    small = preprocess_image(image, preprocessing("larq", 28)).transpose(1, 2, 0)
+    at28 = {**preprocessing("larq", 28), "resize": 32}  # the fixture's crop padding 4: 28 / 32 = 0.875
+    small = preprocess_image(image, at28).transpose(1, 2, 0)
     np.testing.assert_allclose(small, data[f"out_{i}"], rtol=0, atol=2e-5)
+    # larq-zoo's own rule at 64 px (crop padding 32): the preset's crop is 64 / 96 of the shorter side.
+    at64 = preprocess_image(image, preprocessing("larq", 64)).transpose(1, 2, 0)
+    idx = data[f"idx64_{i}"].astype(int)
+    np.testing.assert_allclose(at64[idx[:, 0], idx[:, 1], idx[:, 2]], data[f"val64_{i}"], rtol=0, atol=2e-5)
     full = preprocess_image(image, preprocessing("larq", 224)).transpose(1, 2, 0)
     idx = data[f"full_idx_{i}"].astype(int)
     np.testing.assert_allclose(full[idx[:, 0], idx[:, 1], idx[:, 2]], data[f"full_val_{i}"], rtol=0, atol=2e-5)
+
+
+def test_the_larq_preset_crops_as_larq_zoo_at_every_size():
+    """larq_zoo.training.data: a crop of S / (S + 32) of the shorter side (0.875 only at 224)."""
+    assert [preprocessing("larq", s)["resize"] for s in (224, 64, 32, 299)] == [256, 96, 64, 331]
+    assert preprocessing("imagenet", 64)["resize"] == 73  # torchvision's rule stays S / 0.875
 
 
 def test_every_backend_preprocesses_larq_models_alike():
@@ -267,9 +374,9 @@ def test_a_file_that_does_not_fit_names_its_first_misfit_layer(tmp_path, capsys)
 
     # A layer kind no bnncli model has, and a layer whose weights are missing.
     def unknown(f):
-        f.move("dense", "depthwise_conv2d")
-        _set_names(f, ["depthwise_conv2d" if n == "dense" else n for n in _names(f)])
-    _refused(capsys, tmp_path, _edit(_copy(tmp_path), unknown), "layer depthwise_conv2d is of a kind no bnncli")
+        f.move("dense", "separable_conv2d")
+        _set_names(f, ["separable_conv2d" if n == "dense" else n for n in _names(f)])
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path), unknown), "layer separable_conv2d is of a kind no bnncli")
 
     def lose(f):
         del f["conv2d/conv2d/kernel:0"]
@@ -325,3 +432,19 @@ def test_missing_h5py_says_how_to_install(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "h5py", None)
     _refused(capsys, tmp_path, FIXTURES / "resnete_tiny.h5", "pip install 'bnncli[larq]'")
     assert keras_h5.INSTALL_HINT.startswith("reading Keras HDF5 files needs h5py")
+
+
+def test_models_lists_larq_zoos_published_files_and_names_the_models_it_does_not_import(capsys):
+    code, out, err = bnn(capsys, "models", "--json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["quicknet_large"]["larq_zoo"]["top1"] == 66.9 and rows["quicknet_large"]["larq_zoo"]["top5"] == 87.0
+    assert rows["birealnet_larq"]["larq_zoo"]["url"].endswith("/birealnet-v0.3.0/birealnet_weights.h5")
+    assert rows["birealnet18"]["larq_zoo"] is None and rows["quicknet_tiny"]["larq_zoo"] is None
+    code, out, err = bnn(capsys, "models")
+    assert code == 0, err
+    text = " ".join(out.split())
+    assert rows["meliusnet22"]["larq_zoo"]["url"].endswith("/meliusnet22-v0.1.0/meliusnet22_weights.h5")
+    for zoo_name in ("RealToBinaryNet", "XNORNet", "DoReFaNet", "BinaryAlexNet"):
+        assert f"{zoo_name} (" in text, zoo_name
+    assert "DoReFaNet (53.39% top-1): out of scope: 2-bit activations" in text

@@ -214,3 +214,86 @@ def test_the_zoo_table_is_the_registry_and_its_counts():
             s.fc_macs), "\n".join(rows)
         assert (entry.ops, entry.size_bytes) == (s.ops, s.size_bytes)
     assert list(ZOO) == [n for n in list_models() if builtin_model(n)]
+
+
+# Larq Zoo 2.4's models as larq-zoo builds them (weights=None, 224 px, 1000 classes), counted with
+# TF: trainable weights, all weights (BatchNorm statistics and QuickNet's fixed blur-pool kernels
+# included), and larq.models.ModelProfile's binary (1-bit) and 32-bit MACs (the classifier included).
+LARQ_ZOO = {
+    "quicknet_small": (12_652_504, 12_664_344, 1_156_055_040, 15_941_120),
+    "quicknet": (13_230_024, 13_243_720, 1_849_688_064, 29_651_712),
+    "quicknet_large": (23_338_184, 23_359_304, 3_699_376_128, 29_651_712),
+    "birealnet_larq": (11_689_512, 11_699_112, 1_676_279_808, 137_793_536),
+    "meliusnet22": (6_944_584, 6_969_672, 4_624_220_160, 136_388_608),
+}
+# The "Parameters" of larq-zoo's docstrings. BiRealNet's is all its weights, MeliusNet22's the
+# trainable ones; QuickNet's are ModelProfile's count, which leaves out the statistics of every
+# BatchNorm with a scale and centre: the trainable weights, the blur kernels and the stem's
+# depthwise BatchNorm's two statistics.
+LARQ_ZOO_DOCSTRING_PARAMS = {"quicknet_small": 12_655_688, "quicknet": 13_234_088, "quicknet_large": 23_342_248,
+                             "birealnet_larq": 11_699_112, "meliusnet22": 6_944_584}
+
+
+@pytest.mark.parametrize("name", sorted(LARQ_ZOO))
+def test_larq_zoo_models_count_what_larq_zoo_builds(name):
+    model = create_model(name)
+    s = count_model(model, image_size=224)
+    fixed = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # QuickNet's blur pools
+    assert (s.params, s.params_with_bn_stats + fixed, s.binary_macs, s.fp_macs) == LARQ_ZOO[name]
+    if name.startswith("quicknet"):
+        depthwise_bn_stats = 2 * model.stem.depthwise_bn.num_features
+        assert s.params + fixed + depthwise_bn_stats == LARQ_ZOO_DOCSTRING_PARAMS[name]
+    elif name == "meliusnet22":  # its docstring counts the trainable weights
+        assert s.params == LARQ_ZOO_DOCSTRING_PARAMS[name]
+    else:
+        assert s.params_with_bn_stats == LARQ_ZOO_DOCSTRING_PARAMS[name]
+
+
+def test_quicknet_blocks_are_larq_zoos():
+    from bnncli.models.quicknet import BlurPool2d, ResidualBlock, Transition
+
+    model = create_model("quicknet")
+    blocks = [m for m in model.features if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 16 and len([m for m in model.features if isinstance(m, Transition)]) == 3
+    convs = [b.conv for b in blocks]
+    assert {(c.pad_value, c.clip_threshold, c.weight_gradient, c.scaling, c.kernel_size) for c in convs} == {
+        (1.0, 1.25, "larq", "none", (3, 3))}
+    blur = next(m for m in model.modules() if isinstance(m, BlurPool2d))
+    assert not blur.weight.requires_grad and blur.stride == (2, 2) and blur.groups == blur.in_channels
+    assert torch.equal(blur.weight[0, 0] * 16, torch.tensor([[1.0, 2, 1], [2, 4, 2], [1, 2, 1]]))
+    assert model.stem.depthwise.groups == 16 and model.stem.depthwise_bn.weight is None
+    assert model.stem.bn.eps == 1e-3 and blocks[0].bn.eps == 1e-5
+    # 224 px -> 56 after the stem, then 28, 14, 7 through transitions of max pool 2x2 stride 1 and blur stride 2.
+    assert count_model(model).binary_macs == sum(
+        64 * 64 * 9 * 56 * 56 * (c == 64) + 128 * 128 * 9 * 28 * 28 * (c == 128) + 256 * 256 * 9 * 14 * 14 * (c == 256)
+        + 512 * 512 * 9 * 7 * 7 * (c == 512) for c in (b.conv.in_channels for b in blocks))
+
+
+def test_birealnet_larq_differs_from_birealnet18_only_in_larq_zoos_choices():
+    ours, larq = create_model("birealnet18"), create_model("birealnet_larq")
+    nn = torch.nn
+    layers = (BinaryConv2d, nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.MaxPool2d, nn.AvgPool2d)
+    assert [(n, type(m)) for n, m in ours.named_modules() if isinstance(m, layers)] == \
+        [(n, type(m)) for n, m in larq.named_modules() if isinstance(m, layers)]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in larq.state_dict().items()}
+    bns = [m for m in larq.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {(m.eps, m.momentum) for m in bns} == {(1e-3, 0.2)}
+    convs = [m for m in larq.modules() if isinstance(m, BinaryConv2d)]
+    assert {(c.clip_threshold, c.weight_gradient, c.scaling, c.activation_gradient) for c in convs} == {
+        (1.0, "larq", "xnor", "approxsign")}
+
+
+def test_meliusnet_improvement_block_adds_onto_the_last_channels():
+    from bnncli.models.common import BinaryOptions
+    from bnncli.models.meliusnet import DenseBlock, ImprovementBlock
+
+    model = create_model("meliusnet22")
+    blocks = list(model.features)
+    assert sum(isinstance(b, DenseBlock) for b in blocks) == 17 == sum(isinstance(b, ImprovementBlock) for b in blocks)
+    assert model.stem.conv1.groups == 4 and model.stem.conv2.groups == 8 and model.num_features == 512
+    block = ImprovementBlock(8, 4, BinaryOptions()).eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        w = block.conv(block.bn(x))
+        y = block(x)
+    assert torch.equal(y[:, :4], x[:, :4]) and torch.equal(y[:, 4:], x[:, 4:] + w)

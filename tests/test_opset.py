@@ -17,7 +17,7 @@ from bnncli.graph import opset
 from bnncli.graph.graph import Graph, Node
 from bnncli.graph.opset import OPSET, SPECS
 from bnncli.models import create_model, list_models
-from bnncli.nn import BinaryConv2d
+from bnncli.nn import BinaryConv2d, ChannelSlice
 from bnncli.runtime import OP_TYPES, OPS, Model, ops
 
 FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
@@ -107,6 +107,8 @@ class _EveryLowering(nn.Module):
         self.bn = nn.BatchNorm2d(8)
         self.relu = nn.ReLU()
         self.binary = BinaryConv2d(8, 8, 3, padding=1, scaling="xnor")
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)  # GroupConv
+        self.head, self.tail = ChannelSlice(0, 4), ChannelSlice(4, 16)
         self.same = nn.Identity()
         self.max_pool = nn.MaxPool2d(2)
         self.avg_pool = nn.AvgPool2d(2)
@@ -117,7 +119,8 @@ class _EveryLowering(nn.Module):
 
     def forward(self, x):
         x = self.relu(self.bn(self.conv(x)))
-        x = torch.cat([x, self.binary(torch.relu(x))], dim=1)
+        x = self.grouped(torch.cat([x, self.binary(torch.relu(x))], dim=1))
+        x = torch.cat([self.head(x), self.tail(x) + self.tail(x)], dim=1)
         x = self.same(self.max_pool(x)) + F.relu(self.avg_pool(x))
         return self.fc(self.drop(self.flatten(self.pool(x)))) + self.fc(torch.flatten(self.pool(x), 1))
 

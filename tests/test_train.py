@@ -164,13 +164,18 @@ def test_lr_schedules():
     values = [lr_factor(s, cos, 10) for s in range(100)]
     assert values[0] == 1.0 and all(a >= b for a, b in zip(values, values[1:])) and values[-1] < 1e-3
     assert math.isclose(lr_factor(50, cos, 10), 0.5)
+    linear = TrainConfig(arch="x", data="y", epochs=10, schedule="linear", warmup_epochs=2)
+    assert [lr_factor(s, linear, 10) for s in (0, 19, 20, 60, 99)] == [0.05, 1.0, 1.0, 0.5, 1 - 79 / 80]
 
 
 @pytest.mark.parametrize("recipe", PIPELINES, ids=[p.stem for p in PIPELINES])
 def test_every_recipe_builds_its_model(recipe):
     cfg = resolve_config(recipe=recipe, overrides={"data": "/imagenet"})
     assert cfg.arch in list_models() and cfg.optimizer == "adam" and cfg.weight_decay == 0
-    assert cfg.schedule == "step" and cfg.steps and cfg.epochs > max(cfg.steps)
+    if cfg.schedule == "step":
+        assert cfg.steps and cfg.epochs > max(cfg.steps)
+    else:  # QuickNet's cosine with warmup, Bi-Real Net's linear decay
+        assert cfg.schedule in ("cosine", "linear") and not cfg.steps
     with torch.device("meta"):  # check the options only: no memory, no init
         create_model(cfg.arch, num_classes=1000, **cfg.model)
 
@@ -406,3 +411,20 @@ def test_every_training_option_is_one_parameter_named_as_its_field():
     assert overrides["steps"] == [3, 4] and overrides["crop_scale"] == [0.5, 1.0] and overrides["compile"] is True
     assert overrides["model"] == {"scaling": "xnor"} and overrides["arch"] == "resnete_tiny"
     assert overrides["epochs"] is None and "json_" not in overrides and "compile_" not in overrides
+
+
+@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny"])
+def test_larq_zoo_models_train_pack_and_evaluate(arch, tmp_path, capsys):
+    """QuickNet (depthwise and blur-pool GroupConv nodes, +1 padding, in-conv ReLU), MeliusNet (Slice) and Larq Zoo's
+    Bi-Real Net train on the CLI, and their checkpoints pack and evaluate."""
+    run = tmp_path / "run"
+    code, _, err = bnn(capsys, "train", "--arch", arch, "--data", "builtin:shapes-mini", "--epochs", "1",
+                       "--batch-size", "40", "--image-size", "32", "--out", run)
+    assert code == 0, err
+    ckpt = load_checkpoint(run / "best.pt")
+    assert ckpt["arch"] == arch and ckpt["arch_kwargs"]["thumbnail"] is True
+    code, _, err = bnn(capsys, "pack", run, "-o", tmp_path / "m.bnn")
+    assert code == 0, err
+    code, out, err = bnn(capsys, "eval", tmp_path / "m.bnn", "--data", "builtin:shapes-mini", "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] > 0

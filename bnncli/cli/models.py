@@ -90,6 +90,16 @@ def models(
     if any(r["larq_zoo"] for r in rows):
         out.print("Larq Zoo weights: download the .h5 file (bnn models --json lists the URLs),\n"
                   "then `bnn import larq FILE.h5`.", highlight=False)
+    if pattern is None:
+        import textwrap
+
+        from bnncli.convert.published import NOT_IMPORTED
+
+        out.print("Larq Zoo models bnncli does not import:", highlight=False)
+        for zoo_name, (top1, reason) in NOT_IMPORTED.items():
+            text = textwrap.fill(f"{zoo_name} ({top1:.2f}% top-1): {reason}", width=78, initial_indent="  ",
+                                 subsequent_indent="    ")
+            out.print(text, highlight=False, soft_wrap=True)
 
 
 def _zoo_top1(row: dict) -> str:

@@ -1,15 +1,19 @@
 """``bnn import larq``: Larq Zoo's Keras weights (HDF5) -> an ordinary bnncli checkpoint.
 
-Larq Zoo trained the paper's models in TensorFlow and published their ImageNet weights as Keras
-HDF5 files; its architectures equal bnncli's to the parameter. Three details make a converted
-model compute what the Keras one computes:
+Larq Zoo trained the paper's models, QuickNet and Bi-Real Net in TensorFlow and published their
+ImageNet weights as Keras HDF5 files; its architectures equal bnncli's to the parameter
+(binarydensenet*, resnete18, quicknet_small / quicknet / quicknet_large, birealnet_larq). Three
+details make a converted model compute what the Keras one computes:
 
 * **padding**: Keras pads its stride-2 layers by TensorFlow's "same" rule, unevenly, so the model
   is built with ``padding="tensorflow"`` (bnncli.nn.padding);
-* **pairing**: layers are matched by kind (binary conv, float conv, BatchNorm, dense) in Keras'
-  creation order, which the numeric suffixes of their names give (bnncli.convert.keras_h5), and
-  bnncli's modules are listed in the order Larq Zoo creates them (a ResNetE shortcut before its
-  block's main branch). Every shape is checked; the first layer that does not fit is named.
+* **pairing**: layers are matched by Keras class (``quant_conv2d``, ``conv2d``, ``batch_normalization``,
+  ``dense``, ...; Keras numbers each class's layers in the order they are created, which the
+  suffixes of their names give, bnncli.convert.keras_h5), and bnncli's modules are listed in the
+  order Larq Zoo creates them (a ResNetE shortcut before its block's main branch). Which Keras
+  class a module is depends on the family: QuickNet's float convs and classifier are QuantConv2D
+  and QuantDense layers without quantizers, so there ``quant_conv2d`` counts binary and float convs
+  alike. Every shape is checked; the first layer that does not fit is named.
 * **precision**: the float layers stay float32 (``float_weights="float32"``), as trained; the
   classifier's softmax is left out (bnncli models return logits).
 
@@ -35,29 +39,55 @@ from bnncli import __version__
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.rundir import check_model_output
 from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, read_keras_weights
-from bnncli.convert.published import PUBLISHED, Published  # noqa: F401  (Published: part of this module's API)
+from bnncli.convert.published import NOT_IMPORTED, PUBLISHED, Published  # noqa: F401  (part of this module's API)
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
 from bnncli.models import create_model, list_models, model_family
+from bnncli.models.meliusnet import DenseBlock, ImprovementBlock, MeliusNet
+from bnncli.models.meliusnet import Transition as MeliusTransition
+from bnncli.models.quicknet import BlurPool2d
 from bnncli.models.resnete import BasicBlockE
 from bnncli.nn import BinaryConv2d
 
-# The registry families whose structure Larq Zoo's factories build.
-FAMILIES = ("binarydensenet", "resnete")
+# The registry families whose structure Larq Zoo's factories build, and single models of other
+# families that Larq Zoo builds (birealnet18 is the Bi-Real paper's, with PyTorch's BatchNorm eps).
+FAMILIES = ("binarydensenet", "resnete", "quicknet", "meliusnet")
+MODELS = ("birealnet_larq", "birealnet_larq_tiny")
+# Families whose Keras layers Larq Zoo names itself ("stem_s0_conv", "section_0_block_0_dense_bn"):
+# paired by those names, not by class and creation order.
+NAMED_FAMILIES = ("meliusnet",)
+# Models whose stride-2 pools Larq Zoo pads by TensorFlow's "same" rule while bnncli's do not pad
+# (the same where the maps they read have even sizes): Bi-Real Net's shortcut average pools.
+SAME_POOLS = ("birealnet_larq", "birealnet_larq_tiny")
 
 
-IMPORT_OPTIONS: dict[str, Any] = {"padding": "tensorflow", "float_weights": "float32", "pad_value": 0.0}
-# Keras layer class prefix (its default name) -> what it is.
-KINDS = {"quant_conv2d": "binary conv", "conv2d": "conv", "batch_normalization": "BatchNorm", "dense": "dense"}
-WEIGHTS = {"binary conv": ("kernel",), "conv": ("kernel",), "BatchNorm": ("gamma", "beta", "moving_mean",
-                                                                         "moving_variance"),
-           "dense": ("kernel", "bias")}
+IMPORT_OPTIONS: dict[str, Any] = {"padding": "tensorflow", "float_weights": "float32"}
+# Options a family's import sets (Larq pads binary convs with 0; QuickNet with +1, its default).
+FAMILY_OPTIONS: dict[str, dict[str, Any]] = {"binarydensenet": {"pad_value": 0.0}, "resnete": {"pad_value": 0.0}}
+# Keras layer class prefix (its default name) -> the weights its layers hold.
+WEIGHTS = {
+    "quant_conv2d": ("kernel",), "conv2d": ("kernel",),
+    "quant_depthwise_conv2d": ("depthwise_kernel",), "depthwise_conv2d": ("depthwise_kernel",),
+    "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "dense": ("kernel", "bias"), "quant_dense": ("kernel", "bias"),
+}
+# What the layers of each Keras class are, in messages.
+LABELS = {"quant_conv2d": "binary conv", "conv2d": "conv", "quant_depthwise_conv2d": "depthwise conv",
+          "depthwise_conv2d": "blur pool", "batch_normalization": "BatchNorm", "dense": "dense",
+          "quant_dense": "dense"}
+# Where a family builds a module kind with another Keras class: QuickNet's float convs and classifier
+# are QuantConv2D / QuantDense without quantizers, its depthwise stem conv a QuantDepthwiseConv2D.
+FAMILY_CLASSES: dict[str, dict[str, str]] = {
+    "quicknet": {"conv": "quant_conv2d", "depthwise conv": "quant_depthwise_conv2d", "dense": "quant_dense"},
+}
+_DEFAULT_CLASSES = {"binary conv": "quant_conv2d", "conv": "conv2d", "depthwise conv": "depthwise_conv2d",
+                    "blur pool": "depthwise_conv2d", "BatchNorm": "batch_normalization", "dense": "dense"}
 
 
 def importable_models() -> list[str]:
     """Registered models whose structure Larq Zoo's factories build (the tiny ones included)."""
-    return [name for name in list_models() if model_family(name) in FAMILIES]
+    return [name for name in list_models() if model_family(name) in FAMILIES or name in MODELS]
 
 
 # --- bnncli's side: modules in Larq Zoo's creation order ------------------------------------
@@ -66,13 +96,20 @@ def importable_models() -> list[str]:
 def _kind(m: nn.Module) -> str | None:
     if isinstance(m, BinaryConv2d):
         return "binary conv"
+    if isinstance(m, BlurPool2d):
+        return "blur pool"
     if isinstance(m, nn.Conv2d):
-        return "conv"
+        return "depthwise conv" if m.groups > 1 else "conv"
     if isinstance(m, nn.BatchNorm2d):
         return "BatchNorm"
     if isinstance(m, nn.Linear):
         return "dense"
     return None
+
+
+def keras_class(kind: str, family: str) -> str:
+    """The Keras class (its default layer name) that Larq Zoo builds a module of ``kind`` with in ``family``."""
+    return FAMILY_CLASSES.get(family, {}).get(kind, _DEFAULT_CLASSES[kind])
 
 
 def keras_order(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, str, nn.Module]]:
@@ -92,9 +129,15 @@ def _expected_shapes(kind: str, m: Any) -> dict[str, tuple[int, ...]]:
     if kind in ("binary conv", "conv"):
         cout, cin, kh, kw = m.weight.shape
         return {"kernel": (kh, kw, cin, cout)}
+    if kind in ("depthwise conv", "blur pool"):
+        cout, cin_g, kh, kw = m.weight.shape
+        if cin_g != 1:
+            raise ArtifactError(f"a {kind} with {cin_g} input channels per group has no Keras counterpart")
+        return {"depthwise_kernel": (kh, kw, cout, 1)}
     if kind == "BatchNorm":
         c = m.num_features
-        return {k: (c,) for k in WEIGHTS["BatchNorm"]}
+        roles = WEIGHTS["batch_normalization"] if m.affine else ("moving_mean", "moving_variance")
+        return {k: (c,) for k in roles}
     out_f, in_f = m.weight.shape
     return {"kernel": (in_f, out_f), "bias": (out_f,)}
 
@@ -103,14 +146,13 @@ def _expected_shapes(kind: str, m: Any) -> dict[str, tuple[int, ...]]:
 
 
 def _by_kind(weights: KerasWeights) -> dict[str, list[KerasLayer]]:
-    """The file's layers per kind in creation order; refuses layer types bnncli has no match for."""
-    groups: dict[str, list[KerasLayer]] = {kind: [] for kind in WEIGHTS}
+    """The file's layers per Keras class in creation order; refuses classes no Larq Zoo model of bnncli's has."""
+    groups: dict[str, list[KerasLayer]] = {base: [] for base in WEIGHTS}
     for layer in weights.layers:
-        kind = KINDS.get(layer.base)
-        if kind is None:
+        if layer.base not in groups:
             raise ArtifactError(f"{weights.path}: layer {layer.name} is of a kind no bnncli model has "
-                                f"(expected {', '.join(KINDS)} layers)")
-        groups[kind].append(layer)
+                                f"(expected {', '.join(WEIGHTS)} layers)")
+        groups[layer.base].append(layer)
     for layers in groups.values():
         layers.sort(key=lambda la: la.index)
         seen: dict[Any, Any] = {}
@@ -131,17 +173,23 @@ class Pairing:
 
 
 def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str) -> Pairing:
-    """Pair per kind by creation order and check names and shapes; the first misfit in model order."""
-    modules = list(keras_order(model))
-    taken = {kind: 0 for kind in WEIGHTS}
-    pairs: list[Any] = []
-    for kind, qualname, m in modules:
-        i = taken[kind]
-        taken[kind] += 1
-        if i >= len(groups[kind]):
-            return Pairing(pairs, f"the file has {len(groups[kind])} {kind} layers, {arch} needs "
-                                  f"{sum(k == kind for k, _, _ in modules)}: none for {qualname}")
-        layer = groups[kind][i]
+    """Pair per Keras class by creation order and check names and shapes; the first misfit in model order."""
+    family = model_family(arch)
+    modules = [(kind, keras_class(kind, family), qualname, m) for kind, qualname, m in keras_order(model)]
+    taken = {base: 0 for base in WEIGHTS}
+    pairs = []
+
+    def label(base: str) -> str:
+        kinds = sorted({kind for kind, b, _, _ in modules if b == base})
+        return " or ".join(kinds) if kinds else LABELS[base]
+
+    for kind, base, qualname, m in modules:
+        i = taken[base]
+        taken[base] += 1
+        if i >= len(groups[base]):
+            return Pairing(pairs, f"the file has {len(groups[base])} {label(base)} layers, {arch} needs "
+                                  f"{sum(b == base for _, b, _, _ in modules)}: none for {qualname}")
+        layer = groups[base][i]
         expected = _expected_shapes(kind, m)
         if set(layer.weights) != set(expected):
             return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.weights))}; {arch}'s "
@@ -151,18 +199,95 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
                 return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
                                       f"{list(layer.weights[role].shape)}, expected {list(shape)}")
         pairs.append((qualname, m, layer))
-    for kind, layers in groups.items():
-        if taken[kind] < len(layers):
-            return Pairing(pairs, f"layer {layers[taken[kind]].name} is one {kind} more than {arch} has")
+    for base, layers in groups.items():
+        if taken[base] < len(layers):
+            return Pairing(pairs, f"layer {layers[taken[base]].name} is one {label(base)} more than {arch} has")
     return Pairing(pairs, None)
 
 
-def _file_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
-    """num_classes, in_channels and the stem kind, read off the file (before any arch is chosen)."""
-    convs, dense = groups["conv"], groups["dense"]
+def meliusnet_names(model: MeliusNet) -> list[tuple[str, str, nn.Module, list[str]]]:
+    """(kind, qualified name, module, Keras layer names) of a MeliusNet in Larq Zoo's order; a
+    grouped conv is one Keras Conv2D per group (``stem_s1_groupconv_conv0`` ...)."""
+    stem = model.stem
+    out: list[tuple[str, str, nn.Module, list[str]]] = [("conv", "stem.conv0", stem.conv0, ["stem_s0_conv"])]
+    for i, conv in ((1, stem.conv1), (2, stem.conv2)):
+        out.append(("BatchNorm", f"stem.bn{i - 1}", getattr(stem, f"bn{i - 1}"), [f"stem_s{i - 1}_bn"]))
+        parts = [f"stem_s{i}_groupconv_conv{g}" for g in range(conv.groups)]
+        out.append(("grouped conv", f"stem.conv{i}", conv, parts))
+    out.append(("BatchNorm", "stem.bn2", stem.bn2, ["stem_s2_bn"]))
+    section = block = 0
+    for i, m in enumerate(model.features):
+        q = f"features.{i}"
+        name = f"section_{section}_block_{block}"
+        if isinstance(m, DenseBlock):
+            out += [("BatchNorm", f"{q}.bn", m.bn, [f"{name}_dense_bn"]),
+                    ("binary conv", f"{q}.conv", m.conv, [f"{name}_dense_binconv"])]
+        elif isinstance(m, ImprovementBlock):
+            out += [("BatchNorm", f"{q}.bn", m.bn, [f"{name}_improve_bn"]),
+                    ("binary conv", f"{q}.conv", m.conv, [f"{name}_improve_binconv"])]
+            block += 1
+        elif isinstance(m, MeliusTransition):
+            out += [("BatchNorm", f"{q}.bn", m.bn, [f"section_{section}_transition_bn"]),
+                    ("conv", f"{q}.conv", m.conv, [f"section_{section}_transition_pw"])]
+            section, block = section + 1, 0
+    return out + [("BatchNorm", "head_bn", model.head_bn, ["head_bn"]), ("dense", "fc", model.fc, ["head_dense"])]
+
+
+def is_named_file(weights: KerasWeights) -> bool:
+    """Whether the file's layers carry MeliusNet's own names (rather than Keras' class names)."""
+    return any(layer.name == "stem_s0_conv" for layer in weights.layers)
+
+
+def pair_named(model: nn.Module, weights: KerasWeights, arch: str) -> Pairing:
+    """Pair a MeliusNet's modules with the file's layers by Larq Zoo's layer names; check shapes."""
+    by_name = {layer.name: layer for layer in weights.layers}
+    pairs = []
+    used = set()
+    for kind, qualname, m, names in meliusnet_names(model):
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            return Pairing(pairs, f"the file has no layer {missing[0]} for {arch}'s {qualname}")
+        layers = [by_name[n] for n in names]
+        if kind == "grouped conv":
+            cout, cin_g, kh, kw = m.weight.shape
+            expected = {"kernel": (kh, kw, cin_g, cout // m.groups)}
+        else:
+            expected = _expected_shapes(kind, m)
+        for layer in layers:
+            if set(layer.weights) != set(expected):
+                return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.weights))}; {arch}'s "
+                                      f"{qualname} ({kind}) needs {', '.join(sorted(expected))}")
+            for role, shape in expected.items():
+                if tuple(layer.weights[role].shape) != shape:
+                    return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
+                                          f"{list(layer.weights[role].shape)}, expected {list(shape)}")
+        used.update(names)
+        pairs.append((qualname, m, layers if kind == "grouped conv" else layers[0]))
+    extra = [layer.name for layer in weights.layers if layer.name not in used]
+    if extra:
+        return Pairing(pairs, f"layer {extra[0]} is one layer more than {arch} has")
+    return Pairing(pairs, None)
+
+
+def _named_options(weights: KerasWeights) -> dict[str, Any]:
+    by_name = {layer.name: layer for layer in weights.layers}
+    stem, dense = by_name.get("stem_s0_conv"), by_name.get("head_dense")
+    if dense is None:
+        raise ArtifactError("the file has no layer head_dense, so it is not a Larq Zoo MeliusNet with its "
+                            "classifier (include_top=True)")
+    kernel, k = stem.weights.get("kernel"), dense.weights.get("kernel")
+    if kernel is None or kernel.ndim != 4 or k is None or k.ndim != 2:
+        raise ArtifactError("layers stem_s0_conv and head_dense need a 4- and a 2-dimensional kernel")
+    return {"num_classes": int(k.shape[1]), "in_channels": int(kernel.shape[2]), "thumbnail": False,
+            **IMPORT_OPTIONS}
+
+
+def _file_options(groups: dict[str, list[KerasLayer]], family: str) -> dict[str, Any]:
+    """num_classes, in_channels and the stem kind, read off the file for a model of ``family``."""
+    convs, dense = groups[keras_class("conv", family)], groups[keras_class("dense", family)]
     if not convs or not dense:
-        raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo "
-                            "BinaryDenseNet or ResNetE (include_top=True)")
+        raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo model "
+                            "with its classifier (include_top=True)")
     stem = convs[0].weights.get("kernel")
     if stem is None or stem.ndim != 4:
         raise ArtifactError(f"layer {convs[0].name}: no 4-dimensional kernel")
@@ -170,7 +295,10 @@ def _file_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
     kernel = dense[-1].weights.get("kernel")
     if kernel is None or kernel.ndim != 2:
         raise ArtifactError(f"layer {dense[-1].name}: no 2-dimensional kernel")
-    return {"num_classes": int(kernel.shape[1]), "in_channels": int(cin), "thumbnail": int(kh) == 3}
+    # BinaryDenseNet and ResNetE have a 3x3 "thumbnail" stem for small inputs; QuickNet's stem is always 3x3.
+    thumbnail = int(kh) == 3 and family != "quicknet"
+    return {"num_classes": int(kernel.shape[1]), "in_channels": int(cin), "thumbnail": thumbnail,
+            **IMPORT_OPTIONS, **FAMILY_OPTIONS.get(family, {})}
 
 
 def _build(arch: str, options: dict[str, Any], device: str | None = None) -> nn.Module:
@@ -203,15 +331,22 @@ def _by_file_name(fits: list[str], file_name: str) -> str | None:
     return None
 
 
-def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha256: str, file_name: str) -> str:
+def infer_arch(groups: dict[str, list[KerasLayer]], sha256: str, file_name: str) -> str:
     """The one importable model the file fits: a published file by its checksum, else by its layers'
     shapes, and among models with equal shapes (37 and 37-dilated) by the file name; UsageError
     when none or several remain."""
     for arch, published in PUBLISHED.items():
         if published.sha256 == sha256:
             return arch
-    fits, closest = [], None
+    fits, closest, unreadable = [], None, None
     for arch in importable_models():
+        if model_family(arch) in NAMED_FAMILIES:
+            continue
+        try:
+            options = _file_options(groups, model_family(arch))
+        except ArtifactError as e:
+            unreadable = unreadable or e
+            continue
         p = pair_layers(_build(arch, options, "meta"), groups, arch)
         if p.problem is None:
             fits.append(arch)
@@ -225,6 +360,27 @@ def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha
     if fits:
         raise UsageError(f"the file fits {' and '.join(fits)} equally (their weights have the same shapes) and "
                          f"its name does not say which; pass --arch")
+    if closest is None and unreadable is not None:
+        raise unreadable
+    hint = f" (closest: {closest[1]}: {closest[2]})" if closest else ""
+    raise ArtifactError(f"no importable model fits the file{hint}")
+
+
+def infer_named_arch(weights: KerasWeights, sha256: str) -> str:
+    """The MeliusNet the file fits: the published file by its checksum, else by names and shapes."""
+    for arch, published in PUBLISHED.items():
+        if published.sha256 == sha256:
+            return arch
+    options = _named_options(weights)
+    closest = None
+    for arch in importable_models():
+        if model_family(arch) not in NAMED_FAMILIES:
+            continue
+        p = pair_named(_build(arch, options, "meta"), weights, arch)
+        if p.problem is None:
+            return arch
+        if closest is None or len(p.pairs) > closest[0]:
+            closest = (len(p.pairs), arch, p.problem)
     hint = f" (closest: {closest[1]}: {closest[2]})" if closest else ""
     raise ArtifactError(f"no importable model fits the file{hint}")
 
@@ -232,14 +388,56 @@ def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha
 # --- the conversion --------------------------------------------------------------------------
 
 
-def _copy(kind: str | None, m: Any, layer: KerasLayer) -> None:
+def _unpadded_stride_2(m: nn.Module) -> bool:
+    if not isinstance(m, (nn.AvgPool2d, nn.MaxPool2d)):
+        return False
+    pad = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
+    stride = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
+    return not any(pad) and max(stride) == 2
+
+
+def _check_pool_sizes(arch: str, options: dict[str, Any], image_size: int) -> None:
+    """Larq Zoo pools Bi-Real Net's shortcuts with ``AvgPool2D(2, strides=2, padding="same")``,
+    which on a map of odd size averages a last, partial window; bnncli's shortcut pools (and the
+    graph's AvgPool) do not pad, so the two agree only where every such pool reads a map of even
+    height and width (224 px: 56, 28, 14). UsageError for an image size where one does not."""
+    model = _build(arch, options, "meta").eval()
+    odd = []
+
+    def hook(module, args) -> None:
+        h, w = args[0].shape[-2:]
+        if h % 2 or w % 2:
+            odd.append(f"{h}x{w}")
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if _unpadded_stride_2(m)]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, options["in_channels"], image_size, image_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    if odd:
+        raise UsageError(f"at {image_size} px a stride-2 pool of {arch} reads a {odd[0]} map, where Larq Zoo's "
+                         f"'same' pooling pools a partial window that bnncli does not reproduce; "
+                         f"pass an --image-size that is a multiple of 32 (224 by default)")
+
+
+def _copy(kind: str, m: nn.Module, layer: KerasLayer | list[KerasLayer]) -> None:
+    if isinstance(layer, list):  # a grouped conv from one Keras Conv2D per group: [kh, kw, Cin/g, Cout/g] each
+        parts = [np.ascontiguousarray(la.weights["kernel"].transpose(3, 2, 0, 1)) for la in layer]
+        with torch.no_grad():
+            m.weight.copy_(torch.from_numpy(np.concatenate(parts)))
+        return
     w = layer.weights
     with torch.no_grad():
         if kind in ("binary conv", "conv"):
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["kernel"].transpose(3, 2, 0, 1))))
+        elif kind in ("depthwise conv", "blur pool"):  # [kh, kw, C, 1] -> [C, 1, kh, kw]
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["depthwise_kernel"].transpose(2, 3, 0, 1))))
         elif kind == "BatchNorm":
-            m.weight.copy_(torch.from_numpy(w["gamma"]))
-            m.bias.copy_(torch.from_numpy(w["beta"]))
+            if m.affine:
+                m.weight.copy_(torch.from_numpy(w["gamma"]))
+                m.bias.copy_(torch.from_numpy(w["beta"]))
             m.running_mean.copy_(torch.from_numpy(w["moving_mean"]))
             m.running_var.copy_(torch.from_numpy(w["moving_variance"]))
         else:
@@ -248,7 +446,8 @@ def _copy(kind: str | None, m: Any, layer: KerasLayer) -> None:
 
 
 def _check_values(pairs) -> None:
-    for _, _, layer in pairs:
+    layers = [la for _, _, layer in pairs for la in (layer if isinstance(layer, list) else [layer])]
+    for layer in layers:
         for role, array in layer.weights.items():
             if not np.isfinite(array).all():
                 raise ArtifactError(f"layer {layer.name}: {role} holds NaN or infinite values")
@@ -293,24 +492,38 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
             class_names: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any], ImportResult]:
     """The converted model (eval mode), its checkpoint dict, and what was done; writes nothing."""
     weights = read_keras_weights(weights_path)
-    groups = _by_kind(weights)
-    options = {**_file_options(groups), **IMPORT_OPTIONS}
     sha256 = _sha256(weights.path)
-    if arch is None:
-        arch = infer_arch(groups, options, sha256, weights.path.name)
-    elif arch not in importable_models():
+    named = is_named_file(weights)
+    groups = None if named else _by_kind(weights)
+    if arch is not None and arch not in importable_models():
         raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: {', '.join(importable_models())}")
+    if named:
+        arch = arch or infer_named_arch(weights, sha256)
+        if model_family(arch) not in NAMED_FAMILIES:
+            raise ArtifactError(f"{weights.path} names its layers as Larq Zoo's MeliusNet does, not as {arch}'s")
+        options = _named_options(weights)
+    else:
+        arch = arch or infer_arch(groups, sha256, weights.path.name)
+        if model_family(arch) in NAMED_FAMILIES:
+            raise ArtifactError(f"{weights.path} has no layer stem_s0_conv, so it is not a Larq Zoo {arch}")
+        options = _file_options(groups, model_family(arch))
+    if arch in SAME_POOLS:
+        _check_pool_sizes(arch, options, image_size)
     model = _build(arch, options)
-    pairing = pair_layers(model, groups, arch)
+    pairing = pair_named(model, weights, arch) if named else pair_layers(model, groups, arch)
     if pairing.problem is not None:
         raise ArtifactError(f"{weights.path} does not fit {arch}: {pairing.problem}")
     _check_values(pairing.pairs)
     for _, m, layer in pairing.pairs:
-        _copy(_kind(m), m, layer)
+        _copy(_kind(m) or "", m, layer)
     model.eval()
+    # Where the file came from is known only when it is the published file itself (its checksum):
+    # another file of a published architecture (a fine-tune, random weights) has no URL.
     published = PUBLISHED.get(arch)
+    if published is not None and published.sha256 != sha256:
+        published = None
     source = {"importer": "larq", "file": weights.path.name, "sha256": sha256,
-              "published": published is not None and published.sha256 == sha256,
+              "published": published is not None,
               "larq_zoo_model": published.larq_zoo_model if published else None,
               "url": published.url if published else None,
               "keras_version": weights.keras_version, "backend": weights.backend, "bnncli_version": __version__}

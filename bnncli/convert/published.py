@@ -1,4 +1,5 @@
-"""The ImageNet weights Larq Zoo publishes for bnncli's architectures: where, and their checksums.
+"""The ImageNet weights Larq Zoo publishes for bnncli's architectures: where, and their checksums;
+and the Larq Zoo models bnncli does not import, with the reason.
 
 Plain data (the standard library only), so `bnn models` lists them without loading torch;
 bnncli.convert.larq imports them.
@@ -35,4 +36,24 @@ PUBLISHED = {
                                   "d00a0d26fbd2dba1bfba8c0306c770f3aeea5c370e99f963bb239bd916f72c37"),
     "resnete18": Published("BinaryResNetE18", "resnet_e-v0.1.0", "resnet_e_18_weights.h5",
                            "bde4a64d42c164a7b10a28debbe1ad5b287c499bc0247ecb00449e6e89f3bf5b"),
+    "quicknet_small": Published("QuickNetSmall", "quicknet-v1.0", "quicknet_small_weights.h5",
+                                "1ac3b07df7f5a911dd0b49febb2486428ddf1ca130297c403815dfae5a1c71a2"),
+    "quicknet": Published("QuickNet", "quicknet-v1.0", "quicknet_weights.h5",
+                          "8aba9e4e5f8d342faef04a0b2ae8e562da57dbb7d15162e8b3e091c951ba756c"),
+    "quicknet_large": Published("QuickNetLarge", "quicknet-v1.0", "quicknet_large_weights.h5",
+                                "c5158e8a59147b31370becd937825f4db8a5cdf308314874f678f596629be45c"),
+    "birealnet_larq": Published("BiRealNet", "birealnet-v0.3.0", "birealnet_weights.h5",
+                                "6e6efac1584fcd60dd024198c87f42eb53b5ec719a5ca1f527e1fe7e8b997117"),
+    "meliusnet22": Published("MeliusNet22", "meliusnet22-v0.1.0", "meliusnet22_weights.h5",
+                             "c1ba85e8389ae326009665ec13331e49fc3df4d0f925fa8553e224f7362c18ed"),
+}
+# Larq Zoo 2.4's other published models (top-1 from its docstrings), and why bnncli does not import them.
+NOT_IMPORTED: dict[str, tuple[float, str]] = {
+    "RealToBinaryNet": (65.01, "out of scope: each binary conv's output is scaled per image by factors computed "
+                               "from its real-valued input (pool, dense, sigmoid), which the graph ops cannot express"),
+    "XNORNet": (44.96, "not yet: AlexNet-style binary convs with per-channel weight scaling and binary 1x1 "
+                       "classifier convs; expressible, not written"),
+    "DoReFaNet": (53.39, "out of scope: 2-bit activations; the packed runtime's binary convs take +-1 inputs only"),
+    "BinaryAlexNet": (36.30, "not yet: binary weights on the float image in its first conv and binary 1x1 "
+                             "classifier convs on reshaped maps; expressible, not written"),
 }

@@ -3,8 +3,9 @@
 A preset says how an image file becomes the model's input: convert to RGB (or L for one
 channel), resize the shorter side to ``resize``, center-crop ``image_size``, scale to [0, 1],
 normalize with ``mean`` / ``std``. Preset ``larq`` (models imported from Larq Zoo) instead crops
-``image_size / resize`` of the shorter side and resizes the crop with TensorFlow's bicubic
-(``interpolation: "tf-bicubic"``, bnncli.images.preprocess). Training augmentation is chosen by ``name``.
+``image_size / resize`` (``resize = image_size + 32``, as Larq Zoo) of the shorter side and
+resizes the crop with TensorFlow's bicubic (``interpolation: "tf-bicubic"``, bnncli.images.preprocess).
+Training augmentation is chosen by ``name``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PRESETS = ("imagenet", "small", "larq")
+# larq_zoo.training.data.CROP_PADDING: Larq Zoo crops image_size / (image_size + 32) of the shorter side.
+LARQ_CROP_PADDING = 32
 
 
 def preprocessing(name: str = "imagenet", image_size: int | None = None, in_channels: int = 3,
@@ -26,8 +29,9 @@ def preprocessing(name: str = "imagenet", image_size: int | None = None, in_chan
 
     ``imagenet``: resize shorter side to image_size / 0.875 (256 for 224), center crop.
     ``small``: resize to image_size, no crop margin (CIFAR-style 32 px images).
-    ``larq``: Larq Zoo's evaluation: centre crop of 0.875 (image_size / resize) of the shorter side,
-    TensorFlow 1 bicubic resize to image_size.
+    ``larq``: Larq Zoo's evaluation (``larq_zoo.training.data.preprocess_image_tensor``): a centre
+    crop of ``image_size / resize`` of the shorter side with ``resize = image_size + 32`` (Larq
+    Zoo's CROP_PADDING: 0.875 at 224, 0.667 at 64), TensorFlow 1 bicubic resize to image_size.
     """
     if name not in PRESETS:
         raise UsageError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -35,7 +39,12 @@ def preprocessing(name: str = "imagenet", image_size: int | None = None, in_chan
         image_size = 224 if name == "imagenet" else 32
     if not 8 <= image_size <= MAX_IMAGE_SIZE:
         raise UsageError(f"image size must be from 8 to {MAX_IMAGE_SIZE} pixels, not {image_size}")
-    resize = image_size if name == "small" else int(round(image_size / 0.875))
+    if name == "small":
+        resize = image_size
+    elif name == "larq":
+        resize = image_size + LARQ_CROP_PADDING
+    else:
+        resize = int(round(image_size / 0.875))
     if mean is None:
         mean = IMAGENET_MEAN if in_channels == 3 else (0.5,) * in_channels
     if std is None:

@@ -9,7 +9,7 @@ returning a node of an op that bnncli/graph/opset.py declares; :data:`SUPPORTED`
 
 :func:`fold` rewrites it for the packer and runtime without changing what it computes:
 
-* BatchNorm after a float conv (the ImageNet stems) -> into the conv's weights and bias.
+* BatchNorm after a float conv, grouped or not (the ImageNet stems) -> into the conv's weights and bias.
 * BatchNorm whose output only binary convs read (every BinaryDenseNet dense layer) -> a
   per-channel threshold of those convs' binarization: sign(s * x + b) = +1 iff x >= -b / s
   (s > 0), x <= -b / s (s < 0), or always / never (s = 0, by the sign of b).
@@ -36,7 +36,7 @@ from bnncli.graph.graph import Graph, Node
 from bnncli.graph.numerics import batchnorm_affine
 from bnncli.graph.opset import SPECS
 from bnncli.graph.padding import SAME
-from bnncli.nn import BinaryConv2d, is_float_layer
+from bnncli.nn import BinaryConv2d, ChannelSlice, is_float_layer
 from bnncli.nn.padding import PaddingRule
 from bnncli.nn.tracing import trace
 
@@ -208,12 +208,15 @@ def _optional_bias(m: nn.Module, params: dict[str, np.ndarray]) -> dict[str, np.
     return params
 
 
-@lowers(nn.Conv2d, "Conv2d (groups 1, zero padding)")
+@lowers(nn.Conv2d, "Conv2d (zero padding; groups: GroupConv)")
 def _conv(m: nn.Conv2d, n: fx.Node) -> Lowered:
-    if m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise ArtifactError(f"{n.target}: only convolutions with groups=1 and numeric zero padding export")
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ArtifactError(f"{n.target}: only convolutions with numeric zero padding export")
     attrs = {"stride": _pair(m.stride), "padding": _padding(m), "dilation": _pair(m.dilation)}
-    return Lowered("Conv", attrs, _optional_bias(m, {"weight": _param(m, "weight")}))
+    params = _optional_bias(m, {"weight": _param(m, "weight")})
+    if m.groups != 1:  # depthwise (QuickNet's stem, its blur pools) or grouped convolutions
+        return Lowered("GroupConv", {**attrs, "groups": int(m.groups)}, params)
+    return Lowered("Conv", attrs, params)
 
 
 @lowers(BinaryConv2d, "BinaryConv2d")
@@ -279,6 +282,11 @@ def _flatten(m: nn.Flatten, n: fx.Node) -> Lowered:
 @lowers(nn.Linear, "Linear")
 def _linear(m: nn.Linear, n: fx.Node) -> Lowered:
     return Lowered("Linear", {}, _optional_bias(m, {"weight": _param(m, "weight")}))
+
+
+@lowers(ChannelSlice, "ChannelSlice")
+def _slice(m: ChannelSlice, n: fx.Node) -> Lowered:
+    return Lowered("Slice", {"axis": 1, "start": int(m.start), "stop": int(m.stop)})
 
 
 @lowers(nn.Identity, "Identity")
@@ -376,7 +384,7 @@ def fold(graph: Graph, into_float_convs: bool = True) -> Graph:
         producer = g.producer(x)
         readers = g.consumers(bn.outputs[0])
         foldable = bn.outputs[0] not in g.outputs and producer is not None and _only_reader(g, x) is bn
-        if foldable and producer is not None and producer.op == "Conv" and into_float_convs:
+        if foldable and producer is not None and producer.op in ("Conv", "GroupConv") and into_float_convs:
             w = g.tensor(producer, "weight")
             bias = g.param(producer, "bias")
             bias = np.zeros(w.shape[0], np.float32) if bias is None else bias

@@ -56,7 +56,9 @@ def emits(op: str):
 
 
 def _kernel(graph: Graph, node: Node) -> list[int]:
-    return list(graph.tensor(node, "weight").shape[2:]) if node.op == "Conv" else node.attrs["kernel_size"]
+    if node.op in ("Conv", "GroupConv"):
+        return list(graph.tensor(node, "weight").shape[2:])
+    return node.attrs["kernel_size"]
 
 
 def spatial_sizes(graph: Graph, size: tuple[int, int]) -> dict[str, tuple[int, int]]:
@@ -66,7 +68,7 @@ def spatial_sizes(graph: Graph, size: tuple[int, int]) -> dict[str, tuple[int, i
         hw = sizes.get(node.inputs[0])
         if hw is None or node.op in ("Flatten", "Linear"):
             continue
-        if node.op in ("Conv", "BinaryConv", "MaxPool", "AvgPool"):
+        if node.op in ("Conv", "GroupConv", "BinaryConv", "MaxPool", "AvgPool"):
             kernel, stride = _kernel(graph, node), node.attrs["stride"]
             dilation = node.attrs.get("dilation", [1, 1])
             pads = P.resolve(node.attrs.get("padding", [0, 0]), hw, kernel, stride, dilation)
@@ -129,6 +131,25 @@ class _Emitter:
             inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
         self.emit("Conv", inputs, node.outputs[0], node.name, kernel_shape=list(w.shape[2:]),
                   strides=node.attrs["stride"], pads=self.pads(node), dilations=node.attrs["dilation"], group=1)
+
+    @emits("GroupConv")
+    def group_conv(self, node: Node) -> None:
+        w = self.param(node, "weight").astype(np.float32)
+        inputs = [node.inputs[0], self.init(f"{node.name}.weight", w)]
+        b = self.param(node, "bias")
+        if b is not None:
+            inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
+        self.emit("Conv", inputs, node.outputs[0], node.name, kernel_shape=list(w.shape[2:]),
+                  strides=node.attrs["stride"], pads=self.pads(node), dilations=node.attrs["dilation"],
+                  group=int(node.attrs["groups"]))
+
+    @emits("Slice")
+    def slice(self, node: Node) -> None:
+        a = node.attrs
+        starts = self.init(f"{node.name}.starts", np.array([a["start"]], np.int64))
+        ends = self.init(f"{node.name}.ends", np.array([a["stop"]], np.int64))
+        axes = self.init(f"{node.name}.axes", np.array([1], np.int64))
+        self.emit("Slice", [node.inputs[0], starts, ends, axes], node.outputs[0], node.name)
 
     @emits("BinaryConv")
     def binary_conv(self, node: Node) -> None:

@@ -25,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 OPTIMIZERS = ("adam", "radam", "sgd")
-SCHEDULES = ("cosine", "step", "constant")
+SCHEDULES = ("cosine", "step", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("default", "he_normal")

@@ -31,8 +31,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based).
 
-    Linear warmup over ``warmup_epochs``; then ``cosine`` decays to 0 at the last step, ``step``
-    multiplies by ``factor`` at each epoch listed in ``steps``, ``constant`` stays.
+    Linear warmup over ``warmup_epochs``; then ``cosine`` decays to 0 at the last step, ``linear``
+    decays to 0 at the last step in a straight line (Larq Zoo's Bi-Real Net: Keras' PolynomialDecay
+    with power 1), ``step`` multiplies by ``factor`` at each epoch listed in ``steps``, ``constant`` stays.
     """
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     if step < warmup:
@@ -41,6 +42,9 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
         total = max(1, cfg.epochs * steps_per_epoch - warmup)
         progress = min(1.0, (step - warmup) / total)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.schedule == "linear":
+        total = max(1, cfg.epochs * steps_per_epoch - warmup)
+        return max(0.0, 1.0 - (step - warmup) / total)
     if cfg.schedule == "step":
         epoch = step // steps_per_epoch
         return cfg.factor ** sum(1 for milestone in cfg.steps if epoch >= milestone)

@@ -337,9 +337,11 @@ def _check_input_channels(graph: Graph, channels: int) -> None:
     for node in graph.nodes:
         if graph.inputs[0] not in node.inputs:
             continue
-        if node.op == "Conv":
+        if node.op in ("Conv", "GroupConv"):
             weight = graph.param(node, "weight")
-            cin = weight.shape[1] if weight is not None and weight.ndim == 4 else None
+            groups = node.attrs.get("groups", 1) if node.op == "GroupConv" else 1
+            cin = weight.shape[1] * groups if weight is not None and weight.ndim == 4 and isinstance(groups, int) \
+                else None
         else:
             cin = node.attrs.get("in_channels") if node.op == "BinaryConv" else None
         _require(cin is None or cin == channels, f"node {node.name!r} ({node.op}) takes {cin} input channels; "

@@ -28,8 +28,8 @@ NODE_KEYS = ("op", "name", "inputs", "outputs", "attrs", "params")
 MAX_WINDOW = MAX_IMAGE_SIZE
 # Ops whose output has a different rank than their first input (every other op keeps it).
 _RANK_OUT = {"Flatten": 2, "Linear": 2}
-_RANK_IN = {"Linear": 2, "Conv": 4, "BinaryConv": 4, "MaxPool": 4, "AvgPool": 4, "GlobalAvgPool": 4,
-            "BatchNorm": 4, "Affine": 4, "Concat": 4}
+_RANK_IN = {"Linear": 2, "Conv": 4, "GroupConv": 4, "BinaryConv": 4, "MaxPool": 4, "AvgPool": 4,
+            "GlobalAvgPool": 4, "BatchNorm": 4, "Affine": 4, "Concat": 4, "Slice": 4}
 
 
 def _pair(v: Any) -> tuple[int, int] | None:
@@ -137,7 +137,7 @@ class Graph:
 
     def _check_window(self, node: Node) -> None:
         """Bounds of a windowed node's kernel, stride, dilation and padding (their types are the op's to check)."""
-        if node.op == "Conv":
+        if node.op in ("Conv", "GroupConv"):
             weight = self.param(node, "weight")
             kernel = tuple(weight.shape[2:]) if weight is not None and weight.ndim == 4 else None
         elif node.op in ("BinaryConv", "MaxPool", "AvgPool"):
@@ -153,7 +153,8 @@ class Graph:
             raise ArtifactError(f"node {node.name!r} ({node.op}): kernel {list(kernel)}, stride {list(stride)} "
                                 f"and dilation {list(dilation)} reach beyond {MAX_WINDOW} positions")
         padding = _pair(node.attrs.get("padding"))
-        if node.op in ("Conv", "BinaryConv") and padding is not None and any(p > r for p, r in zip(padding, reach)):
+        if node.op in ("Conv", "GroupConv", "BinaryConv") and padding is not None \
+                and any(p > r for p, r in zip(padding, reach)):
             raise ArtifactError(f"node {node.name!r} ({node.op}): padding {list(padding)} is more than the kernel's "
                                 f"reach {reach} (dilation * (kernel - 1))")
 

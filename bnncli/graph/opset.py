@@ -76,6 +76,10 @@ OPSET: tuple[OpSpec, ...] = (
            float_dtype_params=("weight", "bias")),
     OpSpec("Concat", "concatenation along channels", arity=None, attrs=("axis",)),
     OpSpec("Add", "elementwise sum of two inputs", arity=2),
+    OpSpec("GroupConv", "float convolution in groups (depthwise when groups = channels), zero padding",
+           params=("weight",), optional_params=("bias",), attrs=(*_PAIRS, "groups"),
+           float_dtype_params=("weight", "bias")),
+    OpSpec("Slice", "channels start to stop - 1 (MeliusNet's improvement blocks)", attrs=("axis", "start", "stop")),
 )
 
 SPECS: dict[str, OpSpec] = {s.name: s for s in OPSET}

@@ -32,7 +32,16 @@ IMAGENET_MODELS = (
     "resnete18",
     "resnete34",
     "birealnet18",
+    "birealnet_larq",
+    "quicknet_small",
+    "quicknet",
+    "quicknet_large",
+    "meliusnet22",
 )
+
+# The modules of the zoo's families, imported (so registered) when a name below is first used.
+_FAMILIES = ("bnncli.models.binarydensenet", "bnncli.models.resnete", "bnncli.models.quicknet",
+             "bnncli.models.meliusnet")
 
 _EXPORTS = {
     "ANCHORS": "bnncli.models.anchors",
@@ -71,6 +80,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'bnncli.models' has no attribute {name!r}")
-    importlib.import_module("bnncli.models.binarydensenet")  # registers the zoo's models
-    importlib.import_module("bnncli.models.resnete")
+    for family in _FAMILIES:  # registers the zoo's models
+        importlib.import_module(family)
     return getattr(importlib.import_module(_EXPORTS[name]), name)

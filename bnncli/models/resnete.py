@@ -7,7 +7,8 @@ point), or a binary conv 1x1 for the ablation (``binary_downsample=True``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from torch import Tensor, nn
 
@@ -19,7 +20,8 @@ from bnncli.nn import FloatConv2d, FloatLinear, MaxPool2d
 class Downsample(nn.Sequential):
     """avgpool 2x2 s2 (when strided) -> conv 1x1 (float, or binary for the ablation) -> BN."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, binary: BinaryOptions | None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, binary: BinaryOptions | None,
+                 bn: Callable[[int], nn.BatchNorm2d] = BatchNorm2d) -> None:
         super().__init__()
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
         self.conv: nn.Module
@@ -27,20 +29,20 @@ class Downsample(nn.Sequential):
             self.conv = FloatConv2d(in_channels, out_channels, 1, bias=False)
         else:
             self.conv = binary.conv(in_channels, out_channels, 1)
-        self.bn = BatchNorm2d(out_channels)
+        self.bn = bn(out_channels)
 
 
 class BasicBlockE(nn.Module):
     """One binary 3x3 conv with its shortcut."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, binary: BinaryOptions,
-                 binary_downsample: bool) -> None:
+                 binary_downsample: bool, bn: Callable[[int], nn.BatchNorm2d] = BatchNorm2d) -> None:
         super().__init__()
         self.conv = binary.conv(in_channels, out_channels, 3, stride=stride, padding=1)
-        self.bn = BatchNorm2d(out_channels)
+        self.bn = bn(out_channels)
         if stride != 1 or in_channels != out_channels:
             self.shortcut: nn.Module = Downsample(
-                in_channels, out_channels, stride, binary if binary_downsample else None
+                in_channels, out_channels, stride, binary if binary_downsample else None, bn
             )
         else:
             self.shortcut = nn.Identity()
@@ -61,15 +63,16 @@ class ResNetE(nn.Module):
         binary: BinaryOptions = BinaryOptions(clip_threshold=1.25),
         binary_downsample: bool = False,
         bireal: bool = False,
+        bn: Callable[[int], nn.BatchNorm2d] = BatchNorm2d,
     ) -> None:
         super().__init__()
         check_common(num_classes, in_channels)
         stem_width = widths[0]
         if thumbnail:
-            stem: list[nn.Module] = [FloatConv2d(in_channels, stem_width, 3, 1, 1, bias=False), BatchNorm2d(stem_width)]
+            stem: list[nn.Module] = [FloatConv2d(in_channels, stem_width, 3, 1, 1, bias=False), bn(stem_width)]
         elif bireal:
             # Bi-Real: conv -> BN -> maxpool, no ReLU and no extra BN.
-            stem = [FloatConv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
+            stem = [FloatConv2d(in_channels, stem_width, 7, 2, 3, bias=False), bn(stem_width),
                     MaxPool2d(3, 2, 1)]
         else:
             stem = [FloatConv2d(in_channels, stem_width, 7, 2, 3, bias=False), BatchNorm2d(stem_width),
@@ -81,7 +84,7 @@ class ResNetE(nn.Module):
             # Each ResNet basic block (two convs) becomes two single-conv blocks.
             for i in range(2 * n_blocks):
                 stride = 2 if stage > 0 and i == 0 else 1
-                layers.append(BasicBlockE(channels, width, stride, binary, binary_downsample))
+                layers.append(BasicBlockE(channels, width, stride, binary, binary_downsample, bn))
                 channels = width
         self.features = nn.Sequential(*layers)
         self.head_relu = nn.Identity() if bireal else nn.ReLU(inplace=False)
@@ -96,10 +99,11 @@ class ResNetE(nn.Module):
 
 
 def _build(blocks, widths=(64, 128, 256, 512), *, num_classes, in_channels, thumbnail, clip_threshold, pad_value,
-           scaling, activation_gradient, weight_gradient, binary_downsample=False, bireal=False) -> ResNetE:
+           scaling, activation_gradient, weight_gradient, binary_downsample=False, bireal=False,
+           bn=BatchNorm2d) -> ResNetE:
     binary = BinaryOptions(clip_threshold, pad_value, scaling, activation_gradient, weight_gradient)
     return ResNetE(blocks, widths, num_classes=num_classes, in_channels=in_channels, thumbnail=thumbnail,
-                   binary=binary, binary_downsample=binary_downsample, bireal=bireal)
+                   binary=binary, binary_downsample=binary_downsample, bireal=bireal, bn=bn)
 
 
 @register_model("resnete")
@@ -146,3 +150,27 @@ def birealnet_tiny(*, num_classes: int = 10, in_channels: int = 3, thumbnail: bo
                    binary_downsample: bool = False) -> ResNetE:
     """A small Bi-Real-style network for tests."""
     return _build((1, 1, 1, 1), (16, 32, 64, 128), bireal=True, **locals())
+
+
+# Larq Zoo's BiRealNet: Keras' default BatchNorm epsilon (1e-3) and momentum 0.8 (PyTorch 0.2).
+_LARQ_BIREAL_BN = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.2)
+
+
+@register_model("birealnet")
+def birealnet_larq(*, num_classes: int = 1000, in_channels: int = 3, thumbnail: bool = False,
+                   clip_threshold: float = 1.0, pad_value: float = 0.0, scaling: str = "xnor",
+                   activation_gradient: str = "approxsign", weight_gradient: str = "larq",
+                   binary_downsample: bool = False) -> ResNetE:
+    """Larq Zoo's BiRealNet (57.47% top-1): birealnet18's structure with Larq Zoo's choices, namely
+    BatchNorm eps 1e-3 and momentum 0.2 (Keras 0.8), and the weights clipped to [-1, 1]
+    (``WeightClip``) with the gradient cancelled beyond (``weight_gradient="larq"``)."""
+    return _build((2, 2, 2, 2), bireal=True, bn=_LARQ_BIREAL_BN, **locals())
+
+
+@register_model("birealnet")
+def birealnet_larq_tiny(*, num_classes: int = 10, in_channels: int = 3, thumbnail: bool = True,
+                        clip_threshold: float = 1.0, pad_value: float = 0.0, scaling: str = "xnor",
+                        activation_gradient: str = "approxsign", weight_gradient: str = "larq",
+                        binary_downsample: bool = False) -> ResNetE:
+    """A small birealnet_larq (widths 8-64, one ResNet block a stage) for tests."""
+    return _build((1, 1, 1, 1), (8, 16, 32, 64), bireal=True, bn=_LARQ_BIREAL_BN, **locals())

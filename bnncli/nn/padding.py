@@ -47,7 +47,16 @@ class PaddingRule:
 
 
 class MaxPool2d(PaddingRule, nn.MaxPool2d):
-    """``nn.MaxPool2d`` that can pad by TensorFlow's rule (padding counts as -inf either way)."""
+    """``nn.MaxPool2d`` that can pad by TensorFlow's rule (padding counts as -inf either way).
+
+    ``same=True`` marks a pool that Keras built with ``padding="same"`` although it has no
+    symmetric padding (MeliusNet's 2x2 stride-2 pools): under the TensorFlow rule it then pads the
+    odd row and column of an odd-sized map after it, as Keras does, instead of dropping them.
+    """
+
+    def __init__(self, *args, same: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.same = same
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.tf_same:
@@ -62,7 +71,7 @@ def _switchable(m: nn.Module) -> bool:
     if not isinstance(m, PaddingRule):
         return False
     stride, padding = _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.padding)
-    return max(stride) > 1 and any(padding)
+    return max(stride) > 1 and (any(padding) or getattr(m, "same", False))
 
 
 def set_padding(model: nn.Module, rule: str) -> int:

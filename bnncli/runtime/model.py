@@ -10,7 +10,7 @@ import numpy as np
 from bnncli.errors import ArtifactError, DataError
 from bnncli.graph.graph import Graph
 from bnncli.runtime.context import Context, blas_single_threaded
-from bnncli.runtime.ops import Add, BinaryConv, Concat, Conv, Linear, MaxPool, Op, Relu, build_op
+from bnncli.runtime.ops import Add, BinaryConv, Concat, Conv, GroupConv, Linear, MaxPool, Op, Relu, build_op
 from bnncli.runtime.ops import _ChannelAffine as ChannelAffine
 
 
@@ -220,7 +220,7 @@ class Model:
     def _input_channels(self) -> int | None:
         """Channels the first convolution reading the graph input expects (checked on every call)."""
         for op in self.ops:
-            if self.graph.inputs[0] in op.node.inputs and isinstance(op, (Conv, BinaryConv)):
+            if self.graph.inputs[0] in op.node.inputs and isinstance(op, (Conv, GroupConv, BinaryConv)):
                 return op.cin
         return None
 

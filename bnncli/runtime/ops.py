@@ -19,7 +19,7 @@ from bnncli.graph import bits, opset
 from bnncli.graph import padding as P
 from bnncli.graph.graph import Node
 from bnncli.graph.numerics import batchnorm_affine
-from bnncli.runtime.backends import BinaryConvLayer, ConvLayer
+from bnncli.runtime.backends import BinaryConvLayer, ConvLayer, GroupConvLayer
 from bnncli.runtime.context import Context
 
 # op name -> its runtime class, filled as the classes below are defined (Op.__init_subclass__).
@@ -398,6 +398,56 @@ class Add(Op, op="Add"):
         if a.shape != b.shape:
             self.fail(f"adds arrays of different shapes {list(a.shape)} and {list(b.shape)}")
         return self.ctx.kernels.add(a, b, self.ctx.empty(a.shape) if out is None else out)
+
+
+# --- grouped float convolution (QuickNet's depthwise stem conv and blur pools) -----------------
+
+
+class GroupConv(Op, op="GroupConv"):
+    """Float convolution in ``groups`` groups (depthwise when groups = input channels), zero
+    padding, optional bias; summed in the order bnncli.runtime.backends.base.GroupConvLayer fixes."""
+
+    def setup(self) -> None:
+        self.groups = self.integer("groups", 1)
+        weight = self.tensor("weight", ndim=4)
+        self.cout, cin_g, kh, kw = weight.shape
+        if self.cout % self.groups:
+            self.fail(f"has {self.cout} output channels, not a multiple of its {self.groups} groups")
+        self.cin = cin_g * self.groups
+        self.kernel = (kh, kw)
+        self.stride = self.pair("stride", 1)
+        self.pads = self.padding()
+        self.dilation = self.pair("dilation", 1)
+        self.layer = GroupConvLayer(weight, self.tensor("bias", shape=(self.cout,)), self.groups, self.stride,
+                                    self.dilation)
+        self.run = self.ctx.kernels.group_conv(self.layer)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.check_channels(x, self.cin)
+        pads, ho, wo = self.resolve_pads(x.shape[2], x.shape[3], self.dilation)
+        return self.run(x, pads, (ho, wo))
+
+
+# --- channel slice (MeliusNet's improvement blocks) ------------------------------------------
+
+
+class Slice(Op, op="Slice"):
+    """Channels ``start`` to ``stop - 1`` (``axis`` 1 in NCHW terms, the only axis supported): in the
+    runtime's channel-first layout a contiguous view, no copy and no kernel."""
+
+    def setup(self) -> None:
+        if self.node.attrs["axis"] != 1:
+            self.fail(f"supports only axis 1 (channels), not {self.node.attrs['axis']!r}")
+        self.start = self.integer("start", 0)
+        self.stop = self.integer("stop", 1)
+        if self.stop <= self.start:
+            self.fail(f"takes channels {self.start} to {self.stop - 1}: none")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.ndim != 4 or x.shape[0] < self.stop:
+            self.fail(f"takes channels up to {self.stop - 1} of a feature map; got shape {list(x.shape)} "
+                      f"(channels first)")
+        return x[self.start:self.stop]
 
 
 # Every op the runtime knows, in the order of bnncli.graph.opset.OPSET (tests/test_opset.py checks

@@ -21,10 +21,10 @@ from types import ModuleType
 from typing import Any
 
 from bnncli.errors import UsageError
-from bnncli.runtime.backends.base import BinaryConvLayer, ConvLayer, Kernels
+from bnncli.runtime.backends.base import BinaryConvLayer, ConvLayer, GroupConvLayer, Kernels
 
-__all__ = ["BACKENDS", "CHOICES", "BinaryConvLayer", "ConvLayer", "Kernels", "available", "compiled_cache_is_warm",
-           "create", "resolve"]
+__all__ = ["BACKENDS", "CHOICES", "BinaryConvLayer", "ConvLayer", "GroupConvLayer", "Kernels", "available",
+           "compiled_cache_is_warm", "create", "resolve"]
 
 BACKENDS = ("numpy", "numba")
 CHOICES = ("auto", *BACKENDS)

@@ -61,6 +61,26 @@ class ConvLayer:
         return self.weight.shape[2], self.weight.shape[3]
 
 
+@dataclass(frozen=True, eq=False)
+class GroupConvLayer:
+    """A float convolution in ``groups`` groups (depthwise when ``groups`` equals the input
+    channels), zero padding, an optional bias. Output channel o reads input channels
+    ``g * Cin/groups ...`` of its group g = o // (Cout/groups). Its sums are defined in one
+    order, so that every backend gives the same float32 bits: per output value, starting from
+    0, ``acc = acc + w * x`` over the group's input channels, then the kernel rows, then its
+    columns (each product and each sum rounded to float32), then ``+ bias``."""
+
+    weight: np.ndarray  # float32 [Cout, Cin / groups, kh, kw]
+    bias: np.ndarray | None
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return self.weight.shape[2], self.weight.shape[3]
+
+
 # A prepared binary convolution: (x, pads, out, residual) -> out, ``out`` a C-contiguous
 # [Cout, N, Ho, Wo]; ``residual`` (None, or an array of out's shape, which may be ``out`` itself) is
 # added to the result: ``residual + conv`` in float32, as an Add op after the convolution would.
@@ -68,6 +88,8 @@ BinaryConvFn = Callable[[np.ndarray, Pads, np.ndarray, "np.ndarray | None"], np.
 # A prepared float convolution: (x, pads, out_hw, bias) -> [Cout, N, Ho, Wo]; ``bias`` False leaves
 # the layer's bias out (a later op adds it).
 ConvFn = Callable[[np.ndarray, Pads, tuple[int, int], bool], np.ndarray]
+# A prepared grouped convolution: (x, pads, out_hw) -> [Cout, N, Ho, Wo].
+GroupConvFn = Callable[[np.ndarray, Pads, tuple[int, int]], np.ndarray]
 
 
 class Buffers(Protocol):
@@ -91,6 +113,8 @@ class Kernels(Protocol):
     def binary_conv(self, layer: BinaryConvLayer) -> BinaryConvFn: ...
 
     def conv(self, layer: ConvLayer) -> ConvFn: ...
+
+    def group_conv(self, layer: GroupConvLayer) -> GroupConvFn: ...
 
     def max_pool(self, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], pads: Pads,
                  out_hw: tuple[int, int], relu: bool, out: np.ndarray,

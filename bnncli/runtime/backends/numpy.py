@@ -548,6 +548,70 @@ class NumpyConv:
         return y.reshape(self.cout, n, *out_hw)
 
 
+# --- grouped (and depthwise) float convolution ------------------------------------------------
+
+
+def group_conv_reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, groups: int, stride, pads,
+                         dilation, out_hw, group_range: tuple[int, int] | None = None,
+                         out: np.ndarray | None = None) -> np.ndarray:
+    """A convolution in ``groups`` groups of a ``[Cin, N, H, W]`` map, zero ``pads`` (top, left,
+    bottom, right), in the one order every backend follows (bnncli.runtime.backends.base.GroupConvLayer):
+    per output value, from 0, ``acc + w * x`` over the group's input channels, kernel rows and
+    columns, then ``+ bias``, each product and sum rounded to float32.
+
+    Vectorized over the groups, their output channels and the output positions; the loop runs over
+    ``Cin / groups * kh * kw`` taps (9 for a depthwise 3x3). ``group_range`` (first, last + 1)
+    computes those groups only, into ``out``'s matching channels. Returns ``[Cout, N, Ho, Wo]``.
+    """
+    cout, cin_g, kh, kw = weight.shape
+    cout_g = cout // groups
+    g0, g1 = group_range if group_range is not None else (0, groups)
+    ng = g1 - g0
+    _, n, _, _ = x.shape
+    ho, wo = out_hw
+    xs = x[g0 * cin_g:g1 * cin_g]
+    xp = pad_hw(xs, pads, 0.0)
+    xg = xp.reshape(ng, cin_g, n, xp.shape[2], xp.shape[3])
+    wg = weight[g0 * cout_g:g1 * cout_g].reshape(ng, cout_g, cin_g, kh, kw)
+    if out is None:
+        out = np.empty((cout, n, ho, wo), np.float32)
+    acc = out[g0 * cout_g:g1 * cout_g].reshape(ng, cout_g, n, ho, wo)
+    acc.fill(0)
+    product = np.empty_like(acc)
+    for ci in range(cin_g):
+        for ky in range(kh):
+            for kx in range(kw):
+                tap = tap_view(xg[:, ci], ky, kx, stride, dilation, (ho, wo))  # [ng, N, Ho, Wo]
+                np.multiply(wg[:, :, ci, ky, kx, None, None, None], tap[:, None], out=product)
+                acc += product
+    if bias is not None:
+        acc += bias[g0 * cout_g:g1 * cout_g].reshape(ng, cout_g, 1, 1, 1)
+    return out
+
+
+class NumpyGroupConv:
+    """A grouped float convolution on the NumPy kernels (:func:`group_conv_reference`), the groups
+    split across the pool on large maps."""
+
+    def __init__(self, layer, kernels: NumpyKernels) -> None:
+        self.layer = layer
+        self.kernels = kernels
+
+    def __call__(self, x: np.ndarray, pads, out_hw) -> np.ndarray:
+        L, k = self.layer, self.kernels
+        out = k.buffers.empty((L.weight.shape[0], x.shape[1], *out_hw))
+        run = lambda a, b: group_conv_reference(x, L.weight, L.bias, L.groups, L.stride, pads,  # noqa: E731
+                                                L.dilation, out_hw, (a, b), out)
+        if k.pool is None or L.groups < 2 or out.size < PARALLEL_MIN_ELEMENTS:
+            run(0, L.groups)
+        else:
+            k.split(run, L.groups)
+        return out
+
+
+# --- the backend ------------------------------------------------------------------------------
+
+
 class NumpyKernels:
     """The reference backend (bnncli.runtime.backends.base.Kernels): NumPy, and a thread pool of
     ``threads - 1`` workers beside the calling thread that large ops are split across
@@ -607,6 +671,9 @@ class NumpyKernels:
 
     def conv(self, layer) -> NumpyConv:
         return NumpyConv(layer, self)
+
+    def group_conv(self, layer) -> NumpyGroupConv:
+        return NumpyGroupConv(layer, self)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a @ b`` of float32 matrices into a buffer, rows of the result split across the pool when worth it."""

@@ -5,7 +5,8 @@ machine code with the helper threads of a :class:`~bnncli.runtime.backends.numba
   task counters, polite waiting;
 * :mod:`.crew`: helper threads that stay awake between calls, so batch 1 uses a second core;
 * :mod:`.binary_conv`: binarize, pack, XOR + popcount and the epilogue of a binary convolution;
-* :mod:`.float_ops`: max and average pooling, the per-channel affine.
+* :mod:`.float_ops`: max and average pooling, the per-channel affine;
+* :mod:`.group_conv`: grouped (depthwise) float convolutions.
 
 Float convolutions, ReLU, additions and matrix products are the NumPy backend's (this class
 inherits them), so they are the reference's by construction; where they are split across
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bnncli.runtime.backends.numba import binary_conv, crew, float_ops, intrinsics
+from bnncli.runtime.backends.numba import binary_conv, crew, float_ops, group_conv, intrinsics
 from bnncli.runtime.backends.numpy import NumpyKernels
 
 __all__ = ["NumbaKernels", "cache_is_warm"]
@@ -63,8 +64,15 @@ class NumbaKernels(NumpyKernels):
     def affine(self, x, scale, shift, out):
         return float_ops.affine(x, scale, shift, out=out, crew=self.crew)
 
+    def group_conv(self, layer):
+        def run(x, pads, out_hw):
+            out = self.buffers.empty((layer.weight.shape[0], x.shape[1], *out_hw))
+            return group_conv.group_conv(x, layer, pads, out_hw, out=out, crew=self.crew)
+
+        return run
+
 
 def cache_is_warm() -> bool:
     """Whether numba's disk cache holds every compiled function of this backend."""
     return intrinsics.functions_cached([*intrinsics.COMPILED, *crew.COMPILED, *binary_conv.COMPILED,
-                                        *float_ops.COMPILED])
+                                        *float_ops.COMPILED, *group_conv.COMPILED])
