@@ -134,7 +134,7 @@ class _Emitter:
 
     @emits("GroupConv")
     def group_conv(self, node: Node) -> None:
-        w = self.param(node, "weight").astype(np.float32)
+        w = self.tensor(node, "weight").astype(np.float32)
         inputs = [node.inputs[0], self.init(f"{node.name}.weight", w)]
         b = self.param(node, "bias")
         if b is not None:

@@ -22,6 +22,7 @@ imported models use); ``thumbnail=True`` makes the stem's two strided convs stri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ from bnncli.models.common import BatchNorm2d, BinaryOptions, check_common
 from bnncli.nn import FloatConv2d, FloatLinear
 
 # Keras' BatchNormalization defaults (the stem's): epsilon 1e-3, momentum 0.99 = PyTorch momentum 0.01.
-KERAS_BN = {"eps": 1e-3, "momentum": 0.01}
+KERAS_BN: dict[str, Any] = {"eps": 1e-3, "momentum": 0.01}
 
 
 class BlurPool2d(FloatConv2d):

@@ -51,4 +51,12 @@ ZOO: dict[str, ZooCounts] = {
     "resnete_tiny": ZooCounts("resnete", 438488, 439960, 294912, 46964736, 30835712, 128000),
     "birealnet18": ZooCounts("birealnet", 11689512, 11699112, 10985472, 1676279808, 137793536, 512000),
     "birealnet_tiny": ZooCounts("birealnet", 438456, 439896, 294912, 46964736, 30835712, 128000),
+    "birealnet_larq": ZooCounts("birealnet", 11689512, 11699112, 10985472, 1676279808, 137793536, 512000),
+    "birealnet_larq_tiny": ZooCounts("birealnet", 143312, 144032, 73728, 11741184, 15116800, 64000),
+    "quicknet_small": ZooCounts("quicknet", 12652504, 12661176, 11980800, 1156055040, 15941120, 512000),
+    "quicknet": ZooCounts("quicknet", 13230024, 13239688, 12533760, 1849688064, 29651712, 512000),
+    "quicknet_large": ZooCounts("quicknet", 23338184, 23355272, 22634496, 3699376128, 29651712, 512000),
+    "quicknet_tiny": ZooCounts("quicknet", 126500, 127052, 58176, 9031680, 1247840, 64000),
+    "meliusnet22": ZooCounts("meliusnet", 6944584, 6969672, 6119424, 4624220160, 136388608, 512000),
+    "meliusnet_tiny": ZooCounts("meliusnet", 201800, 203848, 82944, 82978560, 72863744, 96000),
 }

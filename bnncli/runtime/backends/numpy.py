@@ -644,7 +644,7 @@ class NumpyKernels:
         """``fn(task)`` for every task, on the calling thread and ``threads - 1`` others (:func:`run_tasks`)."""
         run_tasks(fn, tasks, self.pool, self.threads)
 
-    def split(self, fn: Callable[[int, int], None], size: int) -> None:
+    def split(self, fn: Callable[[int, int], object], size: int) -> None:
         """``fn(a, b)`` over ``threads`` near-equal blocks of range(size), the calling thread taking one."""
         edges = [round(i * size / self.threads) for i in range(self.threads + 1)]
         self.run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])))
