@@ -48,7 +48,6 @@ def test_an_unwritable_run_folder_is_one_line_that_names_the_fix(tmp_path, capsy
         return real_mkdir(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "mkdir", denied)
-    monkeypatch.setattr(fileio.os, "access", lambda *a, **k: False)
     if container:
         monkeypatch.setenv("BNNCLI_CONTAINER", "1")
     else:
@@ -69,7 +68,8 @@ def test_a_read_only_folder_is_named_as_such(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fileio.os, "statvfs", lambda path: ReadOnly)
     monkeypatch.setenv("BNNCLI_CONTAINER", "1")
-    assert fileio.unwritable(tmp_path / "runs" / "x") == f"{tmp_path} is on a read-only filesystem: mount it without :ro"
+    expected = f"{tmp_path} is on a read-only filesystem: mount it without :ro"
+    assert fileio.unwritable(tmp_path / "runs" / "x") == expected
 
 
 def _entrypoint(tmp_path, cwd: Path, env: dict[str, str] | None = None) -> list[str]:
@@ -128,21 +128,21 @@ def test_after_the_warm_up_no_model_compiles_anything(tmp_path):
         print(cache_is_warm())
     """)
     assert r.returncode == 0 and r.stdout.split() == ["False"], r.stderr
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "bnncli.runtime.backends.numba.warmup"], capture_output=True, text=True,
-                       timeout=600, cwd=ROOT, env={**os.environ, "NUMBA_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)})
+                       timeout=600, cwd=ROOT, env=env)
     assert r.returncode == 0 and r.stderr == "", r.stderr
     # A new process: warm, and every model on one thread and on two loads all it runs from the cache.
     r = _numba_run(cache, f"""
         import numpy as np
         from bnncli.runtime import load
-        from bnncli.runtime.backends.numba import cache_is_warm, compiled_functions, intrinsics
+        from bnncli.runtime.backends.numba import cache_is_warm, intrinsics
         warm = cache_is_warm()
         for path in {packed!r}:
             for threads in (1, 2):
                 m = load(path, backend="numba", threads=threads)
                 m(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
                 m.close() if hasattr(m, "close") else None
-        import numba.core.registry as reg
         from numba.core.dispatcher import Dispatcher
         misses = {{}}
         import bnncli.runtime.backends.numba as nb

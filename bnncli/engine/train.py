@@ -80,6 +80,7 @@ class TrainResult:
     def last_metrics(self) -> dict[str, Any] | None:
         return self.history[-1] if self.history else None
 
+
 # Bytes per pixel value of what the workers of each --loader hand over (bnncli.data.tensor_loaders):
 # float32 images (pil), uint8 images (torchvision), JPEG file bytes, at most about as many (device).
 SHARED_BYTES_PER_VALUE = {"pil": 4, "torchvision": 1, "device": 1}
@@ -175,12 +176,11 @@ def build_data(cfg: TrainConfig, ctx: distributed.Context, resume: dict[str, Any
         raise UsageError(f"batch size {cfg.batch_size} does not divide over {ctx.world_size} processes")
     batch = cfg.batch_size // ctx.world_size  # --batch-size is global, as in the paper's recipes
     workers = cfg.workers
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))  # training processes on this machine
     if workers is None:  # CPU training needs both cores for compute; a GPU needs decoding help
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
         workers = 0 if ctx.device.type == "cpu" else min(8, max(1, (os.cpu_count() or 1) // local))
     # Before any worker starts: as many batches in flight as shared memory holds (bnncli.data.shm).
-    # One loader loads at a time (training, then validation), every process of this machine at once.
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    # One loader loads at a time (training, then validation), in every process of this machine.
     one_batch = local * shm.batch_bytes(batch, in_channels, image_size, SHARED_BYTES_PER_VALUE.get(cfg.loader, 4))
     workers, prefetch, shm_note = shm.fit_workers(capped_workers(workers), one_batch)
     pin = ctx.device.type == "cuda"
