@@ -145,8 +145,32 @@ def check_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike]
     if not folder.is_dir():
         raise UsageError(f"cannot write {path}: {folder} is not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {path}: {folder} is not writable")
+        raise UsageError(f"cannot write {path}: {unwritable(folder)}")
     return path
+
+
+def unwritable(folder: str | os.PathLike) -> str:
+    """Why this process cannot write into ``folder`` (the nearest existing folder on the way) and
+    the fix, in a few words for an error line. In a container (``$BNNCLI_CONTAINER``, set by the
+    Docker image) the fix is docker's: run as the folder's owner, or mount it writable."""
+    folder = _nearest_existing(Path(folder))
+    container = bool(os.environ.get("BNNCLI_CONTAINER"))
+    try:
+        st = folder.stat()
+        read_only = hasattr(os, "statvfs") and bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError as e:
+        return f"{folder} cannot be read ({e.strerror or e})"
+    if read_only:
+        fix = "mount it without :ro" if container else "choose a folder on a writable filesystem"
+        return f"{folder} is on a read-only filesystem: {fix}"
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    if uid is None:
+        return f"{folder} is not writable"
+    who = f"{folder} is not writable by uid {uid} (it belongs to uid {st.st_uid})"
+    if container:
+        return (f"{who}: run the image as the folder's owner (docker run -u \"$(id -u):$(id -g)\" for your own "
+                f"folder) or make the folder writable")
+    return f"{who}: choose a folder you can write to, or make it writable"
 
 
 def _nearest_existing(folder: Path) -> Path:

@@ -136,7 +136,8 @@ def test_the_runtime_runs_where_numba_cannot_be_imported(tmp_path):
 @needs_numba
 def test_a_cold_cache_says_it_is_compiling(tmp_path, capsys, monkeypatch, image_folder):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
-    monkeypatch.setattr(backends, "compiled_cache_is_warm", lambda: False)
+    monkeypatch.setattr(backends, "compiled_cache_state", lambda: "cold")
+    monkeypatch.setattr(backends, "warm_compiled_cache", lambda: None)
     ckpt = write_checkpoint(tmp_path / "m.pt", class_names=FOLDER_CLASSES)
     assert main(["pack", str(ckpt), "-o", str(tmp_path / "m.bnn")]) == 0
     capsys.readouterr()

@@ -123,13 +123,24 @@ def finite_or_null(obj: Any) -> Any:
 
 
 def note_compiling(backend: str) -> None:
-    """Say so when the numba kernels are about to be compiled, so a first run does not look hung."""
+    """Before a run on the numba backend: where its cache is cold, say so and compile every kernel
+    now (once per machine; later runs load them, whichever model they use); where numba cannot
+    write its cache, say that every run compiles and what to do about it. Nothing when warm."""
     if backend != "numba":
         return
-    from bnncli.runtime.backends import compiled_cache_is_warm
+    import os
 
-    if not compiled_cache_is_warm():
-        info("compiling the numba kernels: once per machine, a few seconds; later runs load them from numba's cache")
+    from bnncli.runtime.backends import compiled_cache_state, warm_compiled_cache
+
+    state = compiled_cache_state()
+    if state == "cold":
+        info("compiling the numba kernels: once per machine, some seconds; later runs load them from numba's cache")
+        warm_compiled_cache()
+    elif state == "unwritable":
+        where = os.environ.get("NUMBA_CACHE_DIR") or "~/.cache/numba"
+        fix = "a volume on it" if os.environ.get("BNNCLI_CONTAINER") else "a writable NUMBA_CACHE_DIR"
+        info(f"numba cannot write its cache ({where}), so the kernels compile in every run (some seconds); "
+             f"{fix} keeps them")
 
 
 # Bidirectional-text controls and line separators: they reorder or break what a terminal shows.

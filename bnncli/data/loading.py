@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from bnncli.data.builtin import BUILTIN, ShapesDataset
 from bnncli.data.folder import DEFAULT_VAL_SPLIT, ImageFolderDataset, split_folders
+from bnncli.data.shm import PREFETCH
 from bnncli.errors import DataError
 from bnncli.threads import available_cpus
 
@@ -285,13 +286,49 @@ def capped_workers(workers: int) -> int:
     return min(workers, available_cpus())
 
 
+# Seconds the training process waits for a worker's batch before it gives up: a worker that died
+# or cannot hand its batch over (too little shared memory, bnncli.data.shm) ends the run instead
+# of leaving it waiting forever. Far longer than a batch takes even from a slow network folder.
+LOADER_TIMEOUT = 300
+
+
+class GuardedLoader(DataLoader):
+    """A DataLoader whose lost workers end the iteration with one :class:`DataError` line: a batch
+    that does not come within ``timeout`` seconds, or a worker that exited (killed for memory)."""
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        return iterator if self.num_workers == 0 else self._guarded(iterator)
+
+    def _guarded(self, iterator):
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except RuntimeError as e:
+                text = str(e)
+                if text.startswith("DataLoader timed out"):
+                    raise DataError(f"no batch from the DataLoader workers in {self.timeout:g} s: a worker is stuck "
+                                    f"or cannot hand its batch over (too little shared memory? docker run "
+                                    f"--shm-size 2g, or --workers 0)") from None
+                if text.startswith("DataLoader worker (pid"):
+                    raise DataError(f"{text.splitlines()[0].rstrip('. ')}: out of memory? (fewer --workers, a "
+                                    f"smaller --batch-size, or --workers 0)") from None
+                raise
+            yield batch
+
+
 def make_loader(dataset: SampleDataset, sampler: Sampler, batch_size: int, workers: int,
-                pin_memory: bool = False, collate_fn: Callable[[list], Any] = collate) -> DataLoader:
+                pin_memory: bool = False, collate_fn: Callable[[list], Any] = collate,
+                prefetch: int = PREFETCH) -> DataLoader:
     """The loader of ``dataset``; ``workers`` is capped to the CPUs (see :func:`capped_workers`; the
-    CLI says so once when an option asked for more). ``collate_fn`` makes a batch of the samples
-    (:func:`collate`; ``--loader device`` keeps them encoded, bnncli.data.tensor_loaders)."""
+    CLI says so once when an option asked for more), each with ``prefetch`` batches in flight
+    (bnncli.data.shm.fit_workers fits both to the shared memory). ``collate_fn`` makes a batch of
+    the samples (:func:`collate`; ``--loader device`` keeps them encoded, bnncli.data.tensor_loaders).
+    A worker that dies or stops delivering ends the iteration with a DataError (:class:`GuardedLoader`)."""
     workers = capped_workers(workers)
-    return DataLoader(
+    return GuardedLoader(
         dataset,  # type: ignore[arg-type]  # a map-style dataset by duck typing
         batch_size=batch_size,
         sampler=sampler,
@@ -300,5 +337,6 @@ def make_loader(dataset: SampleDataset, sampler: Sampler, batch_size: int, worke
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=prefetch if workers > 0 else None,
+        timeout=LOADER_TIMEOUT if workers > 0 else 0,
     )

@@ -42,6 +42,7 @@ from torchvision.transforms import functional as TF
 
 from bnncli.data.folder import ImageFolderDataset
 from bnncli.data.loading import SampleDataset, Skipped, Source, Subset, make_loader, sample_rng
+from bnncli.data.shm import PREFETCH
 from bnncli.data.transforms import _ResizeBound
 from bnncli.errors import DataError, UsageError
 from bnncli.images.decode import DRAFT_PIXELS, check_size, load_image, read_image_bytes
@@ -484,16 +485,16 @@ def train_dataset(loader: str, source: Source, transform: Callable, channels: in
 
 
 def train_batches(dataset: SampleDataset, sampler: Sampler, batch_size: int, workers: int, device: torch.device,
-                  channels_last: bool):
+                  channels_last: bool, prefetch: int = PREFETCH):
     """What the training loop iterates: ``(x, y, skipped)`` batches of ``dataset`` (of
     :func:`train_dataset`). ``pil``: the DataLoader itself (float batches on the CPU, moved by the
     step); the tensor loaders: batches finished on ``device``, one ahead (:class:`Prefetched`)."""
     pin = device.type == "cuda"
     if isinstance(dataset, DecodedDataset):
-        batches = make_loader(dataset, sampler, batch_size, workers, pin_memory=pin)
+        batches = make_loader(dataset, sampler, batch_size, workers, pin_memory=pin, prefetch=prefetch)
         return Prefetched(batches, Normalized(dataset.tensor_transform, device, channels_last), device)
     if isinstance(dataset, EncodedDataset):
-        batches = make_loader(dataset, sampler, batch_size, workers, collate_fn=collate_encoded)
+        batches = make_loader(dataset, sampler, batch_size, workers, collate_fn=collate_encoded, prefetch=prefetch)
         decoder = DeviceDecoder(dataset.tensor_transform, dataset.channels, device, channels_last)
         return Prefetched(batches, decoder, device)
-    return make_loader(dataset, sampler, batch_size, workers, pin_memory=pin)
+    return make_loader(dataset, sampler, batch_size, workers, pin_memory=pin, prefetch=prefetch)

@@ -6,6 +6,7 @@ the training policy around it.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any
 from bnncli.artifacts.checkpoint import load_checkpoint
 from bnncli.artifacts.rundir import LOCK_FILE, RUN_FILES, RunFiles, RunLock
 from bnncli.errors import ArtifactError, UsageError
-from bnncli.fileio import temp_prefix, write_bytes
+from bnncli.fileio import temp_prefix, unwritable, write_bytes
 
 # What may change when a run is resumed: where the data lives and how fast it runs, and the
 # number of epochs (to train longer). Anything else would silently mix two experiments. (A new
@@ -58,7 +59,11 @@ def open_run_dir(out: str | os.PathLike | None, arch: str,
             created = not directory.exists()
             directory.mkdir(parents=True, exist_ok=True)
         lock = RunLock(directory, remove_dir=created).acquire()
+    except PermissionError:
+        raise UsageError(f"cannot use {directory} as the run directory: {unwritable(directory)}") from None
     except OSError as e:
+        if e.errno == errno.EROFS:
+            raise UsageError(f"cannot use {directory} as the run directory: {unwritable(directory)}") from None
         raise UsageError(f"cannot use {directory} as the run directory: {e.strerror or e}") from None
     try:
         files = RunFiles(directory)

@@ -35,7 +35,16 @@ from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.identify import reason
 from bnncli.artifacts.open import autocast
 from bnncli.artifacts.rundir import RunFiles, RunLock
-from bnncli.data.loading import EpochSampler, SampleDataset, ShardSampler, Skipped, make_loader, open_train_data
+from bnncli.data import shm
+from bnncli.data.loading import (
+    EpochSampler,
+    SampleDataset,
+    ShardSampler,
+    Skipped,
+    capped_workers,
+    make_loader,
+    open_train_data,
+)
 from bnncli.data.presets import default_preset, preprocessing
 from bnncli.data.tensor_loaders import train_batches, train_dataset
 from bnncli.data.transforms import eval_transform, resolved_augmentation, train_transform
@@ -73,6 +82,11 @@ class TrainResult:
         return self.history[-1] if self.history else None
 
 
+# Bytes per pixel value of what the workers of each --loader hand over (bnncli.data.tensor_loaders):
+# float32 images (pil), uint8 images (torchvision), JPEG file bytes, at most about as many (device).
+SHARED_BYTES_PER_VALUE = {"pil": 4, "torchvision": 1, "device": 1}
+
+
 @dataclass
 class TrainData:
     """The splits, their loaders, and what checkpoints record about the data."""
@@ -88,6 +102,7 @@ class TrainData:
     batch: int  # per process
     workers: int
     steps_per_epoch: int
+    notes: list[str] = field(default_factory=list)  # said before training starts
 
 
 @dataclass
@@ -165,18 +180,22 @@ def build_data(cfg: TrainConfig, ctx: distributed.Context, resume: dict[str, Any
         raise UsageError(f"batch size {cfg.batch_size} does not divide over {ctx.world_size} processes")
     batch = cfg.batch_size // ctx.world_size  # --batch-size is global, as in the paper's recipes
     workers = cfg.workers
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))  # training processes on this machine
     if workers is None:  # CPU training needs both cores for compute; a GPU needs decoding help
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
         workers = 0 if ctx.device.type == "cpu" else min(8, max(1, (os.cpu_count() or 1) // local))
+    # Before any worker starts: as many batches in flight as shared memory holds (bnncli.data.shm).
+    # One loader loads at a time (training, then validation), in every process of this machine.
+    one_batch = local * shm.batch_bytes(batch, in_channels, image_size, SHARED_BYTES_PER_VALUE.get(cfg.loader, 4))
+    workers, prefetch, shm_note = shm.fit_workers(capped_workers(workers), one_batch)
     pin = ctx.device.type == "cuda"
     sampler = EpochSampler(train_set, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
-    train_loader = train_batches(train_set, sampler, batch, workers, ctx.device, cfg.channels_last)
+    train_loader = train_batches(train_set, sampler, batch, workers, ctx.device, cfg.channels_last, prefetch)
     val_loader = None
     if val_set is not None:
         val_loader = make_loader(val_set, ShardSampler(len(val_set), ctx.rank, ctx.world_size), batch, workers,
-                                 pin_memory=pin)
+                                 pin_memory=pin, prefetch=prefetch)
     return TrainData(data.class_names, pre, image_size, train_set, val_set, sampler, train_loader, val_loader,
-                     batch, workers, math.ceil(len(sampler.inner) / batch))
+                     batch, workers, math.ceil(len(sampler.inner) / batch), [shm_note] if shm_note else [])
 
 
 def build_model(cfg: TrainConfig, data: TrainData, ctx: distributed.Context,
@@ -237,6 +256,8 @@ def open_run(cfg: TrainConfig, out: str | os.PathLike | None, resume: dict[str, 
 def build_run(cfg: TrainConfig, files: RunFiles, resume: dict[str, Any] | None, reporter: Reporter,
               stop: StopRequest, ctx: distributed.Context) -> Run:
     data = build_data(cfg, ctx, resume)
+    for note in data.notes:
+        reporter.warning(note)
     raw_model, model = build_model(cfg, data, ctx, resume)
     optimizer = build_optimizer(raw_model, cfg)
     scheduler = build_scheduler(optimizer, cfg, data.steps_per_epoch)

@@ -24,7 +24,7 @@ from bnncli.errors import UsageError
 from bnncli.runtime.backends.base import BinaryConvLayer, ConvLayer, GroupConvLayer, Kernels
 
 __all__ = ["BACKENDS", "CHOICES", "BinaryConvLayer", "ConvLayer", "GroupConvLayer", "Kernels", "available",
-           "compiled_cache_is_warm", "create", "resolve"]
+           "compiled_cache_is_warm", "compiled_cache_state", "create", "resolve", "warm_compiled_cache"]
 
 BACKENDS = ("numpy", "numba")
 CHOICES = ("auto", *BACKENDS)
@@ -73,7 +73,29 @@ def create(name: str | None, threads: int, buffers: Any) -> Kernels:
 
 def compiled_cache_is_warm() -> bool:
     """Whether numba's on-disk cache holds the compiled kernels (False: the first call compiles them,
-    several seconds). The cache is ``__pycache__`` next to bnncli/runtime/backends/numba/, or numba's
-    user-wide cache directory where that is read-only, or ``$NUMBA_CACHE_DIR``."""
+    several seconds). The cache is ``$NUMBA_CACHE_DIR`` when set, else ``__pycache__`` next to
+    bnncli/runtime/backends/numba/, else numba's user-wide cache directory (``~/.cache/numba``)."""
     module = _numba_backend()
     return module is not None and module.cache_is_warm()
+
+
+def compiled_cache_state() -> str:
+    """The compiled kernels' cache: ``"absent"`` (numba does not import), ``"warm"`` (a run
+    compiles nothing), ``"cold"`` (they compile once, then load from the cache) or ``"unwritable"``
+    (numba has nowhere to write its cache: every process compiles them)."""
+    module = _numba_backend()
+    if module is None:
+        return "absent"
+    if not module.cache_is_writable():
+        return "unwritable"
+    return "warm" if module.cache_is_warm() else "cold"
+
+
+def warm_compiled_cache() -> None:
+    """Compile every numba kernel once (into numba's cache where it has one), so that no model
+    compiles anything later: bnncli.runtime.backends.numba.warmup. Nothing where numba is missing."""
+    if _numba_backend() is None:
+        return
+    from bnncli.runtime.backends.numba import warmup
+
+    warmup.compile_all()

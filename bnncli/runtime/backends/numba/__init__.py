@@ -7,6 +7,7 @@ machine code with the helper threads of a :class:`~bnncli.runtime.backends.numba
 * :mod:`.binary_conv`: binarize, pack, XOR + popcount and the epilogue of a binary convolution;
 * :mod:`.float_ops`: max and average pooling, the per-channel affine;
 * :mod:`.group_conv`: grouped (depthwise) float convolutions.
+* :mod:`.warmup`: compiles every kernel once (``python -m bnncli.runtime.backends.numba.warmup``).
 
 Float convolutions, ReLU, additions and matrix products are the NumPy backend's (this class
 inherits them), so they are the reference's by construction; where they are split across
@@ -24,7 +25,7 @@ from typing import Any
 from bnncli.runtime.backends.numba import binary_conv, crew, float_ops, group_conv, intrinsics
 from bnncli.runtime.backends.numpy import NumpyKernels
 
-__all__ = ["NumbaKernels", "cache_is_warm"]
+__all__ = ["NumbaKernels", "cache_is_warm", "cache_is_writable", "compiled_functions"]
 
 
 class NumbaKernels(NumpyKernels):
@@ -72,7 +73,18 @@ class NumbaKernels(NumpyKernels):
         return run
 
 
+def compiled_functions() -> list:
+    """Every jitted function of this backend (the ``COMPILED`` list of each module)."""
+    return [*intrinsics.COMPILED, *crew.COMPILED, *binary_conv.COMPILED, *float_ops.COMPILED, *group_conv.COMPILED]
+
+
+def cache_is_writable() -> bool:
+    """Whether numba found a writable place for its disk cache (else every process compiles)."""
+    return not intrinsics.UNCACHED
+
+
 def cache_is_warm() -> bool:
-    """Whether numba's disk cache holds every compiled function of this backend."""
-    return intrinsics.functions_cached([*intrinsics.COMPILED, *crew.COMPILED, *binary_conv.COMPILED,
-                                        *float_ops.COMPILED, *group_conv.COMPILED])
+    """Whether a run loads every compiled kernel from numba's disk cache instead of compiling them:
+    true once :func:`bnncli.runtime.backends.numba.warmup.compile_all` (the Docker image's build, or
+    the first run here) compiled them all; false again when the code, numba or the CPU changes."""
+    return intrinsics.functions_cached(compiled_functions())

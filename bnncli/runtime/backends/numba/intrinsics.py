@@ -18,7 +18,6 @@ kernels compile in every process instead of failing: :data:`UNCACHED` then names
 
 from __future__ import annotations
 
-import os
 import sys
 
 from llvmlite import ir
@@ -45,10 +44,27 @@ def jit(fn=None, **options):
 
 
 def functions_cached(functions) -> bool:
-    """Whether numba's disk cache has an index for each of these jitted functions."""
+    """Whether numba's disk cache, where this process's numba looks for it, holds each of these
+    jitted functions as a call will load it: an index written by this numba version for the
+    source file as it is now, with an entry compiled for this CPU from the function's current code.
+
+    (Which argument types are cached is not checked: bnncli.runtime.backends.numba.warmup compiles
+    the ones the runtime's ops pass, and a function in no index at all is compiled on first use.)
+    """
+    from numba.core.registry import cpu_target
+
+    codegen = cpu_target.target_context.codegen()
     for f in functions:
-        index = getattr(getattr(getattr(f, "_cache", None), "_cache_file", None), "_index_path", None)
-        if index is None or not os.path.exists(index):
+        cache = getattr(f, "_cache", None)
+        cache_file = getattr(cache, "_cache_file", None)
+        if cache is None or cache_file is None:  # cache=False (UNCACHED), or not a jitted function
+            return False
+        try:
+            overloads = cache_file._load_index()
+            wanted = cache._index_key(None, codegen)[1:]  # (CPU and target, hashes of the code)
+        except Exception:  # an unreadable or foreign index: numba would compile
+            return False
+        if not any(isinstance(key, tuple) and key[1:] == wanted for key in overloads):
             return False
     return True
 
