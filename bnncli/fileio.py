@@ -14,13 +14,80 @@ would; a replaced file keeps its own permission bits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from bnncli.errors import ArtifactError, UsageError
+from bnncli.errors import ArtifactError, BnnError, UsageError
+
+# What a text file a command reads (class names, a run's config or metrics) may hold: far above
+# any real one (1000 class names are 10 KB; a 1000-epoch metrics.jsonl about 300 KB).
+MAX_TEXT_BYTES = 16 << 20
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file is, in words ("a FIFO (named pipe)", ...)."""
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def open_regular(path: str | os.PathLike, what: str = "file", error: type[BnnError] = UsageError) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file (symlinks followed), else ``error``
+    with one line: "WHAT not found: PATH", "cannot read PATH: a FIFO (named pipe), not a WHAT".
+
+    Checked by ``stat`` before opening and again on the descriptor, which is opened non-blocking,
+    so neither a FIFO nor a file swapped for one in between can block, and a device (``/dev/zero``)
+    is never read."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"cannot read {path}: {file_kind(mode)}, not a {what}")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"cannot read {path}: {file_kind(mode)}, not a {what}")
+    return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing for a regular file
+
+
+def read_regular(path: str | os.PathLike, limit: int = MAX_TEXT_BYTES, what: str = "file",
+                 error: type[BnnError] = UsageError) -> bytes:
+    """The bytes of the regular file ``path`` (:func:`open_regular`), at most ``limit`` of them:
+    a larger file is refused with one line, after reading no more than ``limit + 1`` bytes."""
+    try:
+        with open_regular(path, what, error) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise error(f"{path} holds more than {limit:,} bytes, more than any {what} bnncli reads")
+    return data
+
+
+def read_regular_text(path: str | os.PathLike, limit: int = MAX_TEXT_BYTES, what: str = "file",
+                      error: type[BnnError] = UsageError) -> str:
+    """:func:`read_regular` decoded as UTF-8 (one line naming the file when it is not)."""
+    data = read_regular(path, limit, what, error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"cannot read {path}: not UTF-8 text (byte {e.start})") from None
 
 
 def temp_prefix(path: Path) -> str:
@@ -30,9 +97,23 @@ def temp_prefix(path: Path) -> str:
 
 def write_error(path: Path, e: OSError) -> ArtifactError:
     """One line for a failed write: what, where, why, and that the previous file is intact."""
-    why = e.strerror or str(e) or type(e).__name__
+    why = os_reason(e)
     kept = "the previous file is kept" if path.is_file() else "nothing was written"
     return ArtifactError(f"cannot write {path}: {why} ({kept})")
+
+
+def os_reason(e: BaseException) -> str:
+    """Why an OSError happened, in the system's words ("No space left on device"); the same for an
+    error a library raised with the errno only in its text (PyTorch's zip writer: "... error code 28")."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e)
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
+    found = re.search(r"(?:error code|errno)[: ]+(\d+)", text)
+    if found and int(found[1]) in errno.errorcode:
+        return os.strerror(int(found[1]))
+    return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
 def check_replaceable(path: Path) -> None:

@@ -20,7 +20,6 @@ PyTorch's weight, bias, running mean and var (eps 1e-5 in both).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from torch import nn
 from bnncli import __version__
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.rundir import check_model_output
-from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, read_keras_weights
+from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, open_keras_weights
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
@@ -169,13 +168,13 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
                                   f"{sum(k == kind for k, _, _ in modules)}: none for {qualname}")
         layer = groups[kind][i]
         expected = _expected_shapes(kind, m)
-        if set(layer.weights) != set(expected):
-            return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.weights))}; {arch}'s "
+        if set(layer.shapes) != set(expected):
+            return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.shapes))}; {arch}'s "
                                   f"{qualname} ({kind}) needs {', '.join(sorted(expected))}")
         for role, shape in expected.items():
-            if tuple(layer.weights[role].shape) != shape:
+            if layer.shapes[role] != shape:
                 return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
-                                      f"{list(layer.weights[role].shape)}, expected {list(shape)}")
+                                      f"{list(layer.shapes[role])}, expected {list(shape)}")
         pairs.append((qualname, m, layer))
     for kind, layers in groups.items():
         if taken[kind] < len(layers):
@@ -189,14 +188,17 @@ def _file_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
     if not convs or not dense:
         raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo "
                             "BinaryDenseNet or ResNetE (include_top=True)")
-    stem = convs[0].weights.get("kernel")
-    if stem is None or stem.ndim != 4:
+    stem = convs[0].shapes.get("kernel")
+    if stem is None or len(stem) != 4:
         raise ArtifactError(f"layer {convs[0].name}: no 4-dimensional kernel")
-    kh, _, cin, _ = stem.shape
-    kernel = dense[-1].weights.get("kernel")
-    if kernel is None or kernel.ndim != 2:
+    kh, _, cin, _ = stem
+    kernel = dense[-1].shapes.get("kernel")
+    if kernel is None or len(kernel) != 2:
         raise ArtifactError(f"layer {dense[-1].name}: no 2-dimensional kernel")
-    return {"num_classes": int(kernel.shape[1]), "in_channels": int(cin), "thumbnail": int(kh) == 3}
+    if kernel[1] < 1 or cin < 1:
+        raise ArtifactError(f"layer {dense[-1].name if kernel[1] < 1 else convs[0].name}: a kernel with no outputs "
+                            f"or inputs")
+    return {"num_classes": int(kernel[1]), "in_channels": int(cin), "thumbnail": int(kh) == 3}
 
 
 def _build(arch: str, options: dict[str, Any], device: str | None = None) -> nn.Module:
@@ -258,8 +260,7 @@ def infer_arch(groups: dict[str, list[KerasLayer]], options: dict[str, Any], sha
 # --- the conversion --------------------------------------------------------------------------
 
 
-def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
-    w = layer.weights
+def _copy(kind: str, m: nn.Module, w: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
         if kind in ("binary conv", "conv"):
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["kernel"].transpose(3, 2, 0, 1))))
@@ -273,13 +274,12 @@ def _copy(kind: str, m: nn.Module, layer: KerasLayer) -> None:
             m.bias.copy_(torch.from_numpy(w["bias"]))
 
 
-def _check_values(pairs) -> None:
-    for _, _, layer in pairs:
-        for role, array in layer.weights.items():
-            if not np.isfinite(array).all():
-                raise ArtifactError(f"layer {layer.name}: {role} holds NaN or infinite values")
-        if "moving_variance" in layer.weights and (layer.weights["moving_variance"] < 0).any():
-            raise ArtifactError(f"layer {layer.name}: moving_variance holds negative values")
+def _read_values(weights: KerasWeights, kind: str, m: nn.Module, layer: KerasLayer) -> dict[str, np.ndarray]:
+    """The layer's values, each read only as the shape ``m`` expects (finite, checked by the reader)."""
+    values = {role: weights.read(layer, role, shape) for role, shape in _expected_shapes(kind, m).items()}
+    if "moving_variance" in values and (values["moving_variance"] < 0).any():
+        raise ArtifactError(f"layer {layer.name}: moving_variance holds negative values")
+    return values
 
 
 def class_names_for(num_classes: int, names: Sequence[str] | None) -> list[str]:
@@ -307,33 +307,31 @@ class ImportResult:
                 "layers": self.layers, "params": self.params, "source": self.source}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size: int = 224,
             class_names: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any], ImportResult]:
-    """The converted model (eval mode), its checkpoint dict, and what was done; writes nothing."""
-    weights = read_keras_weights(weights_path)
-    groups = _by_kind(weights)
-    options = {**_file_options(groups), **IMPORT_OPTIONS}
-    sha256 = _sha256(weights.path)
-    if arch is None:
-        arch = infer_arch(groups, options, sha256, weights.path.name)
-    elif arch not in importable_models():
-        raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: {', '.join(importable_models())}")
-    model = _build(arch, options)
-    pairing = pair_layers(model, groups, arch)
-    if pairing.problem is not None:
-        raise ArtifactError(f"{weights.path} does not fit {arch}: {pairing.problem}")
-    _check_values(pairing.pairs)
-    for _, m, layer in pairing.pairs:
-        _copy(_kind(m), m, layer)
+    """The converted model (eval mode), its checkpoint dict, and what was done; writes nothing.
+
+    The file's structure and shapes are read first; the model is built (on the meta device, which
+    allocates nothing) and paired with them; only when every shape fits is the real model built
+    and each value read, as the shape its module expects."""
+    with open_keras_weights(weights_path) as weights:
+        groups = _by_kind(weights)
+        options = {**_file_options(groups), **IMPORT_OPTIONS}
+        if arch is None:
+            arch = infer_arch(groups, options, weights.sha256, weights.path.name)
+        elif arch not in importable_models():
+            raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: "
+                             f"{', '.join(importable_models())}")
+        fit = pair_layers(_build(arch, options, "meta"), groups, arch)
+        if fit.problem is not None:
+            raise ArtifactError(f"{weights.path} does not fit {arch}: {fit.problem}")
+        model = _build(arch, options)
+        pairing = pair_layers(model, groups, arch)
+        values = [(m, _read_values(weights, _kind(m), m, layer)) for _, m, layer in pairing.pairs]
+    for m, w in values:
+        _copy(_kind(m), m, w)
     model.eval()
+    sha256 = weights.sha256
     published = PUBLISHED.get(arch)
     source = {"importer": "larq", "file": weights.path.name, "sha256": sha256,
               "published": published is not None and published.sha256 == sha256,
