@@ -25,6 +25,11 @@ from typing import BinaryIO
 
 from bnncli.errors import ArtifactError, BnnError, UsageError
 
+try:
+    import fcntl
+except ImportError:  # Windows: stale temp files are left for the user
+    fcntl = None  # type: ignore[assignment]
+
 # What a text file a command reads (class names, a run's config or metrics) may hold: far above
 # any real one (1000 class names are 10 KB; a 1000-epoch metrics.jsonl about 300 KB).
 MAX_TEXT_BYTES = 16 << 20
@@ -95,6 +100,54 @@ def temp_prefix(path: Path) -> str:
     return f".{path.name}."
 
 
+def _temp_name(path: Path) -> re.Pattern[str]:
+    """The names mkstemp gives :func:`atomic_open`'s temp files for ``path``: ``.NAME.`` + 8 of
+    ``[a-z0-9_]`` + ``.tmp`` (no dot among the 8, so ``.a.b.x.tmp`` of ``a`` never matches ``a.b``'s)."""
+    return re.compile(re.escape(temp_prefix(path)) + r"[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files that writes of ``path`` killed before their rename left behind; returns them.
+
+    A write holds an exclusive ``flock`` on its temp file until the rename, and the kernel drops it
+    when the writer dies however it dies: a temp file whose lock can be taken belongs to no live
+    write. (Where there is no flock, nothing is removed.)"""
+    path = Path(path)
+    pattern = _temp_name(path)
+    removed = []
+    try:
+        names = [n for n in os.listdir(path.parent) if pattern.fullmatch(n)]
+    except OSError:
+        return removed
+    for name in names:
+        stale = path.parent / name
+        try:
+            fd = os.open(stale, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or not _try_lock(fd):
+                continue
+            stale.unlink()
+            removed.append(stale)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; False when someone holds it or there is no flock."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def write_error(path: Path, e: OSError) -> ArtifactError:
     """One line for a failed write: what, where, why, and that the previous file is intact."""
     why = os_reason(e)
@@ -154,14 +207,17 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
     An OSError (full disk, no permission, a parent that is a file) becomes ArtifactError; the
     temp file is removed and ``path`` is left as it was. The file gets :func:`file_mode`'s
-    permissions."""
+    permissions. Temp files that killed writes of ``path`` left are removed first
+    (:func:`remove_stale_temps`)."""
     path = Path(path)
     check_replaceable(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise write_error(path, e) from None
+    _try_lock(fd)  # held until the rename: remove_stale_temps leaves a live write's temp file alone
     try:
         with os.fdopen(fd, "wb") as f:
             with contextlib.suppress(OSError):  # a filesystem without modes (some network mounts) keeps its own

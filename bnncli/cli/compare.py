@@ -22,11 +22,11 @@ def compare(
 ) -> None:
     """Compare training runs: architecture, the options that differ, epochs, best and last top-1/top-5,
     images/s, parameters and 1-bit size, and their validation curves in one PNG."""
+    from bnncli.artifacts.rundir import check_command_output
     from bnncli.engine.compare import compare_runs
     from bnncli.engine.curves import plot_comparison
-    from bnncli.fileio import check_output
 
-    target = check_output(plot, inputs=runs, force=force, suffix=".png")
+    target = check_command_output(plot, inputs=runs, force=force, suffix=".png", option="--plot")
     result = compare_runs(runs)
     if group_seeds:
         _show_groups(result, target, json_)

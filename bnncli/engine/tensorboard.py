@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bnncli.artifacts.rundir import RunFiles
+from bnncli.artifacts.rundir import RunFiles, check_output_dir
 from bnncli.engine.progress import Reporter
 from bnncli.errors import UsageError
 
@@ -71,6 +71,7 @@ class TensorBoardReporter:
         self.inner = inner if inner is not None else Reporter()
         self.log_dir = Path(log_dir) if log_dir is not None else None
         if self.log_dir is not None:
+            check_output_dir(self.log_dir, "--tensorboard-dir")
             check_log_dir(self.log_dir)
         self.every = every
         self.writer = None
