@@ -11,6 +11,7 @@ from bnncli.errors import ArtifactError, DataError
 from bnncli.graph.graph import Graph
 from bnncli.runtime.context import Context, blas_single_threaded
 from bnncli.runtime.ops import BinaryConv, Concat, Conv, Linear, MaxPool, Op, Relu, build_op
+from bnncli.runtime.plan import check_graph
 
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
@@ -42,6 +43,7 @@ class Model:
         self.meta = dict(meta or {})
         self.ctx = Context(threads, backend)
         self.ops: list[Op] = [build_op(node, graph.tensors, self.ctx) for node in graph.nodes]
+        self.plan = check_graph(graph, self.meta)  # the whole plan bounded, before any map is allocated
         self.in_channels = self._input_channels()
         self._readers_of = self._readers()
         self._plan_concat_growth()
