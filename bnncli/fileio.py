@@ -45,6 +45,10 @@ def file_kind(mode: int) -> str:
     return "a special file"
 
 
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
 def open_regular(path: str | os.PathLike, what: str = "file", error: type[BnnError] = UsageError) -> BinaryIO:
     """``path`` opened for binary reading if it is a regular file (symlinks followed), else ``error``
     with one line: "WHAT not found: PATH", "cannot read PATH: a FIFO (named pipe), not a WHAT".
@@ -59,7 +63,7 @@ def open_regular(path: str | os.PathLike, what: str = "file", error: type[BnnErr
     except OSError as e:
         raise error(f"cannot read {path}: {e.strerror or e}") from None
     if not stat.S_ISREG(mode):
-        raise error(f"cannot read {path}: {file_kind(mode)}, not a {what}")
+        raise error(f"cannot read {path}: {file_kind(mode)}, not {_a(what)}")
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as e:
@@ -67,7 +71,7 @@ def open_regular(path: str | os.PathLike, what: str = "file", error: type[BnnErr
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise error(f"cannot read {path}: {file_kind(mode)}, not a {what}")
+        raise error(f"cannot read {path}: {file_kind(mode)}, not {_a(what)}")
     return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing for a regular file
 
 
