@@ -17,7 +17,7 @@ from bnncli import __version__
 from bnncli.artifacts.identify import reason
 from bnncli.errors import ArtifactError
 from bnncli.fileio import write_bytes
-from bnncli.metadata import MODEL_KEYS, check_model_meta
+from bnncli.metadata import MODEL_KEYS, check_model_meta, load_json
 
 FORMAT = "bnncli-onnx"
 FORMAT_VERSION = 1
@@ -46,10 +46,10 @@ def read_metadata(model, source: str = "model") -> dict[str, Any]:
     if version < 1 or version > FORMAT_VERSION:
         raise ArtifactError(f"{source} has bnncli ONNX format version {props.get('format_version')!r}; "
                             f"this bnncli reads up to {FORMAT_VERSION}")
-    try:
-        raw = {"arch": props["arch"], **{k: json.loads(props[k]) for k in JSON_KEYS}}
-    except (KeyError, ValueError) as e:
-        raise ArtifactError(f"{source} has incomplete bnncli metadata ({e})") from None
+    missing = [k for k in ("arch", *JSON_KEYS) if k not in props]
+    if missing:
+        raise ArtifactError(f"{source} has incomplete bnncli metadata (no {PREFIX}{missing[0]})")
+    raw = {"arch": props["arch"], **{k: load_json(props[k], f"{source}: metadata {PREFIX}{k}") for k in JSON_KEYS}}
     try:
         meta = check_model_meta(raw)
         _check_graph_shapes(model, meta)
