@@ -77,6 +77,8 @@ class Op:
         if name is None:
             return None
         t = self._tensors[name]
+        if t.size == 0:
+            self.fail(f"tensor {role} is empty (shape {list(t.shape)})")
         if t.dtype.kind != kind:
             self.fail(f"tensor {role} has dtype {t.dtype}, expected {'a float' if kind == 'f' else 'an unsigned'} type")
         if ndim is not None and t.ndim != ndim:
