@@ -343,3 +343,15 @@ def test_a_tiny_val_split_is_reported_as_held_out():
             "batch_size": 8, "run_dir": "r"}
     line = _start_line(info)
     assert "held out by seed: 10 of 1,000 images, 1%" in line and "e-07" not in line
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_a_recipe_must_be_a_regular_file(tmp_path, capsys, kind):
+    recipe = Path(kind)
+    if kind == "fifo":
+        recipe = tmp_path / "r.toml"
+        os.mkfifo(recipe)
+    code, _, err = bnn(capsys, "train", "--recipe", recipe, "--out", tmp_path / "run")
+    assert code == 2
+    one_line(err, "a FIFO (named pipe), not a recipe" if kind == "fifo" else "a character device, not a recipe")
+    assert not (tmp_path / "run").exists()
