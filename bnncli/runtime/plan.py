@@ -24,13 +24,14 @@ from bnncli.graph import padding as P
 from bnncli.graph.graph import Graph
 
 # Per image, float32 values: no single value above 1 GiB, no more than 4 GiB live at once, at most
-# 2^37 (137 G) float multiply-accumulates and 2^40 (1.1 T) binary ones (64 to a machine word).
-# BinaryDenseNet37-dilated, the costliest registry model, at the largest input a file may ask
-# for (2048 px): 448 MiB, 896 MiB, 38 G float and 650 G binary; at 224 px about 1% of that.
+# 2^36 (69 G) float multiply-accumulates and 2^38 (275 G) binary ones (64 to a machine word).
+# The costliest registry model, BinaryDenseNet37-dilated, needs 5 MiB, 11 MiB, 0.5 G float and
+# 8 G binary at 224 px (over 30 times below), and still fits at 1024 px (the largest input a file
+# may ask for is 2048 px, where the largest BinaryDenseNets, at 540-650 G binary, are refused).
 MAX_VALUE_BYTES = 1 << 30
 MAX_LIVE_BYTES = 4 << 30
-MAX_MACS = 1 << 37
-MAX_BINARY_MACS = 1 << 40
+MAX_MACS = 1 << 36
+MAX_BINARY_MACS = 1 << 38
 LIMITS = {"largest value (bytes)": MAX_VALUE_BYTES, "live values (bytes)": MAX_LIVE_BYTES,
           "float multiply-accumulates": MAX_MACS, "binary multiply-accumulates": MAX_BINARY_MACS}
 # The input size planned for when a model does not state one.
