@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from bnncli.lazy import lazy_exports
 
-__version__ = "0.1.0"  # the one version source: pyproject.toml reads it, `bnn --version` prints it
+__version__ = "0.2.0"  # the one version source: pyproject.toml reads it, `bnn --version` prints it
 
 _EXPORTS = {
     # models

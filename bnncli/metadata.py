@@ -12,7 +12,9 @@ included) can use it.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +31,33 @@ CHANNELS = (1, 3)
 # input of one image is then at most 3 x 2048 x 2048 float32 (48 MiB), whatever a file says.
 MAX_IMAGE_SIZE = 2048
 MAX_RESIZE = 2 * MAX_IMAGE_SIZE
+
+
+# The deepest nesting of arrays and objects a JSON text bnncli reads may have (model metadata and
+# run files are 2-4 levels deep; Python's parser recurses per level and fails near 1000).
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of arrays and objects in JSON ``text``, counted without parsing it."""
+    depth = deepest = 0
+    for m in _BRACKETS.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if m[0] in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def load_json(text: str, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON ``text`` nested at most ``max_depth`` levels; ArtifactError naming ``what`` otherwise.
+    (NaN and Infinity, which Python's json writes, are read as floats.)"""
+    if json_depth(text) > max_depth:
+        raise ArtifactError(f"{what} nests deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"{what} is not valid JSON ({str(e)[:120]})") from None
 
 
 def model_meta(source: Mapping[str, Any]) -> dict[str, Any]:

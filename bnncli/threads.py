@@ -21,6 +21,9 @@ from __future__ import annotations
 import os
 
 WAIT_POLICY_VAR = "OMP_WAIT_POLICY"
+# The most threads any pool gets, whatever is asked (``--threads 100000`` would fail to start
+# them: "can't start new thread"); the CLI caps --threads at the CPUs, with a warning.
+MAX_THREADS = 256
 
 
 def available_cpus() -> int:
@@ -31,8 +34,8 @@ def available_cpus() -> int:
 
 
 def resolve(threads: int | None) -> int:
-    """``threads``, or :func:`available_cpus` when None; at least 1."""
-    return max(1, int(threads)) if threads is not None else available_cpus()
+    """``threads``, or :func:`available_cpus` when None; from 1 to :data:`MAX_THREADS`."""
+    return min(max(1, int(threads)), MAX_THREADS) if threads is not None else min(available_cpus(), MAX_THREADS)
 
 
 def prefer_sleeping_waits() -> None:

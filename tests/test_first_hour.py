@@ -308,9 +308,9 @@ def test_training_on_a_single_folder_validates_on_what_it_held_out(image_folder,
     assert best["config"]["val_split"] == 0.1 and best["best"]["metric"] == "val_top1"
     assert best["metrics"]["val_images"] == 3
     done = err.strip().splitlines()[-1]
-    assert done.startswith(f"done: {run} (best val_top1 ") and f"on the 10% of {folder} held out" in done
+    assert done.startswith(f"done: {run} (best val_top1 ") and f"on the images of {folder} held out" in done
     assert f"--data {folder}" not in done and f"bnn eval {run} --data DIR" in done
-    assert "val images (held out: 10%, by seed)" in err
+    assert "val images (held out by seed: 3 of " in err
     # A run from before --val-split held nothing out, and keeps doing so when resumed.
     from bnncli.artifacts.checkpoint import save_checkpoint
 

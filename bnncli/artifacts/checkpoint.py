@@ -76,14 +76,38 @@ def model_checkpoint(model: nn.Module, class_names: list[str], preprocessing: di
     }
 
 
+class _Watched:
+    """A file whose ``write`` remembers what it raised: PyTorch's zip writer swallows the error of
+    the Python file it writes to ("[enforce fail at inline_container.cc:672] . unexpected pos"),
+    so the real cause (a full disk, a Ctrl-C) is taken from here."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.error: BaseException | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except BaseException as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
     """Write atomically (:func:`bnncli.fileio.atomic_open`): a kill at any instant leaves either
     the old file or the new one, never a partial file. A failed write (full disk, no permission)
-    raises ArtifactError naming ``path``, with the old file intact."""
+    raises ArtifactError naming ``path`` and the system's reason ("No space left on device"), with
+    the old file intact; a Ctrl-C during the write is a KeyboardInterrupt, as anywhere else."""
     with atomic_open(path) as f:
+        watched = _Watched(f)
         try:
-            torch.save(checkpoint, f)
+            torch.save(checkpoint, watched)
         except RuntimeError as e:  # torch's zip writer: "[enforce fail at inline_container.cc] ... write failed"
+            if isinstance(watched.error, (OSError, KeyboardInterrupt)):
+                raise watched.error from None
             if "inline_container" not in str(e) and "PytorchStreamWriter" not in str(e):
                 raise
             last = str(e).strip().splitlines()[-1] if str(e).strip() else ""

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from bnncli import __version__
+from bnncli.artifacts.identify import reason
 from bnncli.errors import ArtifactError
 from bnncli.fileio import write_bytes
-from bnncli.metadata import MODEL_KEYS, check_model_meta
+from bnncli.metadata import MODEL_KEYS, check_model_meta, load_json
 
 FORMAT = "bnncli-onnx"
 FORMAT_VERSION = 1
@@ -45,10 +46,10 @@ def read_metadata(model, source: str = "model") -> dict[str, Any]:
     if version < 1 or version > FORMAT_VERSION:
         raise ArtifactError(f"{source} has bnncli ONNX format version {props.get('format_version')!r}; "
                             f"this bnncli reads up to {FORMAT_VERSION}")
-    try:
-        raw = {"arch": props["arch"], **{k: json.loads(props[k]) for k in JSON_KEYS}}
-    except (KeyError, ValueError) as e:
-        raise ArtifactError(f"{source} has incomplete bnncli metadata ({e})") from None
+    missing = [k for k in ("arch", *JSON_KEYS) if k not in props]
+    if missing:
+        raise ArtifactError(f"{source} has incomplete bnncli metadata (no {PREFIX}{missing[0]})")
+    raw = {"arch": props["arch"], **{k: load_json(props[k], f"{source}: metadata {PREFIX}{k}") for k in JSON_KEYS}}
     try:
         meta = check_model_meta(raw)
         _check_graph_shapes(model, meta)
@@ -77,6 +78,61 @@ def _check_graph_shapes(model, meta: dict[str, Any]) -> None:
             raise ArtifactError(f"the graph {kind} has shape {shown}, but the metadata says "
                                 f"{['N', *want[1:]]} ({pp['channels']} channels, {pp['image_size']} px, "
                                 f"{classes} classes)")
+
+
+def plan_onnx(model, meta: dict[str, Any]):
+    """The model's whole plan per image (bnncli.runtime.plan), from ONNX's shape inference at the
+    input size of its metadata; ArtifactError above the runtime's limits. A Conv reading a
+    binarized map (a ``Where``, padded or not, as bnncli exports a binary conv) counts as binary."""
+    import onnx
+
+    from bnncli.runtime.plan import Step, plan_steps
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as e:  # onnx raises its own error types, and ValueError / RuntimeError
+        raise ArtifactError(f"the graph's shapes cannot be inferred ({reason(e)})") from None
+    g = inferred.graph
+    dims = {v.name: _fixed_dims(v) for v in (*g.input, *g.value_info, *g.output)
+            if v.type.tensor_type.HasField("shape")}
+    weights = {t.name: list(t.dims) for t in g.initializer}
+
+    def elements(name: str) -> int:  # per image: the batch dimension left out (0 where unknown)
+        if name not in dims:
+            return 0
+        n = 1
+        for d in dims[name][1:]:
+            n *= d or 1
+        return n
+
+    made_by = {out: node.op_type for node in g.node for out in node.output}
+    producer_input = {node.output[0]: node.input[0] for node in g.node if node.output and node.input}
+    steps = []
+    for node in g.node:
+        if not node.output:
+            continue
+        out = node.output[0]
+        n = elements(out)
+        macs = 0
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights:
+            w = weights[node.input[1]]
+            if node.op_type == "Conv":  # [Cout, Cin / groups, kh, kw]
+                per_output = 1
+                for d in w[1:]:
+                    per_output *= d
+            else:  # the inner dimension: MatMul's [K, N], Gemm's B (transposed or not)
+                trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+                per_output = w[-1] if node.op_type == "Gemm" and trans_b else w[0] if w else 1
+            macs = n * per_output
+        source = node.input[0] if node.input else ""
+        if made_by.get(source) == "Pad":
+            source = producer_input.get(source, "")
+        binary = node.op_type == "Conv" and made_by.get(source) == "Where"
+        steps.append(Step(node.name or out, out, tuple(i for i in node.input if i and i not in weights), n,
+                          0 if binary else macs, macs if binary else 0))
+    inputs = {v.name: elements(v.name) for v in g.input if v.name not in weights}
+    size = meta["preprocessing"]["image_size"]
+    return plan_steps(steps, inputs, [v.name for v in g.output]).check(size)
 
 
 def load_onnx(path: str | os.PathLike):

@@ -172,10 +172,14 @@ class OnnxPredictor(Predictor):
     backend = "onnxruntime"
 
     def __init__(self, path: Path, threads: int | None = None) -> None:
-        from bnncli.artifacts.onnx_file import load_onnx, ort_session, read_metadata
+        from bnncli.artifacts.onnx_file import load_onnx, ort_session, plan_onnx, read_metadata
 
         model = load_onnx(path)
         super().__init__(path, read_metadata(model, str(path)))
+        try:
+            self.plan = plan_onnx(model, self.meta)  # the whole plan bounded before onnxruntime allocates
+        except ArtifactError as e:
+            raise ArtifactError(f"{path}: {e}") from None
         try:
             self.session = ort_session(model, threads)
         except Exception as e:

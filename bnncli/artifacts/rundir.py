@@ -11,7 +11,8 @@
 
 Wherever a command takes a model file, a run directory stands for its ``best.pt``, else its
 ``last.pt`` (:func:`resolve_model_path`); that rule is written here only. No command writes
-over a run's own files but `bnn train` (:func:`check_model_output`).
+over a run's files or its lock but `bnn train` (:func:`check_command_output`, the one rule for every
+command's outputs).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,22 +105,69 @@ def find_default_model(runs: str | os.PathLike = "runs") -> Path | None:
     return None
 
 
+def _run_of(path: Path) -> Path | None:
+    """The run directory whose file (or lock) ``path`` names, else None; the folder is resolved, so
+    ``A/../A/last.pt`` and a link to ``A`` name ``A``'s files too."""
+    if path.name not in (*RUN_FILES, LOCK_FILE):
+        return None
+    try:
+        folder = path.absolute().parent.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: nothing can be written there anyway
+        return None
+    files = RunFiles(folder)
+    return folder if path.name == LOCK_FILE or files.holds_run() or files.lock.exists() else None
+
+
+def check_run_files(output: str | os.PathLike, option: str = "--output") -> None:
+    """Refuse, even with --force, an output that is a file of any run directory (last.pt, best.pt,
+    metrics.jsonl, curves.png, config.json) or a run's lock (``.bnn-train.lock``, in any folder):
+    only `bnn train` writes those. The one rule for every command's outputs."""
+    output = Path(output)
+    run = _run_of(output)
+    if run is None:
+        return
+    what = "the lock of a training run" if output.name == LOCK_FILE else f"a file of the run directory {run}"
+    raise UsageError(f"{output} is {what}; only bnn train writes it, never another command, not even with "
+                     f"--force: choose another {option}")
+
+
+def check_command_output(output: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = (),
+                         force: bool = False, suffix: str = "", option: str = "--output") -> Path:
+    """Check, before any work, where a command may write a file: never over a run's files or lock
+    (:func:`check_run_files`), then :func:`bnncli.fileio.check_output` (never over an input,
+    a directory or a device; an existing file only with ``force``)."""
+    check_run_files(output, option)
+    return check_output(output, inputs=inputs, force=force, suffix=suffix)
+
+
+def check_output_dir(directory: str | os.PathLike, option: str) -> Path:
+    """Check a folder a command will write files into (``--tensorboard-dir``): never a run's file or
+    lock, nor a run directory itself (its files are `bnn train`'s)."""
+    directory = Path(directory)
+    check_run_files(directory, option)
+    try:
+        resolved = directory.resolve()
+    except (OSError, RuntimeError):
+        raise UsageError(f"cannot use {directory} for {option}: a symlink loop") from None
+    if RunFiles(resolved).holds_run() and resolved.is_dir():
+        raise UsageError(f"{directory} is a run directory; its files are bnn train's: give {option} a folder of "
+                         f"its own, such as {directory / 'tensorboard'}")
+    return directory
+
+
 def check_model_output(output: str | os.PathLike, source: str | os.PathLike, force: bool = False,
                        suffix: str = "") -> Path:
-    """Check where a command that reads the model ``source`` may write (:func:`bnncli.fileio.check_output`).
+    """Check where a command that reads the model ``source`` may write (:func:`check_command_output`).
 
     Never over ``source`` nor, when it is a run directory, the checkpoints it stands for; never over
-    a file of any run directory (last.pt, best.pt, metrics.jsonl, ...), not even with ``force``.
+    a file or lock of any run directory, not even with ``force``.
     """
     output, source = Path(output), Path(source)
     inputs = [source, *(source / name for name in MODEL_FILES)] if source.is_dir() else [source]
     if any(same_file(output, s) for s in inputs):
         raise UsageError(f"{output} is this command's input ({source}); it is never overwritten, not even with "
                          f"--force: choose another --output")
-    if output.name in RUN_FILES and RunFiles(output.parent).holds_run():
-        raise UsageError(f"{output} is a file of the run directory {output.parent}; a run's files are never "
-                         f"overwritten, not even with --force: choose another --output")
-    return check_output(output, force=force, suffix=suffix)
+    return check_command_output(output, force=force, suffix=suffix)
 
 
 class RunLock:

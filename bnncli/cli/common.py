@@ -41,6 +41,20 @@ def _cap_workers(value: int | None) -> int | None:
     return value
 
 
+def _cap_threads(value: int | None) -> int | None:
+    """``--threads`` above the CPUs this process may use: capped, with one warning line (more
+    threads than CPUs only wait for each other; 100,000 cannot even be started)."""
+    if value is None:
+        return None
+    from bnncli.threads import available_cpus
+
+    cpus = available_cpus()
+    if value > cpus:
+        warn(f"--threads {value} is more than the {cpus} CPUs this process may use; using {cpus}")
+        return cpus
+    return value
+
+
 WorkersOpt = Annotated[int | None, typer.Option(
     "--workers", "-j", metavar="N", min=0, callback=_cap_workers,
     help="DataLoader worker processes, at most the CPUs [default: 0 on CPU, up to 8 per GPU].")]
@@ -73,8 +87,8 @@ BackendOpt = Annotated[str | None, typer.Option(
     help="Kernels of a packed model: numpy (the reference), numba (compiled; pip install 'bnncli[fast]') or auto "
     "[default: auto: numba where it is installed].")]
 ThreadsOpt = Annotated[int | None, typer.Option(
-    "--threads", min=1, metavar="N", help="CPU threads of PyTorch, onnxruntime and the packed runtime [default: "
-    "the CPUs this process may use].")]
+    "--threads", min=1, metavar="N", callback=_cap_threads, help="CPU threads of PyTorch, onnxruntime and the "
+    "packed runtime, at most the CPUs [default: the CPUs this process may use].")]
 ToleranceOpt = Annotated[float, typer.Option(
     "--tolerance", metavar="X", min=0.0, help="Largest relative logit difference from PyTorch accepted; the "
     "top-1 must agree regardless. Deep dense nets with random or imported weights can exceed the default where "

@@ -28,14 +28,14 @@ def compare(
 ) -> None:
     """Compare training runs: architecture, the options that differ, epochs, best and last top-1/top-5,
     images/s, parameters and 1-bit size, and their validation curves in one PNG."""
+    from bnncli.artifacts.rundir import check_command_output
     from bnncli.engine.compare import compare_runs
     from bnncli.engine.curves import COMPARISON, plot_comparison, written_by
-    from bnncli.fileio import check_output
 
     if plot is None:  # the default file is replaced when bnn compare drew it (a rerun), never another file
         plot = Path(DEFAULT_PLOT)
         force = force or written_by(plot, COMPARISON)
-    target = check_output(plot, inputs=runs, force=force, suffix=".png")
+    target = check_command_output(plot, inputs=runs, force=force, suffix=".png", option="--plot")
     result = compare_runs(runs)
     if group_seeds:
         _show_groups(result, target, json_)

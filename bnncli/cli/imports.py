@@ -36,14 +36,12 @@ def larq(
     `predict` then take it like any checkpoint. Download the .h5 files yourself: nothing here fetches.
     """
     from bnncli.convert.larq import import_larq
-    from bnncli.errors import UsageError
+    from bnncli.fileio import read_regular_text
 
     names = None
     if classes is not None:
-        try:
-            names = [line.strip() for line in classes.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read the class names in {classes}: {e}") from None
+        text = read_regular_text(classes, what="class names file")
+        names = [line.strip() for line in text.splitlines() if line.strip()]
     result = import_larq(weights, output, arch, image_size, names, overwrite=force)
     if json_:
         print_json(result.as_dict())

@@ -132,11 +132,11 @@ def expand_folders(paths: list[Path]) -> list[tuple[Path, str]]:
     """``(path, problem)`` pairs: each path as it is, a folder replaced by the image files under it
     (sorted, sub-folders included); a folder without any is kept with its problem, which is then
     reported like an unreadable file ("" for none)."""
-    from bnncli.data.folder import images_under
+    from bnncli.data.folder import images_under, is_folder
 
     expanded: list[tuple[Path, str]] = []
     for path in paths:
-        if not path.is_dir():
+        if not is_folder(path):
             expanded.append((path, ""))
             continue
         found = images_under(path)

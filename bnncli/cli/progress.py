@@ -67,10 +67,19 @@ def _clock(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _percent(fraction: float) -> str:
+    """0.1 -> "10%", 0.00123 -> "0.12%": two significant digits, never "1e-07%"."""
+    value = 100 * fraction
+    return f"{value:.2g}%" if value >= 0.01 else "under 0.01%"
+
+
 def _start_line(i: dict[str, Any]) -> str:
     where = f"{i['world_size']} processes on {i['device']}" if i["world_size"] > 1 else i["device"]
     resumed = f", resuming at epoch {i['start_epoch'] + 1} step {i['start_step']}" if i["resumed"] else ""
-    held = f" (held out: {i['val_split'] * 100:g}%, by seed)" if i.get("val_split") else ""
+    held = ""
+    if i.get("val_split") and i["val_images"]:  # what was held out, not what was asked: at least 1 per class
+        held = (f" (held out by seed: {i['val_images']:,} of {i['train_images'] + i['val_images']:,} images, "
+                f"{_percent(i['val_images'] / (i['train_images'] + i['val_images']))})")
     loader = f", --loader {i['loader']}" if i.get("loader", "pil") != "pil" else ""
     return (f"training {i['arch']} ({i['params']:,} params) on {i['data']}: {i['train_images']:,} train / "
             f"{i['val_images']:,} val images{held}, {i['classes']} classes, {i['image_size']} px ({i['preset']}), "

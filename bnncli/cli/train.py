@@ -288,6 +288,6 @@ def _done_line(result, cfg) -> str:
     if cfg.val_split is None:  # the data's own val split (a dataset root, builtin:)
         return f"done: {run} ({picked}); evaluate with: bnn eval {run} --data {cfg.data}"
     if best["metric"] == "val_top1":
-        picked += f", on the {cfg.val_split * 100:g}% of {cfg.data} held out"
+        picked += f", on the images of {cfg.data} held out"
     return (f"done: {run} ({picked}); it trained on {cfg.data}, so evaluate it on other labelled images: "
             f"bnn eval {run} --data DIR")

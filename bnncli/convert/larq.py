@@ -24,12 +24,11 @@ PyTorch's weight, bias, running mean and var (eps 1e-5 in both).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ from torch import nn
 from bnncli import __version__
 from bnncli.artifacts.checkpoint import model_checkpoint, save_checkpoint
 from bnncli.artifacts.rundir import check_model_output
-from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, read_keras_weights
+from bnncli.convert.keras_h5 import KerasLayer, KerasWeights, open_keras_weights
 from bnncli.convert.published import NOT_IMPORTED, PUBLISHED, Published  # noqa: F401  (part of this module's API)
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
@@ -168,7 +167,7 @@ def _by_kind(weights: KerasWeights) -> dict[str, list[KerasLayer]]:
 class Pairing:
     """How a file's layers pair with a model's modules: ``pairs`` in the model's order, or ``problem``."""
 
-    pairs: list[tuple[str, nn.Module, KerasLayer]]
+    pairs: list[tuple[str, Any, KerasLayer | list[KerasLayer]]]
     problem: str | None
 
 
@@ -177,7 +176,7 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
     family = model_family(arch)
     modules = [(kind, keras_class(kind, family), qualname, m) for kind, qualname, m in keras_order(model)]
     taken = {base: 0 for base in WEIGHTS}
-    pairs = []
+    pairs: list[tuple[str, Any, KerasLayer | list[KerasLayer]]] = []
 
     def label(base: str) -> str:
         kinds = sorted({kind for kind, b, _, _ in modules if b == base})
@@ -191,13 +190,13 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
                                   f"{sum(b == base for _, b, _, _ in modules)}: none for {qualname}")
         layer = groups[base][i]
         expected = _expected_shapes(kind, m)
-        if set(layer.weights) != set(expected):
-            return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.weights))}; {arch}'s "
+        if set(layer.shapes) != set(expected):
+            return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.shapes))}; {arch}'s "
                                   f"{qualname} ({kind}) needs {', '.join(sorted(expected))}")
         for role, shape in expected.items():
-            if tuple(layer.weights[role].shape) != shape:
+            if layer.shapes[role] != shape:
                 return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
-                                      f"{list(layer.weights[role].shape)}, expected {list(shape)}")
+                                      f"{list(layer.shapes[role])}, expected {list(shape)}")
         pairs.append((qualname, m, layer))
     for base, layers in groups.items():
         if taken[base] < len(layers):
@@ -241,26 +240,28 @@ def is_named_file(weights: KerasWeights) -> bool:
 def pair_named(model: nn.Module, weights: KerasWeights, arch: str) -> Pairing:
     """Pair a MeliusNet's modules with the file's layers by Larq Zoo's layer names; check shapes."""
     by_name = {layer.name: layer for layer in weights.layers}
-    pairs = []
+    pairs: list[tuple[str, Any, KerasLayer | list[KerasLayer]]] = []
     used = set()
-    for kind, qualname, m, names in meliusnet_names(model):
+    for kind, qualname, m, names in meliusnet_names(cast(MeliusNet, model)):
         missing = [n for n in names if n not in by_name]
         if missing:
             return Pairing(pairs, f"the file has no layer {missing[0]} for {arch}'s {qualname}")
         layers = [by_name[n] for n in names]
         if kind == "grouped conv":
-            cout, cin_g, kh, kw = m.weight.shape
-            expected = {"kernel": (kh, kw, cin_g, cout // m.groups)}
+            conv = cast(Any, m)  # a grouped nn.Conv2d
+            cout, cin_g, kh, kw = conv.weight.shape
+            expected: dict[str, tuple[int, ...]] = {
+                "kernel": (int(kh), int(kw), int(cin_g), int(cout) // int(conv.groups))}
         else:
             expected = _expected_shapes(kind, m)
         for layer in layers:
-            if set(layer.weights) != set(expected):
-                return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.weights))}; {arch}'s "
+            if set(layer.shapes) != set(expected):
+                return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.shapes))}; {arch}'s "
                                       f"{qualname} ({kind}) needs {', '.join(sorted(expected))}")
             for role, shape in expected.items():
-                if tuple(layer.weights[role].shape) != shape:
+                if layer.shapes[role] != shape:
                     return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
-                                          f"{list(layer.weights[role].shape)}, expected {list(shape)}")
+                                          f"{list(layer.shapes[role])}, expected {list(shape)}")
         used.update(names)
         pairs.append((qualname, m, layers if kind == "grouped conv" else layers[0]))
     extra = [layer.name for layer in weights.layers if layer.name not in used]
@@ -275,11 +276,13 @@ def _named_options(weights: KerasWeights) -> dict[str, Any]:
     if dense is None:
         raise ArtifactError("the file has no layer head_dense, so it is not a Larq Zoo MeliusNet with its "
                             "classifier (include_top=True)")
-    kernel, k = stem.weights.get("kernel"), dense.weights.get("kernel")
-    if kernel is None or kernel.ndim != 4 or k is None or k.ndim != 2:
+    kernel = None if stem is None else stem.shapes.get("kernel")
+    k = dense.shapes.get("kernel")
+    if kernel is None or len(kernel) != 4 or k is None or len(k) != 2:
         raise ArtifactError("layers stem_s0_conv and head_dense need a 4- and a 2-dimensional kernel")
-    return {"num_classes": int(k.shape[1]), "in_channels": int(kernel.shape[2]), "thumbnail": False,
-            **IMPORT_OPTIONS}
+    if k[1] < 1 or kernel[2] < 1:
+        raise ArtifactError("layers stem_s0_conv and head_dense: a kernel with no outputs or inputs")
+    return {"num_classes": int(k[1]), "in_channels": int(kernel[2]), "thumbnail": False, **IMPORT_OPTIONS}
 
 
 def _file_options(groups: dict[str, list[KerasLayer]], family: str) -> dict[str, Any]:
@@ -288,16 +291,19 @@ def _file_options(groups: dict[str, list[KerasLayer]], family: str) -> dict[str,
     if not convs or not dense:
         raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo model "
                             "with its classifier (include_top=True)")
-    stem = convs[0].weights.get("kernel")
-    if stem is None or stem.ndim != 4:
+    stem = convs[0].shapes.get("kernel")
+    if stem is None or len(stem) != 4:
         raise ArtifactError(f"layer {convs[0].name}: no 4-dimensional kernel")
-    kh, _, cin, _ = stem.shape
-    kernel = dense[-1].weights.get("kernel")
-    if kernel is None or kernel.ndim != 2:
+    kh, _, cin, _ = stem
+    kernel = dense[-1].shapes.get("kernel")
+    if kernel is None or len(kernel) != 2:
         raise ArtifactError(f"layer {dense[-1].name}: no 2-dimensional kernel")
+    if kernel[1] < 1 or cin < 1:
+        raise ArtifactError(f"layer {dense[-1].name if kernel[1] < 1 else convs[0].name}: a kernel with no outputs "
+                            f"or inputs")
     # BinaryDenseNet and ResNetE have a 3x3 "thumbnail" stem for small inputs; QuickNet's stem is always 3x3.
     thumbnail = int(kh) == 3 and family != "quicknet"
-    return {"num_classes": int(kernel.shape[1]), "in_channels": int(cin), "thumbnail": thumbnail,
+    return {"num_classes": int(kernel[1]), "in_channels": int(cin), "thumbnail": thumbnail,
             **IMPORT_OPTIONS, **FAMILY_OPTIONS.get(family, {})}
 
 
@@ -422,15 +428,25 @@ def _check_pool_sizes(arch: str, options: dict[str, Any], image_size: int) -> No
                          f"pass an --image-size that is a multiple of 32 (224 by default)")
 
 
-def _copy(kind: str, m: nn.Module, layer: KerasLayer | list[KerasLayer]) -> None:
-    if isinstance(layer, list):  # a grouped conv from one Keras Conv2D per group: [kh, kw, Cin/g, Cout/g] each
-        parts = [np.ascontiguousarray(la.weights["kernel"].transpose(3, 2, 0, 1)) for la in layer]
-        with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(np.concatenate(parts)))
-        return
-    w = layer.weights
+def _read_values(weights: KerasWeights, kind: str, m: nn.Module,
+                 layer: KerasLayer | list[KerasLayer]) -> dict[str, np.ndarray]:
+    """The values a module takes from its layer(s), each read only as the shape the module expects
+    (finite: the reader checks). A grouped conv made of one Keras Conv2D per group gets its groups'
+    kernels joined in [Cout, Cin/g, kh, kw] order under ``grouped``."""
+    if isinstance(layer, list):  # one Keras Conv2D per group: [kh, kw, Cin/g, Cout/g] each
+        parts = [weights.read(la, "kernel", la.shapes["kernel"]).transpose(3, 2, 0, 1) for la in layer]
+        return {"grouped": np.ascontiguousarray(np.concatenate(parts))}
+    values = {role: weights.read(layer, role, shape) for role, shape in _expected_shapes(kind, m).items()}
+    if "moving_variance" in values and (values["moving_variance"] < 0).any():
+        raise ArtifactError(f"layer {layer.name}: moving_variance holds negative values")
+    return values
+
+
+def _copy(kind: str, m: Any, w: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
-        if kind in ("binary conv", "conv"):
+        if "grouped" in w:
+            m.weight.copy_(torch.from_numpy(w["grouped"]))
+        elif kind in ("binary conv", "conv"):
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["kernel"].transpose(3, 2, 0, 1))))
         elif kind in ("depthwise conv", "blur pool"):  # [kh, kw, C, 1] -> [C, 1, kh, kw]
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["depthwise_kernel"].transpose(2, 3, 0, 1))))
@@ -443,16 +459,6 @@ def _copy(kind: str, m: nn.Module, layer: KerasLayer | list[KerasLayer]) -> None
         else:
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["kernel"].T)))
             m.bias.copy_(torch.from_numpy(w["bias"]))
-
-
-def _check_values(pairs) -> None:
-    layers = [la for _, _, layer in pairs for la in (layer if isinstance(layer, list) else [layer])]
-    for layer in layers:
-        for role, array in layer.weights.items():
-            if not np.isfinite(array).all():
-                raise ArtifactError(f"layer {layer.name}: {role} holds NaN or infinite values")
-        if "moving_variance" in layer.weights and (layer.weights["moving_variance"] < 0).any():
-            raise ArtifactError(f"layer {layer.name}: moving_variance holds negative values")
 
 
 def class_names_for(num_classes: int, names: Sequence[str] | None) -> list[str]:
@@ -480,42 +486,42 @@ class ImportResult:
                 "layers": self.layers, "params": self.params, "source": self.source}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size: int = 224,
             class_names: Sequence[str] | None = None) -> tuple[nn.Module, dict[str, Any], ImportResult]:
-    """The converted model (eval mode), its checkpoint dict, and what was done; writes nothing."""
-    weights = read_keras_weights(weights_path)
-    sha256 = _sha256(weights.path)
-    named = is_named_file(weights)
-    groups = None if named else _by_kind(weights)
+    """The converted model (eval mode), its checkpoint dict, and what was done; writes nothing.
+
+    The file's structure and shapes are read first (no value); the model is built on the meta
+    device (which allocates nothing) and paired with them; only when every shape fits is the real
+    model built and each value read, as the shape its module expects."""
     if arch is not None and arch not in importable_models():
         raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: {', '.join(importable_models())}")
-    if named:
-        arch = arch or infer_named_arch(weights, sha256)
-        if model_family(arch) not in NAMED_FAMILIES:
-            raise ArtifactError(f"{weights.path} names its layers as Larq Zoo's MeliusNet does, not as {arch}'s")
-        options = _named_options(weights)
-    else:
-        arch = arch or infer_arch(groups, sha256, weights.path.name)
-        if model_family(arch) in NAMED_FAMILIES:
-            raise ArtifactError(f"{weights.path} has no layer stem_s0_conv, so it is not a Larq Zoo {arch}")
-        options = _file_options(groups, model_family(arch))
-    if arch in SAME_POOLS:
-        _check_pool_sizes(arch, options, image_size)
-    model = _build(arch, options)
-    pairing = pair_named(model, weights, arch) if named else pair_layers(model, groups, arch)
-    if pairing.problem is not None:
-        raise ArtifactError(f"{weights.path} does not fit {arch}: {pairing.problem}")
-    _check_values(pairing.pairs)
-    for _, m, layer in pairing.pairs:
-        _copy(_kind(m) or "", m, layer)
+    with open_keras_weights(weights_path) as weights:
+        sha256 = weights.sha256
+        named = is_named_file(weights)
+        groups = {} if named else _by_kind(weights)
+        if named:
+            arch = arch or infer_named_arch(weights, sha256)
+            if model_family(arch) not in NAMED_FAMILIES:
+                raise ArtifactError(f"{weights.path} names its layers as Larq Zoo's MeliusNet does, not as {arch}'s")
+            options = _named_options(weights)
+        else:
+            arch = arch or infer_arch(groups, sha256, weights.path.name)
+            if model_family(arch) in NAMED_FAMILIES:
+                raise ArtifactError(f"{weights.path} has no layer stem_s0_conv, so it is not a Larq Zoo {arch}")
+            options = _file_options(groups, model_family(arch))
+        if arch in SAME_POOLS:
+            _check_pool_sizes(arch, options, image_size)
+
+        def pair(model: nn.Module) -> Pairing:
+            return pair_named(model, weights, arch) if named else pair_layers(model, groups, arch)
+
+        fit = pair(_build(arch, options, "meta"))
+        if fit.problem is not None:
+            raise ArtifactError(f"{weights.path} does not fit {arch}: {fit.problem}")
+        model = _build(arch, options)
+        values = [(m, _read_values(weights, _kind(m) or "", m, layer)) for _, m, layer in pair(model).pairs]
+    for m, w in values:
+        _copy(_kind(m) or "", m, w)
     model.eval()
     # Where the file came from is known only when it is the published file itself (its checksum):
     # another file of a published architecture (a fine-tune, random weights) has no URL.
@@ -530,7 +536,7 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
     names = class_names_for(options["num_classes"], class_names)
     ckpt = model_checkpoint(model, names, preprocessing("larq", image_size), source=source)
     params = sum(p.numel() for p in model.parameters())
-    result = ImportResult(Path(), arch, dict(getattr(model, "bnn_kwargs", {})), len(pairing.pairs), params, source)
+    result = ImportResult(Path(), arch, dict(getattr(model, "bnn_kwargs", {})), len(values), params, source)
     return model, ckpt, result
 
 

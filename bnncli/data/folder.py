@@ -31,6 +31,15 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_folder(path: str | os.PathLike | os.DirEntry) -> bool:
+    """Whether ``path`` is a folder (a link to one included); False for what cannot be asked,
+    such as a link whose target's name is longer than the system allows (which raises on 3.11)."""
+    try:
+        return path.is_dir() if isinstance(path, os.DirEntry) else os.path.isdir(path)
+    except (OSError, ValueError):
+        return False
+
+
 def class_folders(root: Path) -> list[str]:
     """Sorted names of the visible sub-folders of ``root`` (a symlink to a folder counts as one).
 
@@ -38,7 +47,7 @@ def class_folders(root: Path) -> list[str]:
     read the data folder again (or the whole disk, for a link to ``/``): DataError.
     """
     try:
-        entries = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        entries = sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and is_folder(e))
     except OSError as e:
         raise DataError(f"cannot list {root}: {e.strerror or e}") from None
     above = _folders_up_from(root)
@@ -69,9 +78,24 @@ def images_under(folder: Path) -> list[str]:
     followed, so no arrangement of links can make the scan loop or leave the class folder.
     """
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames) if is_image_file(f))
+    pending = [os.fspath(folder)]  # a stack, not recursion: any depth of folders (os.walk recurses on 3.11)
+    while pending:
+        here = pending.pop()
+        try:
+            with os.scandir(here) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable, vanished, or a path beyond the system's length limit: skipped
+            continue
+        below = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if is_folder(e):
+                if not e.is_symlink():  # a link to a folder below a class folder is not followed
+                    below.append(e.path)
+            elif is_image_file(e.name):
+                found.append(e.path)
+        pending.extend(reversed(below))  # depth first, sub-folders by name: os.walk's order
     return found
 
 

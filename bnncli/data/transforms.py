@@ -30,7 +30,7 @@ class RuntimePreprocess:
 
 
 class _ResizeBound:
-    """Refuses an image the eval resize would blow up (bnncli.images.preprocess.check_resize)."""
+    """Refuses an image that resizing its shorter side to ``resize`` would blow up (images.preprocess.check_resize)."""
 
     def __init__(self, resize: int) -> None:
         self.resize = int(resize)
@@ -112,7 +112,7 @@ def train_transform(pre: dict[str, Any], aug: Augmentation | None = None):
         ]
     elif pre["preset"] == "small":
         margin = used["pad_crop"]
-        geometry = [T.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True)]
+        geometry = [_ResizeBound(size), T.Resize(size, interpolation=InterpolationMode.BILINEAR, antialias=True)]
         if margin:
             geometry.append(T.RandomCrop(size, padding=margin))
         else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import re
 import statistics
@@ -10,31 +12,81 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bnncli.artifacts.identify import reason
 from bnncli.artifacts.rundir import RunFiles
 from bnncli.engine.curves import best_epoch, selection_key
-from bnncli.errors import ArtifactError
+from bnncli.errors import ArtifactError, BnnError
+from bnncli.fileio import MAX_TEXT_BYTES, read_regular_text
+from bnncli.metadata import MAX_IMAGE_SIZE, load_json
 
 # Config keys that say where or how fast a run ran, not what it computed: never listed as differences.
 # (``seed`` is an option like any other; group_by_seed folds runs that differ only by it.)
 _NOT_OPTIONS = {"data", "workers", "threads", "device", "description", "reference", "epochs"}
 
 
+# The metrics bnn compare reads from metrics.jsonl: numbers, or null.
+METRIC_KEYS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "images_per_s", "lr", "seconds")
+MAX_EPOCHS = 100_000
+
+
+def _read_text(path: Path, run: Path) -> str:
+    """A run file's text: a regular file of at most 16 MiB (bnncli.fileio.read_regular_text)."""
+    if not os.path.lexists(path):
+        raise ArtifactError(f"{run} is not a run directory of bnn train: {path.name} is missing")
+    return read_regular_text(path, MAX_TEXT_BYTES, "run file", ArtifactError)
+
+
+def _number(value: Any, where: str) -> float | None:
+    """A metric as a finite float, None for null, NaN or infinity; ArtifactError for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArtifactError(f"{where} is {value!r:.40}, not a number")
+    return float(value) if math.isfinite(value) else None
+
+
+def _check_config(config: Any, where: str) -> None:
+    """What bnn compare uses of config.json, with the types bnn train writes."""
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{where} is not an object")
+    for key, kind in (("config", dict), ("arch", str), ("arch_kwargs", dict), ("preprocessing", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ArtifactError(f"{where}: {key} is {'missing' if key not in config else type(config[key]).__name__}"
+                                f", not {'an object' if kind is dict else 'a name'} as bnn train writes it")
+    size = config["preprocessing"].get("image_size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_IMAGE_SIZE):
+        raise ArtifactError(f"{where}: preprocessing image_size is {size!r:.40}, not a size from 1 to "
+                            f"{MAX_IMAGE_SIZE}")
+
+
+def _check_metrics(history: list[Any], where: str) -> list[dict[str, Any]]:
+    if len(history) > MAX_EPOCHS:
+        raise ArtifactError(f"{where} holds {len(history):,} epochs")
+    clean = []
+    for i, m in enumerate(history, 1):
+        epoch = m.get("epoch") if isinstance(m, dict) else None
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= MAX_EPOCHS:
+            raise ArtifactError(f"{where} line {i}: not what bnn train writes (an object with an epoch number)")
+        clean.append({**m, **{k: _number(m[k], f"{where} line {i}: {k}") for k in METRIC_KEYS if k in m}})
+    return clean
+
+
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
-    """A run directory's config.json and metrics.jsonl (ArtifactError naming the file when unusable)."""
+    """A run directory's config.json and metrics.jsonl (ArtifactError naming the file when unusable).
+    Both are read as regular files of bounded size and JSON of bounded depth, and checked for the
+    keys and types bnn train writes; a NaN or infinite metric reads as missing."""
     files = RunFiles(Path(path))
-    if not files.dir.is_dir():
-        raise ArtifactError(f"{files.dir} is not a run directory")
     try:
-        config = json.loads(files.config.read_text(encoding="utf-8"))
-        history = [json.loads(line) for line in files.metrics.read_text(encoding="utf-8").splitlines() if line]
-    except FileNotFoundError as e:
-        raise ArtifactError(f"{files.dir} is not a run directory of bnn train: {Path(e.filename).name} is missing") \
-            from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{files.dir}: unreadable run files ({e})") from None
-    if not isinstance(config, dict) or not isinstance(config.get("config"), dict) or \
-            not all(isinstance(m, dict) and "epoch" in m for m in history):
-        raise ArtifactError(f"{files.dir}: config.json or metrics.jsonl is not what bnn train writes")
+        is_dir = files.dir.is_dir()
+    except OSError:  # a symlink loop, a name too long
+        is_dir = False
+    if not is_dir:
+        raise ArtifactError(f"{files.dir} is not a run directory")
+    config = load_json(_read_text(files.config, files.dir), str(files.config))
+    _check_config(config, str(files.config))
+    lines = _read_text(files.metrics, files.dir).splitlines()
+    history = _check_metrics([load_json(line, f"{files.metrics} line {i}") for i, line in enumerate(lines, 1)
+                              if line.strip()], str(files.metrics))
     return {"dir": files.dir, "config": config, "history": history}
 
 
@@ -47,11 +99,28 @@ def _options(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _size(run: dict[str, Any]) -> dict[str, Any]:
-    """Parameters and size at 1 bit of the run's model, counted at its training image size."""
+    """Parameters and size at 1 bit of the run's model, counted at its training image size (:func:`model_size`)."""
+    c = run["config"]
+    try:
+        kwargs = json.dumps(c["arch_kwargs"], sort_keys=True)
+        return model_size(c["arch"], kwargs, int(c["preprocessing"]["image_size"]))
+    except BnnError as e:
+        raise ArtifactError(f"{run['dir'] / 'config.json'}: {e}") from None
+    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as e:
+        raise ArtifactError(f"{run['dir'] / 'config.json'}: its model cannot be counted ({reason(e)})") from None
+
+
+@functools.lru_cache(maxsize=256)
+def model_size(arch: str, arch_kwargs: str, image_size: int) -> dict[str, Any]:
+    """Parameters of ``arch`` built on PyTorch's meta device (nothing is allocated, so a config's
+    num_classes of 10^9 costs nothing), counted once per distinct model: runs of one ablation share it."""
+    import torch
+
     from bnncli.models import count_model, create_model
 
-    c = run["config"]
-    stats = count_model(create_model(c["arch"], **c["arch_kwargs"]), int(c["preprocessing"]["image_size"]))
+    with torch.device("meta"):
+        model = create_model(arch, **json.loads(arch_kwargs))
+    stats = count_model(model, image_size)
     return {"params": stats.params, "binary_params": stats.binary_params, "size_bytes": stats.size_bytes}
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bnncli.errors import UsageError
+from bnncli.fileio import read_regular_text
 from bnncli.metadata import MAX_IMAGE_SIZE
 
 if sys.version_info >= (3, 11):
@@ -129,11 +130,10 @@ def _check_value(key: str, value: Any, where: str) -> Any:
 def load_recipe(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a recipe file; returns the fields it sets."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"recipe not found: {path}")
+    text = read_regular_text(path, what="recipe")  # a regular file of at most 16 MiB: never a FIFO or device
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raw = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
         raise UsageError(f"recipe {path} is not valid TOML: {e}") from None
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:

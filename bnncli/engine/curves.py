@@ -18,6 +18,7 @@ from typing import Any
 from bnncli.fileio import atomic_open
 
 _LOG_SPAN = 10.0  # a loss whose largest / smallest value exceeds this is drawn on a log scale
+MAX_LEGEND = 20  # legend entries; with more curves the legend ends with "... and N more"
 
 
 def _figure(panels: int):
@@ -33,6 +34,7 @@ def _series(history: Sequence[dict[str, Any]], key: str) -> tuple[list[float], l
 
 
 def _style(ax, title: str, ylabel: str, percent: bool, values: list[float]) -> None:
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
     ax.set_title(title, fontsize=10)
@@ -49,8 +51,12 @@ def _style(ax, title: str, ylabel: str, percent: bool, values: list[float]) -> N
             # Plain numbers (0.2, 0.3, 0.5, 1, 2), not matplotlib's 3 x 10^-1; minor ticks at 2, 3 and 5 only.
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    handles, labels = ax.get_legend_handles_labels()
+    if len(handles) > MAX_LEGEND:  # hundreds of runs: the first ones, and how many more (the table lists all)
+        handles = handles[:MAX_LEGEND - 1] + [Line2D([], [], linestyle="none")]
+        labels = labels[:MAX_LEGEND - 1] + [f"... and {len(labels) - MAX_LEGEND + 1} more"]
+    if handles:
+        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
 
 
 def _minor_log_label(value: float, _position=None) -> str:

@@ -18,15 +18,18 @@ extra that is a :class:`~bnncli.errors.UsageError`, raised before training start
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bnncli.artifacts.rundir import RunFiles
+from bnncli.artifacts.rundir import RunFiles, check_output_dir
 from bnncli.engine.progress import Reporter
-from bnncli.errors import UsageError
+from bnncli.errors import ArtifactError, UsageError
+from bnncli.fileio import os_reason
 
 INSTALL_HINT = "--tensorboard needs the tensorboard extra: pip install 'bnncli[tensorboard]'"
 # The metrics.jsonl numbers written once per epoch, as epoch/<key> (val_top5 is None for <= 5 classes).
@@ -57,6 +60,32 @@ def check_log_dir(path: Path) -> None:
         raise UsageError(f"cannot write TensorBoard logs to {path}: {existing} is not writable")
 
 
+class _WriterThreadErrors:
+    """While installed, an OSError that TensorBoard's event-writer thread dies of is kept here
+    (:meth:`TensorBoardReporter._writing` reports it in one line) instead of being printed as a
+    thread traceback; every other thread's exception goes to the previous hook."""
+
+    def __init__(self) -> None:
+        self.error: OSError | None = None
+        self.previous: Any = None
+
+    def install(self) -> None:
+        if self.previous is None:
+            self.previous = threading.excepthook
+            threading.excepthook = self.hook
+
+    def uninstall(self) -> None:
+        if self.previous is not None and threading.excepthook == self.hook:
+            threading.excepthook = self.previous
+        self.previous = None
+
+    def hook(self, args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard"):
+            self.error = self.error or args.exc_value
+            return
+        (self.previous or threading.__excepthook__)(args)
+
+
 class TensorBoardReporter:
     """``inner``'s progress (a :class:`Reporter`), plus TensorBoard scalars in ``log_dir`` (None:
     ``RUN/tensorboard``). Every call and attribute it does not use itself goes to ``inner`` as is.
@@ -71,12 +100,14 @@ class TensorBoardReporter:
         self.inner = inner if inner is not None else Reporter()
         self.log_dir = Path(log_dir) if log_dir is not None else None
         if self.log_dir is not None:
+            check_output_dir(self.log_dir, "--tensorboard-dir")
             check_log_dir(self.log_dir)
         self.every = every
         self.writer = None
         self.dir: Path | None = None  # where the events go, known once the run starts
         self.steps = 0  # per epoch
         self.shown_at = self.written_at = -math.inf
+        self._thread_errors = _WriterThreadErrors()
 
     def __getattr__(self, name: str) -> Any:  # what is not here: inner's (its run_dir, a newer callback)
         if name == "inner":
@@ -102,18 +133,39 @@ class TensorBoardReporter:
     def close(self) -> None:
         if self.writer is not None:
             writer, self.writer = self.writer, None
-            writer.close()
+            try:
+                with self._writing():
+                    writer.close()
+            finally:
+                self._thread_errors.uninstall()
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Around every call into the writer: its background thread's failure (a full disk), which
+        would otherwise print a thread traceback, or the call's own, becomes one line."""
+        try:
+            yield
+        except OSError as e:
+            self._thread_errors.error = self._thread_errors.error or e
+        error = self._thread_errors.error
+        if error is not None:
+            self._thread_errors.error = None
+            self._thread_errors.uninstall()
+            self.writer = None  # nothing more is written
+            raise ArtifactError(f"cannot write TensorBoard logs to {self.dir}: {os_reason(error)}")
 
     def start(self, info: dict[str, Any]) -> None:
         self.inner.start(info)
         self.steps = info["steps_per_epoch"]
         here = info["start_epoch"] * self.steps + info["start_step"]
         self.dir = self.log_dir if self.log_dir is not None else RunFiles(Path(info["run_dir"])).tensorboard
+        self._thread_errors.install()
         try:
             self.writer = self.writer_class(log_dir=str(self.dir), purge_step=here + 1 if info["resumed"] else None,
                                             flush_secs=FLUSH_SECONDS)
         except OSError as e:
-            raise UsageError(f"cannot write TensorBoard logs to {self.dir}: {e.strerror or e}") from None
+            self._thread_errors.uninstall()
+            raise UsageError(f"cannot write TensorBoard logs to {self.dir}: {os_reason(e)}") from None
 
     def epoch_start(self, epoch: int, epochs: int, steps: int, first_step: int) -> None:
         self.shown_at = self.written_at = time.perf_counter()
@@ -129,19 +181,22 @@ class TensorBoardReporter:
         if self.writer is not None and (last or self.every <= self.interval or now - self.written_at >= self.every):
             self.written_at = now
             at = (epoch - 1) * steps + step
-            self.writer.add_scalar("step/train_loss", loss, at)
-            self.writer.add_scalar("step/lr", lr, at)
+            with self._writing():
+                self.writer.add_scalar("step/train_loss", loss, at)
+                self.writer.add_scalar("step/lr", lr, at)
 
     def epoch_end(self, metrics: dict[str, Any], is_best: bool) -> None:
         if self.writer is not None:
             at = metrics["epoch"] * self.steps
-            for key in EPOCH_KEYS:
-                if metrics.get(key) is not None:
-                    self.writer.add_scalar(f"epoch/{key}", metrics[key], at)
-            self.writer.flush()
+            with self._writing():
+                for key in EPOCH_KEYS:
+                    if metrics.get(key) is not None:
+                        self.writer.add_scalar(f"epoch/{key}", metrics[key], at)
+                self.writer.flush()
         self.inner.epoch_end(metrics, is_best)
 
     def stopping(self, reason: str) -> None:
         if self.writer is not None:
-            self.writer.flush()
+            with self._writing():
+                self.writer.flush()
         self.inner.stopping(reason)

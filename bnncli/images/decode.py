@@ -9,26 +9,34 @@ What is refused before anything is decoded, so that no file can hang a reader or
   FIFO or a terminal blocks forever;
 * an image whose header claims more than :data:`MAX_PIXELS` pixels once decoded (JPEGs above
   :data:`DRAFT_PIXELS` are decoded at 1/2, 1/4 or 1/8 scale by the JPEG decoder itself, so a big
-  photo costs at most about 50 MB), or whose sides differ by more than :data:`MAX_ASPECT` to 1:
-  preprocessing resizes the shorter side to the model's size, so a 1,000,000 x 1 image (a 1 KB
-  PNG) would become billions of pixels. Pillow's own decompression-bomb limit is an error too.
+  photo costs at most about 50 MB). Pillow's own decompression-bomb limit is an error too. How
+  elongated an image may be is not limited here: what matters is the pixels a resize for the
+  model would produce, which preprocessing bounds (bnncli.images.preprocess.check_resize);
+* a JPEG of more than :data:`MAX_JPEG_SCANS` scans: a progressive JPEG decodes every scan over
+  the whole image, so a 1 MB file of 20,000 tiny repeated scans takes minutes. Scans are counted
+  from the file's bytes before decoding (each starts with an SOS marker, ``FF DA``, which
+  entropy-coded data never contains), for Pillow and for the tensor loaders' decoders alike.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bnncli.errors import DataError
+from bnncli.fileio import open_regular
 
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 MAX_PIXELS = 8192 * 8192  # decoded pixels (about 200 MB in RGB, 270 MB in RGBA)
 DRAFT_PIXELS = 4096 * 4096  # JPEGs above this are decoded at a reduced scale
-MAX_ASPECT = 32  # longer side / shorter side
+# Scans a JPEG may have: libjpeg's progressive modes write about 10, one per component and
+# band of coefficients; baseline JPEGs have 1 (or 3 non-interleaved).
+MAX_JPEG_SCANS = 100
+JPEG_SOI = b"\xff\xd8"
+_SOS = b"\xff\xda"
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -49,66 +57,70 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(arr).astype(np.uint8))  # 2-D uint8 -> mode L
 
 
-def _kind(mode: int) -> str:
-    """What a ``st_mode`` that is not a regular file is, in words."""
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return "a special file"
-
-
 def _open_regular(path: str | os.PathLike):
-    """``path`` opened for binary reading, if it is a regular file (symlinks followed); DataError if not.
-
-    Checked by ``stat`` before opening, and again on the open descriptor (opened non-blocking, so
-    a file swapped for a FIFO in between cannot block either).
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if stat.S_ISDIR(mode):
+    """``path`` opened for binary reading if it is a regular file (bnncli.fileio.open_regular); DataError if not."""
+    if os.path.isdir(path):
         raise DataError(f"{path} is a folder, not an image")
-    if not stat.S_ISREG(mode):
-        raise DataError(f"cannot read {path}: {_kind(mode)}, not an image file")
+    if not os.path.lexists(path):
+        raise DataError(f"image not found: {path}")
+    return open_regular(path, "image file", DataError)
+
+
+def jpeg_scans(data: bytes) -> int:
+    """The scans of the JPEG ``data`` (its SOS markers)."""
+    return data.count(_SOS)
+
+
+def _count_scans(f, chunk: int = 1 << 20) -> int:
+    """The SOS markers from ``f``'s start, read in chunks (stops counting past the limit); the
+    position of ``f`` is restored."""
+    here, count, tail = f.tell(), 0, b""
+    f.seek(0)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise DataError(f"cannot read {path}: {_kind(mode)}, not an image file")
-    return os.fdopen(fd, "rb")  # O_NONBLOCK means nothing for a regular file
+        while count <= MAX_JPEG_SCANS:
+            block = f.read(chunk)
+            if not block:
+                break
+            count += (tail + block).count(_SOS) - tail.count(_SOS)
+            tail = block[-1:]
+    finally:
+        f.seek(here)
+    return count
+
+
+def check_scans(count: int, path: str | os.PathLike) -> None:
+    if count > MAX_JPEG_SCANS:
+        raise DataError(f"cannot read {path}: a JPEG of more than {MAX_JPEG_SCANS} scans (progressive "
+                        f"JPEGs have about 10), which would take minutes to decode")
 
 
 def read_image_bytes(path: str | os.PathLike, limit: int) -> bytes | None:
     """The bytes of the image file ``path``, for a decoder other than Pillow; None when the file
     holds more than ``limit`` bytes. Opened as :func:`load_image` opens it (regular files only);
-    DataError, one line naming the file, when it cannot be read."""
+    DataError, one line naming the file, when it cannot be read or is a JPEG of too many scans."""
     try:
         with _open_regular(path) as f:
             data = f.read(limit + 1)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    return data if len(data) <= limit else None
+    if len(data) > limit:
+        return None
+    if data.startswith(JPEG_SOI):
+        check_scans(jpeg_scans(data), path)
+    return data
 
 
 def check_size(img: Image.Image, path: str | os.PathLike) -> None:
-    """Refuse, from the header alone, an image too large or too elongated to decode and resize."""
+    """Refuse, from the header alone, an image too large to decode, or a JPEG of too many scans."""
     w, h = img.size
     if w < 1 or h < 1:
         raise DataError(f"cannot read {path}: the image is {w}x{h} pixels")
     if w * h > MAX_PIXELS:
         raise DataError(f"cannot read {path}: {w}x{h} pixels is more than the {MAX_PIXELS:,} pixels "
                         "(8192x8192) bnncli decodes")
-    if max(w, h) > MAX_ASPECT * min(w, h):
-        raise DataError(f"cannot read {path}: {w}x{h} pixels is more elongated than {MAX_ASPECT}:1, "
-                        "the most bnncli resizes for a model")
+    fp = getattr(img, "fp", None)
+    if img.format in ("JPEG", "MPO") and fp is not None:
+        check_scans(_count_scans(fp), path)
 
 
 def _draft(img: Image.Image) -> None:
@@ -124,8 +136,8 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
     """Open ``path`` as an 8-bit RGB (``channels=3``) or L (``channels=1``) image.
 
     Raises :class:`DataError` with one line naming the file when it cannot be decoded
-    (missing, not a regular file, not an image, truncated, too large or elongated for the
-    bounds above, or a decompression bomb).
+    (missing, not a regular file, not an image, truncated, too large for the bounds above,
+    a JPEG of too many scans, or a decompression bomb).
     """
     if channels not in (1, 3):
         raise DataError(f"images can be read with 1 or 3 channels, not {channels}")

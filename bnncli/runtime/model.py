@@ -12,6 +12,7 @@ from bnncli.graph.graph import Graph
 from bnncli.runtime.context import Context, blas_single_threaded
 from bnncli.runtime.ops import Add, BinaryConv, Concat, Conv, GroupConv, Linear, MaxPool, Op, Relu, build_op
 from bnncli.runtime.ops import _ChannelAffine as ChannelAffine
+from bnncli.runtime.plan import check_graph
 
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
@@ -43,6 +44,7 @@ class Model:
         self.meta = dict(meta or {})
         self.ctx = Context(threads, backend)
         self.ops: list[Op] = [build_op(node, graph.tensors, self.ctx) for node in graph.nodes]
+        self.plan = check_graph(graph, self.meta)  # the whole plan bounded, before any map is allocated
         self.in_channels = self._input_channels()
         self._readers_of = self._readers()
         self._plan_concat_growth()
@@ -67,22 +69,30 @@ class Model:
         return readers
 
     def _plan_concat_growth(self) -> None:
-        """For each concatenation, the channels later links of its chain add (see ops.Concat).
+        """For each concatenation, whether it may extend its first input's buffer in place, and the
+        channels later links of its chain add (see ops.Concat).
 
-        The next link of a concatenation is the first concatenation that takes its output as its
-        first input; the growth of a link is what the next one adds plus the next one's growth
-        (0 where the chain ends, or where a later link adds a map of unknown channels). Ops are
-        in graph order, so one pass from the end computes every link in time linear in the graph.
+        Only the one concatenation that takes a value as its first input may extend that value's
+        buffer: where two do (two branches of one prefix), each copies the prefix into a buffer of
+        its own, since both would otherwise write their channels into the same place after it.
+        The next link of a concatenation is that one extender of its output; the growth of a link
+        is what the next one adds plus the next one's growth (0 where the chain ends, where a
+        later link adds a map of unknown channels, or where no single extender exists). Ops are in
+        graph order, so one pass from the end computes every link in time linear in the graph.
         """
         by_output = {op.node.outputs[0]: op for op in self.ops}
-        following: dict[str, Concat] = {}
+        extenders: dict[str, list[Concat]] = {}
         for op in self.ops:
             if isinstance(op, Concat):
-                following.setdefault(op.node.inputs[0], op)
+                extenders.setdefault(op.node.inputs[0], []).append(op)
+        for op in self.ops:
+            if isinstance(op, Concat):
+                op.may_extend = len(extenders[op.node.inputs[0]]) == 1
         for op in reversed(self.ops):
             if not isinstance(op, Concat):
                 continue
-            nxt = following.get(op.node.outputs[0])
+            following = extenders.get(op.node.outputs[0], [])
+            nxt = following[0] if len(following) == 1 else None
             added = [] if nxt is None else [getattr(by_output.get(v), "cout", None) for v in nxt.node.inputs[1:]]
             op.growth = 0 if nxt is None or any(a is None for a in added) else sum(added) + nxt.growth
 

@@ -78,6 +78,8 @@ class Op:
         if name is None:
             return None
         t = self._tensors[name]
+        if t.size == 0:
+            self.fail(f"tensor {role} is empty (shape {list(t.shape)})")
         if t.dtype.kind != kind:
             self.fail(f"tensor {role} has dtype {t.dtype}, expected {'a float' if kind == 'f' else 'an unsigned'} type")
         if ndim is not None and t.ndim != ndim:
@@ -336,19 +338,26 @@ class Concat(Op, op="Concat"):
     concatenations will add (``growth``, set by the model at load time: a BinaryDenseNet block
     grows by its growth rate per layer) and later links of the chain append in place, returning a
     longer prefix of the same buffer: a dense block copies each feature map once, not once per layer.
+
+    Two rules keep an appended buffer from being written by two readers: only a concatenation that
+    is the sole one taking its first input as first input may append (``may_extend``, set by the
+    model at load time), and the channels past a buffer's newest prefix are claimed in the arena
+    the moment they are handed out (:meth:`reserve`), before the concatenation runs, so no other
+    op can append to the same prefix in between.
     """
 
     def setup(self) -> None:
         if self.node.attrs["axis"] != 1:
             self.fail(f"supports only axis 1 (channels), not {self.node.attrs['axis']!r}")
         self.growth = 0
+        self.may_extend = False  # set by the model: the only concatenation extending its first input
         # (first input, buffer) of the buffer reserve() handed out for the coming call.
         self.reserved: tuple[np.ndarray, np.ndarray] | None = None
 
     def _buffer(self, first: np.ndarray, total: int) -> np.ndarray:
         """A buffer whose first ``len(first)`` channels hold ``first``, with room for ``total`` (and the growth)."""
         used = first.shape[0]
-        entry = self.ctx.arena.get(first.ctypes.data) if first.size else None
+        entry = self.ctx.arena.get(first.ctypes.data) if first.size and self.may_extend else None
         if entry is not None and entry[1] == used and entry[0].shape[0] >= total \
                 and entry[0].shape[1:] == first.shape[1:]:
             return entry[0]  # `first` is the newest prefix of a buffer with room: append in place
@@ -366,6 +375,7 @@ class Concat(Op, op="Concat"):
             buffer[offset:offset + x.shape[0]] = x
             offset += x.shape[0]
         self.reserved = (before[0], buffer)
+        self.ctx.arena[buffer.ctypes.data] = (buffer, total)  # claimed now: nothing else appends here
         return buffer[offset:offset + channels]
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:

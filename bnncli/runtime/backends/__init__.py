@@ -32,13 +32,59 @@ ENV_VAR = "BNN_BACKEND"
 INSTALL_HINT = "pip install 'bnncli[fast]' (numba)"
 
 
+# Free space numba's cache folder needs to compile the kernels (they take about 6 MB there).
+MIN_CACHE_FREE = 32 << 20
+
+
+def check_numba_environment() -> str | None:
+    """Refuse (UsageError) numba settings that would crash it, before numba is imported:
+    ``NUMBA_NUM_THREADS`` that is not a whole number from 1. Returns why the compiled backend
+    cannot run here although numba may import (``NUMBA_DISABLE_JIT``: the kernels need the JIT), else None."""
+    threads = os.environ.get("NUMBA_NUM_THREADS")
+    if threads is not None and threads.strip():
+        try:
+            valid = int(threads) >= 1
+        except ValueError:
+            valid = False
+        if not valid:
+            raise UsageError(f"$NUMBA_NUM_THREADS is {threads!r}; numba needs a whole number of threads from 1 "
+                             f"(or leave it unset)")
+    if os.environ.get("NUMBA_DISABLE_JIT", "0").strip() not in ("", "0"):
+        return "$NUMBA_DISABLE_JIT is set, and the compiled kernels need numba's JIT"
+    return None
+
+
 def _numba_backend() -> ModuleType | None:
-    """bnncli.runtime.backends.numba, or None when numba cannot be imported here."""
+    """bnncli.runtime.backends.numba, or None when numba cannot be imported or run here."""
+    if check_numba_environment() is not None:
+        return None
     try:
         from bnncli.runtime.backends import numba
     except ImportError:
         return None
     return numba
+
+
+def _check_cache_space(module: ModuleType) -> None:
+    """Where the kernels must still be compiled, numba writes them to its cache folder and fails
+    with a traceback when that disk is full: refuse at once, in one line, instead."""
+    if module.cache_is_warm():
+        return
+    for f in module.intrinsics.COMPILED:
+        index = getattr(getattr(getattr(f, "_cache", None), "_cache_file", None), "_index_path", None)
+        if index is None:
+            continue
+        folder = os.path.dirname(index)
+        while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        try:
+            info = os.statvfs(folder)
+        except (OSError, AttributeError):  # no statvfs (Windows), or nothing to ask
+            return
+        if info.f_bavail * info.f_frsize < MIN_CACHE_FREE:
+            raise UsageError(f"numba's cache folder {folder} has no room to compile the kernels (No space left on "
+                             f"device); free some, set $NUMBA_CACHE_DIR to another folder, or use --backend numpy")
+        return
 
 
 def available() -> tuple[str, ...]:
@@ -57,6 +103,9 @@ def resolve(name: str | None = None) -> str:
     if _numba_backend() is not None:
         return "numba"
     if choice == "numba":
+        why = check_numba_environment()
+        if why is not None:
+            raise UsageError(f"the numba backend cannot run: {why}; unset it or use --backend numpy")
         raise UsageError(f"the numba backend needs numba, which does not import here: {INSTALL_HINT}")
     return "numpy"
 
@@ -65,7 +114,9 @@ def create(name: str | None, threads: int, buffers: Any) -> Kernels:
     """The kernels of backend ``name`` (as :func:`resolve` takes it) on ``threads`` threads, taking
     outputs and scratch from ``buffers`` (the model's context)."""
     if resolve(name) == "numba":
-        return _numba_backend().NumbaKernels(threads, buffers)
+        module = _numba_backend()
+        _check_cache_space(module)
+        return module.NumbaKernels(threads, buffers)
     from bnncli.runtime.backends.numpy import NumpyKernels
 
     return NumpyKernels(threads, buffers)
