@@ -163,6 +163,19 @@ def _by_kind(weights: KerasWeights) -> dict[str, list[KerasLayer]]:
     return groups
 
 
+def _shape_problem(layer: KerasLayer, expected: dict[str, tuple[int, ...]], arch: str, qualname: str,
+                   kind: str) -> str | None:
+    """Why ``layer``'s weights do not fit a module that takes ``expected`` (role -> shape), or None."""
+    if set(layer.shapes) != set(expected):
+        return (f"layer {layer.name} holds {', '.join(sorted(layer.shapes))}; {arch}'s {qualname} ({kind}) needs "
+                f"{', '.join(sorted(expected))}")
+    for role, shape in expected.items():
+        if layer.shapes[role] != shape:
+            return (f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is {list(layer.shapes[role])}, "
+                    f"expected {list(shape)}")
+    return None
+
+
 @dataclass
 class Pairing:
     """How a file's layers pair with a model's modules: ``pairs`` in the model's order, or ``problem``."""
@@ -189,14 +202,9 @@ def pair_layers(model: nn.Module, groups: dict[str, list[KerasLayer]], arch: str
             return Pairing(pairs, f"the file has {len(groups[base])} {label(base)} layers, {arch} needs "
                                   f"{sum(b == base for _, b, _, _ in modules)}: none for {qualname}")
         layer = groups[base][i]
-        expected = _expected_shapes(kind, m)
-        if set(layer.shapes) != set(expected):
-            return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.shapes))}; {arch}'s "
-                                  f"{qualname} ({kind}) needs {', '.join(sorted(expected))}")
-        for role, shape in expected.items():
-            if layer.shapes[role] != shape:
-                return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
-                                      f"{list(layer.shapes[role])}, expected {list(shape)}")
+        problem = _shape_problem(layer, _expected_shapes(kind, m), arch, qualname, kind)
+        if problem is not None:
+            return Pairing(pairs, problem)
         pairs.append((qualname, m, layer))
     for base, layers in groups.items():
         if taken[base] < len(layers):
@@ -255,13 +263,9 @@ def pair_named(model: nn.Module, weights: KerasWeights, arch: str) -> Pairing:
         else:
             expected = _expected_shapes(kind, m)
         for layer in layers:
-            if set(layer.shapes) != set(expected):
-                return Pairing(pairs, f"layer {layer.name} holds {', '.join(sorted(layer.shapes))}; {arch}'s "
-                                      f"{qualname} ({kind}) needs {', '.join(sorted(expected))}")
-            for role, shape in expected.items():
-                if layer.shapes[role] != shape:
-                    return Pairing(pairs, f"layer {layer.name} does not fit {arch}'s {qualname}: {role} is "
-                                          f"{list(layer.shapes[role])}, expected {list(shape)}")
+            problem = _shape_problem(layer, expected, arch, qualname, kind)
+            if problem is not None:
+                return Pairing(pairs, problem)
         used.update(names)
         pairs.append((qualname, m, layers if kind == "grouped conv" else layers[0]))
     extra = [layer.name for layer in weights.layers if layer.name not in used]

@@ -124,24 +124,21 @@ class _Emitter:
     # One method per graph op, registered in EMITTERS.
     @emits("Conv")
     def conv(self, node: Node) -> None:
-        w = self.tensor(node, "weight").astype(np.float32)
-        inputs = [node.inputs[0], self.init(f"{node.name}.weight", w)]
-        b = self.param(node, "bias")
-        if b is not None:
-            inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
-        self.emit("Conv", inputs, node.outputs[0], node.name, kernel_shape=list(w.shape[2:]),
-                  strides=node.attrs["stride"], pads=self.pads(node), dilations=node.attrs["dilation"], group=1)
+        self.float_conv(node, groups=1)
 
     @emits("GroupConv")
     def group_conv(self, node: Node) -> None:
+        self.float_conv(node, groups=int(node.attrs["groups"]))
+
+    def float_conv(self, node: Node, groups: int) -> None:
+        """ONNX's Conv (its ``group`` attribute covers both graph ops), weights and optional bias as initializers."""
         w = self.tensor(node, "weight").astype(np.float32)
         inputs = [node.inputs[0], self.init(f"{node.name}.weight", w)]
         b = self.param(node, "bias")
         if b is not None:
             inputs.append(self.init(f"{node.name}.bias", b.astype(np.float32)))
         self.emit("Conv", inputs, node.outputs[0], node.name, kernel_shape=list(w.shape[2:]),
-                  strides=node.attrs["stride"], pads=self.pads(node), dilations=node.attrs["dilation"],
-                  group=int(node.attrs["groups"]))
+                  strides=node.attrs["stride"], pads=self.pads(node), dilations=node.attrs["dilation"], group=groups)
 
     @emits("Slice")
     def slice(self, node: Node) -> None:
