@@ -19,9 +19,10 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --index-url "$TORCH_INDEX" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 # The other dependencies come from pyproject.toml, the one list: installed here with an empty
 # package, in their own layer, so that a change to the code does not reinstall them. The extras:
-# fast (numba, the compiled runtime kernels), larq (h5py, bnn import larq) and tensorboard.
+# fast (numba, the compiled runtime kernels), larq (h5py, bnn import larq) and tensorboard. The
+# stand-in package states a version: pyproject.toml reads it from bnncli.__version__.
 COPY pyproject.toml /src/
-RUN mkdir /src/bnncli && touch /src/bnncli/__init__.py /src/README.md \
+RUN mkdir /src/bnncli && echo '__version__ = "0"' > /src/bnncli/__init__.py && touch /src/README.md \
  && pip install "/src[fast,larq,tensorboard]" \
  && pip uninstall -y bnncli && rm -rf /src
 COPY pyproject.toml README.md /src/

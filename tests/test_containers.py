@@ -299,3 +299,22 @@ def test_a_loader_without_workers_is_a_plain_one():
     loader = loading.make_loader(_Dataset("hang"), torch.utils.data.SequentialSampler(range(8)), 4, 0,
                                  collate_fn=torch.utils.data.default_collate)
     assert [b.shape for b in loader] == [torch.Size([4, 3])] * 2 and loader.timeout == 0
+
+
+def test_the_dependency_layers_stand_in_package_states_its_version(tmp_path):
+    """The Dockerfile installs the dependencies from pyproject.toml with a stand-in package (so code
+    changes keep that layer); pyproject reads the version from bnncli.__version__, so the stand-in
+    must state one, or the image's build fails before it installs anything."""
+    import re
+
+    from setuptools.config.expand import read_attr
+
+    root = Path(__file__).resolve().parents[1]
+    dockerfile = (root / "Dockerfile").read_text()
+    stub = re.search(r"echo '([^']*)' > /src/bnncli/__init__\.py", dockerfile)
+    assert stub is not None, "the dependency layer's stand-in bnncli/__init__.py is not written as expected"
+    (tmp_path / "bnncli").mkdir()
+    (tmp_path / "bnncli" / "__init__.py").write_text(stub.group(1) + "\n")
+    shutil.copy(root / "pyproject.toml", tmp_path / "pyproject.toml")
+    assert 'version = { attr = "bnncli.__version__" }' in (tmp_path / "pyproject.toml").read_text()
+    assert read_attr("bnncli.__version__", root_dir=str(tmp_path))
