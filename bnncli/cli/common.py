@@ -28,31 +28,25 @@ ArchOpt = Annotated[str | None, typer.Option(
     "--arch", "-a", metavar="NAME", help="Model name from `bnn models`.")]
 
 
-def _cap_workers(value: int | None) -> int | None:
-    """``--workers`` above the CPUs this process may use: capped, with one warning line."""
-    if value is None:
-        return None
-    from bnncli.threads import available_cpus
+def _cap_to_cpus(option: str, why: str = ""):
+    """A Typer callback: ``option`` above the CPUs this process may use is capped, with one warning line."""
+    def cap(value: int | None) -> int | None:
+        if value is None:
+            return None
+        from bnncli.threads import available_cpus
 
-    cpus = available_cpus()
-    if value > cpus:
-        warn(f"--workers {value} is more than the {cpus} CPUs this process may use; using {cpus}")
-        return cpus
-    return value
+        cpus = available_cpus()
+        if value > cpus:
+            warn(f"{option} {value} is more than the {cpus} CPUs this process may use; using {cpus}")
+            return cpus
+        return value
+
+    cap.__doc__ = f"``{option}`` above the CPUs this process may use: capped, with one warning line{why}."
+    return cap
 
 
-def _cap_threads(value: int | None) -> int | None:
-    """``--threads`` above the CPUs this process may use: capped, with one warning line (more
-    threads than CPUs only wait for each other; 100,000 cannot even be started)."""
-    if value is None:
-        return None
-    from bnncli.threads import available_cpus
-
-    cpus = available_cpus()
-    if value > cpus:
-        warn(f"--threads {value} is more than the {cpus} CPUs this process may use; using {cpus}")
-        return cpus
-    return value
+_cap_workers = _cap_to_cpus("--workers")
+_cap_threads = _cap_to_cpus("--threads", " (more threads than CPUs only wait for each other)")
 
 
 WorkersOpt = Annotated[int | None, typer.Option(

@@ -14,11 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnncli.models.zoo import CountsMixin
 from bnncli.nn import BinaryConv2d
 
 
 @dataclass(frozen=True)
-class ModelStats:
+class ModelStats(CountsMixin):
     params: int
     params_with_bn_stats: int
     binary_params: int
@@ -26,15 +27,6 @@ class ModelStats:
     fp_macs: int
     fc_macs: int
     image_size: int
-
-    @property
-    def ops(self) -> float:
-        return self.binary_macs / 64 + (self.fp_macs - self.fc_macs)
-
-    @property
-    def size_bytes(self) -> int:
-        """Trainable parameters with binary weights at 1 bit and the rest at 32 bits."""
-        return (self.binary_params + 7) // 8 + 4 * (self.params - self.binary_params)
 
     def as_dict(self) -> dict:
         return {**asdict(self), "ops": self.ops, "size_bytes": self.size_bytes}

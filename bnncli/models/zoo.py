@@ -16,8 +16,27 @@ from dataclasses import dataclass
 IMAGE_SIZE, NUM_CLASSES = 224, 1000
 
 
+class CountsMixin:
+    """What follows from a model's counts (the fields of ZooCounts and bnncli.models.ModelStats)."""
+
+    binary_macs: int
+    fp_macs: int
+    fc_macs: int
+    binary_params: int
+    params: int
+
+    @property
+    def ops(self) -> float:
+        return self.binary_macs / 64 + (self.fp_macs - self.fc_macs)
+
+    @property
+    def size_bytes(self) -> int:
+        """Trainable parameters with binary weights at 1 bit and the rest at 32 bits."""
+        return (self.binary_params + 7) // 8 + 4 * (self.params - self.binary_params)
+
+
 @dataclass(frozen=True)
-class ZooCounts:
+class ZooCounts(CountsMixin):
     """bnncli.models.ModelStats' fields of one model at :data:`IMAGE_SIZE`, :data:`NUM_CLASSES`."""
 
     family: str
@@ -27,14 +46,6 @@ class ZooCounts:
     binary_macs: int
     fp_macs: int
     fc_macs: int
-
-    @property
-    def ops(self) -> float:
-        return self.binary_macs / 64 + (self.fp_macs - self.fc_macs)
-
-    @property
-    def size_bytes(self) -> int:
-        return (self.binary_params + 7) // 8 + 4 * (self.params - self.binary_params)
 
 
 # The registry's built-in models, in registration order.
