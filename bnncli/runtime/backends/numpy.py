@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
 from bnncli.graph import padding as P
 from bnncli.graph.bits import WORD_BITS, n_words, valid_bits_words
 from bnncli.graph.padding import as_pads, output_hw
+from bnncli.runtime.backends.base import Buffers
 
 # Output channels x output positions per block of the fast kernel: about 1 MB of uint64 XOR
 # results, which stay in a core's 2 MiB L2 with the block's counts and accumulator (measured: 64
@@ -619,7 +619,7 @@ class NumpyKernels:
 
     name = "numpy"
 
-    def __init__(self, threads: int, buffers: Any) -> None:
+    def __init__(self, threads: int, buffers: Buffers) -> None:
         self.threads = threads
         self.parallel = threads > 1
         self.buffers = buffers

@@ -20,8 +20,8 @@ Imported only through bnncli.runtime.backends, which falls back to NumPy where n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
+from bnncli.runtime.backends.base import Buffers
 from bnncli.runtime.backends.numba import binary_conv, crew, float_ops, group_conv, intrinsics
 from bnncli.runtime.backends.numpy import NumpyKernels
 
@@ -34,7 +34,7 @@ class NumbaKernels(NumpyKernels):
 
     name = "numba"
 
-    def __init__(self, threads: int, buffers: Any) -> None:
+    def __init__(self, threads: int, buffers: Buffers) -> None:
         super().__init__(threads, buffers)
         self.crew = crew.Crew.for_owner(self, threads - 1) if threads > 1 else None
 
