@@ -6,12 +6,12 @@ per image and output channel by factors computed from the conv's real-valued inp
 squeeze-and-excite branch). In the order Larq Zoo creates its layers:
 
 * stem: float conv 7x7 s2 (64, no bias) -> BN -> PReLU (one slope per channel) -> max pool 3x3 s2;
-* half block (two a block, eight blocks; the first of blocks 3, 5, 7 (Larq Zoo's 4, 6, 8) doubles
-  the channels with stride 2): a shortcut (identity, or avg pool 2x2 s2 -> float conv 1x1 -> BN
-  where the channels change), then ``a = BN(x)``, ``y = BinaryConv3x3(a)`` (SteSign clip 1 on
-  inputs and weights, weights clamped to [-1, 1], zero padding, no bias), and
-  ``PReLU(y * sigmoid(W2 relu(W1 mean_hw(a)))) + shortcut``, with W1 reducing the input channels
-  8-fold and W2 expanding to the output channels (both without bias);
+* half block (two a block, two blocks a stage; the first half of a stage after the first doubles
+  the channels with stride 2, in Larq Zoo's blocks 4, 6 and 8): a shortcut (identity, or avg pool
+  2x2 s2 -> float conv 1x1 -> BN where the channels change), then ``a = BN(x)``,
+  ``y = BinaryConv3x3(a)`` (SteSign clip 1 on inputs and weights, weights clamped to [-1, 1], zero
+  padding, no bias), and ``PReLU(y * sigmoid(W2 relu(W1 mean_hw(a)))) + shortcut``, with W1
+  reducing the input channels 8-fold and W2 expanding to the output channels (both without bias);
 * head: global average pool -> Linear.
 
 Every BatchNorm has Keras' defaults (eps 1e-3, momentum 0.99 = PyTorch 0.01). Every padded layer
@@ -24,6 +24,7 @@ has no such stem).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
@@ -97,6 +98,7 @@ class RealToBinaryNet(nn.Module):
     def __init__(
         self,
         width: int = 64,
+        blocks: Sequence[int] = (2, 2, 2, 2),
         *,
         num_classes: int = 1000,
         in_channels: int = 3,
@@ -106,15 +108,18 @@ class RealToBinaryNet(nn.Module):
         super().__init__()
         check_common(num_classes, in_channels)
         self.stem = Stem(in_channels, width, thumbnail)
-        blocks: list[nn.Module] = []
+        halves: list[nn.Module] = []
         channels = width
-        for block in range(8):  # Larq Zoo's blocks 2 to 9; blocks 4, 6 and 8 downsample
-            downsample = block in (2, 4, 6)
-            out = channels * 2 if downsample else channels
-            blocks.append(HalfBlock(channels, out, 2 if downsample else 1, binary))
-            blocks.append(HalfBlock(out, out, 1, binary))
-            channels = out
-        self.features = nn.Sequential(*blocks)
+        # Blocks of two half blocks, a stage after the first starting with one that doubles the
+        # channels at stride 2 (Larq Zoo's blocks 2 to 9: 4, 6 and 8 downsample).
+        for stage, n_blocks in enumerate(blocks):
+            for i in range(n_blocks):
+                downsample = stage > 0 and i == 0
+                out = channels * 2 if downsample else channels
+                halves.append(HalfBlock(channels, out, 2 if downsample else 1, binary))
+                halves.append(HalfBlock(out, out, 1, binary))
+                channels = out
+        self.features = nn.Sequential(*halves)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten(1)
         self.fc = FloatLinear(channels, num_classes)
@@ -124,10 +129,10 @@ class RealToBinaryNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.features(self.stem(x)))))
 
 
-def _build(width, *, num_classes, in_channels, thumbnail, clip_threshold, pad_value, scaling, activation_gradient,
-           weight_gradient) -> RealToBinaryNet:
+def _build(width, blocks, *, num_classes, in_channels, thumbnail, clip_threshold, pad_value, scaling,
+           activation_gradient, weight_gradient) -> RealToBinaryNet:
     binary = BinaryOptions(clip_threshold, pad_value, scaling, activation_gradient, weight_gradient)
-    return RealToBinaryNet(width, num_classes=num_classes, in_channels=in_channels, thumbnail=thumbnail,
+    return RealToBinaryNet(width, blocks, num_classes=num_classes, in_channels=in_channels, thumbnail=thumbnail,
                            binary=binary)
 
 
@@ -137,12 +142,12 @@ def realtobinarynet(*, num_classes: int = 1000, in_channels: int = 3, thumbnail:
                     activation_gradient: str = "ste", weight_gradient: str = "larq") -> RealToBinaryNet:
     """Larq Zoo's Real-to-Binary Net (65.01% top-1 after its multi-stage distillation): widths 64-512,
     16 binary 3x3 convs scaled per image by a squeeze-and-excite branch of their real-valued input."""
-    return _build(64, **locals())
+    return _build(64, (2, 2, 2, 2), **locals())
 
 
 @register_model("realtobinarynet")
 def realtobinarynet_tiny(*, num_classes: int = 10, in_channels: int = 3, thumbnail: bool = True,
                          clip_threshold: float = 1.0, pad_value: float = 0.0, scaling: str = "none",
                          activation_gradient: str = "ste", weight_gradient: str = "larq") -> RealToBinaryNet:
-    """A small Real-to-Binary Net (widths 16-128, the same 16 scaled binary convs) for tests."""
-    return _build(16, **locals())
+    """A small Real-to-Binary Net (widths 16-128, one block of two scaled binary convs a stage) for tests."""
+    return _build(16, (1, 1, 1, 1), **locals())

@@ -71,5 +71,5 @@ ZOO: dict[str, ZooCounts] = {
     "meliusnet22": ZooCounts("meliusnet", 6944584, 6969672, 6119424, 4624220160, 136388608, 512000),
     "meliusnet_tiny": ZooCounts("meliusnet", 201800, 203848, 82944, 82978560, 72863744, 96000),
     "realtobinarynet": ZooCounts("realtobinarynet", 11986920, 11995624, 10985472, 1676279808, 138087936, 806400),
-    "realtobinarynet_tiny": ZooCounts("realtobinarynet", 850248, 852424, 686592, 104767488, 30854112, 146400),
+    "realtobinarynet_tiny": ZooCounts("realtobinarynet", 446248, 447464, 294912, 46964736, 30843232, 135520),
 }
