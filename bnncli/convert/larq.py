@@ -47,7 +47,7 @@ from bnncli.models import create_model, list_models, model_family
 from bnncli.models.meliusnet import DenseBlock, ImprovementBlock, MeliusNet
 from bnncli.models.meliusnet import Transition as MeliusTransition
 from bnncli.models.quicknet import BlurPool2d
-from bnncli.models.realtobinarynet import RealToBinaryNet
+from bnncli.models.realtobinarynet import HalfBlock, RealToBinaryNet
 from bnncli.models.resnete import BasicBlockE, Downsample
 from bnncli.nn import BinaryConv2d
 
@@ -263,7 +263,7 @@ def realtobinarynet_names(model: RealToBinaryNet, prefix: str) -> list[tuple[str
         ("conv", "stem.conv", model.stem.conv, [f"{stem}_conv2d"]),
         ("BatchNorm", "stem.bn", model.stem.bn, [f"{stem}_batch_norm"]),
         ("PReLU", "stem.prelu", model.stem.prelu, [f"{stem}_prelu"])]
-    for i, half in enumerate(model.features):
+    for i, half in enumerate(m for m in model.features if isinstance(m, HalfBlock)):
         q, name = f"features.{i}", f"{prefix}_block_{2 + i // 2}{'ab'[i % 2]}"
         if isinstance(half.shortcut, Downsample):
             out += [("conv", f"{q}.shortcut.conv", half.shortcut.conv, [f"{name}_shortcut_conv2d"]),
