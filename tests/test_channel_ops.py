@@ -71,9 +71,9 @@ def test_the_scaled_block_agrees_in_pytorch_onnx_and_both_backends(shared_slope)
         if backend == "numba":
             pytest.importorskip("numba")
         for g in (graph, fold(graph)):
-            got = Model(g, threads=2, backend=backend)(x.numpy())
+            got = Model(g, threads=1, backend=backend)(x.numpy())
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
-        outputs[backend] = Model(fold(graph), threads=2, backend=backend).run(x.numpy(), intermediates=True)
+        outputs[backend] = Model(fold(graph), threads=1, backend=backend).run(x.numpy(), intermediates=True)
     if "numba" in outputs:
         for name, value in outputs["numpy"].items():
             assert np.array_equal(value, outputs["numba"][name]), name
