@@ -413,10 +413,11 @@ def test_every_training_option_is_one_parameter_named_as_its_field():
     assert overrides["epochs"] is None and "json_" not in overrides and "compile_" not in overrides
 
 
-@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny"])
+@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "realtobinarynet_tiny"])
 def test_larq_zoo_models_train_pack_and_evaluate(arch, tmp_path, capsys):
-    """QuickNet (depthwise and blur-pool GroupConv nodes, +1 padding, in-conv ReLU), MeliusNet (Slice) and Larq Zoo's
-    Bi-Real Net train on the CLI, and their checkpoints pack and evaluate."""
+    """QuickNet (depthwise and blur-pool GroupConv nodes, +1 padding, in-conv ReLU), MeliusNet (Slice), Larq Zoo's
+    Bi-Real Net and Real-to-Binary Net (PRelu, Sigmoid, ChannelMul) train on the CLI, and their checkpoints pack
+    and evaluate."""
     run = tmp_path / "run"
     code, _, err = bnn(capsys, "train", "--arch", arch, "--data", "builtin:shapes-mini", "--epochs", "1",
                        "--batch-size", "40", "--image-size", "32", "--out", run)

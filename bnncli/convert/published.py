@@ -46,11 +46,11 @@ PUBLISHED = {
                                 "6e6efac1584fcd60dd024198c87f42eb53b5ec719a5ca1f527e1fe7e8b997117"),
     "meliusnet22": Published("MeliusNet22", "meliusnet22-v0.1.0", "meliusnet22_weights.h5",
                              "c1ba85e8389ae326009665ec13331e49fc3df4d0f925fa8553e224f7362c18ed"),
+    "realtobinarynet": Published("RealToBinaryNet", "r2b-v0.1.0", "r2b_weights.h5",
+                                 "e8fd16ca1ab9810ac3835f24f5c62758a57bc32a615f73aaa50d382d2b9617e1"),
 }
 # Larq Zoo 2.4's other published models (top-1 from its docstrings), and why bnncli does not import them.
 NOT_IMPORTED: dict[str, tuple[float, str]] = {
-    "RealToBinaryNet": (65.01, "out of scope: each binary conv's output is scaled per image by factors computed "
-                               "from its real-valued input (pool, dense, sigmoid), which the graph ops cannot express"),
     "XNORNet": (44.96, "not yet: AlexNet-style binary convs with per-channel weight scaling and binary 1x1 "
                        "classifier convs; expressible, not written"),
     "DoReFaNet": (53.39, "out of scope: 2-bit activations; the packed runtime's binary convs take +-1 inputs only"),

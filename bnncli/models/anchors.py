@@ -15,5 +15,7 @@ ANCHORS: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "quicknet": {"larq_zoo": (63.3, 84.6)},
     "quicknet_large": {"larq_zoo": (66.9, 87.0)},
     "meliusnet22": {"larq_zoo": (62.4, 83.9)},
+    # larq_zoo.literature.RealToBinaryNet's docstring; the paper (Martinez et al. 2020) reports 65.4 / 86.2.
+    "realtobinarynet": {"paper": (65.4, 86.2), "larq_zoo": (65.01, 85.72)},
 }
 """Where a number comes from: the 2019 paper, the Larq Zoo re-implementation, the authors' 2020 retrain."""

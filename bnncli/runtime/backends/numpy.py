@@ -750,5 +750,18 @@ class NumpyKernels:
     def relu(self, x, out):
         return self.by_channels(lambda xs, dst, a, b: np.maximum(xs, np.float32(0), out=dst), x, out)
 
+    def prelu(self, x, slope, out):
+        def run(xs, dst, a, b) -> None:
+            negative = xs < 0  # before dst is written: it may be xs
+            np.copyto(dst, xs)
+            np.multiply(xs, slope[a:b, None, None, None], out=dst, where=negative)
+
+        return self.by_channels(run, x, out)
+
+    def channel_mul(self, x, scales, out):
+        per_channel = scales.T  # [C, N]
+        return self.by_channels(lambda xs, dst, a, b: np.multiply(xs, per_channel[a:b, :, None, None], out=dst),
+                                x, out)
+
     def add(self, a, b, out):
         return np.add(a, b, out=out)
