@@ -321,3 +321,44 @@ def test_half_offsets_are_split_into_one_value_per_channel_and_the_border(h, w):
         assert len(split.specials) == 2 * (ho + wo) - 4
     constant = NK.split_half_offsets(np.full((6, 1), 2.5, np.float32), 1)
     assert constant.specials.size == 0 and np.array_equal(constant.h0, np.full(6, 2.5, np.float32))
+
+
+@pytest.mark.parametrize("pad_value", [0.0, -1.0, 1.0])
+@pytest.mark.parametrize("splits", [(130,), (64, 66), (70, 30, 30), (1, 62, 3, 64)])
+def test_input_packed_by_fan_outs_equals_the_kernel_packing_it(monkeypatch, pad_value, splits, crew):
+    """A concatenated input packed segment by segment by fan-outs (NK.FanOut: each segment for
+    two readers at once, with their own thresholds and padding, the second reading five more
+    channels after them; word boundaries anywhere), twice to show that a pass overwrites what
+    the last one left, then read with ``prepacked=``: the same bits as each kernel binarizing
+    and packing its whole input itself."""
+    monkeypatch.setattr(NK, "FAN_OUT_CHUNK", 5)  # tasks straddle rows and images
+    cin, n, h, w = sum(splits), 2, 7, 9
+    pads = [(1, 1, 1, 1), (0, 2, 1, 0)]
+    layers = []
+    for c, seed in ((cin, 11), (cin + 5, 12)):
+        _, wbits, threshold, negate, scale, bias = make_case(c, 13, 3, n, h, w, seed=seed)
+        layers.append(BinaryConvLayer(wbits, c, (1, 1), (1, 1), pad_value, threshold, negate, scale, bias))
+    kernels = [NK.BinaryConvKernel(layer) for layer in layers]
+    fans, first = [], 0
+    for count in splits:
+        fans.append(NK.FanOut(kernels, [first, first], pads, n, h, w, count))
+        first += count
+    tail = NK.FanOut(kernels[1:], [cin], pads[1:], n, h, w, 5)
+    for seed in (1, 2):
+        x = make_case(cin + 5, 1, 3, n, h, w, seed=seed)[0]
+        first = 0
+        for fan, count in zip(fans, splits):
+            fan(np.ascontiguousarray(x[first:first + count]), crew=crew)
+            first += count
+        tail(np.ascontiguousarray(x[cin:]), crew=crew)
+        for layer, kernel, p, xf in zip(layers, kernels, pads, fans[0].buffers):
+            xs = np.ascontiguousarray(x[:layer.channels])
+            expected = NK.BinaryConvKernel(layer)(xs, p, crew=crew)
+            assert same_bits(kernel(xs, p, crew=crew, prepacked=xf), expected), (seed, layer.channels)
+    assert kernels[0].prepacked_input(n, h, w, pads[0]) is fans[0].buffers[0]
+    with pytest.raises(ValueError):
+        NK.FanOut(kernels, [cin - 2, 0], pads, n, h, w, 3)
+    with pytest.raises(ValueError):
+        fans[0](np.zeros((splits[0] + 1, n, h, w), np.float32))
+    with pytest.raises(ValueError):
+        kernels[0](x[:cin], pads[0], prepacked=fans[0].buffers[0][:-1])

@@ -252,6 +252,43 @@ def test_dense_layers_write_into_the_concatenation(name):
     assert np.array_equal(model.run(x, intermediates=True)[graph.outputs[0]], expected)
 
 
+@pytest.mark.parametrize("name", ["binarydensenet_tiny", "meliusnet_tiny"])
+def test_dense_blocks_are_packed_by_their_producers(name, backend, monkeypatch):
+    """With the compiled backend, each value a dense block concatenates is packed right after it
+    is computed for every binary conv that reads it (Model._plan_prepacking), and those convs read
+    no float input: the same logits as without it, as with intermediates (which runs every op as
+    it is), and as where every value is too large for it (FAN_OUT_MAX_BYTES), at two sizes."""
+    from bnncli.runtime import model as M
+
+    graph = packed_graph(lower(small_registry_model(name)))
+    model = Model(graph, threads=1)
+    if backend != "numba":
+        assert not model._segments  # the NumPy kernels pack each input themselves
+        return
+    readers = [op for op in model.ops if id(op) in model._segments]
+    assert readers and all(op.type == "BinaryConv" for op in readers)
+    from bnncli.runtime.backends.numba import binary_conv as NK
+
+    calls = []  # per binary conv call: whether its input came packed
+    call = NK.BinaryConvKernel.__call__
+    monkeypatch.setattr(NK.BinaryConvKernel, "__call__",
+                        lambda self, *a, prepacked=None, **k: calls.append(prepacked is not None)
+                        or call(self, *a, prepacked=prepacked, **k))
+    for size in (32, 40):
+        x = np.random.default_rng(size).standard_normal((2, 3, size, size)).astype(np.float32)
+        plain = Model(graph, threads=1)
+        plain._packers = {}
+        expected = plain(x)
+        calls.clear()
+        assert np.array_equal(model(x), expected)
+        assert sum(calls) == len(readers)
+        assert np.array_equal(model(x), expected)  # again, into the buffers the first call made
+        assert np.array_equal(model.run(x, intermediates=True)[graph.outputs[0]], expected)
+    monkeypatch.setattr(M, "FAN_OUT_MAX_BYTES", 0)
+    calls.clear()
+    assert np.array_equal(Model(graph, threads=1)(x), expected) and calls and not any(calls)
+
+
 def test_a_reservation_left_from_a_failed_call_is_not_used():
     from bnncli.runtime.ops import Concat, Context
 

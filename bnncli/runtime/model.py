@@ -14,6 +14,11 @@ from bnncli.runtime.ops import Add, BinaryConv, Concat, Conv, GroupConv, Linear,
 from bnncli.runtime.ops import _ChannelAffine as ChannelAffine
 from bnncli.runtime.plan import check_graph
 
+# A value is packed for the binary convolutions reading it right after it is computed
+# (Model._plan_prepacking) only up to this size, while it is still in the core's L2 cache; a larger
+# one (a large batch) would be read from memory either way, and each reader packs its input itself.
+FAN_OUT_MAX_BYTES = 1 << 20
+
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
     """NCHW -> the runtime's [C, N, H, W]."""
@@ -53,6 +58,8 @@ class Model:
         self._pool_affines = self._fuse_affines_into_pools()
         self._residuals = self._fuse_adds_into_binary_convs()
         self._in_place = self._plan_in_place_outputs()
+        self._segments, self._packers = self._plan_prepacking()
+        self._fan_outs: dict[tuple, Any] = {}  # by (value, shape): the backend's fan-out, or None
         self._lock = threading.Lock()
         self._last_shape: tuple[int, ...] | None = None
         last = next((op for op in self.ops if graph.outputs[0] in op.node.outputs), None)
@@ -110,6 +117,79 @@ class Model:
                     and readers[0].node.inputs.index(out) > 0:
                 plan[id(op)] = (readers[0], readers[0].node.inputs.index(out))
         return plan
+
+    def _plan_prepacking(self) -> tuple[dict[int, list[str]], dict[str, list[tuple[BinaryConv, int]]]]:
+        """Binary convolutions whose input is a concatenation (a BinaryDenseNet or MeliusNet layer
+        reading its block so far), on a backend with fan-outs (``kernels.fan_out``): each value
+        the concatenation is made of is binarized and packed for all such readers at once right
+        after it is computed, while it is in the cache, into each reader's own packed input; the
+        readers then read no float input (each layer of a dense block would read the whole block
+        so far from memory and pack it).
+
+        Returns, by reader id, the values its input is made of (in channel order), and by value,
+        the readers it is packed for with its index among their segments. Only values computed by
+        an op that runs as it is (not the graph's input, nor a deferred op's passed-through value).
+        """
+        if getattr(self.ctx.kernels, "fan_out", None) is None:
+            return {}, {}
+        by_output = {op.node.outputs[0]: op for op in self.ops}
+
+        def flatten(value: str) -> list[str]:
+            producer = by_output.get(value)
+            if isinstance(producer, Concat):
+                return [part for v in producer.node.inputs for part in flatten(v)]
+            return [value]
+
+        segments: dict[int, list[str]] = {}
+        packers: dict[str, list[tuple[BinaryConv, int]]] = {}
+        for op in self.ops:
+            if not isinstance(op, BinaryConv) or not isinstance(by_output.get(op.node.inputs[0]), Concat):
+                continue
+            parts = flatten(op.node.inputs[0])
+            if any(v not in by_output or id(by_output[v]) in self._deferred for v in parts):
+                continue
+            segments[id(op)] = parts
+            for index, v in enumerate(parts):
+                packers.setdefault(v, []).append((op, index))
+        return segments, packers
+
+    def _pack_for_readers(self, name: str, values: dict[str, np.ndarray], channels: dict[str, int],
+                          packed: dict[int, tuple[int, np.ndarray | None]]) -> None:
+        """Pack the value just computed for its readers planned by _plan_prepacking (one fan-out
+        per value and size, made on first use); a reader some segment of which cannot be packed so
+        (a map above FAN_OUT_MAX_BYTES, which would no longer be in the cache) packs its whole
+        input itself."""
+        x = values[name]
+        channels[name] = x.shape[0] if x.ndim == 4 else -1
+        readers = self._packers[name]
+        entry = None
+        if x.ndim == 4 and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable \
+                and x.nbytes <= FAN_OUT_MAX_BYTES:
+            key = (name, x.shape)
+            if key not in self._fan_outs:
+                self._fan_outs[key] = self._make_fan_out(readers, x, channels)
+            entry = self._fan_outs[key]
+        if entry is None:
+            for reader, _ in readers:
+                packed[id(reader)] = (-1, None)
+            return
+        pack, buffers = entry
+        pack(x)
+        for (reader, _), buffer in zip(readers, buffers):
+            done = packed.get(id(reader), (0, None))[0]
+            packed[id(reader)] = (done + 1 if done >= 0 else -1, buffer)
+
+    def _make_fan_out(self, readers: list[tuple[BinaryConv, int]], x: np.ndarray, channels: dict[str, int]):
+        """The backend's fan-out of ``x`` to ``readers`` ((pack, buffers), or None): each reader's
+        first channel is the channels of its segments before this one."""
+        _, n, h, w = x.shape
+        targets = []
+        for reader, index in readers:
+            before = [channels.get(v, -1) for v in self._segments[id(reader)][:index]]
+            if any(c < 0 for c in before):
+                return None
+            targets.append((reader.run, sum(before), reader.resolve_pads(h, w, reader.dilation)[0]))
+        return self.ctx.kernels.fan_out(targets, n, h, w, x.shape[0])
 
     def _in_place_target(self, op: Op, x: np.ndarray, values: dict[str, np.ndarray]) -> np.ndarray | None:
         """Where ``op`` (planned by _plan_in_place_outputs) may write its output, or None."""
@@ -191,7 +271,7 @@ class Model:
         return fused
 
     def _run_with_residual(self, op: BinaryConv, x: np.ndarray, values: dict[str, np.ndarray],
-                           refcount: dict[str, int], keep: set[str]) -> np.ndarray:
+                           refcount: dict[str, int], keep: set[str], prepacked: np.ndarray | None = None) -> np.ndarray:
         """``op(x) + residual`` (see _fuse_adds_into_binary_convs), into the residual's buffer when it is dead after."""
         add = self._residuals[id(op)]
         name = next(v for v in add.node.inputs if v != op.node.outputs[0])
@@ -208,7 +288,7 @@ class Model:
                     and residual.flags.writeable and residual.flags.c_contiguous and residual.dtype == np.float32
                     and all(later_reads(k) == 0 and k not in keep for k, v in values.items()
                             if k != name and np.may_share_memory(residual, v)))
-        return op(x, out=residual if in_place else None, residual=residual)
+        return op(x, out=residual if in_place else None, residual=residual, prepacked=prepacked)
 
     def _dead_after(self, op: Op, values: dict[str, np.ndarray], refcount: dict[str, int], keep: set[str]) -> bool:
         """True when ``op`` may overwrite its first input: no later node reads it, it is not a
@@ -276,12 +356,21 @@ class Model:
         with self._lock, blas_single_threaded():
             if x.shape != self._last_shape:  # buffers of another input size would only sit there
                 self.ctx.drop_buffers()
+                self._fan_outs.clear()
                 self._last_shape = x.shape
             self.ctx.arena.clear()
+            channels: dict[str, int] = {}  # of the values packed for readers (_plan_prepacking)
+            packed: dict[int, tuple[int, np.ndarray | None]] = {}  # by reader: segments packed, buffer
             for op in self.ops:
                 args = [values[v] for v in op.node.inputs]
                 out = op.node.outputs[0]
-                if not intermediates and id(op) in self._deferred:
+                ready = packed.get(id(op)) if not intermediates else None
+                if ready is not None and ready[0] == len(self._segments[id(op)]):
+                    values[out] = (self._run_with_residual(op, args[0], values, refcount, keep, ready[1])
+                                   if id(op) in self._residuals else
+                                   op(*args, out=self._in_place_target(op, args[0], values)
+                                      if id(op) in self._in_place else None, prepacked=ready[1]))
+                elif not intermediates and id(op) in self._deferred:
                     values[out] = values[self._deferred[id(op)]]
                 elif not intermediates and id(op) in self._residuals:
                     values[out] = self._run_with_residual(op, args[0], values, refcount, keep)
@@ -295,6 +384,8 @@ class Model:
                     values[out] = op(*args, out=self._in_place_target(op, args[0], values))
                 else:
                     values[out] = op(*args)
+                if not intermediates and out in self._packers:
+                    self._pack_for_readers(out, values, channels, packed)
                 if not intermediates:  # free what no later node reads, its buffer for reuse
                     for v in op.node.inputs:
                         refcount[v] -= 1

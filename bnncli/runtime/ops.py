@@ -198,15 +198,20 @@ class BinaryConv(Op, op="BinaryConv"):
         _, ho, wo = self.resolve_pads(x.shape[2], x.shape[3], self.dilation)
         return self.cout, x.shape[1], ho, wo
 
-    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None, residual: np.ndarray | None = None,
+                 prepacked: np.ndarray | None = None) -> np.ndarray:
         """The result, written into ``out`` (a C-contiguous ``[Cout, N, Ho, Wo]``) when given; with
         ``residual`` (of the result's shape, possibly ``out``), ``residual + result``: an Add after
-        the convolution, fused into its epilogue by the model (``Model._fuse_adds_into_binary_convs``)."""
+        the convolution, fused into its epilogue by the model (``Model._fuse_adds_into_binary_convs``).
+        ``prepacked``: ``x`` binarized and packed already, by its producers (``Model._plan_prepacking``;
+        the compiled backend only)."""
         self.check_channels(x, self.cin)
         _, n, h, w = x.shape
         pads, ho, wo = self.resolve_pads(h, w, self.dilation)
         if out is None:
             out = self.ctx.empty((self.cout, n, ho, wo))
+        if prepacked is not None:
+            return self.run(x, pads, out, residual, prepacked=prepacked)
         return self.run(x, pads, out, residual)
 
 

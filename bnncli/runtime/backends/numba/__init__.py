@@ -56,8 +56,7 @@ class NumbaKernels(NumpyKernels):
         self.crew.run_python(fn, tasks)
 
     def binary_conv(self, layer):
-        kernel = binary_conv.BinaryConvKernel(layer, buffers=self.buffers)
-        return lambda x, pads, out, residual=None: kernel(x, pads, out=out, crew=self.crew, residual=residual)
+        return _BinaryConvRun(binary_conv.BinaryConvKernel(layer, buffers=self.buffers), self.crew)
 
     def max_pool(self, x, kernel, stride, pads, out_hw, relu, out, affine=None):
         return float_ops.max_pool(x, kernel, stride, pads, out_hw, relu, out=out, crew=self.crew, affine=affine)
@@ -68,12 +67,39 @@ class NumbaKernels(NumpyKernels):
     def affine(self, x, scale, shift, out):
         return float_ops.affine(x, scale, shift, out=out, crew=self.crew)
 
+    def fan_out(self, targets: list, n: int, h: int, w: int, count: int):
+        """A packer of a ``count``-channel map of ``n`` x ``h`` x ``w`` as a segment of the input
+        of several binary convolutions (``targets``: (their run, the segment's first channel,
+        their padding)), called right after the map is computed, and the buffers each then reads
+        (``prepacked=``): ``(pack(x), buffers)``; None where they cannot be packed so."""
+        if not all(isinstance(run, _BinaryConvRun) for run, _, _ in targets):
+            return None
+        kernels = [run.kernel for run, _, _ in targets]
+        if not binary_conv.FanOut.usable(kernels):
+            return None
+        fan = binary_conv.FanOut(kernels, [first for _, first, _ in targets], [p for _, _, p in targets], n, h, w,
+                                 count)
+        return (lambda x: fan(x, crew=self.crew)), fan.buffers
+
     def group_conv(self, layer):
         def run(x, pads, out_hw):
             out = self.buffers.empty((layer.weight.shape[0], x.shape[1], *out_hw))
             return group_conv.group_conv(x, layer, pads, out_hw, out=out, crew=self.crew)
 
         return run
+
+
+class _BinaryConvRun:
+    """A binary convolution layer on this backend: ``run(x, pads, out, residual=None,
+    prepacked=None)``, with ``prepacked`` from a fan-out (:meth:`NumbaKernels.fan_out`)."""
+
+    def __init__(self, kernel: binary_conv.BinaryConvKernel, crew_: crew.Crew | None) -> None:
+        self.kernel = kernel
+        self.crew = crew_
+
+    def __call__(self, x, pads, out, residual=None, prepacked=None):
+        return self.kernel(x, pads, out=out, crew=self.crew, residual=residual, prepacked=prepacked)
+
 
 
 def compiled_functions() -> list:

@@ -118,32 +118,30 @@ def _fill_border(xf, h, w, hp, wp, wc, top, left, fill):
 
 
 @jit(boundscheck=False)
-def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf):
-    """Word ``task % Wc`` of a chunk of input positions (of N * H * W): binarize, pack, store into ``xf``.
+def _pack_range(xs, row0, xf, p0, p1, k, c0, c1, h, w, hp, wp, wc, top, left, sign, thr, buf, merge):
+    """Bits ``c0 .. c1 - 1`` (channels of the layer's input, all in word ``k``) of input positions
+    ``p0 .. p1`` (of N * H * W) into ``xf``: binarized and packed, then stored, or with ``merge``
+    written into the words' other bits kept (the channels' mask).
 
-    ``xs`` is the input [C, N * H * W]; a channel's bit is ``xs[c] * sign[c] >= thr[c]``, where
-    ``sign`` is -1 for a negated channel and ``thr`` its threshold negated: -x >= -t is x <= t
-    exactly (negation is exact; NaN compares false either way).
+    ``xs`` holds channel ``c`` in row ``c - row0``, [rows, N * H * W]; a channel's bit is
+    ``xs[c - row0] * sign[c] >= thr[c]``, where ``sign`` is -1 for a negated channel and ``thr``
+    its threshold negated: -x >= -t is x <= t exactly (negation is exact; NaN compares false
+    either way).
     """
-    channels = xs.shape[0]
-    k = task % wc
-    p0 = (task // wc) * chunk
-    p1 = min(xs.shape[1], p0 + chunk)
     m = p1 - p0
     for i in range(m):
         buf[i] = 0
-    c0 = k * 64
-    c1 = min(channels, c0 + 64)
+    base = k * 64
     zero = np.uint64(0)
     c = c0
     while c + 4 <= c1:  # four channels per pass over the buffer
-        r0 = xs[c, p0:p1]
-        r1 = xs[c + 1, p0:p1]
-        r2 = xs[c + 2, p0:p1]
-        r3 = xs[c + 3, p0:p1]
+        r0 = xs[c - row0, p0:p1]
+        r1 = xs[c + 1 - row0, p0:p1]
+        r2 = xs[c + 2 - row0, p0:p1]
+        r3 = xs[c + 3 - row0, p0:p1]
         s0, s1, s2, s3 = sign[c], sign[c + 1], sign[c + 2], sign[c + 3]
         t0, t1, t2, t3 = thr[c], thr[c + 1], thr[c + 2], thr[c + 3]
-        b0 = np.uint64(1) << np.uint64(c - c0)
+        b0 = np.uint64(1) << np.uint64(c - base)
         b1 = b0 << np.uint64(1)
         b2 = b0 << np.uint64(2)
         b3 = b0 << np.uint64(3)
@@ -152,13 +150,18 @@ def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
                        | (b2 if r2[i] * s2 >= t2 else zero) | (b3 if r3[i] * s3 >= t3 else zero))
         c += 4
     while c < c1:
-        r0 = xs[c, p0:p1]
+        r0 = xs[c - row0, p0:p1]
         s0 = sign[c]
         t0 = thr[c]
-        b0 = np.uint64(1) << np.uint64(c - c0)
+        b0 = np.uint64(1) << np.uint64(c - base)
         for i in range(m):
             buf[i] |= b0 if r0[i] * s0 >= t0 else zero
         c += 1
+    keep = zero
+    if merge:
+        width = c1 - c0
+        ones = ~zero if width == 64 else (np.uint64(1) << np.uint64(width)) - np.uint64(1)
+        keep = ~(ones << np.uint64(c0 - base))
     hw = h * w
     n = p0 // hw
     rest = p0 - n * hw
@@ -166,7 +169,10 @@ def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
     x = rest - y * w
     idx = ((n * hp + y + top) * wp + x + left) * wc + k
     for i in range(m):
-        xf[idx] = buf[i]
+        if merge:
+            xf[idx] = (xf[idx] & keep) | buf[i]
+        else:
+            xf[idx] = buf[i]
         idx += wc
         x += 1
         if x == w:
@@ -176,6 +182,47 @@ def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
             if y == h:
                 y = 0
                 idx += (hp - h) * wp * wc
+
+
+@jit(boundscheck=False)
+def _pack_task(xs, xf, task, chunk, h, w, hp, wp, wc, top, left, sign, thr, buf):
+    """Word ``task % Wc`` of a chunk of input positions (of N * H * W): every channel of the word
+    binarized, packed and stored into ``xf`` (:func:`_pack_range`; ``xs`` is the whole input
+    [C, N * H * W])."""
+    k = task % wc
+    p0 = (task // wc) * chunk
+    p1 = min(xs.shape[1], p0 + chunk)
+    _pack_range(xs, 0, xf, p0, p1, k, k * 64, min(xs.shape[0], k * 64 + 64), h, w, hp, wp, wc, top, left, sign,
+                thr, buf, False)
+
+
+@jit(boundscheck=False)
+def _fan_out_share(xs, xfs, signs, thrs, meta, chunk, h, w, counters):
+    """One thread's share of packing a map ``xs`` [rows, N * H * W] as a segment of the input of
+    each of several binary convolutions: for reader r, as its channels ``meta[r, 0] ..`` into
+    its packed input ``xfs[r]`` (Wc, Hp, Wp, top, left: ``meta[r, 1:6]``; thresholds
+    ``signs[r]``, ``thrs[r]``), the other bits of its words kept (:func:`_pack_range`).
+
+    Tasks are chunks of positions taken from ``counters`` ([0] next, [8] done); a task packs its
+    positions for every reader in turn, so the map is read from memory once, then from the L1
+    cache. Each word of each position is written by one task only.
+    """
+    rows = xs.shape[0]
+    tasks = -(-xs.shape[1] // chunk)
+    buf = np.empty(chunk, np.uint64)
+    while True:
+        task = fetch_add(counters, 0)
+        if task >= tasks:
+            break
+        p0 = task * chunk
+        p1 = min(xs.shape[1], p0 + chunk)
+        for r in range(len(xfs)):
+            first = meta[r, 0]
+            end = first + rows
+            for k in range(first // 64, (end - 1) // 64 + 1):
+                _pack_range(xs, first, xfs[r], p0, p1, k, max(first, k * 64), min(end, k * 64 + 64), h, w,
+                            meta[r, 2], meta[r, 3], meta[r, 1], meta[r, 4], meta[r, 5], signs[r], thrs[r], buf, True)
+        fetch_add(counters, 8)
 
 
 @jit(boundscheck=False)
@@ -401,13 +448,15 @@ def _epilogue(acc, tile, o0, q0, q1, how, h0, hs, specials, nxt, factor, bias, h
 
 @jit(boundscheck=False)
 def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                        offsets, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk):
-    """The whole op on the calling thread: border, packing tasks, popcount tasks in order."""
+                        offsets, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk, packed):
+    """The whole op on the calling thread: border, packing tasks (none where the input is
+    ``packed`` already), popcount tasks in order."""
     wc = fill.shape[0]
-    _fill_border(xf.reshape(-1, hp * wp * wc), h, w, hp, wp, wc, top, left, fill)
-    buf = np.empty(pack_chunk, np.uint64)
-    for task in range(-(-xs.shape[1] // pack_chunk) * wc):
-        _pack_task(xs, xf, task, pack_chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
+    if not packed:
+        _fill_border(xf.reshape(-1, hp * wp * wc), h, w, hp, wp, wc, top, left, fill)
+        buf = np.empty(pack_chunk, np.uint64)
+        for task in range(-(-xs.shape[1] // pack_chunk) * wc):
+            _pack_task(xs, xf, task, pack_chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
     acc = np.empty((conv_chunk + 3) * 32, np.int64)
     tile = np.empty((conv_chunk + 3) * 32, np.float32)
     for task in range(-(-out.shape[1] // conv_chunk) * wt.shape[0]):
@@ -417,17 +466,18 @@ def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, lef
 
 @jit(boundscheck=False)
 def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                       offsets, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk, counters):
+                       offsets, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk, packed, counters):
     """One thread's share of the op: tasks taken from the shared atomic ``counters``.
 
     ``counters`` (int64, zeroed, a cache line per counter): [0] next packing task, [8] packing
     tasks done, [16] next popcount task, [24] popcount tasks done. A thread out of packing
     tasks waits until all are done (it reads words others packed); every popcount task is
     counted done, so the caller can wait for the last one. Any number of threads may run this,
-    starting at any time: one that comes late finds no tasks and returns.
+    starting at any time: one that comes late finds no tasks and returns. A ``packed`` input has
+    no packing tasks.
     """
     wc = fill.shape[0]
-    pack_tasks = -(-xs.shape[1] // pack_chunk) * wc
+    pack_tasks = 0 if packed else -(-xs.shape[1] // pack_chunk) * wc
     conv_tasks = -(-out.shape[1] // conv_chunk) * wt.shape[0]
     buf = np.empty(pack_chunk, np.uint64)
     while True:
@@ -545,6 +595,7 @@ class BinaryConvKernel:
         self._geometries: dict[tuple, _Geometry] = {}
         self._half_offsets: dict[tuple, np.ndarray] = {}
         self._split_offsets: dict[tuple, HalfOffsets] = {}
+        self._prepacked: tuple[tuple, np.ndarray] | None = None
 
     def geometry(self, h: int, w: int, pads) -> _Geometry:
         key = (h, w, tuple(pads))
@@ -569,8 +620,21 @@ class BinaryConvKernel:
             self._half_offsets[key] = half
         return half
 
+    def prepacked_input(self, n: int, h: int, w: int, pads) -> np.ndarray:
+        """The kernel's own packed-input buffer for ``n`` maps of ``h`` x ``w`` padded by ``pads``
+        (uint64, its border holding the padding pattern, other bits 0 when new), for a
+        :class:`FanOut` to fill and a call to read (``prepacked=``). One size is kept."""
+        key = (n, h, w, tuple(pads))
+        if self._prepacked is None or self._prepacked[0] != key:
+            g = self.geometry(h, w, pads)
+            xf = np.zeros(n * g.hp * g.wp * self.words, np.uint64)
+            _fill_border(xf.reshape(n, -1), h, w, g.hp, g.wp, self.words, g.pads[0], g.pads[1], self.fill)
+            self._prepacked = (key, xf)
+        return self._prepacked[1]
+
     def __call__(self, x: np.ndarray, pads=(0, 0, 0, 0), out: np.ndarray | None = None, crew=None,
-                 half_offset: np.ndarray | None = None, residual: np.ndarray | None = None) -> np.ndarray:
+                 half_offset: np.ndarray | None = None, residual: np.ndarray | None = None,
+                 prepacked: np.ndarray | None = None) -> np.ndarray:
         if x.dtype != np.float32 or x.ndim != 4:
             raise TypeError(f"binary_conv takes a float32 map [C, N, H, W], not {x.dtype} of shape {x.shape}")
         c, n, h, w = x.shape
@@ -613,20 +677,27 @@ class BinaryConvKernel:
         conv_chunk = -(-conv_chunk // 4) * 4
         pack_chunk = max(1, min(PACK_CHUNK, n * h * w))
         words = n * g.hp * g.wp * self.words
-        # The packed input: a float32 buffer of the model's (reused from call to call, no fresh
-        # pages to fault in) seen as words, where the kernel has the model's buffers.
-        scratch = None if self.buffers is None else self.buffers.empty((2 * words,))
-        xf = np.empty(words, dtype=np.uint64) if scratch is None else scratch.view(np.uint64)
+        # The packed input: given (every channel packed by its producer: no packing here), or a
+        # float32 buffer of the model's (reused from call to call, no fresh pages to fault in)
+        # seen as words, where the kernel has the model's buffers.
+        scratch = None if self.buffers is None or prepacked is not None else self.buffers.empty((2 * words,))
+        if prepacked is not None:
+            if prepacked.shape != (words,) or prepacked.dtype != np.uint64:
+                raise ValueError("the packed input does not fit the map")
+            xf = prepacked
+        else:
+            xf = np.empty(words, dtype=np.uint64) if scratch is None else scratch.view(np.uint64)
         args = (x.reshape(c, n * h * w), xf, wt, g.offsets, self.fill, self.sign, self.threshold, h, w, g.hp, g.wp,
                 g.pads[0], g.pads[1], ho, wo, self.stride[0], self.stride[1], tuple(offsets), self.factor, self.bias,
                 self.has_bias, out.reshape(cout, positions), res.reshape(cout, positions), residual is not None,
-                pack_chunk, conv_chunk)
+                pack_chunk, conv_chunk, prepacked is not None)
         if workers <= 1:
             _binary_conv_serial(*args)
         else:
             # Helpers are not waited for, only the tasks: one that starts after the work is done
             # finds none left, so a busy or slow-waking helper costs nothing but its share.
-            _fill_border(xf.reshape(n, -1), h, w, g.hp, g.wp, self.words, g.pads[0], g.pads[1], self.fill)
+            if prepacked is None:
+                _fill_border(xf.reshape(n, -1), h, w, g.hp, g.wp, self.words, g.pads[0], g.pads[1], self.fill)
             counters = np.zeros(32, np.int64)
             crew.run(_binary_conv_share, (*args, counters))
             wait_for(counters, 24, -(-positions // conv_chunk) * blocks)
@@ -635,4 +706,56 @@ class BinaryConvKernel:
         return out
 
 
-COMPILED = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_task, _conv_task, _counts, _epilogue]
+# Positions per task of a FanOut: the map's rows of a task (64 channels: 32 KB) stay in L1 for every reader.
+FAN_OUT_CHUNK = 512
+
+
+class FanOut:
+    """Packs one map as a segment of the input of several binary convolutions (the layers of a
+    dense block that read it), right after it is computed: ``fan_out(x)`` writes ``x`` [count,
+    N, H, W] as channels ``firsts[r] ..`` of ``kernels[r]``'s packed input
+    (:meth:`BinaryConvKernel.prepacked_input`, ``buffers[r]``) for each reader r, the other
+    bits kept. Once every segment of a reader's input is packed, the reader is called with
+    ``prepacked=`` and reads no float input. Made per map size (``n``, ``h``, ``w``, each
+    reader's ``pads``); the readers' thresholds must all be float32 (:meth:`usable`)."""
+
+    def __init__(self, kernels: list[BinaryConvKernel], firsts: list[int], pads: list, n: int, h: int, w: int,
+                 count: int) -> None:
+        from numba import typed
+
+        if not self.usable(kernels) or len(kernels) != len(firsts) or len(kernels) != len(pads):
+            raise ValueError("a fan-out takes readers with float32 thresholds, one first channel and padding each")
+        self.shape = (count, n, h, w)
+        self.buffers = [k.prepacked_input(n, h, w, p) for k, p in zip(kernels, pads)]
+        rows = []
+        for k, first, p in zip(kernels, firsts, pads):
+            if not 0 <= first <= k.channels - count:
+                raise ValueError(f"channels {first}..{first + count - 1} are not inputs of a layer of {k.channels}")
+            g = k.geometry(h, w, p)
+            rows.append((first, k.words, g.hp, g.wp, g.pads[0], g.pads[1]))
+        self.meta = np.array(rows, dtype=np.int64).reshape(len(kernels), 6)
+        self.xfs = typed.List(self.buffers)
+        self.signs = typed.List([k.sign for k in kernels])
+        self.thresholds = typed.List([k.threshold for k in kernels])
+
+    @staticmethod
+    def usable(kernels: list[BinaryConvKernel]) -> bool:
+        return bool(kernels) and all(k.threshold.dtype == np.float32 for k in kernels)
+
+    def __call__(self, x: np.ndarray, crew=None) -> None:
+        if x.shape != self.shape or x.dtype != np.float32 or not (x.flags.c_contiguous and x.flags.writeable):
+            raise ValueError(f"the fan-out packs C-contiguous float32 maps {self.shape}, not {x.dtype} {x.shape}")
+        count, n, h, w = x.shape
+        tasks = -(-(n * h * w) // FAN_OUT_CHUNK)
+        counters = np.zeros(16, np.int64)
+        args = (x.reshape(count, n * h * w), self.xfs, self.signs, self.thresholds, self.meta, FAN_OUT_CHUNK, h, w,
+                counters)
+        if crew is None or tasks < 2 or x.size * len(self.buffers) < CREW_MIN_WORK // 8:
+            _fan_out_share(*args)
+        else:
+            crew.run(_fan_out_share, args)
+            wait_for(counters, 8, tasks)
+
+
+COMPILED = [_binary_conv_serial, _binary_conv_share, _fill_border, _pack_range, _pack_task, _fan_out_share,
+            _conv_task, _counts, _epilogue]
