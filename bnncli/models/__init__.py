@@ -37,11 +37,13 @@ IMAGENET_MODELS = (
     "quicknet",
     "quicknet_large",
     "meliusnet22",
+    "xnornet",
+    "binary_alexnet",
 )
 
 # The modules of the zoo's families, imported (so registered) when a name below is first used.
 _FAMILIES = ("bnncli.models.binarydensenet", "bnncli.models.resnete", "bnncli.models.quicknet",
-             "bnncli.models.meliusnet")
+             "bnncli.models.meliusnet", "bnncli.models.alexnet")
 
 _EXPORTS = {
     "ANCHORS": "bnncli.models.anchors",

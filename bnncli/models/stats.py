@@ -1,7 +1,8 @@
 """Parameter and MAC counts, as the paper and Larq Zoo count them.
 
-Binary MACs are those of :class:`BinaryConv2d`; full-precision MACs those of float convs and
-linear layers (the classifier included). OPs follow the authors: binary MACs / 64 plus the
+Binary MACs are those of :class:`BinaryConv2d` on binarized input; full-precision MACs those of
+float convs and linear layers (the classifier included) and of binary convs on float input
+(BinaryAlexNet's first conv: 1-bit weights, float MACs, as larq counts it). OPs follow the authors: binary MACs / 64 plus the
 full-precision MACs without the classifier. Sizes count trainable parameters only: binary
 weights at 1 bit, everything else at 32 bits.
 """
@@ -57,7 +58,7 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
 
     def hook(module: nn.Module, _inp, out) -> None:
         if isinstance(module, BinaryConv2d):
-            totals["binary"] += _conv_macs(module, out)
+            totals["binary" if module.binary_input else "fp"] += _conv_macs(module, out)
         elif isinstance(module, nn.Conv2d):
             totals["fp"] += _conv_macs(module, out)
         elif isinstance(module, nn.Linear):
@@ -141,9 +142,9 @@ def layer_summary(model: nn.Module, image_size: int = 224, in_channels: int | No
 
     def hook(module: nn.Module, _inp, out) -> None:
         shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
-        binary = _conv_macs(module, out) if isinstance(module, BinaryConv2d) else 0
+        binary = _conv_macs(module, out) if isinstance(module, BinaryConv2d) and module.binary_input else 0
         fp = 0
-        if isinstance(module, nn.Conv2d) and not isinstance(module, BinaryConv2d):
+        if isinstance(module, nn.Conv2d) or (isinstance(module, BinaryConv2d) and not module.binary_input):
             fp = _conv_macs(module, out)
         elif isinstance(module, nn.Linear):
             fp = out[0].numel() * module.in_features

@@ -2,7 +2,7 @@
 
 The checkpoint's architecture record (bnncli.artifacts.architecture) and the lowering to the
 shared graph (bnncli.deploy.lowering) both trace a model with :class:`Tracer`: bnncli's layers
-(binary convs, float-weight layers, padding-rule layers, channel slices) are leaves, like torch.nn's own, so a
+(binary convs, float-weight layers, padding-rule layers, channel slices, unscaled BatchNorms) are leaves, like torch.nn's own, so a
 model becomes a flat list of leaf-module calls and functions (``torch.cat``, ``+``).
 """
 
@@ -13,6 +13,7 @@ from torch import fx, nn
 from bnncli.nn.channels import ChannelSlice
 from bnncli.nn.float_layers import is_float_layer
 from bnncli.nn.layers import BinaryConv2d
+from bnncli.nn.norm import UnscaledBatchNorm2d
 from bnncli.nn.padding import PaddingRule
 
 
@@ -20,7 +21,7 @@ class Tracer(fx.Tracer):
     """torch.fx's tracer, with bnncli's layers kept whole."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (BinaryConv2d, PaddingRule, ChannelSlice)) or is_float_layer(m) \
+        return isinstance(m, (BinaryConv2d, PaddingRule, ChannelSlice, UnscaledBatchNorm2d)) or is_float_layer(m) \
             or super().is_leaf_module(m, qualname)
 
 
