@@ -2,9 +2,9 @@
 
 Binary MACs are those of :class:`BinaryConv2d` on binarized input; full-precision MACs those of
 float convs and linear layers (the classifier included) and of binary convs on float input
-(BinaryAlexNet's first conv: 1-bit weights, float MACs, as larq counts it). OPs follow the authors: binary MACs / 64 plus the
-full-precision MACs without the classifier. Sizes count trainable parameters only: binary
-weights at 1 bit, everything else at 32 bits.
+(BinaryAlexNet's first conv: 1-bit weights, float MACs, as larq counts it). OPs follow the
+authors: binary MACs / 64 plus the full-precision MACs without the classifier. Sizes count
+trainable parameters only: binary weights at 1 bit, everything else at 32 bits.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 The checkpoint's architecture record (bnncli.artifacts.architecture) and the lowering to the
 shared graph (bnncli.deploy.lowering) both trace a model with :class:`Tracer`: bnncli's layers
-(binary convs, float-weight layers, padding-rule layers, channel slices, unscaled BatchNorms) are leaves, like torch.nn's own, so a
-model becomes a flat list of leaf-module calls and functions (``torch.cat``, ``+``).
+(binary convs, float-weight layers, padding-rule layers, channel slices, unscaled BatchNorms)
+are leaves, like torch.nn's own, so a model becomes a flat list of leaf-module calls and
+functions (``torch.cat``, ``+``).
 """
 
 from __future__ import annotations
