@@ -305,13 +305,18 @@ def _named_options(weights: KerasWeights) -> dict[str, Any]:
 
 
 def _alexnet_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
-    """XNOR-Net (float stem conv, Dense classifier) or BinaryAlexNet (binary stem conv, binary 1x1
-    classifier conv): num_classes, in_channels and the stem kind."""
-    first = (groups["conv2d"] or groups["quant_conv2d"])[:1]
-    last = groups["dense"][-1:] if groups["dense"] else groups["quant_conv2d"][-1:]
+    """XNOR-Net (a float stem conv and a Dense classifier) or BinaryAlexNet (no float conv; a binary
+    stem conv, and a binary 1x1 conv as its classifier): num_classes, in_channels and the stem kind."""
+    floats, dense, binary = groups["conv2d"], groups["dense"], groups["quant_conv2d"]
+    if floats:
+        first, last = floats[:1], dense[-1:]
+    else:
+        first, last = binary[:1], binary[-1:]
+        if last and tuple(last[0].shapes.get("kernel", ()))[:2] != (1, 1):
+            last = []
     if not first or not last:
-        raise ArtifactError("the file has no conv or no classifier layer, so it is not a Larq Zoo XNOR-Net or "
-                            "BinaryAlexNet with its classifier (include_top=True)")
+        raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo model "
+                            "with its classifier (include_top=True)")
     stem, head = first[0].shapes.get("kernel"), last[0].shapes.get("kernel")
     if stem is None or len(stem) != 4 or head is None or len(head) not in (2, 4):
         raise ArtifactError(f"layers {first[0].name} and {last[0].name}: no 4-dimensional stem kernel or "
