@@ -270,6 +270,15 @@ def test_xnornet_and_binary_alexnet_are_told_apart_by_their_layers(tmp_path, cap
              "binary_alexnet_tiny")
 
 
+def test_an_image_size_the_imported_model_cannot_take_is_refused(tmp_path, capsys):
+    """Larq Zoo's XNOR-Net and BinaryAlexNet read a fixed map with their classifier: the tiny ones
+    take 57-88 px (their first classifier layer 1x1), the ImageNet ones 217-248 px."""
+    _refused(capsys, tmp_path, FIXTURES / "xnornet_tiny.h5", "xnornet_tiny cannot take 32x32 inputs",
+             "--image-size", "32")
+    _refused(capsys, tmp_path, FIXTURES / "binary_alexnet_tiny.h5", "binary_alexnet_tiny cannot take 56x56 inputs",
+             "--image-size", "56")
+
+
 def test_binary_alexnets_first_dense_layer_reads_the_map_flattened_channels_last():
     """Keras' Reshape flattens an [H, W, C] map in (h, w, c) order; the imported 6x6 conv over the map
     (a [out, C, kh, kw] kernel) must sum the same products as a 1x1 conv on that flattened vector."""

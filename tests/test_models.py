@@ -360,3 +360,23 @@ def test_a_binary_conv_on_float_input_takes_the_float_map_and_pads_it_with_zero(
         BinaryConv2d(3, 4, 3, padding=1, binary_input=False, pad_value=-1)
     s = count_model(torch.nn.Sequential(conv), image_size=5)
     assert (s.binary_params, s.binary_macs, s.fp_macs) == (108, 0, 4 * 25 * 27)
+
+
+def test_an_input_size_a_model_cannot_take_is_one_message(capsys):
+    """XNOR-Net's classifier reads the 6x6 map left at 217-248 px; below, its layers do not fit. So
+    does ResNetE at 100 px (a residual's branches differ in size). bnn models names them."""
+    from bnncli.cli.app import main
+    from bnncli.models import check_image_size
+
+    with pytest.raises(UsageError, match="xnornet cannot take 216x216 inputs"):
+        check_image_size(create_model("xnornet"), 216)
+    check_image_size(create_model("xnornet"), 217)
+    check_image_size(create_model("xnornet_tiny", thumbnail=False), 57)
+    with pytest.raises(UsageError, match="xnornet_tiny cannot take 56x56 inputs"):
+        check_image_size(create_model("xnornet_tiny", thumbnail=False), 56)
+    assert main(["models", "--image-size", "100"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Left out, their layers do not fit 100 px inputs: resnete18," in shown and "binary_alexnet." in shown
+    assert main(["models", "binary_alexnet", "--image-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "binary_alexnet cannot take 100x100 inputs" in err and len(err.strip().splitlines()) == 1

@@ -414,6 +414,12 @@ def test_every_training_option_is_one_parameter_named_as_its_field():
     assert overrides["epochs"] is None and "json_" not in overrides and "compile_" not in overrides
 
 
+def test_an_image_size_the_model_cannot_take_is_refused_before_training(tmp_path, capsys):
+    code, _, err = bnn(capsys, "train", "--arch", "binary_alexnet", "--data", "builtin:shapes-mini", "--epochs", "1",
+                       "--image-size", "64", "--out", tmp_path / "run")
+    assert code == 2 and "binary_alexnet cannot take 64x64 inputs" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "xnornet_tiny",
                                   "binary_alexnet_tiny"])
 def test_larq_zoo_models_train_pack_and_evaluate(arch, tmp_path, capsys):

@@ -47,7 +47,7 @@ from bnncli.convert.published import NOT_IMPORTED, PUBLISHED, Published  # noqa:
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
-from bnncli.models import create_model, list_models, model_family
+from bnncli.models import check_image_size, create_model, list_models, model_family
 from bnncli.models.alexnet import FlattenedBinaryConv2d
 from bnncli.models.meliusnet import DenseBlock, ImprovementBlock, MeliusNet
 from bnncli.models.meliusnet import Transition as MeliusTransition
@@ -561,6 +561,7 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
             options = _file_options(groups, model_family(arch))
         if arch in SAME_POOLS:
             _check_pool_sizes(arch, options, image_size)
+        check_image_size(_build(arch, options, "meta"), image_size, options["in_channels"])
 
         def pair(model: nn.Module) -> Pairing:
             return pair_named(model, weights, arch) if named else pair_layers(model, groups, arch)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         register_model,
     )
     from bnncli.models.anchors import ANCHORS
-    from bnncli.models.stats import LayerStats, ModelStats, count_model, layer_summary
+    from bnncli.models.stats import LayerStats, ModelStats, check_image_size, count_model, layer_summary
 
 IMAGENET_MODELS = (
     "binarydensenet28",
@@ -52,6 +52,7 @@ _EXPORTS = {
     "LayerStats": "bnncli.models.stats",
     "ModelStats": "bnncli.models.stats",
     "builtin_model": "bnncli.models._registry",
+    "check_image_size": "bnncli.models.stats",
     "count_model": "bnncli.models.stats",
     "create_model": "bnncli.models._registry",
     "list_models": "bnncli.models._registry",
@@ -69,6 +70,7 @@ __all__ = [
     "LayerStats",
     "ModelStats",
     "builtin_model",
+    "check_image_size",
     "count_model",
     "create_model",
     "layer_summary",

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnncli.errors import UsageError
 from bnncli.models.zoo import CountsMixin
 from bnncli.nn import BinaryConv2d
 
@@ -82,14 +83,30 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
 
 def _forward_with_hook(meta_model: nn.Module, modules: list[nn.Module], hook, in_channels: int,
                        image_size: int) -> None:
-    """One forward pass of a meta-device model on one image, ``hook`` registered on ``modules`` meanwhile."""
+    """One forward pass of a meta-device model on one image, ``hook`` registered on ``modules``
+    meanwhile; UsageError when the image is too small for the model (see :func:`check_image_size`)."""
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
             meta_model(torch.empty(1, in_channels, image_size, image_size, device="meta"))
+    except RuntimeError as e:
+        arch = getattr(meta_model, "bnn_arch", None) or type(meta_model).__name__
+        raise UsageError(f"{arch} cannot take {image_size}x{image_size} inputs: its layers do not fit the maps of "
+                         f"that size ({str(e).splitlines()[0]})") from None
     finally:
         for h in handles:
             h.remove()
+
+
+def check_image_size(model: nn.Module, image_size: int, in_channels: int | None = None) -> None:
+    """UsageError naming the model and the size when a forward pass at ``image_size`` squared fails:
+    a map shrinks below a layer's window (XNOR-Net and BinaryAlexNet, whose pools and classifier
+    read unpadded windows, need at least 217 px without their thumbnail stem, their tiny variants
+    57 px) or a residual's two branches differ in size (ResNetE at 100 px). Runs on the meta device."""
+    meta_model = _to_meta(model)
+    if in_channels is None:
+        in_channels = next(m for m in meta_model.modules() if isinstance(m, (nn.Conv2d, BinaryConv2d))).in_channels
+    _forward_with_hook(meta_model, [], lambda *_: None, in_channels, image_size)
 
 
 def _to_meta(model: nn.Module) -> nn.Module:
