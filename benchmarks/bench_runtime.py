@@ -339,14 +339,16 @@ def _compare_engines(name: str, packed: Path, onnx_path: Path, engines: list[str
         for engine in ("numpy", "numba"):
             if engine in best:
                 best[engine]["profile_ms"] = _measure(engine, packed, batch, repeats, threads, True)["profile_ms"]
-    ort_ms = min(best[e]["median_ms"] for e in ("ort", "ort-nospin") if e in best)
+    ort_times = [best[e]["median_ms"] for e in ("ort", "ort-nospin") if e in best]
+    ort_ms = min(ort_times) if ort_times else None  # without an onnxruntime engine: no ratio
     total_macs = batch * (macs["binary_macs"] + macs["float_macs"])
     limit_ms = None
     if "binary_macs_per_s" in peaks:
         limit_ms = 1e3 * batch * (macs["binary_macs"] / peaks["binary_macs_per_s"]
                                   + macs["float_macs"] / peaks["float_macs_per_s"]) / threads
     run = {"batch": batch, "threads": threads, "engines": best, "onnxruntime_best_ms": ort_ms,
-           "speedup_vs_onnxruntime": {e: ort_ms / best[e]["median_ms"] for e in ("numpy", "numba") if e in best},
+           "speedup_vs_onnxruntime": {e: ort_ms / best[e]["median_ms"] for e in ("numpy", "numba")
+                                      if e in best and ort_ms is not None},
            "limit_ms": limit_ms,
            "g_macs_per_s": {e: total_macs / best[e]["median_ms"] / 1e6 for e in best}}
     cells = ", ".join(f"{e} {r['median_ms']:.1f} ms (+{r['model_peak_mib']:.0f} MiB)" for e, r in best.items())

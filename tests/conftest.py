@@ -167,6 +167,16 @@ def make_exact(model, seed: int = 0) -> None:
                     m.weight.copy_(gamma)
                 if m.bias is not None:  # XNOR-Net's and BinaryAlexNet's no scale
                     m.bias.copy_(beta)
+            elif isinstance(m, torch.nn.PReLU):
+                m.weight.copy_(dyadic(m.weight.shape, 1 / 8, 1.0))
+        # Real-to-Binary Net's per-image scales are sigmoids, which no float arithmetic computes
+        # exactly, except sigmoid(0) = 1/2: its scaling branches get zero expanding weights (their
+        # data-dependent scales are checked with random weights, within a tolerance).
+        from bnncli.models.realtobinarynet import Scaling
+
+        for m in model.modules():
+            if isinstance(m, Scaling):
+                m.expand.weight.zero_()
 
 
 def exact_inputs(n: int, channels: int = 3, size: int = 32, seed: int = 0):

@@ -36,7 +36,8 @@ FIXTURES = Path(__file__).parent / "fixtures" / "larq"
 INFO = json.loads((FIXTURES / "fixtures.json").read_text())["fixtures"]
 RESNETE = ["resnete_tiny"]
 DENSENETS = ["binarydensenet_tiny", "binarydensenet_tiny_dilated"]
-LARQ_ZOO_2 = ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny"]  # QuickNet, Bi-Real Net, MeliusNet
+# QuickNet, Bi-Real Net, MeliusNet, Real-to-Binary Net
+LARQ_ZOO_2 = ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "realtobinarynet_tiny"]
 # XNOR-Net and BinaryAlexNet: static-size Keras models (their classifiers read a fixed map), made at
 # 64 px, 57x61 and 57 px, imported for 64 px.
 ALEXNETS = ["xnornet_tiny", "binary_alexnet_tiny"]
@@ -172,6 +173,46 @@ def test_meliusnet_layers_pair_by_larq_zoos_names(tmp_path, capsys):
              "meliusnet_tiny", "--arch", "meliusnet_tiny")
 
 
+def test_real_to_binary_net_layers_pair_by_larq_zoos_names(tmp_path, capsys, monkeypatch):
+    """Real-to-Binary Net's Keras layers carry Larq Zoo's names, ``<model name>_block_<k><a|b>_...``;
+    its scaling branches' dense layers have no bias, its PReLUs one slope per channel."""
+    from bnncli.convert import larq
+
+    model, _, result = convert(FIXTURES / "realtobinarynet_tiny.h5", image_size=32)
+    assert result.arch == "realtobinarynet_tiny" and result.arch_kwargs["thumbnail"] is False
+    assert result.params == INFO["realtobinarynet_tiny"]["params"]["trainable"]  # what larq-zoo built
+    names = larq.realtobinarynet_names(model, "r2b_bnn")
+    assert names[-1] == ("dense", "fc", model.fc, ["r2b_bnn_block_6_logits"])
+    half = model.features[2]  # block 3a: 16 -> 32 channels, stride 2, with its shortcut
+    assert [n for _, q, _, n in names if q.startswith("features.2.")] == [
+        [f"r2b_bnn_block_3a_{s}"] for s in ("shortcut_conv2d", "shortcut_batch_norm", "batch_norm", "conv2d",
+                                            "scaling_dense_reduce", "scaling_dense_expand", "prelu")]
+    with h5py.File(FIXTURES / "realtobinarynet_tiny.h5", "r") as f:
+        alpha = f["r2b_bnn_block_3a_prelu/r2b_bnn_block_3a_prelu/alpha:0"][()]
+        reduce = f["r2b_bnn_block_3a_scaling_dense_reduce/r2b_bnn_block_3a_scaling_dense_reduce/kernel:0"][()]
+    assert alpha.shape == (1, 1, 32) and np.array_equal(half.prelu.weight.detach().numpy(), alpha.reshape(-1))
+    assert half.scaling.reduce.bias is None and np.array_equal(half.scaling.reduce.weight.detach().numpy(), reduce.T)
+
+    def drop(f):
+        _set_names(f, [n for n in _names(f) if n != "r2b_bnn_block_4b_scaling_dense_expand"])
+        del f["r2b_bnn_block_4b_scaling_dense_expand"]
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path, "realtobinarynet_tiny.h5"), drop),
+             "no importable model fits the file (closest: realtobinarynet_tiny: the file has no layer "
+             "r2b_bnn_block_4b_scaling_dense_expand for realtobinarynet_tiny's features.5.scaling.expand)")
+    _refused(capsys, tmp_path, FIXTURES / "realtobinarynet_tiny.h5", "names its layers as Larq Zoo's Real-to-Binary "
+             "Net does, not as meliusnet_tiny's", "--arch", "meliusnet_tiny")
+    _refused(capsys, tmp_path, FIXTURES / "resnete_tiny.h5", "has no layer <model name>_block_1_conv2d, so it is not "
+             "a Larq Zoo realtobinarynet_tiny", "--arch", "realtobinarynet_tiny")
+    # Its shortcut pools pad by TensorFlow's rule too: sizes where one reads an odd map are refused.
+    _refused(capsys, tmp_path, FIXTURES / "realtobinarynet_tiny.h5", "at 48 px a stride-2 pool of "
+             "realtobinarynet_tiny reads a 3x3 map", "--image-size", "48")
+    # The published file is recognised by its checksum (here the fixture's, standing in for it).
+    sha = hashlib.sha256((FIXTURES / "realtobinarynet_tiny.h5").read_bytes()).hexdigest()
+    monkeypatch.setitem(larq.PUBLISHED, "realtobinarynet_tiny", larq.Published("R2BTiny", "r2b-v9", "x.h5", sha))
+    _, _, result = convert(FIXTURES / "realtobinarynet_tiny.h5", image_size=32)
+    assert result.source["published"] is True and result.source["url"].endswith("/r2b-v9/x.h5")
+
+
 def test_dense_net_differences_are_reported(imported):
     """What 'the same top-1' hides: the largest difference from Keras, printed for the record."""
     for name in DENSENETS:
@@ -238,6 +279,9 @@ def test_published_quicknet_and_birealnet_files_are_known():
                                         "birealnet_weights.h5"),
     }
     assert PUBLISHED["quicknet_large"].sha256.startswith("c5158e8a5914")
+    # larq_zoo/literature/real_to_bin_nets.py: model "r2b", version "v0.1.0", the file with its classifier.
+    assert (PUBLISHED["realtobinarynet"].url, PUBLISHED["realtobinarynet"].sha256[:12]) == (
+        "https://github.com/larq/zoo/releases/download/r2b-v0.1.0/r2b_weights.h5", "e8fd16ca1ab9")
     assert set(PUBLISHED) <= set(importable_models())
     assert "birealnet18" not in importable_models()  # not Larq Zoo's (BatchNorm eps 1e-5)
 
@@ -531,9 +575,9 @@ def test_models_lists_larq_zoos_published_files_and_names_the_models_it_does_not
     assert code == 0, err
     text = " ".join(out.split())
     assert rows["meliusnet22"]["larq_zoo"]["url"].endswith("/meliusnet22-v0.1.0/meliusnet22_weights.h5")
-    for zoo_name in ("RealToBinaryNet", "DoReFaNet"):
+    for zoo_name in ("DoReFaNet",):
         assert f"{zoo_name} (" in text, zoo_name
-    for zoo_name in ("XNORNet", "BinaryAlexNet"):  # imported: in the table, not in the list of the others
+    for zoo_name in ("RealToBinaryNet", "XNORNet", "BinaryAlexNet"):  # imported: not in the list of the others
         assert f"{zoo_name} (" not in text, zoo_name
     assert rows["xnornet"]["larq_zoo"]["top1"] == 44.96 and rows["xnornet"]["larq_zoo"]["top5"] == 69.18
     assert rows["binary_alexnet"]["larq_zoo"]["top1"] == 36.30 and rows["binary_alexnet"]["larq_zoo"]["top5"] == 61.53

@@ -226,15 +226,16 @@ LARQ_ZOO = {
     "quicknet_large": (23_338_184, 23_359_304, 3_699_376_128, 29_651_712),
     "birealnet_larq": (11_689_512, 11_699_112, 1_676_279_808, 137_793_536),
     "meliusnet22": (6_944_584, 6_969_672, 4_624_220_160, 136_388_608),
+    "realtobinarynet": (11_986_920, 11_995_624, 1_676_279_808, 138_087_936),
     "xnornet": (62_377_440, 62_396_768, 1_025_744_896, 113_379_328),
     "binary_alexnet": (61_838_248, 61_859_192, 768_512_000, 72_855_552),
 }
-# The "Parameters" of larq-zoo's docstrings. BiRealNet's is all its weights, MeliusNet22's the
+# The "Parameters" of larq-zoo's docstrings. BiRealNet's and RealToBinaryNet's are all their weights, MeliusNet22's the
 # trainable ones; QuickNet's are ModelProfile's count, which leaves out the statistics of every
 # BatchNorm with a scale and centre: the trainable weights, the blur kernels and the stem's
 # depthwise BatchNorm's two statistics.
 LARQ_ZOO_DOCSTRING_PARAMS = {"quicknet_small": 12_655_688, "quicknet": 13_234_088, "quicknet_large": 23_342_248,
-                             "birealnet_larq": 11_699_112, "meliusnet22": 6_944_584,
+                             "birealnet_larq": 11_699_112, "meliusnet22": 6_944_584, "realtobinarynet": 11_995_624,
                              "xnornet": 62_396_768, "binary_alexnet": 61_859_192}
 
 
@@ -302,6 +303,31 @@ def test_meliusnet_improvement_block_adds_onto_the_last_channels():
         w = block.conv(block.bn(x))
         y = block(x)
     assert torch.equal(y[:, :4], x[:, :4]) and torch.equal(y[:, 4:], x[:, 4:] + w)
+
+
+def test_realtobinarynet_scales_each_binary_conv_per_image():
+    from bnncli.models.realtobinarynet import HalfBlock
+
+    model = create_model("realtobinarynet")
+    blocks = [m for m in model.features if isinstance(m, HalfBlock)]
+    assert len(blocks) == 16 and model.num_features == 512
+    assert [(b.conv.in_channels, b.conv.out_channels, b.conv.stride[0]) for b in blocks if b.conv.stride[0] == 2] == \
+        [(64, 128, 2), (128, 256, 2), (256, 512, 2)]
+    assert {(b.conv.clip_threshold, b.conv.pad_value, b.conv.scaling, b.conv.weight_gradient) for b in blocks} == {
+        (1.0, 0.0, "none", "larq")}
+    scaling = [(b.scaling.reduce.out_features, b.scaling.expand.out_features) for b in blocks[4:6]]
+    assert scaling == [(8, 128), (16, 128)]  # Larq Zoo's block 4a (64 -> 128) and 4b (128 -> 128)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {(m.eps, m.momentum) for m in bns} == {(1e-3, 0.01)}
+    block = blocks[1].eval()
+    x = torch.randn(2, 64, 5, 5)
+    with torch.no_grad():
+        a = block.bn(x)
+        s = torch.sigmoid(block.scaling.expand(torch.relu(block.scaling.reduce(a.mean((2, 3))))))
+        y = block.conv(a) * s[:, :, None, None]
+        expected = torch.where(y >= 0, y, y * block.prelu.weight[None, :, None, None]) + x
+        assert torch.allclose(block(x), expected, atol=1e-5)
+        assert not torch.allclose(block(x[:1]), block(x[1:])), "each image gets its own scales"
 
 
 # larq.models.summary of larq-zoo 2.4's XNORNet and BinaryAlexNet (weights=None, 224 px): 1-bit weights

@@ -72,6 +72,22 @@ def test_max_pool_equals_numpy(kernel, stride, pads, shape, relu, crew):
     assert np.array_equal(got.view(np.uint32)[finite], expected.view(np.uint32)[finite])
 
 
+@pytest.mark.parametrize("kernel, stride, pads", POOLS)
+@pytest.mark.parametrize("shape", [(3, 1, 9, 9), (2, 2, 12, 11)])
+def test_max_pool_with_an_affine_equals_the_affine_then_the_pool(kernel, stride, pads, shape, crew):
+    """``affine=`` (a BatchNorm read only by the pool) scales and shifts every tap as the affine op would."""
+    x = feature_map(*shape, seed=3)
+    rng = np.random.default_rng(4)
+    scale = rng.standard_normal(shape[0]).astype(np.float32)
+    shift = rng.standard_normal(shape[0]).astype(np.float32)
+    ho, wo = output_hw(shape[2:], kernel, stride, pads)
+    expected = O.pool(x * scale[:, None, None, None] + shift[:, None, None, None], kernel, stride, pads,
+                      np.maximum, -np.inf)
+    got = F.max_pool(x, kernel, stride, pads, (ho, wo), True, crew=crew, affine=(scale, shift))
+    expected = np.maximum(expected, np.float32(0))
+    assert np.array_equal(got, expected, equal_nan=True)
+
+
 @pytest.mark.parametrize("kernel, stride", [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 2), (2, 3)), ((1, 1), (1, 1))])
 @pytest.mark.parametrize("shape", [(3, 1, 8, 8), (4, 2, 13, 10)])
 def test_avg_pool_equals_numpy_bit_for_bit(kernel, stride, shape, crew):

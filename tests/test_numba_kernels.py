@@ -297,3 +297,27 @@ def test_each_instruction_sets_micro_kernel_equals_numpy(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["avx2", "equal"]
+
+
+@pytest.mark.parametrize("h, w", [(9, 8), (8, 9), (1, 5), (3, 3)])
+def test_half_offsets_are_split_into_one_value_per_channel_and_the_border(h, w):
+    """The epilogue reads one half offset per channel and the zero-padding border's own values
+    (NK.split_half_offsets): rebuilt, they give the NumPy kernels' whole table back, and on a map
+    with an interior only border positions are special."""
+    rng = np.random.default_rng(5)
+    wbits = B.widen_words(B.pack_bits(rng.choice([-1.0, 1.0], size=(6, 3, 3, 70)).astype(np.float32)))
+    pads = (1, 1, 1, 1)
+    ho, wo = output_hw((h, w), (3, 3), (1, 1), pads, (1, 1))
+    table = K.half_dot_offset(K.dot_offset(wbits, 70, h, w, (1, 1), pads, (1, 1), 0.0))
+    assert table.shape == (6, ho * wo)
+    split = NK.split_half_offsets(table, wo)
+    rebuilt = np.repeat(split.h0[:, None], ho * wo, axis=1)
+    rebuilt[:, split.specials] = split.hs
+    assert np.array_equal(rebuilt, table)
+    assert np.array_equal(split.nxt, np.searchsorted(split.specials, np.arange(ho * wo + 1)))
+    y, x = np.divmod(split.specials, wo)
+    if ho > 2 and wo > 2:
+        assert ((y == 0) | (y == ho - 1) | (x == 0) | (x == wo - 1)).all()
+        assert len(split.specials) == 2 * (ho + wo) - 4
+    constant = NK.split_half_offsets(np.full((6, 1), 2.5, np.float32), 1)
+    assert constant.specials.size == 0 and np.array_equal(constant.h0, np.full(6, 2.5, np.float32))

@@ -17,7 +17,7 @@ from bnncli.graph import opset
 from bnncli.graph.graph import Graph, Node
 from bnncli.graph.opset import OPSET, SPECS
 from bnncli.models import create_model, list_models
-from bnncli.nn import BinaryConv2d, ChannelSlice
+from bnncli.nn import BinaryConv2d, ChannelScale, ChannelSlice
 from bnncli.runtime import OP_TYPES, OPS, Model, ops
 
 FORMAT_MD = Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md"
@@ -116,11 +116,16 @@ class _EveryLowering(nn.Module):
         self.flatten = nn.Flatten()
         self.drop = nn.Dropout(0.5)
         self.fc = nn.Linear(16, 4)
+        self.prelu = nn.PReLU(16)
+        self.squeeze = nn.Linear(16, 16, bias=False)
+        self.sigmoid = nn.Sigmoid()
+        self.scale = ChannelScale()
 
     def forward(self, x):
         x = self.relu(self.bn(self.conv(x)))
         x = self.grouped(torch.cat([x, self.binary(torch.relu(x))], dim=1))
         x = torch.cat([self.head(x), self.tail(x) + self.tail(x)], dim=1)
+        x = self.prelu(self.scale(x, self.sigmoid(self.squeeze(self.flatten(self.pool(x))))))
         x = self.same(self.max_pool(x)) + F.relu(self.avg_pool(x))
         return self.fc(self.drop(self.flatten(self.pool(x)))) + self.fc(torch.flatten(self.pool(x), 1))
 

@@ -209,3 +209,33 @@ def test_add_overwrites_only_inputs_nothing_reads_later():
     got = Model(lower(net), threads=2)(given)
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert np.array_equal(given, x.numpy())
+
+
+@pytest.mark.parametrize("band_bytes", [1, 3000, 1 << 30])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kernel, stride, pads, dilation", [
+    (7, 2, (2, 2, 3, 3), 1),  # the stem
+    (3, 1, (1, 1, 1, 1), 1),
+    (3, 2, (0, 0, 1, 1), 2),
+])
+def test_float_conv_in_bands_of_rows_equals_torch(monkeypatch, band_bytes, threads, kernel, stride, pads, dilation):
+    """NumpyConv computes its columns and products per band of output rows of one image
+    (K.BAND_BYTES: one row per band, bands with a shorter last one, one band per image): every
+    band lands in its place, for each image of a batch and on two threads."""
+    from bnncli.runtime.backends.base import ConvLayer
+    from bnncli.runtime.context import Context
+
+    monkeypatch.setattr(K, "BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 2, 19, 23)).astype(np.float32)  # [C, N, H, W]
+    weight = rng.standard_normal((5, 3, kernel, kernel)).astype(np.float32)
+    bias = rng.standard_normal(5).astype(np.float32)
+    layer = ConvLayer(weight, bias, (stride, stride), (dilation, dilation))
+    top, left, bottom, right = pads
+    want = F.conv2d(F.pad(torch.from_numpy(x).double().permute(1, 0, 2, 3), (left, right, top, bottom)),
+                    torch.from_numpy(weight).double(), torch.from_numpy(bias).double(), stride=stride,
+                    dilation=dilation).permute(1, 0, 2, 3).numpy()
+    ctx = Context(threads, "numpy")
+    got = ctx.kernels.conv(layer)(x, pads, want.shape[2:])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -420,12 +420,13 @@ def test_an_image_size_the_model_cannot_take_is_refused_before_training(tmp_path
     assert code == 2 and "binary_alexnet cannot take 64x64 inputs" in err and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "xnornet_tiny",
-                                  "binary_alexnet_tiny"])
+@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "realtobinarynet_tiny",
+                                  "xnornet_tiny", "binary_alexnet_tiny"])
 def test_larq_zoo_models_train_pack_and_evaluate(arch, tmp_path, capsys):
     """QuickNet (depthwise and blur-pool GroupConv nodes, +1 padding, in-conv ReLU), MeliusNet (Slice), Larq Zoo's
-    Bi-Real Net, XNOR-Net (scaled binary convs, BatchNorms without scale) and BinaryAlexNet (binary weights on the
-    float image) train on the CLI, and their checkpoints pack and evaluate."""
+    Bi-Real Net, Real-to-Binary Net (PRelu, Sigmoid, ChannelMul), XNOR-Net (scaled binary convs, BatchNorms without
+    scale) and BinaryAlexNet (binary weights on the float image) train on the CLI, and their checkpoints pack and
+    evaluate."""
     run = tmp_path / "run"
     code, _, err = bnn(capsys, "train", "--arch", arch, "--data", "builtin:shapes-mini", "--epochs", "1",
                        "--batch-size", "40", "--image-size", "32", "--out", run)

@@ -1,10 +1,10 @@
 """``bnn import larq``: Larq Zoo's Keras weights (HDF5) -> an ordinary bnncli checkpoint.
 
-Larq Zoo trained the paper's models, QuickNet, Bi-Real Net, MeliusNet, XNOR-Net and BinaryAlexNet
-in TensorFlow and published their ImageNet weights as Keras HDF5 files; its architectures equal
-bnncli's to the parameter (binarydensenet*, resnete18, quicknet_small / quicknet / quicknet_large,
-birealnet_larq, meliusnet22, xnornet, binary_alexnet). Three details make a converted model
-compute what the Keras one computes:
+Larq Zoo trained the paper's models, QuickNet, Bi-Real Net, MeliusNet, Real-to-Binary Net, XNOR-Net
+and BinaryAlexNet in TensorFlow and published their ImageNet weights as Keras HDF5 files; its
+architectures equal bnncli's to the parameter (binarydensenet*, resnete18, quicknet_small /
+quicknet / quicknet_large, birealnet_larq, meliusnet22, realtobinarynet, xnornet, binary_alexnet).
+Three details make a converted model compute what the Keras one computes:
 
 * **padding**: Keras pads its stride-2 layers by TensorFlow's "same" rule, unevenly, so the model
   is built with ``padding="tensorflow"`` (bnncli.nn.padding);
@@ -52,19 +52,24 @@ from bnncli.models.alexnet import FlattenedBinaryConv2d
 from bnncli.models.meliusnet import DenseBlock, ImprovementBlock, MeliusNet
 from bnncli.models.meliusnet import Transition as MeliusTransition
 from bnncli.models.quicknet import BlurPool2d
-from bnncli.models.resnete import BasicBlockE
+from bnncli.models.realtobinarynet import HalfBlock, RealToBinaryNet
+from bnncli.models.resnete import BasicBlockE, Downsample
 from bnncli.nn import BinaryConv2d
 
 # The registry families whose structure Larq Zoo's factories build, and single models of other
 # families that Larq Zoo builds (birealnet18 is the Bi-Real paper's, with PyTorch's BatchNorm eps).
-FAMILIES = ("binarydensenet", "resnete", "quicknet", "meliusnet", "alexnet")
+FAMILIES = ("binarydensenet", "resnete", "quicknet", "meliusnet", "realtobinarynet", "alexnet")
 MODELS = ("birealnet_larq", "birealnet_larq_tiny")
-# Families whose Keras layers Larq Zoo names itself ("stem_s0_conv", "section_0_block_0_dense_bn"):
-# paired by those names, not by class and creation order.
-NAMED_FAMILIES = ("meliusnet",)
+# Families whose Keras layers Larq Zoo names itself ("stem_s0_conv", "section_0_block_0_dense_bn";
+# "r2b_bnn_block_2a_conv2d"): paired by those names, not by class and creation order.
+NAMED_FAMILIES = ("meliusnet", "realtobinarynet")
 # Models whose stride-2 pools Larq Zoo pads by TensorFlow's "same" rule while bnncli's do not pad
-# (the same where the maps they read have even sizes): Bi-Real Net's shortcut average pools.
-SAME_POOLS = ("birealnet_larq", "birealnet_larq_tiny")
+# (the same where the maps they read have even sizes): Bi-Real Net's and Real-to-Binary Net's
+# shortcut average pools.
+SAME_POOLS = ("birealnet_larq", "birealnet_larq_tiny", "realtobinarynet", "realtobinarynet_tiny")
+# The layer that marks a file of a named family, and what messages call the family.
+R2B_STEM = "_block_1_conv2d"  # "<model name>_block_1_conv2d": Real-to-Binary Net's stem conv
+NAMED_LABELS = {"meliusnet": "MeliusNet", "realtobinarynet": "Real-to-Binary Net"}
 # Models whose Larq Zoo kernel quantizer clips the latent weights to [-1, 1] before scaling them by
 # their mean magnitude (XNOR-Net's xnor_weight_scale): their kernels are clamped so on import.
 CLIPPED_KERNELS = ("xnornet", "xnornet_tiny")
@@ -78,12 +83,12 @@ WEIGHTS = {
     "quant_conv2d": ("kernel",), "conv2d": ("kernel",),
     "quant_depthwise_conv2d": ("depthwise_kernel",), "depthwise_conv2d": ("depthwise_kernel",),
     "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
-    "dense": ("kernel", "bias"), "quant_dense": ("kernel", "bias"),
+    "dense": ("kernel", "bias"), "quant_dense": ("kernel", "bias"), "p_re_lu": ("alpha",),
 }
 # What the layers of each Keras class are, in messages.
 LABELS = {"quant_conv2d": "binary conv", "conv2d": "conv", "quant_depthwise_conv2d": "depthwise conv",
           "depthwise_conv2d": "blur pool", "batch_normalization": "BatchNorm", "dense": "dense",
-          "quant_dense": "dense"}
+          "quant_dense": "dense", "p_re_lu": "PReLU"}
 # Where a family builds a module kind with another Keras class: QuickNet's float convs and classifier
 # are QuantConv2D / QuantDense without quantizers, its depthwise stem conv a QuantDepthwiseConv2D.
 FAMILY_CLASSES: dict[str, dict[str, str]] = {
@@ -91,7 +96,7 @@ FAMILY_CLASSES: dict[str, dict[str, str]] = {
 }
 _DEFAULT_CLASSES = {"binary conv": "quant_conv2d", "flattened binary conv": "quant_conv2d", "conv": "conv2d",
                     "depthwise conv": "depthwise_conv2d", "blur pool": "depthwise_conv2d",
-                    "BatchNorm": "batch_normalization", "dense": "dense"}
+                    "BatchNorm": "batch_normalization", "dense": "dense", "PReLU": "p_re_lu"}
 
 
 def importable_models() -> list[str]:
@@ -115,6 +120,8 @@ def _kind(m: nn.Module) -> str | None:
         return "BatchNorm"
     if isinstance(m, nn.Linear):
         return "dense"
+    if isinstance(m, nn.PReLU):
+        return "PReLU"
     return None
 
 
@@ -152,8 +159,12 @@ def _expected_shapes(kind: str, m: Any) -> dict[str, tuple[int, ...]]:
         c = m.num_features
         roles = ("gamma",) * (m.weight is not None) + ("beta",) * (m.bias is not None)
         return {k: (c,) for k in (*roles, "moving_mean", "moving_variance")}
+    if kind == "PReLU":  # Keras' PReLU with shared_axes=[1, 2]: one slope per channel
+        return {"alpha": (1, 1, int(m.weight.numel()))}
     out_f, in_f = m.weight.shape
-    return {"kernel": (in_f, out_f), **({"bias": (out_f,)} if m.bias is not None else {})}
+    if m.bias is None:  # Real-to-Binary Net's scaling branches, XNOR-Net's classifier
+        return {"kernel": (in_f, out_f)}
+    return {"kernel": (in_f, out_f), "bias": (out_f,)}
 
 
 # --- the file's side ---------------------------------------------------------------------------
@@ -255,17 +266,61 @@ def meliusnet_names(model: MeliusNet) -> list[tuple[str, str, nn.Module, list[st
     return out + [("BatchNorm", "head_bn", model.head_bn, ["head_bn"]), ("dense", "fc", model.fc, ["head_dense"])]
 
 
+def realtobinarynet_names(model: RealToBinaryNet, prefix: str) -> list[tuple[str, str, nn.Module, list[str]]]:
+    """(kind, qualified name, module, Keras layer names) of a Real-to-Binary Net in Larq Zoo's order.
+    Larq Zoo names its layers ``<prefix>_block_<k>...`` (``prefix`` its model name, ``r2b_bnn``):
+    block 1 is the stem, blocks 2, 3, ... hold two half blocks each (``a``, ``b``), and the block
+    after the last is the head."""
+    stem = f"{prefix}_block_1"
+    out: list[tuple[str, str, nn.Module, list[str]]] = [
+        ("conv", "stem.conv", model.stem.conv, [f"{stem}_conv2d"]),
+        ("BatchNorm", "stem.bn", model.stem.bn, [f"{stem}_batch_norm"]),
+        ("PReLU", "stem.prelu", model.stem.prelu, [f"{stem}_prelu"])]
+    for i, half in enumerate(m for m in model.features if isinstance(m, HalfBlock)):
+        q, name = f"features.{i}", f"{prefix}_block_{2 + i // 2}{'ab'[i % 2]}"
+        if isinstance(half.shortcut, Downsample):
+            out += [("conv", f"{q}.shortcut.conv", half.shortcut.conv, [f"{name}_shortcut_conv2d"]),
+                    ("BatchNorm", f"{q}.shortcut.bn", half.shortcut.bn, [f"{name}_shortcut_batch_norm"])]
+        out += [("BatchNorm", f"{q}.bn", half.bn, [f"{name}_batch_norm"]),
+                ("binary conv", f"{q}.conv", half.conv, [f"{name}_conv2d"]),
+                ("dense", f"{q}.scaling.reduce", half.scaling.reduce, [f"{name}_scaling_dense_reduce"]),
+                ("dense", f"{q}.scaling.expand", half.scaling.expand, [f"{name}_scaling_dense_expand"]),
+                ("PReLU", f"{q}.prelu", half.prelu, [f"{name}_prelu"])]
+    head = f"{prefix}_block_{2 + len(model.features) // 2}_logits"
+    return out + [("dense", "fc", model.fc, [head])]
+
+
+def r2b_prefix(weights: KerasWeights) -> str | None:
+    """The model name a Real-to-Binary Net file's layers start with (``r2b_bnn``), or None."""
+    names = [layer.name[:-len(R2B_STEM)] for layer in weights.layers if layer.name.endswith(R2B_STEM)]
+    return names[0] if len(names) == 1 and names[0] else None
+
+
+def named_family(weights: KerasWeights) -> str | None:
+    """The family whose own layer names the file's layers carry (rather than Keras' class names), or None."""
+    if any(layer.name == "stem_s0_conv" for layer in weights.layers):
+        return "meliusnet"
+    return "realtobinarynet" if r2b_prefix(weights) is not None else None
+
+
 def is_named_file(weights: KerasWeights) -> bool:
-    """Whether the file's layers carry MeliusNet's own names (rather than Keras' class names)."""
-    return any(layer.name == "stem_s0_conv" for layer in weights.layers)
+    """Whether the file's layers carry MeliusNet's or Real-to-Binary Net's own names."""
+    return named_family(weights) is not None
+
+
+def _named_layers(model: nn.Module, weights: KerasWeights) -> list[tuple[str, str, nn.Module, list[str]]]:
+    if isinstance(model, RealToBinaryNet):
+        return realtobinarynet_names(model, r2b_prefix(weights) or "r2b_bnn")
+    return meliusnet_names(cast(MeliusNet, model))
 
 
 def pair_named(model: nn.Module, weights: KerasWeights, arch: str) -> Pairing:
-    """Pair a MeliusNet's modules with the file's layers by Larq Zoo's layer names; check shapes."""
+    """Pair a MeliusNet's or Real-to-Binary Net's modules with the file's layers by Larq Zoo's layer
+    names; check shapes."""
     by_name = {layer.name: layer for layer in weights.layers}
     pairs: list[tuple[str, Any, KerasLayer | list[KerasLayer]]] = []
     used = set()
-    for kind, qualname, m, names in meliusnet_names(cast(MeliusNet, model)):
+    for kind, qualname, m, names in _named_layers(model, weights):
         missing = [n for n in names if n not in by_name]
         if missing:
             return Pairing(pairs, f"the file has no layer {missing[0]} for {arch}'s {qualname}")
@@ -291,17 +346,27 @@ def pair_named(model: nn.Module, weights: KerasWeights, arch: str) -> Pairing:
 
 def _named_options(weights: KerasWeights) -> dict[str, Any]:
     by_name = {layer.name: layer for layer in weights.layers}
-    stem, dense = by_name.get("stem_s0_conv"), by_name.get("head_dense")
+    family = named_family(weights)
+    if family == "realtobinarynet":
+        prefix = r2b_prefix(weights)
+        heads = sorted(n for n in by_name if n.startswith(f"{prefix}_block_") and n.endswith("_logits"))
+        stem_name, dense_name = f"{prefix}{R2B_STEM}", heads[0] if len(heads) == 1 else f"{prefix}_block_<n>_logits"
+        label = "Real-to-Binary Net"
+    else:
+        stem_name, dense_name, label = "stem_s0_conv", "head_dense", "MeliusNet"
+    stem, dense = by_name.get(stem_name), by_name.get(dense_name)
     if dense is None:
-        raise ArtifactError("the file has no layer head_dense, so it is not a Larq Zoo MeliusNet with its "
-                            "classifier (include_top=True)")
+        raise ArtifactError(f"the file has no layer {dense_name}, so it is not a Larq Zoo {label} with its "
+                            f"classifier (include_top=True)")
     kernel = None if stem is None else stem.shapes.get("kernel")
     k = dense.shapes.get("kernel")
     if kernel is None or len(kernel) != 4 or k is None or len(k) != 2:
-        raise ArtifactError("layers stem_s0_conv and head_dense need a 4- and a 2-dimensional kernel")
+        raise ArtifactError(f"layers {stem_name} and {dense_name} need a 4- and a 2-dimensional kernel")
     if k[1] < 1 or kernel[2] < 1:
-        raise ArtifactError("layers stem_s0_conv and head_dense: a kernel with no outputs or inputs")
-    return {"num_classes": int(k[1]), "in_channels": int(kernel[2]), "thumbnail": False, **IMPORT_OPTIONS}
+        raise ArtifactError(f"layers {stem_name} and {dense_name}: a kernel with no outputs or inputs")
+    # Larq Zoo's stems are never 3x3; bnncli's "thumbnail" stems are (Real-to-Binary Net's conv 3x3 s1).
+    thumbnail = family == "realtobinarynet" and int(kernel[0]) == 3
+    return {"num_classes": int(k[1]), "in_channels": int(kernel[2]), "thumbnail": thumbnail, **IMPORT_OPTIONS}
 
 
 def _alexnet_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
@@ -417,14 +482,16 @@ def infer_arch(groups: dict[str, list[KerasLayer]], sha256: str, file_name: str)
 
 
 def infer_named_arch(weights: KerasWeights, sha256: str) -> str:
-    """The MeliusNet the file fits: the published file by its checksum, else by names and shapes."""
+    """The MeliusNet or Real-to-Binary Net the file fits: the published file by its checksum, else by
+    names and shapes."""
     for arch, published in PUBLISHED.items():
         if published.sha256 == sha256:
             return arch
     options = _named_options(weights)
+    family = named_family(weights)
     closest = None
     for arch in importable_models():
-        if model_family(arch) not in NAMED_FAMILIES:
+        if model_family(arch) != family:
             continue
         p = pair_named(_build(arch, options, "meta"), weights, arch)
         if p.problem is None:
@@ -447,8 +514,9 @@ def _unpadded_stride_2(m: nn.Module) -> bool:
 
 
 def _check_pool_sizes(arch: str, options: dict[str, Any], image_size: int) -> None:
-    """Larq Zoo pools Bi-Real Net's shortcuts with ``AvgPool2D(2, strides=2, padding="same")``,
-    which on a map of odd size averages a last, partial window; bnncli's shortcut pools (and the
+    """Larq Zoo pools Bi-Real Net's and Real-to-Binary Net's shortcuts with
+    ``AvgPool2D(2, strides=2, padding="same")``, which on a map of odd size averages a last,
+    partial window; bnncli's shortcut pools (and the
     graph's AvgPool) do not pad, so the two agree only where every such pool reads a map of even
     height and width (224 px: 56, 28, 14). UsageError for an image size where one does not."""
     model = _build(arch, options, "meta").eval()
@@ -490,6 +558,8 @@ def _copy(kind: str, m: Any, w: dict[str, np.ndarray]) -> None:
     with torch.no_grad():
         if "grouped" in w:
             m.weight.copy_(torch.from_numpy(w["grouped"]))
+        elif kind == "PReLU":  # [1, 1, C] -> [C]
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["alpha"].reshape(-1))))
         elif kind in ("binary conv", "conv"):
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["kernel"].transpose(3, 2, 0, 1))))
         elif kind == "flattened binary conv":  # [1, 1, kh * kw * C, out], (h, w, c) order -> [out, C, kh, kw]
@@ -547,17 +617,20 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
         raise UsageError(f"{arch!r} cannot be imported from Larq Zoo; importable: {', '.join(importable_models())}")
     with open_keras_weights(weights_path) as weights:
         sha256 = weights.sha256
-        named = is_named_file(weights)
+        family = named_family(weights)
+        named = family is not None
         groups = {} if named else _by_kind(weights)
-        if named:
+        if family is not None:
             arch = arch or infer_named_arch(weights, sha256)
-            if model_family(arch) not in NAMED_FAMILIES:
-                raise ArtifactError(f"{weights.path} names its layers as Larq Zoo's MeliusNet does, not as {arch}'s")
+            if model_family(arch) != family:
+                raise ArtifactError(f"{weights.path} names its layers as Larq Zoo's {NAMED_LABELS[family]} does, "
+                                    f"not as {arch}'s")
             options = _named_options(weights)
         else:
             arch = arch or infer_arch(groups, sha256, weights.path.name)
             if model_family(arch) in NAMED_FAMILIES:
-                raise ArtifactError(f"{weights.path} has no layer stem_s0_conv, so it is not a Larq Zoo {arch}")
+                marker = "stem_s0_conv" if model_family(arch) == "meliusnet" else f"<model name>{R2B_STEM}"
+                raise ArtifactError(f"{weights.path} has no layer {marker}, so it is not a Larq Zoo {arch}")
             options = _file_options(groups, model_family(arch))
         if arch in SAME_POOLS:
             _check_pool_sizes(arch, options, image_size)

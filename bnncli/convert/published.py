@@ -46,6 +46,8 @@ PUBLISHED = {
                                 "6e6efac1584fcd60dd024198c87f42eb53b5ec719a5ca1f527e1fe7e8b997117"),
     "meliusnet22": Published("MeliusNet22", "meliusnet22-v0.1.0", "meliusnet22_weights.h5",
                              "c1ba85e8389ae326009665ec13331e49fc3df4d0f925fa8553e224f7362c18ed"),
+    "realtobinarynet": Published("RealToBinaryNet", "r2b-v0.1.0", "r2b_weights.h5",
+                                 "e8fd16ca1ab9810ac3835f24f5c62758a57bc32a615f73aaa50d382d2b9617e1"),
     "xnornet": Published("XNORNet", "xnornet-v0.2.0", "xnornet_weights.h5",
                          "e6ba24f785655260ae76a2ef1fab520e3528243d9c8fac430299cd81dbeabe10"),
     "binary_alexnet": Published("BinaryAlexNet", "binary_alexnet-v0.3.0", "binary_alexnet_weights.h5",
@@ -53,7 +55,5 @@ PUBLISHED = {
 }
 # Larq Zoo 2.4's other published models (top-1 from its docstrings), and why bnncli does not import them.
 NOT_IMPORTED: dict[str, tuple[float, str]] = {
-    "RealToBinaryNet": (65.01, "out of scope: each binary conv's output is scaled per image by factors computed "
-                               "from its real-valued input (pool, dense, sigmoid), which the graph ops cannot express"),
     "DoReFaNet": (53.39, "out of scope: 2-bit activations; the packed runtime's binary convs take +-1 inputs only"),
 }

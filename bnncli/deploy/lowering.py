@@ -37,7 +37,7 @@ from bnncli.graph.graph import Graph, Node
 from bnncli.graph.numerics import batchnorm_affine
 from bnncli.graph.opset import SPECS
 from bnncli.graph.padding import SAME
-from bnncli.nn import BinaryConv2d, ChannelSlice, is_float_layer
+from bnncli.nn import BinaryConv2d, ChannelScale, ChannelSlice, is_float_layer
 from bnncli.nn.padding import PaddingRule
 from bnncli.nn.tracing import trace
 
@@ -141,9 +141,10 @@ def lower(model: nn.Module) -> Graph:
                 raise ArtifactError("models with more than one input cannot be exported")
             graph_input = n.name
             alias[n.name] = "input"
-        elif n.op == "call_module":
-            x = value(n.args[0])
-            add(n, _lower_module(modules[n.target], n), [x])
+        elif n.op == "call_module":  # a module reads its arguments (ChannelScale: a map and its scales)
+            if n.kwargs:
+                raise ArtifactError(f"cannot export module {n.target} called with keyword arguments")
+            add(n, _lower_module(modules[n.target], n), [value(a) for a in n.args])
         elif n.op in ("call_function", "call_method"):
             lowered = _lower_function(n)
             add(n, lowered, [value(a) for a in lowered.args or []])
@@ -296,6 +297,21 @@ def _linear(m: nn.Linear, n: fx.Node) -> Lowered:
 @lowers(ChannelSlice, "ChannelSlice")
 def _slice(m: ChannelSlice, n: fx.Node) -> Lowered:
     return Lowered("Slice", {"axis": 1, "start": int(m.start), "stop": int(m.stop)})
+
+
+@lowers(nn.PReLU, "PReLU")
+def _prelu(m: nn.PReLU, n: fx.Node) -> Lowered:
+    return Lowered("PRelu", {}, {"slope": _np(m.weight).reshape(-1)})
+
+
+@lowers(nn.Sigmoid, "Sigmoid")
+def _sigmoid(m: nn.Sigmoid, n: fx.Node) -> Lowered:
+    return Lowered("Sigmoid")
+
+
+@lowers(ChannelScale, "ChannelScale")
+def _channel_scale(m: ChannelScale, n: fx.Node) -> Lowered:
+    return Lowered("ChannelMul")
 
 
 @lowers(nn.Identity, "Identity")

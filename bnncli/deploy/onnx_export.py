@@ -148,6 +148,24 @@ class _Emitter:
         axes = self.init(f"{node.name}.axes", np.array([1], np.int64))
         self.emit("Slice", [node.inputs[0], starts, ends, axes], node.outputs[0], node.name)
 
+    @emits("PRelu")
+    def prelu(self, node: Node) -> None:
+        """ONNX's PRelu, its slope ``[C, 1, 1]`` (broadcast over the batch, height and width)."""
+        slope = self.tensor(node, "slope").astype(np.float32).reshape(-1, 1, 1)
+        self.emit("PRelu", [node.inputs[0], self.init(f"{node.name}.slope", slope)], node.outputs[0], node.name)
+
+    @emits("Sigmoid")
+    def sigmoid(self, node: Node) -> None:
+        self.emit("Sigmoid", node.inputs, node.outputs[0], node.name)
+
+    @emits("ChannelMul")
+    def channel_mul(self, node: Node) -> None:
+        """``Mul(x, Unsqueeze(s, [2, 3]))``: the [N, C] scales as [N, C, 1, 1], broadcast over H and W."""
+        x, s = node.inputs
+        axes = self.init(f"{node.name}.axes", np.array([2, 3], np.int64))
+        s4 = self.emit("Unsqueeze", [s, axes], f"{node.name}.scales", f"{node.name}.unsqueeze")
+        self.emit("Mul", [x, s4], node.outputs[0], node.name)
+
     @emits("BinaryConv")
     def binary_conv(self, node: Node) -> None:
         a = node.attrs

@@ -29,7 +29,9 @@ MAX_WINDOW = MAX_IMAGE_SIZE
 # Ops whose output has a different rank than their first input (every other op keeps it).
 _RANK_OUT = {"Flatten": 2, "Linear": 2}
 _RANK_IN = {"Linear": 2, "Conv": 4, "GroupConv": 4, "BinaryConv": 4, "MaxPool": 4, "AvgPool": 4,
-            "GlobalAvgPool": 4, "BatchNorm": 4, "Affine": 4, "Concat": 4, "Slice": 4}
+            "GlobalAvgPool": 4, "BatchNorm": 4, "Affine": 4, "Concat": 4, "Slice": 4, "PRelu": 4}
+# Ops whose inputs have different ranks: the rank of each input.
+_RANKS_IN = {"ChannelMul": (4, 2)}
 
 
 def _pair(v: Any) -> tuple[int, int] | None:
@@ -168,6 +170,10 @@ class Graph:
             bad = [r for r in got if want is not None and r != want]
             if bad:
                 raise ArtifactError(f"node {node.name!r} ({node.op}) reads a {bad[0]}-D value; it takes {want}-D")
+            each = _RANKS_IN.get(node.op)
+            if each is not None and len(got) == len(node.inputs) and tuple(got) != each[:len(got)]:
+                raise ArtifactError(f"node {node.name!r} ({node.op}) reads {' and '.join(f'{r}-D' for r in got)} "
+                                    f"values; it takes {' and '.join(f'{r}-D' for r in each)}")
             if node.op == "Add" and len(set(got)) > 1:
                 raise ArtifactError(f"node {node.name!r} (Add) adds values of different ranks")
             if got:

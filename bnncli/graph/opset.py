@@ -80,6 +80,10 @@ OPSET: tuple[OpSpec, ...] = (
            params=("weight",), optional_params=("bias",), attrs=(*_PAIRS, "groups"),
            float_dtype_params=("weight", "bias")),
     OpSpec("Slice", "channels start to stop - 1 (MeliusNet's improvement blocks)", attrs=("axis", "start", "stop")),
+    OpSpec("PRelu", "x where x >= 0, else x * slope[c]", params=("slope",)),
+    OpSpec("Sigmoid", "1 / (1 + exp(-x))"),
+    OpSpec("ChannelMul", "a feature map times a [N, C] value: x[n, c, h, w] * s[n, c] (Real-to-Binary Net's "
+           "per-image scales)", arity=2),
 )
 
 SPECS: dict[str, OpSpec] = {s.name: s for s in OPSET}

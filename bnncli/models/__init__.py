@@ -37,13 +37,14 @@ IMAGENET_MODELS = (
     "quicknet",
     "quicknet_large",
     "meliusnet22",
+    "realtobinarynet",
     "xnornet",
     "binary_alexnet",
 )
 
 # The modules of the zoo's families, imported (so registered) when a name below is first used.
 _FAMILIES = ("bnncli.models.binarydensenet", "bnncli.models.resnete", "bnncli.models.quicknet",
-             "bnncli.models.meliusnet", "bnncli.models.alexnet")
+             "bnncli.models.meliusnet", "bnncli.models.realtobinarynet", "bnncli.models.alexnet")
 
 _EXPORTS = {
     "ANCHORS": "bnncli.models.anchors",

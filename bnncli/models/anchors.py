@@ -15,6 +15,8 @@ ANCHORS: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "quicknet": {"larq_zoo": (63.3, 84.6)},
     "quicknet_large": {"larq_zoo": (66.9, 87.0)},
     "meliusnet22": {"larq_zoo": (62.4, 83.9)},
+    # larq_zoo.literature.RealToBinaryNet's docstring; the paper (Martinez et al. 2020) reports 65.4 / 86.2.
+    "realtobinarynet": {"paper": (65.4, 86.2), "larq_zoo": (65.01, 85.72)},
     # larq_zoo.literature.XNORNet and BinaryAlexNet (Larq Zoo 2.4's docstrings).
     "xnornet": {"larq_zoo": (44.96, 69.18)},
     "binary_alexnet": {"larq_zoo": (36.30, 61.53)},

@@ -1,6 +1,6 @@
 """Quantizers and binary layers."""
 
-from bnncli.nn.channels import ChannelSlice
+from bnncli.nn.channels import ChannelScale, ChannelSlice
 from bnncli.nn.float_layers import (
     FLOAT_WEIGHTS,
     FloatConv2d,
@@ -32,6 +32,7 @@ __all__ = [
     "WEIGHT_GRADIENTS",
     "ApproxSign",
     "BinaryConv2d",
+    "ChannelScale",
     "ChannelSlice",
     "FloatConv2d",
     "FloatLinear",

@@ -1,7 +1,11 @@
-"""Channel slices: ``x[:, start:stop]`` as a module, so the lowering sees it (graph op Slice).
+"""Channel-wise modules the lowering sees whole: slices and per-image channel scales.
 
-MeliusNet's improvement block adds a binary conv's output onto the last channels of its input:
-``cat([x[:, :c - g], x[:, c - g:] + w])`` (Larq Zoo writes it as ``x + pad(w)``).
+* :class:`ChannelSlice`, ``x[:, start:stop]`` (graph op Slice). MeliusNet's improvement block adds
+  a binary conv's output onto the last channels of its input: ``cat([x[:, :c - g], x[:, c - g:] + w])``
+  (Larq Zoo writes it as ``x + pad(w)``).
+* :class:`ChannelScale`, ``x * s[:, :, None, None]`` for a map ``x`` and an ``[N, C]`` value ``s``
+  (graph op ChannelMul). Real-to-Binary Net scales each binary conv's output by factors that a
+  small branch computes from the conv's real-valued input, per image and channel.
 """
 
 from __future__ import annotations
@@ -24,3 +28,13 @@ class ChannelSlice(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.start}:{self.stop}"
+
+
+class ChannelScale(nn.Module):
+    """``x * s[:, :, None, None]``: channel ``c`` of image ``n`` of an NCHW map times ``s[n, c]``."""
+
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        if x.dim() != 4 or s.dim() != 2 or s.shape != x.shape[:2]:
+            raise ValueError(f"a channel scale takes an [N, C, H, W] map and [N, C] scales, not "
+                             f"{list(x.shape)} and {list(s.shape)}")
+        return x * s[:, :, None, None]

@@ -460,6 +460,56 @@ class Slice(Op, op="Slice"):
         return x[self.start:self.stop]
 
 
+# --- Real-to-Binary Net's ops: PReLU and the per-image scales of its binary convs -------------
+
+
+class PRelu(Op, op="PRelu"):
+    """``x`` where ``x >= 0``, else ``x * slope[c]`` (PyTorch's PReLU, Keras' with ``shared_axes=[1, 2]``);
+    ``slope`` holds one value per channel, or one for all. Into its input when nothing reads it later."""
+
+    overwrites_first = True
+
+    def setup(self) -> None:
+        self.slope = self.tensor("slope", ndim=1)
+        self._per_channel: dict[int, np.ndarray] = {}
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        n = self.slope.shape[0]
+        if x.ndim != 4 or n not in (1, x.shape[0]):
+            shape = [x.shape[1], x.shape[0], *x.shape[2:]] if x.ndim == 4 else list(x.shape)
+            self.fail(f"has {n} slopes; it takes a feature map of {n} channels, not shape {shape} (NCHW)")
+        slope = self.slope if n == x.shape[0] else self._per_channel.setdefault(
+            x.shape[0], np.full(x.shape[0], self.slope[0], np.float32))
+        return self.ctx.kernels.prelu(x, slope, self.ctx.empty(x.shape) if out is None else out)
+
+
+class Sigmoid(Op, op="Sigmoid"):
+    """``1 / (1 + exp(-x))`` in float32, in NumPy whichever the backend: it reads the ``[N, C]``
+    values of Real-to-Binary Net's scaling branches (a few hundred numbers an image), where a
+    compiled kernel would gain nothing. ``exp(-x)`` overflows to infinity for x below -88, and the
+    result is then 0, as it should be."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        one = np.float32(1)
+        with np.errstate(over="ignore", under="ignore"):
+            return one / (one + np.exp(-x, dtype=np.float32))
+
+
+class ChannelMul(Op, op="ChannelMul"):
+    """A feature map times ``[N, C]`` scales, ``x[n, c, h, w] * s[n, c]`` in NCHW terms: each image's
+    channels scaled by its own factors (Real-to-Binary Net's binary conv outputs). Into the map
+    when nothing reads it later."""
+
+    overwrites_first = True
+
+    def __call__(self, x: np.ndarray, s: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if x.ndim != 4 or s.ndim != 2 or s.shape != (x.shape[1], x.shape[0]):
+            shape = [x.shape[1], x.shape[0], *x.shape[2:]] if x.ndim == 4 else list(x.shape)
+            self.fail(f"scales a feature map by [N, C] values; got shapes {shape} (NCHW) and {list(s.shape)}")
+        return self.ctx.kernels.channel_mul(x, np.asarray(s, np.float32), self.ctx.empty(x.shape) if out is None
+                                            else out)
+
+
 # Every op the runtime knows, in the order of bnncli.graph.opset.OPSET (tests/test_opset.py checks
 # that there is one class per declared op).
 OPS: tuple[type[Op], ...] = tuple(_REGISTERED[s.name] for s in opset.OPSET if s.name in _REGISTERED)

@@ -104,7 +104,8 @@ class Kernels(Protocol):
     """What the ops ask of a backend; one instance per model, made by bnncli.runtime.backends.create.
 
     ``out`` arguments are C-contiguous float32 arrays of the result's shape, which may be the
-    input itself where the op allows it (affine, relu, add); the result is written there and returned.
+    input itself where the op allows it (affine, relu, prelu, channel_mul, add); the result is
+    written there and returned.
     """
 
     name: ClassVar[str]
@@ -127,6 +128,12 @@ class Kernels(Protocol):
     def affine(self, x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray: ...
 
     def relu(self, x: np.ndarray, out: np.ndarray) -> np.ndarray: ...
+
+    def prelu(self, x: np.ndarray, slope: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``x`` where ``x >= 0``, else ``x * slope[c]`` (``slope`` float32 ``[C]``)."""
+
+    def channel_mul(self, x: np.ndarray, scales: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``x[c, n] * scales[n, c]`` over each plane (``scales`` float32 ``[N, C]``)."""
 
     def add(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray: ...
 

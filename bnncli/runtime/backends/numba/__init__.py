@@ -9,8 +9,11 @@ machine code with the helper threads of a :class:`~bnncli.runtime.backends.numba
 * :mod:`.group_conv`: grouped (depthwise) float convolutions.
 * :mod:`.warmup`: compiles every kernel once (``python -m bnncli.runtime.backends.numba.warmup``).
 
-Float convolutions, ReLU, additions and matrix products are the NumPy backend's (this class
-inherits them), so they are the reference's by construction; where they are split across
+Float convolutions, ReLU, PReLU, per-image channel scales (graph op ChannelMul), additions and
+matrix products are the NumPy backend's (this class inherits them), so they are the reference's
+by construction: each elementwise op rounds once per element, which a compiled loop could only
+repeat at the same memory speed; the ops on ``[N, C]`` vectors (Sigmoid, Linear, the global
+average pool) run in NumPy in both backends (bnncli.runtime.ops). Where they are split across
 threads, the crew's helpers run those parts too (:meth:`NumbaKernels.run_tasks`), so the backend
 has one set of helper threads, which never waits for a thread pool's threads to wake.
 

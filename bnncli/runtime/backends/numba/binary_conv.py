@@ -24,7 +24,8 @@ from the float32 input ``[C, N, H, W]`` to the float32 output ``[Cout, N, Ho, Wo
    (:func:`_counts_avx2`). Tasks are chunks of output positions x blocks of output channels.
 3. **Epilogue**, per output element, in float32 and in the NumPy kernel's order:
    ``(half_offset[o, p] - mismatches) * (2 * scale[o]) + bias[o]`` (``ref.half_dot_offset``;
-   the addition only where there is a bias, so that a -0.0 stays -0.0).
+   the addition only where there is a bias, so that a -0.0 stays -0.0). The table is read only
+   where zero padding makes it differ from one value per channel (:class:`HalfOffsets`).
 
 No ``fastmath`` anywhere, and every function cached on disk (bnncli.runtime.backends.numba.intrinsics).
 
@@ -302,15 +303,16 @@ _counts = _counts_avx2 if VECTOR_ISA == "avx2" else _counts_avx512
 
 
 @jit(boundscheck=False)
-def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias, out, res,
-               has_res, acc):
+def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, offsets, factor, bias, has_bias, out, res,
+               has_res, acc, tile):
     """A chunk of output positions (of N * Ho * Wo) x a block of 32 output channels (``task % blocks``).
 
     The micro-kernel (:func:`_counts_avx512` or :func:`_counts_avx2`) writes the chunk's mismatch
-    counts to ``acc`` [chunk + 3, 32] (int64), and the float32 epilogue writes ``out`` [Cout,
-    N * Ho * Wo], adding ``res`` (same shape; may be ``out``) after the scale and bias where
-    ``has_res``. A chunk whose length is not a multiple of the micro-kernel's positions computes
-    its last position again for the missing ones.
+    counts to ``acc`` [chunk + 3, 32] (int64), and the float32 epilogue (:func:`_epilogue`, with
+    ``offsets`` = (h0, hs, specials, nxt) of :class:`HalfOffsets` and ``tile`` [32 * (chunk + 3)]
+    float32) writes ``out`` [Cout, N * Ho * Wo], adding ``res`` (same shape; may be ``out``) after
+    the scale and bias where ``has_res``. A chunk whose length is not a multiple of the
+    micro-kernel's positions computes its last position again for the missing ones.
     """
     nb = wt.shape[0]
     blk = task % nb
@@ -335,52 +337,61 @@ def _conv_task(xf, wt, off, task, chunk, hp, wp, wc, ho, wo, sy, sx, hoff, facto
     for i in range(q1 - q0, q1 - q0 + 3):
         bases[i] = bases[q1 - q0 - 1]
     _counts(xf, wt[blk].reshape(-1), off, bases, q1 - q0, acc)
-    _epilogue(acc, blk * 32, q0, q1, how, hoff, factor, bias, has_bias, out, res, has_res)
+    h0, hs, specials, nxt = offsets
+    _epilogue(acc, tile, blk * 32, q0, q1, how, h0, hs, specials, nxt, factor, bias, has_bias, out, res, has_res)
 
 
 @jit(boundscheck=False)
-def _epilogue(acc, o0, q0, q1, how, hoff, factor, bias, has_bias, out, res, has_res):
+def _epilogue(acc, tile, o0, q0, q1, how, h0, hs, specials, nxt, factor, bias, has_bias, out, res, has_res):
     """Output channels ``o0 .. o0 + 31`` of positions ``q0 .. q1`` from their mismatch counts in
     ``acc``: ``(half_offset - count) * factor (+ bias) (residual +)`` in float32, in the NumPy
     kernel's order (the addition of the bias only where there is one, so that a -0.0 stays -0.0).
 
-    It runs over positions (contiguous in ``out`` and ``hoff``) in stretches within one image,
-    indexed from 0 (numba's negative-index wrap-around would otherwise turn the vector stores into
-    scatters).
+    The counts are first turned into float32 and transposed into ``tile`` [32, m] (channel-major,
+    so every later loop runs over contiguous memory). The half offset of channel ``o`` at a
+    position of an image is ``h0[o]``, except at the ``specials`` (sorted positions within an
+    image, where zero padding changes it; ``nxt[p]``: the first of them at or after ``p``) where
+    it is ``hs[o, k]``: the full table (:meth:`BinaryConvKernel.half_offset`) is never read, only
+    the border's part of it. It runs over positions in stretches within one image, indexed from 0
+    (numba's negative-index wrap-around would otherwise turn the vector stores into scatters).
     """
     cout = out.shape[0]
-    per_position = hoff.shape[1] > 1
-    saved = np.empty(q1 - q0 if has_res else 0, np.float32)
+    m_all = q1 - q0
+    for j in range(32):
+        for i in range(m_all):
+            tile[j * m_all + i] = np.float32(acc[i * 32 + j])
+    hrow = np.empty(m_all, np.float32)
+    saved = np.empty(m_all if has_res else 0, np.float32)
+    n_special = specials.shape[0]
     for o in range(o0, min(cout, o0 + 32)):
         f = factor[o]
         bo = bias[o]
-        j = o - o0
+        cnt = tile[(o - o0) * m_all:(o - o0 + 1) * m_all]
         q = q0
         p = q0 % how
         while q < q1:
             m = min(q1 - q, how - p)
+            t0 = q - q0
             dst = out[o, q:q + m]
+            src = cnt[t0:t0 + m]
+            hv = h0[o]
+            for i in range(m):
+                hrow[i] = hv
+            if n_special > 0:  # (a [Cout, 1] table has none, and a one-entry ``nxt``)
+                k = nxt[p]
+                while k < n_special and specials[k] < p + m:
+                    hrow[specials[k] - p] = hs[o, k]
+                    k += 1
             if has_res:  # read before ``dst`` is written: the residual may be ``out`` itself
                 rrow = res[o, q:q + m]
                 for i in range(m):
                     saved[i] = rrow[i]
-            src = acc[(q - q0) * 32 + j:(q - q0 + m) * 32 + j:32]
-            if per_position:
-                hrow = hoff[o, p:p + m]
-                if has_bias:
-                    for i in range(m):
-                        dst[i] = (hrow[i] - np.float32(src[i])) * f + bo
-                else:
-                    for i in range(m):
-                        dst[i] = (hrow[i] - np.float32(src[i])) * f
+            if has_bias:
+                for i in range(m):
+                    dst[i] = (hrow[i] - src[i]) * f + bo
             else:
-                h0 = hoff[o, 0]
-                if has_bias:
-                    for i in range(m):
-                        dst[i] = (h0 - np.float32(src[i])) * f + bo
-                else:
-                    for i in range(m):
-                        dst[i] = (h0 - np.float32(src[i])) * f
+                for i in range(m):
+                    dst[i] = (hrow[i] - src[i]) * f
             if has_res:  # the Add that follows the convolution: residual + conv, one rounding
                 for i in range(m):
                     dst[i] = saved[i] + dst[i]
@@ -390,7 +401,7 @@ def _epilogue(acc, o0, q0, q1, how, hoff, factor, bias, has_bias, out, res, has_
 
 @jit(boundscheck=False)
 def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                        hoff, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk):
+                        offsets, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk):
     """The whole op on the calling thread: border, packing tasks, popcount tasks in order."""
     wc = fill.shape[0]
     _fill_border(xf.reshape(-1, hp * wp * wc), h, w, hp, wp, wc, top, left, fill)
@@ -398,14 +409,15 @@ def _binary_conv_serial(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, lef
     for task in range(-(-xs.shape[1] // pack_chunk) * wc):
         _pack_task(xs, xf, task, pack_chunk, h, w, hp, wp, wc, top, left, sign, thr, buf)
     acc = np.empty((conv_chunk + 3) * 32, np.int64)
+    tile = np.empty((conv_chunk + 3) * 32, np.float32)
     for task in range(-(-out.shape[1] // conv_chunk) * wt.shape[0]):
-        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias,
-                   out, res, has_res, acc)
+        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, offsets, factor, bias, has_bias,
+                   out, res, has_res, acc, tile)
 
 
 @jit(boundscheck=False)
 def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left, ho, wo, sy, sx,
-                       hoff, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk, counters):
+                       offsets, factor, bias, has_bias, out, res, has_res, pack_chunk, conv_chunk, counters):
     """One thread's share of the op: tasks taken from the shared atomic ``counters``.
 
     ``counters`` (int64, zeroed, a cache line per counter): [0] next packing task, [8] packing
@@ -426,12 +438,13 @@ def _binary_conv_share(xs, xf, wt, off, fill, sign, thr, h, w, hp, wp, top, left
         fetch_add(counters, 8)
     wait_for(counters, 8, pack_tasks)
     acc = np.empty((conv_chunk + 3) * 32, np.int64)
+    tile = np.empty((conv_chunk + 3) * 32, np.float32)
     while True:
         task = fetch_add(counters, 16)
         if task >= conv_tasks:
             break
-        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, hoff, factor, bias, has_bias,
-                   out, res, has_res, acc)
+        _conv_task(xf, wt, off, task, conv_chunk, hp, wp, wc, ho, wo, sy, sx, offsets, factor, bias, has_bias,
+                   out, res, has_res, acc, tile)
         fetch_add(counters, 24)
 
 
@@ -441,6 +454,34 @@ def tap_offsets(kernel, dilation, wp: int, wc: int) -> np.ndarray:
     ky = np.arange(kh)[:, None, None] * (dilation[0] * wp * wc)
     kx = np.arange(kw)[None, :, None] * (dilation[1] * wc)
     return (ky + kx + np.arange(wc)[None, None, :]).astype(np.int64).ravel()
+
+
+class HalfOffsets(NamedTuple):
+    """A half-offset table [Cout, P] (or [Cout, 1]) in the epilogue's form: ``h0`` [Cout], the value
+    at most positions, and the positions where some channel differs (``specials``, sorted), their
+    values ``hs`` [Cout, S] and ``nxt`` [P + 1] (the index of the first special at or after each
+    position). Only zero padding makes specials, and only at the border."""
+
+    h0: np.ndarray
+    hs: np.ndarray
+    specials: np.ndarray
+    nxt: np.ndarray
+
+
+def split_half_offsets(half: np.ndarray, wo: int) -> HalfOffsets:
+    """:class:`HalfOffsets` of a float32 table ``[Cout, P]`` for maps ``wo`` wide (or ``[Cout, 1]``,
+    which has no specials).
+
+    Any column could serve as ``h0``, as a special is any position where a channel's value
+    differs from it; the map's centre is interior wherever the map has an interior.
+    """
+    cout, positions = half.shape
+    centre = (positions // wo) // 2 * wo + min(wo, positions) // 2 if positions > 1 else 0
+    h0 = np.ascontiguousarray(half[:, centre])
+    specials = np.flatnonzero((half != h0[:, None]).any(axis=0)).astype(np.int64)
+    hs = np.ascontiguousarray(half[:, specials])
+    nxt = np.searchsorted(specials, np.arange(positions + 1)).astype(np.int64)
+    return HalfOffsets(h0, hs, specials, nxt)
 
 
 class _Geometry(NamedTuple):
@@ -503,6 +544,7 @@ class BinaryConvKernel:
         self.fill = valid_bits_words(c) if self.pad_value == 1 else np.zeros(self.words, dtype=np.uint64)
         self._geometries: dict[tuple, _Geometry] = {}
         self._half_offsets: dict[tuple, np.ndarray] = {}
+        self._split_offsets: dict[tuple, HalfOffsets] = {}
 
     def geometry(self, h: int, w: int, pads) -> _Geometry:
         key = (h, w, tuple(pads))
@@ -539,12 +581,15 @@ class BinaryConvKernel:
         g = self.geometry(h, w, pads)
         cout, ho, wo = self.cout, g.ho, g.wo
         if half_offset is None:
-            half_offset = self.half_offset(h, w, pads)
+            key = (h, w, tuple(pads))
+            offsets = self._split_offsets.get(key)
+            if offsets is None:
+                offsets = self._split_offsets[key] = split_half_offsets(self.half_offset(h, w, pads), wo)
         elif half_offset.dtype != np.float32 or half_offset.shape not in ((cout, 1), (cout, ho * wo)):
             raise ValueError(f"half_offset must be float32 {(cout, 1)} or {(cout, ho * wo)}, not "
                              f"{half_offset.dtype} {half_offset.shape}")
-        elif not (half_offset.flags.c_contiguous and half_offset.flags.writeable):
-            half_offset = np.array(half_offset, order="C")
+        else:
+            offsets = split_half_offsets(half_offset, wo)
         if out is None:
             out = np.empty((cout, n, ho, wo), dtype=np.float32)
         elif (out.shape != (cout, n, ho, wo) or out.dtype != np.float32 or not out.flags.c_contiguous
@@ -573,7 +618,7 @@ class BinaryConvKernel:
         scratch = None if self.buffers is None else self.buffers.empty((2 * words,))
         xf = np.empty(words, dtype=np.uint64) if scratch is None else scratch.view(np.uint64)
         args = (x.reshape(c, n * h * w), xf, wt, g.offsets, self.fill, self.sign, self.threshold, h, w, g.hp, g.wp,
-                g.pads[0], g.pads[1], ho, wo, self.stride[0], self.stride[1], half_offset, self.factor, self.bias,
+                g.pads[0], g.pads[1], ho, wo, self.stride[0], self.stride[1], tuple(offsets), self.factor, self.bias,
                 self.has_bias, out.reshape(cout, positions), res.reshape(cout, positions), residual is not None,
                 pack_chunk, conv_chunk)
         if workers <= 1:

@@ -44,11 +44,44 @@ def _tap_range(k, s, pad, size, out_size):
     return first, max(first, last)
 
 
+@jit(inline="always")
+def _edge_max(r, i, kw, sx, left, w):
+    """Output ``i`` of a row ``r`` from those of its taps inside the row (-inf where none is)."""
+    m = np.float32(-np.inf)
+    for kx in range(kw):
+        c = i * sx - left + kx
+        if 0 <= c < w:
+            m = _max(m, r[c])
+    return m
+
+
+@jit(inline="always")
+def _tap_row(r, phases, sx, c):
+    """The elements ``c``, ``c + sx``, ``c + 2 * sx``, ... of the row ``r``, as one contiguous array
+    (from its stride phases when ``sx`` > 1)."""
+    if sx == 1:
+        return r[c:]
+    return phases[c % sx, c // sx:]
+
+
+@jit(boundscheck=False, inline="always")
+def _max3(dst, a, b, c, m):
+    for i in range(m):
+        dst[i] = _max(_max(a[i], b[i]), c[i])
+
+
+@jit(boundscheck=False, inline="always")
+def _max2(dst, a, b, m):
+    for i in range(m):
+        dst[i] = _max(a[i], b[i])
+
+
 @jit(boundscheck=False)
-def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu, affine, s, t):
+def _max_pool_plane(x, out, r, phases, kh, kw, sy, sx, top, left, relu, affine, s, t):
     """One [H, W] plane into [Ho, Wo]: per output row, the maximum over the window's rows into
-    ``r`` [W], then over its columns, tap by tap (strided reads that vectorize). With ``affine``,
-    every element is first ``x * s + t`` (two float32 roundings, as the affine op)."""
+    ``r`` [W], then over its columns, tap by tap (``phases`` [sx, W // sx + 1]: scratch for the
+    row's stride phases). With ``affine``, every element is first ``x * s + t`` (two float32
+    roundings, as the affine op)."""
     h, w = x.shape
     ho, wo = out.shape
     for oy in range(ho):
@@ -74,29 +107,50 @@ def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu, affine, s, t):
                 for i in range(w):
                     r[i] = _max(r[i], src[i])
         dst = out[oy]
-        # Outputs whose taps all lie inside the row, in one pass each (a fixed window: no
-        # gathers); the others, at the edges, tap by tap.
+        # Outputs whose taps all lie inside the row, tap by tap over contiguous memory: with a
+        # stride, the row is first split into its ``sx`` phases (every sx-th element), where
+        # tap kx of outputs i0, i0 + 1, ... are consecutive elements of one phase. The others,
+        # at the edges, tap by tap below.
         i0 = _tap_range(0, sx, left, w, wo)[0]
         i1 = max(i0, _tap_range(kw - 1, sx, left, w, wo)[1])
-        if kw == 3:
-            for i in range(i0, i1):
-                b = i * sx - left
-                dst[i] = _max(_max(r[b], r[b + 1]), r[b + 2])
-        elif kw == 2:
-            for i in range(i0, i1):
-                b = i * sx - left
-                dst[i] = _max(r[b], r[b + 1])
-        else:
-            i1 = i0
-        for i in range(wo):
-            if i0 <= i < i1:
-                continue
-            m = np.float32(-np.inf)
-            for kx in range(kw):
-                c = i * sx - left + kx
-                if 0 <= c < w:
-                    m = _max(m, r[c])
-            dst[i] = m
+        if i1 > i0:
+            if sx == 1:
+                pass
+            elif sx == 2:  # (a constant stride: loads and shuffles, no gathers)
+                even = phases[0]
+                odd = phases[1]
+                for j in range(w // 2):
+                    even[j] = r[2 * j]
+                    odd[j] = r[2 * j + 1]
+                if w % 2:
+                    even[w // 2] = r[w - 1]
+            else:
+                for q in range(sx):
+                    phase = phases[q]
+                    for j in range((w - q + sx - 1) // sx):
+                        phase[j] = r[q + sx * j]
+            # Tap kx of outputs i0, i0 + 1, ... are consecutive elements of one array from
+            # column c0 + kx on (_tap_row): one fused pass for 2- and 3-wide windows.
+            m = i1 - i0
+            c0 = i0 * sx - left  # the column of the first interior output's first tap
+            d = dst[i0:i1]
+            if kw == 3:
+                _max3(d, _tap_row(r, phases, sx, c0), _tap_row(r, phases, sx, c0 + 1),
+                      _tap_row(r, phases, sx, c0 + 2), m)
+            elif kw == 2:
+                _max2(d, _tap_row(r, phases, sx, c0), _tap_row(r, phases, sx, c0 + 1), m)
+            else:
+                src = _tap_row(r, phases, sx, c0)
+                for i in range(m):
+                    d[i] = src[i]
+                for kx in range(1, kw):
+                    src = _tap_row(r, phases, sx, c0 + kx)
+                    for i in range(m):
+                        d[i] = _max(d[i], src[i])
+        for i in range(i0):
+            dst[i] = _edge_max(r, i, kw, sx, left, w)
+        for i in range(i1, wo):
+            dst[i] = _edge_max(r, i, kw, sx, left, w)
         if relu:
             for i in range(wo):
                 dst[i] = _max(dst[i], np.float32(0))
@@ -107,6 +161,7 @@ def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, scale, shift, batch
     """Planes of ``x`` [P, H, W] taken from ``counters`` ([0] next, [8] done) into ``out`` [P, Ho, Wo];
     plane p first scaled and shifted by channel p // batch where ``scale`` is not empty."""
     rows = np.empty(x.shape[2], np.float32)
+    phases = np.empty((sx, x.shape[2] // sx + 1), np.float32)
     affine = scale.shape[0] > 0
     while True:
         p = fetch_add(counters, 0)
@@ -115,7 +170,14 @@ def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, scale, shift, batch
         c = p // batch if affine else 0
         s = scale[c] if affine else np.float32(1)
         t = shift[c] if affine else np.float32(0)
-        _max_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, top, left, relu, affine, s, t)
+        # The usual windows with every size a constant (numba compiles the plane for them, and
+        # LLVM unrolls and vectorizes its loops), any other through the general code.
+        if kh == 3 and kw == 3 and sy == 2 and sx == 2 and top == 1 and left == 1:  # a ResNet stem's pool
+            _max_pool_plane(x[p], out[p], rows, phases, 3, 3, 2, 2, 1, 1, relu, affine, s, t)
+        elif kh == 2 and kw == 2 and sy == 2 and sx == 2 and top == 0 and left == 0:  # a DenseNet transition's
+            _max_pool_plane(x[p], out[p], rows, phases, 2, 2, 2, 2, 0, 0, relu, affine, s, t)
+        else:
+            _max_pool_plane(x[p], out[p], rows, phases, kh, kw, sy, sx, top, left, relu, affine, s, t)
         fetch_add(counters, 8)
 
 
