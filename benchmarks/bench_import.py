@@ -5,7 +5,8 @@
 
 The first command (TensorFlow, larq and larq-zoo in their own environment; see
 tests/fixtures/larq/make_fixtures.py) builds BinaryDenseNet28, 37, 37Dilated, 45,
-BinaryResNetE18, BiRealNet, QuickNetSmall, QuickNet, QuickNetLarge and MeliusNet22 with larq-zoo, gives them
+BinaryResNetE18, BiRealNet, QuickNetSmall, QuickNet, QuickNetLarge, MeliusNet22, XNORNet and BinaryAlexNet
+with larq-zoo, gives them
 random weights and BatchNorm statistics, and saves each
 as ``<Model>.h5`` (Keras ``save_weights``, the layout of the published files) with an ``.npz`` of
 4 inputs at 224 px and Keras' logits. This script then, per model: ``bnn import larq`` (the
@@ -38,6 +39,8 @@ MODELS = {  # Larq Zoo class -> bnncli model
     "QuickNet": "quicknet",
     "QuickNetLarge": "quicknet_large",
     "MeliusNet22": "meliusnet22",
+    "XNORNet": "xnornet",
+    "BinaryAlexNet": "binary_alexnet",
 }
 
 
@@ -68,8 +71,9 @@ def first_flip(model, packed, x: np.ndarray, inputs_file: Path) -> dict | None:
     keras = np.load(inputs_file)
     count = len([k for k in keras.files if k.startswith("c")])
     seen: list[np.ndarray] = []
+    # The convs that binarize their input (not BinaryAlexNet's first, binary weights on the image).
     hooks = [m.register_forward_pre_hook(lambda _m, a: seen.append(a[0].numpy().transpose(0, 2, 3, 1)))
-             for m in model.modules() if isinstance(m, BinaryConv2d)]
+             for m in model.modules() if isinstance(m, BinaryConv2d) and m.binary_input]
     with torch.no_grad():
         model(torch.from_numpy(x))
     for h in hooks:

@@ -90,9 +90,15 @@ def randomize_batchnorm(model, seed: int = 0) -> None:
                 c = m.num_features
                 m.running_mean.copy_(torch.randn(c, generator=g) * 0.5)
                 m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
-                if m.affine:  # QuickNet's depthwise stem BatchNorm has no scale and centre
-                    m.weight.copy_(torch.randn(c, generator=g) * 0.6 + 0.8)
-                    m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+                # QuickNet's depthwise stem BatchNorm has no scale and centre; XNOR-Net's and
+                # BinaryAlexNet's have a centre only.
+                if m.weight is None and m.bias is None:
+                    continue
+                scale, shift = torch.randn(c, generator=g) * 0.6 + 0.8, torch.randn(c, generator=g) * 0.5
+                if m.weight is not None:
+                    m.weight.copy_(scale)
+                if m.bias is not None:
+                    m.bias.copy_(shift)
 
 
 def write_checkpoint(path: Path, arch: str = "binarydensenet_tiny", class_names=("a", "b", "c", "d"),
@@ -157,8 +163,9 @@ def make_exact(model, seed: int = 0) -> None:
                     * torch.where(torch.rand(c, generator=g) < 0.2, -1.0, 1.0)
                 m.running_mean.copy_(dyadic((c,), 1 / 8, 2.0))
                 beta = dyadic((c,), 1 / 8, 1.0)
-                if m.affine:  # QuickNet's depthwise stem BatchNorm has no scale and centre
+                if m.weight is not None:  # QuickNet's depthwise stem BatchNorm has no scale and centre,
                     m.weight.copy_(gamma)
+                if m.bias is not None:  # XNOR-Net's and BinaryAlexNet's no scale
                     m.bias.copy_(beta)
             elif isinstance(m, torch.nn.PReLU):
                 m.weight.copy_(dyadic(m.weight.shape, 1 / 8, 1.0))

@@ -38,7 +38,11 @@ RESNETE = ["resnete_tiny"]
 DENSENETS = ["binarydensenet_tiny", "binarydensenet_tiny_dilated"]
 # QuickNet, Bi-Real Net, MeliusNet, Real-to-Binary Net
 LARQ_ZOO_2 = ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "realtobinarynet_tiny"]
+# XNOR-Net and BinaryAlexNet: static-size Keras models (their classifiers read a fixed map), made at
+# 64 px, 57x61 and 57 px, imported for 64 px.
+ALEXNETS = ["xnornet_tiny", "binary_alexnet_tiny"]
 RESIDUAL = RESNETE + LARQ_ZOO_2
+STRICT = RESIDUAL + ALEXNETS  # within 1e-4 relative of Keras
 
 
 def bnn(capsys, *args):
@@ -58,41 +62,42 @@ def _keras_logits(name: str, key: str = "logits") -> np.ndarray:
 
 
 def _check(name: str, logits: np.ndarray, keras: np.ndarray) -> None:
-    """ResNetE, QuickNet, Bi-Real Net: within 1e-4 relative of Keras and the same top-1.
-    BinaryDenseNet: the same top-1 on every input (a deep dense net can flip a near-zero sign
-    through float rounding)."""
+    """ResNetE, QuickNet, Bi-Real Net, MeliusNet, XNOR-Net, BinaryAlexNet: within 1e-4 relative of
+    Keras and the same top-1. BinaryDenseNet: the same top-1 on every input (a deep dense net can
+    flip a near-zero sign through float rounding)."""
     p = compare(keras, logits)
     assert p.top1_agree == p.samples, (name, p)
-    if name in RESIDUAL:
+    if name in STRICT:
         assert p.max_rel_diff <= 1e-4, (name, p)
 
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory) -> dict[str, Path]:
-    """Each fixture imported through the CLI, for the fixtures' 32 px inputs."""
+    """Each fixture imported through the CLI, for the fixtures' first inputs (32 px; 64 px for the
+    static-size ones)."""
     out = tmp_path_factory.mktemp("imported")
     paths = {}
     for name, info in INFO.items():
         target = out / f"{name}.pt"
         code = main(["import", "larq", str(FIXTURES / info["h5"]), "--arch", name, "-o", str(target),
-                     "--image-size", "32"])
+                     "--image-size", str(info.get("image_size", 32))])
         assert code == 0
         paths[name] = target
     return paths
 
 
-@pytest.mark.parametrize("name", RESIDUAL + DENSENETS)
+@pytest.mark.parametrize("name", RESIDUAL + DENSENETS + ALEXNETS)
 def test_imported_model_matches_keras_in_pytorch(name, imported):
     model, ckpt = load_model(imported[name])
     assert ckpt["arch"] == name and ckpt["arch_kwargs"]["padding"] == "tensorflow"
     assert ckpt["arch_kwargs"]["float_weights"] == "float32" and ckpt["arch_kwargs"]["thumbnail"] is False
-    for key in ("inputs", "inputs_2"):  # 32x32, and 29x61: the padding follows each input size
+    for key in ("inputs", "inputs_2"):  # 32x32 (64x64), and 29x61 (57x61): the padding follows each input size
         with torch.no_grad():
             logits = model(torch.from_numpy(_inputs(name, key))).numpy()
         _check(name, logits, _keras_logits(name, key.replace("inputs", "logits")))
 
 
-@pytest.mark.parametrize("name", RESIDUAL + DENSENETS)
+@pytest.mark.parametrize("name", RESIDUAL + DENSENETS + ALEXNETS)
 def test_imported_model_matches_keras_after_export_and_pack(name, imported, tmp_path, capsys):
     ckpt = imported[name]
     code, _, err = bnn(capsys, "export", ckpt, "-o", tmp_path / "m.onnx")
@@ -111,12 +116,14 @@ def test_imported_model_matches_keras_after_export_and_pack(name, imported, tmp_
         _check(name, packed(_inputs(name, "inputs_2")), _keras_logits(name, "logits_2"))  # any input size
 
 
-@pytest.mark.parametrize("name", LARQ_ZOO_2)
+@pytest.mark.parametrize("name", LARQ_ZOO_2 + ALEXNETS)
 def test_imported_model_matches_keras_at_a_second_square_size(name, tmp_path, capsys):
-    """Imported for 64 px (the size an ONNX file is exported at), against Keras' logits at 64 px in
-    PyTorch, onnxruntime and every packed backend; the architecture read off the file."""
+    """Imported for a second square size (64 px; 57 px for XNOR-Net and BinaryAlexNet: the size an
+    ONNX file is exported at), against Keras' logits at that size in PyTorch, onnxruntime and every
+    packed backend; the architecture read off the file."""
     ckpt = tmp_path / "m.pt"
-    code, out, err = bnn(capsys, "import", "larq", FIXTURES / INFO[name]["h5"], "-o", ckpt, "--image-size", 64,
+    size = INFO[name].get("inputs_3", [2, 64, 64])[1]
+    code, out, err = bnn(capsys, "import", "larq", FIXTURES / INFO[name]["h5"], "-o", ckpt, "--image-size", size,
                          "--json")
     assert code == 0, err
     assert json.loads(out)["arch"] == name
@@ -279,6 +286,76 @@ def test_published_quicknet_and_birealnet_files_are_known():
     assert "birealnet18" not in importable_models()  # not Larq Zoo's (BatchNorm eps 1e-5)
 
 
+def test_published_xnornet_and_binary_alexnet_files_are_known():
+    """larq-zoo 2.4's download table (larq_zoo/literature/xnornet.py, binary_alex_net.py)."""
+    from bnncli.convert.larq import NOT_IMPORTED, PUBLISHED
+
+    assert {k: (p.larq_zoo_model, p.url) for k, p in PUBLISHED.items() if "alex" in k or "xnor" in k} == {
+        "xnornet": ("XNORNet", "https://github.com/larq/zoo/releases/download/xnornet-v0.2.0/xnornet_weights.h5"),
+        "binary_alexnet": ("BinaryAlexNet", "https://github.com/larq/zoo/releases/download/binary_alexnet-v0.3.0/"
+                                            "binary_alexnet_weights.h5"),
+    }
+    assert PUBLISHED["xnornet"].sha256.startswith("e6ba24f78565")
+    assert PUBLISHED["binary_alexnet"].sha256.startswith("7fc065c47c5c")
+    assert "XNORNet" not in NOT_IMPORTED and "BinaryAlexNet" not in NOT_IMPORTED
+
+
+def test_xnornet_and_binary_alexnet_are_told_apart_by_their_layers(tmp_path, capsys):
+    """Neither file names its model; the shapes of their layers do (a float or a binary stem conv,
+    a Dense or a binary classifier conv)."""
+    for name in ALEXNETS:
+        anonymous = tmp_path / f"weights_{name[0]}.h5"
+        shutil.copy(FIXTURES / INFO[name]["h5"], anonymous)
+        code, out, err = bnn(capsys, "import", "larq", anonymous, "-o", tmp_path / f"{name}.pt", "--image-size", 64,
+                             "--json")
+        assert code == 0, err
+        assert json.loads(out)["arch"] == name and json.loads(out)["params"] == INFO[name]["params"]["trainable"]
+    _refused(capsys, tmp_path, FIXTURES / "xnornet_tiny.h5", "does not fit binary_alexnet_tiny", "--arch",
+             "binary_alexnet_tiny")
+
+
+def test_an_image_size_the_imported_model_cannot_take_is_refused(tmp_path, capsys):
+    """Larq Zoo's XNOR-Net and BinaryAlexNet read a fixed map with their classifier: the tiny ones
+    take 57-88 px (their first classifier layer 1x1), the ImageNet ones 217-248 px."""
+    _refused(capsys, tmp_path, FIXTURES / "xnornet_tiny.h5", "xnornet_tiny cannot take 32x32 inputs",
+             "--image-size", "32")
+    _refused(capsys, tmp_path, FIXTURES / "binary_alexnet_tiny.h5", "binary_alexnet_tiny cannot take 56x56 inputs",
+             "--image-size", "56")
+
+
+def test_binary_alexnets_first_dense_layer_reads_the_map_flattened_channels_last():
+    """Keras' Reshape flattens an [H, W, C] map in (h, w, c) order; the imported 6x6 conv over the map
+    (a [out, C, kh, kw] kernel) must sum the same products as a 1x1 conv on that flattened vector."""
+    from bnncli.convert.larq import _copy, _expected_shapes
+    from bnncli.models.alexnet import FlattenedBinaryConv2d
+
+    conv = FlattenedBinaryConv2d(5, 7, (3, 2))
+    assert _expected_shapes("flattened binary conv", conv) == {"kernel": (1, 1, 30, 7)}
+    rng = np.random.default_rng(0)
+    kernel = rng.uniform(-1, 1, (1, 1, 30, 7)).astype(np.float32)
+    _copy("flattened binary conv", conv, {"kernel": kernel})
+    x = rng.normal(size=(4, 3, 2, 5)).astype(np.float32)  # NHWC, as Keras holds the map
+    keras = np.where(x.reshape(4, 30) >= 0, 1, -1) @ np.where(kernel[0, 0] >= 0, 1, -1)
+    with torch.no_grad():
+        ours = conv(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    assert ours.shape == (4, 7, 1, 1) and np.array_equal(ours.numpy()[:, :, 0, 0], keras.astype(np.float32))
+
+
+def test_xnornet_kernels_are_clamped_as_its_quantizer_clips_them(tmp_path):
+    """Larq Zoo's xnor_weight_scale scales sign(W) by mean|clip(W, -1, 1)|: a latent weight beyond
+    1 (which its weight_clip constraint never leaves in a trained file) counts as 1."""
+    def grow(f):
+        d = f["quant_conv2d/quant_conv2d/kernel:0"]
+        d[...] = d[()] * 3
+    path = _edit(_copy(tmp_path, "xnornet_tiny.h5"), grow)
+    model, _, _ = convert(path, image_size=64)
+    with h5py.File(path, "r") as f:
+        kernel = f["quant_conv2d/quant_conv2d/kernel:0"][()]
+    assert np.abs(kernel).max() > 1
+    assert np.array_equal(model.conv2.weight.detach().numpy(), np.clip(kernel, -1, 1).transpose(3, 2, 0, 1))
+    assert model.conv2.scaling == "xnor"
+
+
 def test_a_1000_class_import_names_the_imagenet_synsets(tmp_path):
     from bnncli.convert.larq import class_names_for
 
@@ -438,6 +515,14 @@ def test_a_file_without_its_classifier_is_refused(tmp_path, capsys):
         del f["dense"]
     _refused(capsys, tmp_path, _edit(_copy(tmp_path), notop), "no float conv or no dense layer")
 
+    def alexnet_notop(f):  # BinaryAlexNet's classifier: its three binary dense layers (1x1 convs) and BatchNorms
+        drop = {f"quant_conv2d_{i}" for i in (5, 6, 7)} | {f"batch_normalization_{i}" for i in (5, 6, 7)}
+        _set_names(f, [n for n in _names(f) if n not in drop])
+        for n in drop:
+            del f[n]
+    _refused(capsys, tmp_path, _edit(_copy(tmp_path, "binary_alexnet_tiny.h5"), alexnet_notop),
+             "no float conv or no dense layer")
+
 
 def test_pairing_follows_creation_order_not_file_order(tmp_path):
     """The file lists a ResNetE block's main BatchNorm before its shortcut's, which Larq Zoo created
@@ -490,6 +575,10 @@ def test_models_lists_larq_zoos_published_files_and_names_the_models_it_does_not
     assert code == 0, err
     text = " ".join(out.split())
     assert rows["meliusnet22"]["larq_zoo"]["url"].endswith("/meliusnet22-v0.1.0/meliusnet22_weights.h5")
-    for zoo_name in ("XNORNet", "DoReFaNet", "BinaryAlexNet"):
+    for zoo_name in ("DoReFaNet",):
         assert f"{zoo_name} (" in text, zoo_name
+    for zoo_name in ("RealToBinaryNet", "XNORNet", "BinaryAlexNet"):  # imported: not in the list of the others
+        assert f"{zoo_name} (" not in text, zoo_name
+    assert rows["xnornet"]["larq_zoo"]["top1"] == 44.96 and rows["xnornet"]["larq_zoo"]["top5"] == 69.18
+    assert rows["binary_alexnet"]["larq_zoo"]["top1"] == 36.30 and rows["binary_alexnet"]["larq_zoo"]["top5"] == 61.53
     assert "DoReFaNet (53.39% top-1): out of scope: 2-bit activations" in text

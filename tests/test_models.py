@@ -170,7 +170,8 @@ def test_layer_summary_adds_up_to_the_model_counts(name, image_size):
     assert sum(r.fp_macs for r in rows) == totals.fp_macs
     assert sum(r.params for r in rows) == totals.params
     assert sum(r.size_bytes for r in rows) == pytest.approx(totals.size_bytes, abs=1)
-    assert {r.type for r in rows if r.kind == "binary"} == {"BinaryConv2d"}
+    # BinaryAlexNet's first dense layer is a BinaryConv2d subclass (bnncli.models.alexnet).
+    assert {r.type for r in rows if r.kind == "binary"} - {"FlattenedBinaryConv2d"} == {"BinaryConv2d"}
     assert all(r.binary_macs == 0 for r in rows if r.kind != "binary")
     assert rows[-1].output_shape == (10,) and rows[0].output_shape[1] <= image_size
     assert not any(".input_quantizer" in r.name or "quantizer" in r.type.lower() for r in rows)
@@ -226,13 +227,16 @@ LARQ_ZOO = {
     "birealnet_larq": (11_689_512, 11_699_112, 1_676_279_808, 137_793_536),
     "meliusnet22": (6_944_584, 6_969_672, 4_624_220_160, 136_388_608),
     "realtobinarynet": (11_986_920, 11_995_624, 1_676_279_808, 138_087_936),
+    "xnornet": (62_377_440, 62_396_768, 1_025_744_896, 113_379_328),
+    "binary_alexnet": (61_838_248, 61_859_192, 768_512_000, 72_855_552),
 }
 # The "Parameters" of larq-zoo's docstrings. BiRealNet's and RealToBinaryNet's are all their weights, MeliusNet22's the
 # trainable ones; QuickNet's are ModelProfile's count, which leaves out the statistics of every
 # BatchNorm with a scale and centre: the trainable weights, the blur kernels and the stem's
 # depthwise BatchNorm's two statistics.
 LARQ_ZOO_DOCSTRING_PARAMS = {"quicknet_small": 12_655_688, "quicknet": 13_234_088, "quicknet_large": 23_342_248,
-                             "birealnet_larq": 11_699_112, "meliusnet22": 6_944_584, "realtobinarynet": 11_995_624}
+                             "birealnet_larq": 11_699_112, "meliusnet22": 6_944_584, "realtobinarynet": 11_995_624,
+                             "xnornet": 62_396_768, "binary_alexnet": 61_859_192}
 
 
 @pytest.mark.parametrize("name", sorted(LARQ_ZOO))
@@ -246,7 +250,8 @@ def test_larq_zoo_models_count_what_larq_zoo_builds(name):
         assert s.params + fixed + depthwise_bn_stats == LARQ_ZOO_DOCSTRING_PARAMS[name]
     elif name == "meliusnet22":  # its docstring counts the trainable weights
         assert s.params == LARQ_ZOO_DOCSTRING_PARAMS[name]
-    else:
+    else:  # Bi-Real Net, XNOR-Net and BinaryAlexNet: all weights
+        assert s.params_with_bn_stats == LARQ_ZOO_DOCSTRING_PARAMS[name]
         assert s.params_with_bn_stats == LARQ_ZOO_DOCSTRING_PARAMS[name]
 
 
@@ -323,3 +328,81 @@ def test_realtobinarynet_scales_each_binary_conv_per_image():
         expected = torch.where(y >= 0, y, y * block.prelu.weight[None, :, None, None]) + x
         assert torch.allclose(block(x), expected, atol=1e-5)
         assert not torch.allclose(block(x[:1]), block(x[1:])), "each image gets its own scales"
+
+
+# larq.models.summary of larq-zoo 2.4's XNORNet and BinaryAlexNet (weights=None, 224 px): 1-bit weights
+# (BinaryAlexNet's first conv, binary weights on the float image, among them but its MACs 32-bit).
+LARQ_ZOO_BINARY_WEIGHTS = {"xnornet": 58_236_928, "binary_alexnet": 61_827_776}
+
+
+def test_xnornet_and_binary_alexnet_are_larq_zoos():
+    from bnncli.models.alexnet import FlattenedBinaryConv2d
+    from bnncli.nn import UnscaledBatchNorm2d
+
+    for name, binary_weights in LARQ_ZOO_BINARY_WEIGHTS.items():
+        model = create_model(name)
+        assert count_model(model).binary_params == binary_weights
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(bns) == 8 and all(isinstance(m, UnscaledBatchNorm2d) and m.weight is None for m in bns)
+        convs = [m for m in model.modules() if isinstance(m, BinaryConv2d)]
+        assert {(c.clip_threshold, c.weight_gradient, c.pad_value) for c in convs} == {(1.0, "larq", 0.0)}
+    xnor = create_model("xnornet")
+    assert [m.eps for m in xnor.modules() if isinstance(m, torch.nn.BatchNorm2d)] == [1e-5] + [1e-4] * 6 + [1e-3]
+    assert {c.scaling for c in xnor.modules() if isinstance(c, BinaryConv2d)} == {"xnor"}
+    assert xnor.fc6.kernel_size == (6, 6) and xnor.fc.bias is None and xnor.conv1.stride == (4, 4)
+    alex = create_model("binary_alexnet")
+    assert not alex.conv1.binary_input and alex.conv1.kernel_size == (11, 11) and alex.conv2.binary_input
+    assert isinstance(alex.fc6, FlattenedBinaryConv2d) and alex.fc6.kernel_size == (6, 6)
+    assert {m.eps for m in alex.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+    assert alex.bn8.num_features == 1000  # the logits are the last BatchNorm's output
+    # 224 px leaves a 6x6 map for the classifier's first layer, so a 1x1 map after it.
+    feats = []
+    hook = alex.fc6.register_forward_hook(lambda m, i, o: feats.append((i[0].shape[-2:], o.shape[-2:])))
+    with torch.no_grad():
+        alex.eval().to("meta")(torch.empty(1, 3, 224, 224, device="meta"))
+    hook.remove()
+    assert feats == [((6, 6), (1, 1))]
+
+
+def test_xnor_scaling_is_the_mean_magnitude_per_output_channel():
+    model = create_model("xnornet_tiny")
+    conv = model.conv2
+    with torch.no_grad():
+        conv.weight.uniform_(-1, 1)
+        x = torch.randn(1, conv.in_channels, 7, 7)
+        alpha = conv.weight.abs().mean(dim=(1, 2, 3))
+        plain = torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0), torch.where(conv.weight >= 0, 1.0, -1.0),
+                                           padding=2)
+        torch.testing.assert_close(conv(x), plain * alpha.view(1, -1, 1, 1))
+
+
+def test_a_binary_conv_on_float_input_takes_the_float_map_and_pads_it_with_zero():
+    conv = BinaryConv2d(3, 4, 3, padding=1, binary_input=False)
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        expected = torch.nn.functional.conv2d(x, torch.where(conv.weight >= 0, 1.0, -1.0), padding=1)
+        torch.testing.assert_close(conv(x), expected)
+    with pytest.raises(UsageError, match="binary conv on float input pads with 0"):
+        BinaryConv2d(3, 4, 3, padding=1, binary_input=False, pad_value=-1)
+    s = count_model(torch.nn.Sequential(conv), image_size=5)
+    assert (s.binary_params, s.binary_macs, s.fp_macs) == (108, 0, 4 * 25 * 27)
+
+
+def test_an_input_size_a_model_cannot_take_is_one_message(capsys):
+    """XNOR-Net's classifier reads the 6x6 map left at 217-248 px; below, its layers do not fit. So
+    does ResNetE at 100 px (a residual's branches differ in size). bnn models names them."""
+    from bnncli.cli.app import main
+    from bnncli.models import check_image_size
+
+    with pytest.raises(UsageError, match="xnornet cannot take 216x216 inputs"):
+        check_image_size(create_model("xnornet"), 216)
+    check_image_size(create_model("xnornet"), 217)
+    check_image_size(create_model("xnornet_tiny", thumbnail=False), 57)
+    with pytest.raises(UsageError, match="xnornet_tiny cannot take 56x56 inputs"):
+        check_image_size(create_model("xnornet_tiny", thumbnail=False), 56)
+    assert main(["models", "--image-size", "100"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Left out, their layers do not fit 100 px inputs: resnete18," in shown and "binary_alexnet." in shown
+    assert main(["models", "binary_alexnet", "--image-size", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "binary_alexnet cannot take 100x100 inputs" in err and len(err.strip().splitlines()) == 1

@@ -171,7 +171,8 @@ def test_lr_schedules():
 @pytest.mark.parametrize("recipe", PIPELINES, ids=[p.stem for p in PIPELINES])
 def test_every_recipe_builds_its_model(recipe):
     cfg = resolve_config(recipe=recipe, overrides={"data": "/imagenet"})
-    assert cfg.arch in list_models() and cfg.optimizer == "adam" and cfg.weight_decay == 0
+    assert cfg.arch in list_models() and cfg.optimizer == "adam"
+    assert cfg.weight_decay == (1e-6 if cfg.arch == "xnornet" else 0)  # Larq Zoo's L2 5e-7 on XNOR-Net's kernels
     if cfg.schedule == "step":
         assert cfg.steps and cfg.epochs > max(cfg.steps)
     else:  # QuickNet's cosine with warmup, Bi-Real Net's linear decay
@@ -413,11 +414,19 @@ def test_every_training_option_is_one_parameter_named_as_its_field():
     assert overrides["epochs"] is None and "json_" not in overrides and "compile_" not in overrides
 
 
-@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "realtobinarynet_tiny"])
+def test_an_image_size_the_model_cannot_take_is_refused_before_training(tmp_path, capsys):
+    code, _, err = bnn(capsys, "train", "--arch", "binary_alexnet", "--data", "builtin:shapes-mini", "--epochs", "1",
+                       "--image-size", "64", "--out", tmp_path / "run")
+    assert code == 2 and "binary_alexnet cannot take 64x64 inputs" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arch", ["quicknet_tiny", "birealnet_larq_tiny", "meliusnet_tiny", "realtobinarynet_tiny",
+                                  "xnornet_tiny", "binary_alexnet_tiny"])
 def test_larq_zoo_models_train_pack_and_evaluate(arch, tmp_path, capsys):
     """QuickNet (depthwise and blur-pool GroupConv nodes, +1 padding, in-conv ReLU), MeliusNet (Slice), Larq Zoo's
-    Bi-Real Net and Real-to-Binary Net (PRelu, Sigmoid, ChannelMul) train on the CLI, and their checkpoints pack
-    and evaluate."""
+    Bi-Real Net, Real-to-Binary Net (PRelu, Sigmoid, ChannelMul), XNOR-Net (scaled binary convs, BatchNorms without
+    scale) and BinaryAlexNet (binary weights on the float image) train on the CLI, and their checkpoints pack and
+    evaluate."""
     run = tmp_path / "run"
     code, _, err = bnn(capsys, "train", "--arch", arch, "--data", "builtin:shapes-mini", "--epochs", "1",
                        "--batch-size", "40", "--image-size", "32", "--out", run)

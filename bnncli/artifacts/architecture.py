@@ -156,6 +156,10 @@ def record(model: nn.Module) -> dict[str, Any]:
             if type_name is None:
                 raise _unsupported_module(model, target, m)
             spec = MODULES[type_name]
+            if isinstance(m, BinaryConv2d) and not m.binary_input:
+                raise ArtifactError(f"cannot record the architecture of {type(model).__name__}: module {target!r} "
+                                    f"is a binary conv on float input (binary_input=False), which a record "
+                                    f"does not hold; register the model instead (bnncli.register_model)")
             modules.setdefault(target, {"type": type_name, "args": _module_args(m, spec, target),
                                         "attrs": {a: getattr(m, a) for a in spec.attrs}})
         elif n.op == "call_function":

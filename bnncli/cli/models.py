@@ -59,6 +59,7 @@ def models(
         _print_layers(name, model, image_size, json_)
         return
     rows = []
+    too_small = []  # models that cannot take the size (XNOR-Net below 217 px, ResNetE at 100): left out, named
     for name in names:
         s: Any  # ZooCounts or ModelStats: the same fields
         if static:
@@ -68,7 +69,13 @@ def models(
 
             # Count every model as configured for ImageNet-sized input, so rows are comparable.
             model = create_model(name, num_classes=num_classes, thumbnail=image_size < 50, in_channels=3)
-            s, family = count_model(model, image_size=image_size), model_family(name)
+            try:
+                s, family = count_model(model, image_size=image_size), model_family(name)
+            except UsageError:
+                if len(names) == 1:
+                    raise
+                too_small.append(name)
+                continue
         rows.append({
             "name": name,
             "family": family,
@@ -87,6 +94,9 @@ def models(
         print_json(rows)
         return
     (_print_wide if wide else _print_narrow)(rows, f"bnn models ({num_classes} classes, {image_size}x{image_size})")
+    if too_small:
+        out.print(f"Left out, their layers do not fit {image_size} px inputs: {', '.join(too_small)}.",
+                  highlight=False)
     if any(r["larq_zoo"] for r in rows):
         out.print("Larq Zoo weights: download the .h5 file (bnn models --json lists the URLs),\n"
                   "then `bnn import larq FILE.h5`.", highlight=False)

@@ -1,10 +1,10 @@
 """``bnn import larq``: Larq Zoo's Keras weights (HDF5) -> an ordinary bnncli checkpoint.
 
-Larq Zoo trained the paper's models, QuickNet, Bi-Real Net, MeliusNet and Real-to-Binary Net in
-TensorFlow and published their ImageNet weights as Keras HDF5 files; its architectures equal
-bnncli's to the parameter (binarydensenet*, resnete18, quicknet_small / quicknet / quicknet_large,
-birealnet_larq, meliusnet22, realtobinarynet). Three
-details make a converted model compute what the Keras one computes:
+Larq Zoo trained the paper's models, QuickNet, Bi-Real Net, MeliusNet, Real-to-Binary Net, XNOR-Net
+and BinaryAlexNet in TensorFlow and published their ImageNet weights as Keras HDF5 files; its
+architectures equal bnncli's to the parameter (binarydensenet*, resnete18, quicknet_small /
+quicknet / quicknet_large, birealnet_larq, meliusnet22, realtobinarynet, xnornet, binary_alexnet).
+Three details make a converted model compute what the Keras one computes:
 
 * **padding**: Keras pads its stride-2 layers by TensorFlow's "same" rule, unevenly, so the model
   is built with ``padding="tensorflow"`` (bnncli.nn.padding);
@@ -19,8 +19,12 @@ details make a converted model compute what the Keras one computes:
   classifier's softmax is left out (bnncli models return logits).
 
 Layouts: Keras kernels are ``[kh, kw, Cin, Cout]`` (convs) and ``[in, out]`` (dense); PyTorch's
-``[Cout, Cin, kh, kw]`` and ``[out, in]``. BatchNorm's gamma, beta, moving mean and variance are
-PyTorch's weight, bias, running mean and var (eps 1e-5 in both).
+``[Cout, Cin, kh, kw]`` and ``[out, in]``. BinaryAlexNet's first dense layer is a 1x1 conv on the
+channels-last flattened map, ``[1, 1, kh * kw * C, out]``, which becomes a ``[out, C, kh, kw]``
+conv over the map. XNOR-Net's binary latent kernels are clamped to [-1, 1] on import: its kernel
+quantizer clips them so before taking their mean magnitude (the signs are unchanged).
+BatchNorm's gamma, beta, moving mean and variance are PyTorch's weight, bias, running mean and
+var (a BatchNorm without scale, Keras ``scale=False``, has no gamma and no weight).
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from bnncli.convert.published import NOT_IMPORTED, PUBLISHED, Published  # noqa:
 from bnncli.data.presets import preprocessing
 from bnncli.errors import ArtifactError, UsageError
 from bnncli.images.labels import imagenet_names
-from bnncli.models import create_model, list_models, model_family
+from bnncli.models import check_image_size, create_model, list_models, model_family
+from bnncli.models.alexnet import FlattenedBinaryConv2d
 from bnncli.models.meliusnet import DenseBlock, ImprovementBlock, MeliusNet
 from bnncli.models.meliusnet import Transition as MeliusTransition
 from bnncli.models.quicknet import BlurPool2d
@@ -53,7 +58,7 @@ from bnncli.nn import BinaryConv2d
 
 # The registry families whose structure Larq Zoo's factories build, and single models of other
 # families that Larq Zoo builds (birealnet18 is the Bi-Real paper's, with PyTorch's BatchNorm eps).
-FAMILIES = ("binarydensenet", "resnete", "quicknet", "meliusnet", "realtobinarynet")
+FAMILIES = ("binarydensenet", "resnete", "quicknet", "meliusnet", "realtobinarynet", "alexnet")
 MODELS = ("birealnet_larq", "birealnet_larq_tiny")
 # Families whose Keras layers Larq Zoo names itself ("stem_s0_conv", "section_0_block_0_dense_bn";
 # "r2b_bnn_block_2a_conv2d"): paired by those names, not by class and creation order.
@@ -65,6 +70,9 @@ SAME_POOLS = ("birealnet_larq", "birealnet_larq_tiny", "realtobinarynet", "realt
 # The layer that marks a file of a named family, and what messages call the family.
 R2B_STEM = "_block_1_conv2d"  # "<model name>_block_1_conv2d": Real-to-Binary Net's stem conv
 NAMED_LABELS = {"meliusnet": "MeliusNet", "realtobinarynet": "Real-to-Binary Net"}
+# Models whose Larq Zoo kernel quantizer clips the latent weights to [-1, 1] before scaling them by
+# their mean magnitude (XNOR-Net's xnor_weight_scale): their kernels are clamped so on import.
+CLIPPED_KERNELS = ("xnornet", "xnornet_tiny")
 
 
 IMPORT_OPTIONS: dict[str, Any] = {"padding": "tensorflow", "float_weights": "float32"}
@@ -86,9 +94,9 @@ LABELS = {"quant_conv2d": "binary conv", "conv2d": "conv", "quant_depthwise_conv
 FAMILY_CLASSES: dict[str, dict[str, str]] = {
     "quicknet": {"conv": "quant_conv2d", "depthwise conv": "quant_depthwise_conv2d", "dense": "quant_dense"},
 }
-_DEFAULT_CLASSES = {"binary conv": "quant_conv2d", "conv": "conv2d", "depthwise conv": "depthwise_conv2d",
-                    "blur pool": "depthwise_conv2d", "BatchNorm": "batch_normalization", "dense": "dense",
-                    "PReLU": "p_re_lu"}
+_DEFAULT_CLASSES = {"binary conv": "quant_conv2d", "flattened binary conv": "quant_conv2d", "conv": "conv2d",
+                    "depthwise conv": "depthwise_conv2d", "blur pool": "depthwise_conv2d",
+                    "BatchNorm": "batch_normalization", "dense": "dense", "PReLU": "p_re_lu"}
 
 
 def importable_models() -> list[str]:
@@ -100,6 +108,8 @@ def importable_models() -> list[str]:
 
 
 def _kind(m: nn.Module) -> str | None:
+    if isinstance(m, FlattenedBinaryConv2d):
+        return "flattened binary conv"
     if isinstance(m, BinaryConv2d):
         return "binary conv"
     if isinstance(m, BlurPool2d):
@@ -137,19 +147,22 @@ def _expected_shapes(kind: str, m: Any) -> dict[str, tuple[int, ...]]:
     if kind in ("binary conv", "conv"):
         cout, cin, kh, kw = m.weight.shape
         return {"kernel": (kh, kw, cin, cout)}
+    if kind == "flattened binary conv":  # a 1x1 conv on the channels-last flattened map
+        cout, cin, kh, kw = m.weight.shape
+        return {"kernel": (1, 1, kh * kw * cin, cout)}
     if kind in ("depthwise conv", "blur pool"):
         cout, cin_g, kh, kw = m.weight.shape
         if cin_g != 1:
             raise ArtifactError(f"a {kind} with {cin_g} input channels per group has no Keras counterpart")
         return {"depthwise_kernel": (kh, kw, cout, 1)}
-    if kind == "BatchNorm":
+    if kind == "BatchNorm":  # gamma and beta where the BatchNorm has a scale and a centre
         c = m.num_features
-        roles = WEIGHTS["batch_normalization"] if m.affine else ("moving_mean", "moving_variance")
-        return {k: (c,) for k in roles}
+        roles = ("gamma",) * (m.weight is not None) + ("beta",) * (m.bias is not None)
+        return {k: (c,) for k in (*roles, "moving_mean", "moving_variance")}
     if kind == "PReLU":  # Keras' PReLU with shared_axes=[1, 2]: one slope per channel
         return {"alpha": (1, 1, int(m.weight.numel()))}
     out_f, in_f = m.weight.shape
-    if m.bias is None:  # Real-to-Binary Net's scaling branches
+    if m.bias is None:  # Real-to-Binary Net's scaling branches, XNOR-Net's classifier
         return {"kernel": (in_f, out_f)}
     return {"kernel": (in_f, out_f), "bias": (out_f,)}
 
@@ -356,8 +369,33 @@ def _named_options(weights: KerasWeights) -> dict[str, Any]:
     return {"num_classes": int(k[1]), "in_channels": int(kernel[2]), "thumbnail": thumbnail, **IMPORT_OPTIONS}
 
 
+def _alexnet_options(groups: dict[str, list[KerasLayer]]) -> dict[str, Any]:
+    """XNOR-Net (a float stem conv and a Dense classifier) or BinaryAlexNet (no float conv; a binary
+    stem conv, and a binary 1x1 conv as its classifier): num_classes, in_channels and the stem kind."""
+    floats, dense, binary = groups["conv2d"], groups["dense"], groups["quant_conv2d"]
+    if floats:
+        first, last = floats[:1], dense[-1:]
+    else:
+        first, last = binary[:1], binary[-1:]
+        if last and tuple(last[0].shapes.get("kernel", ()))[:2] != (1, 1):
+            last = []
+    if not first or not last:
+        raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo model "
+                            "with its classifier (include_top=True)")
+    stem, head = first[0].shapes.get("kernel"), last[0].shapes.get("kernel")
+    if stem is None or len(stem) != 4 or head is None or len(head) not in (2, 4):
+        raise ArtifactError(f"layers {first[0].name} and {last[0].name}: no 4-dimensional stem kernel or "
+                            f"no classifier kernel")
+    classes = int(head[-1])
+    if classes < 1 or int(stem[2]) < 1:
+        raise ArtifactError(f"layers {first[0].name} and {last[0].name}: a kernel with no outputs or inputs")
+    return {"num_classes": classes, "in_channels": int(stem[2]), "thumbnail": int(stem[0]) == 3, **IMPORT_OPTIONS}
+
+
 def _file_options(groups: dict[str, list[KerasLayer]], family: str) -> dict[str, Any]:
     """num_classes, in_channels and the stem kind, read off the file for a model of ``family``."""
+    if family == "alexnet":
+        return _alexnet_options(groups)
     convs, dense = groups[keras_class("conv", family)], groups[keras_class("dense", family)]
     if not convs or not dense:
         raise ArtifactError("the file has no float conv or no dense layer, so it is not a Larq Zoo model "
@@ -524,11 +562,16 @@ def _copy(kind: str, m: Any, w: dict[str, np.ndarray]) -> None:
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["alpha"].reshape(-1))))
         elif kind in ("binary conv", "conv"):
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["kernel"].transpose(3, 2, 0, 1))))
+        elif kind == "flattened binary conv":  # [1, 1, kh * kw * C, out], (h, w, c) order -> [out, C, kh, kw]
+            cout, cin, kh, kw = m.weight.shape
+            kernel = w["kernel"].reshape(kh, kw, cin, cout)
+            m.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
         elif kind in ("depthwise conv", "blur pool"):  # [kh, kw, C, 1] -> [C, 1, kh, kw]
             m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w["depthwise_kernel"].transpose(2, 3, 0, 1))))
         elif kind == "BatchNorm":
-            if m.affine:
+            if m.weight is not None:
                 m.weight.copy_(torch.from_numpy(w["gamma"]))
+            if m.bias is not None:
                 m.bias.copy_(torch.from_numpy(w["beta"]))
             m.running_mean.copy_(torch.from_numpy(w["moving_mean"]))
             m.running_var.copy_(torch.from_numpy(w["moving_variance"]))
@@ -591,6 +634,7 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
             options = _file_options(groups, model_family(arch))
         if arch in SAME_POOLS:
             _check_pool_sizes(arch, options, image_size)
+        check_image_size(_build(arch, options, "meta"), image_size, options["in_channels"])
 
         def pair(model: nn.Module) -> Pairing:
             return pair_named(model, weights, arch) if named else pair_layers(model, groups, arch)
@@ -602,6 +646,11 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
         values = [(m, _read_values(weights, _kind(m) or "", m, layer)) for _, m, layer in pair(model).pairs]
     for m, w in values:
         _copy(_kind(m) or "", m, w)
+    if arch in CLIPPED_KERNELS:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, BinaryConv2d):
+                    m.weight.clamp_(-1.0, 1.0)
     model.eval()
     # Where the file came from is known only when it is the published file itself (its checksum):
     # another file of a published architecture (a fine-tune, random weights) has no URL.

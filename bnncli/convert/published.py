@@ -48,12 +48,12 @@ PUBLISHED = {
                              "c1ba85e8389ae326009665ec13331e49fc3df4d0f925fa8553e224f7362c18ed"),
     "realtobinarynet": Published("RealToBinaryNet", "r2b-v0.1.0", "r2b_weights.h5",
                                  "e8fd16ca1ab9810ac3835f24f5c62758a57bc32a615f73aaa50d382d2b9617e1"),
+    "xnornet": Published("XNORNet", "xnornet-v0.2.0", "xnornet_weights.h5",
+                         "e6ba24f785655260ae76a2ef1fab520e3528243d9c8fac430299cd81dbeabe10"),
+    "binary_alexnet": Published("BinaryAlexNet", "binary_alexnet-v0.3.0", "binary_alexnet_weights.h5",
+                                "7fc065c47c5c1d92389e0bb988ce6df6a4fa09d803b866e2ba648069d6652d63"),
 }
 # Larq Zoo 2.4's other published models (top-1 from its docstrings), and why bnncli does not import them.
 NOT_IMPORTED: dict[str, tuple[float, str]] = {
-    "XNORNet": (44.96, "not yet: AlexNet-style binary convs with per-channel weight scaling and binary 1x1 "
-                       "classifier convs; expressible, not written"),
     "DoReFaNet": (53.39, "out of scope: 2-bit activations; the packed runtime's binary convs take +-1 inputs only"),
-    "BinaryAlexNet": (36.30, "not yet: binary weights on the float image in its first conv and binary 1x1 "
-                             "classifier convs on reshaped maps; expressible, not written"),
 }

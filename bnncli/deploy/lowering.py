@@ -3,7 +3,8 @@
 :func:`lower` traces the model -- a registry model, or any module built from bnncli's and torch's
 layers -- with torch.fx (bnncli.nn.tracing: ``BinaryConv2d`` is a leaf) and maps each module,
 function and tensor method to one graph node, keeping the model's structure: BatchNorm stays BatchNorm, a
-binary conv keeps its +-1 weights (packed) and pad value. The ONNX exporter emits this graph.
+binary conv keeps its +-1 weights (packed) and pad value (one on float input, BinaryAlexNet's
+first conv, is a float Conv with +-1 weights). The ONNX exporter emits this graph.
 Each module type and function has one registered lowering (``@lowers``, ``@lowers_function``)
 returning a node of an op that bnncli/graph/opset.py declares; :data:`SUPPORTED` lists them.
 
@@ -222,8 +223,16 @@ def _conv(m: nn.Conv2d, n: fx.Node) -> Lowered:
 
 @lowers(BinaryConv2d, "BinaryConv2d")
 def _binary_conv(m: BinaryConv2d, n: fx.Node) -> Lowered:
-    params = {"weight": pack_binary_weight(m.weight)}
     alpha = m.scale()
+    if not m.binary_input:
+        # Binary weights on a float map (BinaryAlexNet's first conv): an ordinary float convolution
+        # whose weights are +-1 (times alpha when scaled), zero padded as the layer pads.
+        weight = np.where(_np(m.weight) >= 0, np.float32(1), np.float32(-1))
+        if alpha is not None:
+            weight = (weight * _np(alpha)[:, None, None, None]).astype(np.float32)
+        return Lowered("Conv", {"stride": _pair(m.stride), "padding": _padding(m), "dilation": _pair(m.dilation)},
+                       {"weight": weight})
+    params = {"weight": pack_binary_weight(m.weight)}
     if alpha is not None:
         params["out_scale"] = _np(alpha)
     return Lowered("BinaryConv", {

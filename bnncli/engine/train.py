@@ -59,7 +59,7 @@ from bnncli.engine.rng import he_normal_, rng_state, seed_everything, set_rng_st
 from bnncli.engine.stopping import StopRequest
 from bnncli.errors import ArtifactError, BnnError, DataError, UsageError
 from bnncli.fileio import write_text
-from bnncli.models import LEGACY_OPTIONS, create_model
+from bnncli.models import LEGACY_OPTIONS, check_image_size, create_model
 from bnncli.nn import LatentWeightClamp
 from bnncli.nn.threads import use_torch_threads
 
@@ -208,6 +208,7 @@ def build_model(cfg: TrainConfig, data: TrainData, ctx: distributed.Context,
         options.update({k: v for k, v in LEGACY_OPTIONS.items() if k not in resume["arch_kwargs"]})
     assert cfg.arch is not None  # config.validate made sure
     raw_model = create_model(cfg.arch, **options)
+    check_image_size(raw_model, data.image_size)  # one message, not a failure in the first step
     if cfg.init == "he_normal":
         he_normal_(raw_model)
     raw_model.to(ctx.device)

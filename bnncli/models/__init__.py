@@ -22,7 +22,7 @@ if TYPE_CHECKING:
         register_model,
     )
     from bnncli.models.anchors import ANCHORS
-    from bnncli.models.stats import LayerStats, ModelStats, count_model, layer_summary
+    from bnncli.models.stats import LayerStats, ModelStats, check_image_size, count_model, layer_summary
 
 IMAGENET_MODELS = (
     "binarydensenet28",
@@ -38,11 +38,13 @@ IMAGENET_MODELS = (
     "quicknet_large",
     "meliusnet22",
     "realtobinarynet",
+    "xnornet",
+    "binary_alexnet",
 )
 
 # The modules of the zoo's families, imported (so registered) when a name below is first used.
 _FAMILIES = ("bnncli.models.binarydensenet", "bnncli.models.resnete", "bnncli.models.quicknet",
-             "bnncli.models.meliusnet", "bnncli.models.realtobinarynet")
+             "bnncli.models.meliusnet", "bnncli.models.realtobinarynet", "bnncli.models.alexnet")
 
 _EXPORTS = {
     "ANCHORS": "bnncli.models.anchors",
@@ -51,6 +53,7 @@ _EXPORTS = {
     "LayerStats": "bnncli.models.stats",
     "ModelStats": "bnncli.models.stats",
     "builtin_model": "bnncli.models._registry",
+    "check_image_size": "bnncli.models.stats",
     "count_model": "bnncli.models.stats",
     "create_model": "bnncli.models._registry",
     "list_models": "bnncli.models._registry",
@@ -68,6 +71,7 @@ __all__ = [
     "LayerStats",
     "ModelStats",
     "builtin_model",
+    "check_image_size",
     "count_model",
     "create_model",
     "layer_summary",

@@ -43,3 +43,4 @@ def check_common(num_classes: int, in_channels: int) -> None:
 
 
 BatchNorm2d = partial(nn.BatchNorm2d, eps=1e-5, momentum=0.1)
+

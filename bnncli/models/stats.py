@@ -1,9 +1,10 @@
 """Parameter and MAC counts, as the paper and Larq Zoo count them.
 
-Binary MACs are those of :class:`BinaryConv2d`; full-precision MACs those of float convs and
-linear layers (the classifier included). OPs follow the authors: binary MACs / 64 plus the
-full-precision MACs without the classifier. Sizes count trainable parameters only: binary
-weights at 1 bit, everything else at 32 bits.
+Binary MACs are those of :class:`BinaryConv2d` on binarized input; full-precision MACs those of
+float convs and linear layers (the classifier included) and of binary convs on float input
+(BinaryAlexNet's first conv: 1-bit weights, float MACs, as larq counts it). OPs follow the
+authors: binary MACs / 64 plus the full-precision MACs without the classifier. Sizes count
+trainable parameters only: binary weights at 1 bit, everything else at 32 bits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bnncli.errors import UsageError
 from bnncli.models.zoo import CountsMixin
 from bnncli.nn import BinaryConv2d
 
@@ -57,7 +59,7 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
 
     def hook(module: nn.Module, _inp, out) -> None:
         if isinstance(module, BinaryConv2d):
-            totals["binary"] += _conv_macs(module, out)
+            totals["binary" if module.binary_input else "fp"] += _conv_macs(module, out)
         elif isinstance(module, nn.Conv2d):
             totals["fp"] += _conv_macs(module, out)
         elif isinstance(module, nn.Linear):
@@ -81,14 +83,30 @@ def count_model(model: nn.Module, image_size: int = 224, in_channels: int | None
 
 def _forward_with_hook(meta_model: nn.Module, modules: list[nn.Module], hook, in_channels: int,
                        image_size: int) -> None:
-    """One forward pass of a meta-device model on one image, ``hook`` registered on ``modules`` meanwhile."""
+    """One forward pass of a meta-device model on one image, ``hook`` registered on ``modules``
+    meanwhile; UsageError when the image is too small for the model (see :func:`check_image_size`)."""
     handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
             meta_model(torch.empty(1, in_channels, image_size, image_size, device="meta"))
+    except RuntimeError as e:
+        arch = getattr(meta_model, "bnn_arch", None) or type(meta_model).__name__
+        raise UsageError(f"{arch} cannot take {image_size}x{image_size} inputs: its layers do not fit the maps of "
+                         f"that size ({str(e).splitlines()[0]})") from None
     finally:
         for h in handles:
             h.remove()
+
+
+def check_image_size(model: nn.Module, image_size: int, in_channels: int | None = None) -> None:
+    """UsageError naming the model and the size when a forward pass at ``image_size`` squared fails:
+    a map shrinks below a layer's window (XNOR-Net and BinaryAlexNet, whose pools and classifier
+    read unpadded windows, need at least 217 px without their thumbnail stem, their tiny variants
+    57 px) or a residual's two branches differ in size (ResNetE at 100 px). Runs on the meta device."""
+    meta_model = _to_meta(model)
+    if in_channels is None:
+        in_channels = next(m for m in meta_model.modules() if isinstance(m, (nn.Conv2d, BinaryConv2d))).in_channels
+    _forward_with_hook(meta_model, [], lambda *_: None, in_channels, image_size)
 
 
 def _to_meta(model: nn.Module) -> nn.Module:
@@ -141,9 +159,9 @@ def layer_summary(model: nn.Module, image_size: int = 224, in_channels: int | No
 
     def hook(module: nn.Module, _inp, out) -> None:
         shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else ()
-        binary = _conv_macs(module, out) if isinstance(module, BinaryConv2d) else 0
+        binary = _conv_macs(module, out) if isinstance(module, BinaryConv2d) and module.binary_input else 0
         fp = 0
-        if isinstance(module, nn.Conv2d) and not isinstance(module, BinaryConv2d):
+        if isinstance(module, nn.Conv2d) or (isinstance(module, BinaryConv2d) and not module.binary_input):
             fp = _conv_macs(module, out)
         elif isinstance(module, nn.Linear):
             fp = out[0].numel() * module.in_features

@@ -72,4 +72,8 @@ ZOO: dict[str, ZooCounts] = {
     "meliusnet_tiny": ZooCounts("meliusnet", 201800, 203848, 82944, 82978560, 72863744, 96000),
     "realtobinarynet": ZooCounts("realtobinarynet", 11986920, 11995624, 10985472, 1676279808, 138087936, 806400),
     "realtobinarynet_tiny": ZooCounts("realtobinarynet", 446248, 447464, 294912, 46964736, 30843232, 135520),
+    "xnornet": ZooCounts("alexnet", 62377440, 62396768, 58236928, 1025744896, 113379328, 4096000),
+    "xnornet_tiny": ZooCounts("alexnet", 137456, 138096, 67328, 17729280, 18277888, 64000),
+    "binary_alexnet": ZooCounts("alexnet", 61838248, 61859192, 61827776, 768512000, 72855552, 0),
+    "binary_alexnet_tiny": ZooCounts("alexnet", 138440, 141048, 137136, 20033280, 18213888, 0),
 }

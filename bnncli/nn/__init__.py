@@ -10,6 +10,7 @@ from bnncli.nn.float_layers import (
     set_float_weights,
 )
 from bnncli.nn.layers import PAD_VALUES, SCALINGS, BinaryConv2d, LatentWeightClamp, clamp_latent_weights
+from bnncli.nn.norm import UnscaledBatchNorm2d
 from bnncli.nn.padding import PADDINGS, MaxPool2d, set_padding
 from bnncli.nn.quantizers import (
     ACTIVATION_GRADIENTS,
@@ -39,6 +40,7 @@ __all__ = [
     "IdentitySteSign",
     "LatentWeightClamp",
     "SteSign",
+    "UnscaledBatchNorm2d",
     "approx_sign",
     "binary_sign",
     "clamp_latent_weights",

@@ -34,6 +34,8 @@ class BinaryConv2d(PaddingRule, nn.Module):
         weight_gradient: ``"larq"`` (gradient cancelled for |w| > t, latent weights clamped to [-t, t]
             after each optimizer step) or ``"bmxnet"`` (identity gradient, no clamp).
         scaling: ``"none"`` (the paper's default) or ``"xnor"``: per-output-channel alpha = mean|W|.
+        binary_input: False leaves the input in float (binary weights on a float map, as the first
+            conv of Hubara et al.'s BinaryAlexNet); it is then zero padded and its MACs are float MACs.
 
     ``padding_rule = "tensorflow"`` (bnncli.nn.padding) replaces ``padding`` by TensorFlow's "same"
     rule for the input at hand; the pads still hold ``pad_value``.
@@ -53,8 +55,11 @@ class BinaryConv2d(PaddingRule, nn.Module):
         activation_gradient: str = "ste",
         weight_gradient: str = "larq",
         scaling: str = "none",
+        binary_input: bool = True,
     ) -> None:
         super().__init__()
+        if not binary_input and float(pad_value) != 0.0:
+            raise UsageError(f"a binary conv on float input pads with 0, not {pad_value!r}")
         if float(pad_value) not in PAD_VALUES:
             raise UsageError(f"pad value must be one of 0, -1, +1, not {pad_value!r}")
         if scaling not in SCALINGS:
@@ -72,6 +77,7 @@ class BinaryConv2d(PaddingRule, nn.Module):
         self.activation_gradient = activation_gradient
         self.weight_gradient = weight_gradient
         self.scaling = scaling
+        self.binary_input = bool(binary_input)
         self.input_quantizer = activation_quantizer(activation_gradient, clip_threshold)
         self.weight_quantizer = weight_quantizer(weight_gradient, clip_threshold)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
@@ -88,7 +94,7 @@ class BinaryConv2d(PaddingRule, nn.Module):
         return None
 
     def forward(self, x: Tensor) -> Tensor:
-        xb = self.input_quantizer(x)
+        xb = self.input_quantizer(x) if self.binary_input else x
         wb = self.weight_quantizer(self.weight).to(xb.dtype)
         ph, pw = self.padding
         if self.tf_same:
@@ -110,7 +116,8 @@ class BinaryConv2d(PaddingRule, nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, pad_value={self.pad_value:g}, "
             f"clip_threshold={self.clip_threshold:g}, weight_gradient={self.weight_gradient}, "
-            f"scaling={self.scaling}" + (", padding_rule=tensorflow" if self.tf_same else "")
+            f"scaling={self.scaling}" + ("" if self.binary_input else ", binary_input=False")
+            + (", padding_rule=tensorflow" if self.tf_same else "")
         )
 
 
