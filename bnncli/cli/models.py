@@ -112,6 +112,12 @@ def models(
             out.print(text, highlight=False, soft_wrap=True)
 
 
+def _mib(nbytes: int) -> str:
+    """A size in MiB in eight columns at most: 4.04 MiB, 22.7 MiB (XNOR-Net's float classifier)."""
+    mib = nbytes / 2**20
+    return f"{mib:.2f} MiB" if mib < 9.995 else f"{mib:.1f} MiB"
+
+
 def _zoo_top1(row: dict) -> str:
     return f"{row['larq_zoo']['top1']:.2f}%" if row["larq_zoo"] else "-"
 
@@ -127,7 +133,7 @@ def _print_narrow(rows: list[dict], title: str) -> None:
         table.add_column(col, justify="left" if col == "name" else "right")
     for r in rows:
         table.add_row(plain(r["name"]), _count(r["params"]), _count(r["binary_params"]), _count(r["binary_macs"]),
-                      _count(r["fp_macs"]), f"{r['size_bytes'] / 2**20:.2f} MiB", _zoo_top1(r))
+                      _count(r["fp_macs"]), _mib(r["size_bytes"]), _zoo_top1(r))
     out.print(table)
 
 

@@ -634,12 +634,13 @@ def convert(weights_path: str | os.PathLike, arch: str | None = None, image_size
             options = _file_options(groups, model_family(arch))
         if arch in SAME_POOLS:
             _check_pool_sizes(arch, options, image_size)
-        check_image_size(_build(arch, options, "meta"), image_size, options["in_channels"])
+        shapes_only = _build(arch, options, "meta")  # no memory: for the checks before any weight is read
+        check_image_size(shapes_only, image_size, options["in_channels"])
 
         def pair(model: nn.Module) -> Pairing:
             return pair_named(model, weights, arch) if named else pair_layers(model, groups, arch)
 
-        fit = pair(_build(arch, options, "meta"))
+        fit = pair(shapes_only)
         if fit.problem is not None:
             raise ArtifactError(f"{weights.path} does not fit {arch}: {fit.problem}")
         model = _build(arch, options)

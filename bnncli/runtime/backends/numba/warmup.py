@@ -52,6 +52,13 @@ def _run_ops(kernels: NumbaKernels) -> None:
     for layer in layers:
         ho = (side + 2 - 3) // layer.stride[0] + 1
         kernels.binary_conv(layer)(x, (1, 1, 1, 1), np.empty((cout, 1, ho, ho), np.float32))
+    # A dense block's input, packed by its producer for the layer that reads it (a fan-out).
+    run = kernels.binary_conv(layers[0])
+    fan = kernels.fan_out([(run, 0, (1, 1, 1, 1))], 1, side, side, cin)
+    if fan is not None:
+        pack, buffers = fan
+        pack(x)
+        run(x, (1, 1, 1, 1), np.empty((cout, 1, side, side), np.float32), prepacked=buffers[0])
     side = _side(float_ops.PARALLEL_MIN_ELEMENTS, 2)
     y = rng.standard_normal((2, 1, side, side), dtype=np.float32)
     half = (side + 2 - 3) // 2 + 1
