@@ -225,3 +225,18 @@ def test_python_jobs_run_every_task_once_and_raise_the_first_error(helpers):
         crew.run_python(rows, [0, 8])  # the helpers still serve
     finally:
         crew.close()
+
+
+@pytest.mark.parametrize("kernel, stride, dilation", [((7, 7), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)),
+                                                      ((3, 2), (2, 3), (2, 1)), ((1, 1), (2, 2), (1, 1))])
+def test_columns_equal_numpys(kernel, stride, dilation):
+    """The compiled im2col (F.columns, one call without the GIL per band of a float convolution)
+    copies what the NumPy kernels' conv_columns copies."""
+    xp = feature_map(3, 2, 17, 19, seed=9)
+    ho = (17 - (kernel[0] - 1) * dilation[0] - 1) // stride[0] + 1
+    wo = (19 - (kernel[1] - 1) * dilation[1] - 1) // stride[1] + 1
+    expected = O.conv_columns(xp, kernel, stride, dilation, (ho, wo), np.empty((3, *kernel, 2, ho, wo), np.float32))
+    got = F.columns(xp, kernel, stride, dilation, (ho, wo), np.full((3, *kernel, 2, ho, wo), np.nan, np.float32))
+    assert got.shape == expected.shape and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
+    with pytest.raises(ValueError):
+        F.columns(xp, kernel, stride, dilation, (ho, wo), np.empty((3, *kernel, 2, ho, wo + 1), np.float32))

@@ -137,6 +137,11 @@ class Kernels(Protocol):
 
     def add(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray: ...
 
+    def columns(self, xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                out_hw: tuple[int, int], cols: np.ndarray) -> np.ndarray:
+        """im2col: ``cols`` (float32 ``[Cin, kh, kw, N, Ho, Wo]``) filled from the padded map ``xp``
+        ``[Cin, N, Hp, Wp]``, returned as ``[Cin * kh * kw, N * Ho * Wo]`` (copies: every backend's are equal)."""
+
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
 
     def close(self) -> None: ...

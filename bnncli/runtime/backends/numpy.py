@@ -576,7 +576,7 @@ class NumpyConv:
                 buf = scratch
                 if r1 - r0 < rows:  # the last band's columns: the front of the buffer, contiguous
                     buf = scratch.reshape(-1)[:taps * (r1 - r0) * wo].reshape(self.cin, kh, kw, 1, r1 - r0, wo)
-                cols = conv_columns(part, L.kernel, L.stride, L.dilation, (r1 - r0, wo), buf)
+                cols = k.columns(part, L.kernel, L.stride, L.dilation, (r1 - r0, wo), buf)
                 np.matmul(self.w2, cols, out=out[:, i, r0:r1].reshape(self.cout, -1))
 
         k.run_tasks(run, list(range(workers)))
@@ -711,6 +711,10 @@ class NumpyKernels:
 
     def group_conv(self, layer) -> NumpyGroupConv:
         return NumpyGroupConv(layer, self)
+
+    def columns(self, xp: np.ndarray, kernel, stride, dilation, out_hw, cols: np.ndarray) -> np.ndarray:
+        """The im2col columns of a padded map, into ``cols`` (:func:`conv_columns`)."""
+        return conv_columns(xp, kernel, stride, dilation, out_hw, cols)
 
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``a @ b`` of float32 matrices into a buffer, rows of the result split across the pool when worth it."""

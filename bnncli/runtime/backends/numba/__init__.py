@@ -64,6 +64,9 @@ class NumbaKernels(NumpyKernels):
     def avg_pool(self, x, kernel, stride, out_hw, out):
         return float_ops.avg_pool(x, kernel, stride, out_hw, out=out, crew=self.crew)
 
+    def columns(self, xp, kernel, stride, dilation, out_hw, cols):
+        return float_ops.columns(xp, kernel, stride, dilation, out_hw, cols)
+
     def affine(self, x, scale, shift, out):
         return float_ops.affine(x, scale, shift, out=out, crew=self.crew)
 

@@ -238,6 +238,45 @@ def _affine_share(x, out, scale, shift, batch, counters):
         fetch_add(counters, 8)
 
 
+@jit(boundscheck=False)
+def _columns_rows(xp, cols, kh, kw, sh, sw, dh, dw):
+    """``cols[c, ky, kx, n, oy, ox] = xp[c, n, oy * sh + ky * dh, ox * sw + kx * dw]``."""
+    cin, n = xp.shape[0], xp.shape[1]
+    ho, wo = cols.shape[4], cols.shape[5]
+    for c in range(cin):
+        for ky in range(kh):
+            for kx in range(kw):
+                for b in range(n):
+                    for oy in range(ho):
+                        src = xp[c, b, oy * sh + ky * dh]
+                        dst = cols[c, ky, kx, b, oy]
+                        x0 = kx * dw
+                        for ox in range(wo):
+                            dst[ox] = src[x0 + ox * sw]
+
+
+@jit(boundscheck=False)
+def _columns(xp, cols, kh, kw, sh, sw, dh, dw):
+    """:func:`_columns_rows` with the sizes of a ResNet stem (7x7, stride 2) as constants."""
+    if kh == 7 and kw == 7 and sh == 2 and sw == 2 and dh == 1 and dw == 1:
+        _columns_rows(xp, cols, 7, 7, 2, 2, 1, 1)
+    else:
+        _columns_rows(xp, cols, kh, kw, sh, sw, dh, dw)
+
+
+def columns(xp: np.ndarray, kernel, stride, dilation, out_hw, cols: np.ndarray) -> np.ndarray:
+    """The columns ``[Cin * kh * kw, N * Ho * Wo]`` of a padded float32 map ``xp`` [Cin, N, Hp, Wp]
+    written into ``cols`` (float32 ``[Cin, kh, kw, N, Ho, Wo]``): the NumPy kernels' conv_columns,
+    the same copies in one compiled call that holds no GIL (so bands of a convolution fill their
+    columns on several threads at once)."""
+    xp = _contiguous(xp)
+    cin, n = xp.shape[:2]
+    if cols.shape != (cin, *kernel, n, *out_hw) or cols.dtype != np.float32 or not cols.flags.c_contiguous:
+        raise ValueError(f"cols must be a C-contiguous float32 {(cin, *kernel, n, *out_hw)}")
+    _columns(xp, cols, kernel[0], kernel[1], stride[0], stride[1], dilation[0], dilation[1])
+    return cols.reshape(cin * kernel[0] * kernel[1], -1)
+
+
 def _run(fn, args: tuple, planes: int, elements: int, crew) -> None:
     """``fn(*args)`` (a plane loop ending with its zeroed counters) on this thread, or on ``crew``
     when the op is large enough; returns when all ``planes`` are done."""
@@ -304,4 +343,4 @@ def affine(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, out: np.ndarray 
     return out
 
 
-COMPILED = [_max_pool_share, _avg_pool_share, _affine_share]
+COMPILED = [_columns_rows, _columns, _max_pool_share, _avg_pool_share, _affine_share]

@@ -69,6 +69,10 @@ def _run_ops(kernels: NumbaKernels) -> None:
     affine = (np.ones(2, np.float32), np.zeros(2, np.float32))  # an affine the pool applies
     kernels.max_pool(y, (2, 2), (2, 2), (0, 0, 0, 0), (side // 2, side // 2), True,
                      np.empty((2, 1, side // 2, side // 2), np.float32), affine)
+    kernels.columns(y, (7, 7), (2, 2), (1, 1), ((side - 7) // 2 + 1,) * 2,
+                    np.empty((2, 7, 7, 1, (side - 7) // 2 + 1, (side - 7) // 2 + 1), np.float32))
+    kernels.columns(y, (3, 3), (1, 1), (1, 1), (side - 2, side - 2),
+                    np.empty((2, 3, 3, 1, side - 2, side - 2), np.float32))
     depthwise = GroupConvLayer(rng.standard_normal((2, 1, 3, 3), dtype=np.float32), None, 2, (1, 1), (1, 1))
     kernels.group_conv(depthwise)(y, (1, 1, 1, 1), (side, side))
     # NumPy work split across the crew (matrix products, column copies): its task counters.
