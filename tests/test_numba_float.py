@@ -189,6 +189,7 @@ def test_cache_is_warm_after_calls():
     F.max_pool(x, (3, 3), (2, 2), (1, 1, 1, 1), (3, 3))
     F.avg_pool(x, (2, 2), (2, 2), (3, 3))
     F.affine(x, np.ones(2, np.float32), np.zeros(2, np.float32))
+    F.columns(x, (3, 3), (1, 1), (1, 1), (4, 4), np.empty((2, 3, 3, 1, 4, 4), np.float32))
     crew = NC.Crew(1)
     _run_job(crew)
     crew.close()

@@ -240,6 +240,7 @@ def test_cache_is_warm_after_calls():
     finally:
         NK.CREW_MIN_WORK = old
         crew.close()
+    NK.FanOut([kernel], [0], [(0, 0, 0, 0)], 1, 5, 5, 3)(x)  # a dense block's producer packing for its readers
     assert functions_cached(NK.COMPILED)
 
 
