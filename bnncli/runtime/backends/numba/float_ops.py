@@ -172,10 +172,12 @@ def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, scale, shift, batch
         t = shift[c] if affine else np.float32(0)
         # The usual windows with every size a constant (numba compiles the plane for them, and
         # LLVM unrolls and vectorizes its loops), any other through the general code.
-        if kh == 3 and kw == 3 and sy == 2 and sx == 2 and top == 1 and left == 1:  # a ResNet stem's pool
-            _max_pool_plane(x[p], out[p], rows, phases, 3, 3, 2, 2, 1, 1, relu, affine, s, t)
-        elif kh == 2 and kw == 2 and sy == 2 and sx == 2 and top == 0 and left == 0:  # a DenseNet transition's
-            _max_pool_plane(x[p], out[p], rows, phases, 2, 2, 2, 2, 0, 0, relu, affine, s, t)
+        if kh == 3 and kw == 3 and sy == 2 and sx == 2 and top == 1 and left == 1 and relu and affine:
+            # a ResNet stem's pool, applying the stem's bias and its ReLU
+            _max_pool_plane(x[p], out[p], rows, phases, 3, 3, 2, 2, 1, 1, True, True, s, t)
+        elif kh == 2 and kw == 2 and sy == 2 and sx == 2 and top == 0 and left == 0 and relu and affine:
+            # a DenseNet transition's pool, applying its BatchNorm and ReLU
+            _max_pool_plane(x[p], out[p], rows, phases, 2, 2, 2, 2, 0, 0, True, True, s, t)
         else:
             _max_pool_plane(x[p], out[p], rows, phases, kh, kw, sy, sx, top, left, relu, affine, s, t)
         fetch_add(counters, 8)
