@@ -162,6 +162,13 @@ def _pack_range(xs, row0, xf, p0, p1, k, c0, c1, h, w, hp, wp, wc, top, left, si
         width = c1 - c0
         ones = ~zero if width == 64 else (np.uint64(1) << np.uint64(width)) - np.uint64(1)
         keep = ~(ones << np.uint64(c0 - base))
+    _store_words(xf, buf, m, p0, k, h, w, hp, wp, wc, top, left, keep, merge)
+
+
+@jit(boundscheck=False, inline="always")
+def _store_words(xf, buf, m, p0, k, h, w, hp, wp, wc, top, left, keep, merge):
+    """Word ``k`` of input positions ``p0 .. p0 + m - 1`` (of N * H * W) in the padded buffer
+    ``xf``: ``buf[i]``, or with ``merge`` ``buf[i]`` in the bits ``keep`` leaves free."""
     hw = h * w
     n = p0 // hw
     rest = p0 - n * hw
@@ -652,9 +659,11 @@ class BinaryConvKernel:
             self._prepacked = (key, xf)
         return self._prepacked[1]
 
-    def __call__(self, x: np.ndarray, pads=(0, 0, 0, 0), out: np.ndarray | None = None, crew=None,
-                 half_offset: np.ndarray | None = None, residual: np.ndarray | None = None,
-                 prepacked: np.ndarray | None = None) -> np.ndarray:
+    def _checked(self, x: np.ndarray, pads, out: np.ndarray | None, half_offset: np.ndarray | None,
+                 residual: np.ndarray | None) -> tuple[np.ndarray, _Geometry, HalfOffsets, np.ndarray, np.ndarray]:
+        """A call's arguments checked and in the kernel's form: the input (C-contiguous and writable),
+        the geometry, the half offsets (cached, or split from the ones given), the output (made when
+        None) and the residual (the output itself when None)."""
         if x.dtype != np.float32 or x.ndim != 4:
             raise TypeError(f"binary_conv takes a float32 map [C, N, H, W], not {x.dtype} of shape {x.shape}")
         c, n, h, w = x.shape
@@ -663,28 +672,35 @@ class BinaryConvKernel:
         if not (x.flags.c_contiguous and x.flags.writeable):  # numba compiles read-only arrays separately
             x = np.array(x, order="C")
         g = self.geometry(h, w, pads)
-        cout, ho, wo = self.cout, g.ho, g.wo
+        shape = (self.cout, n, g.ho, g.wo)
         if half_offset is None:
             key = (h, w, tuple(pads))
             offsets = self._split_offsets.get(key)
             if offsets is None:
-                offsets = self._split_offsets[key] = split_half_offsets(self.half_offset(h, w, pads), wo)
-        elif half_offset.dtype != np.float32 or half_offset.shape not in ((cout, 1), (cout, ho * wo)):
-            raise ValueError(f"half_offset must be float32 {(cout, 1)} or {(cout, ho * wo)}, not "
+                offsets = self._split_offsets[key] = split_half_offsets(self.half_offset(h, w, pads), g.wo)
+        elif half_offset.dtype != np.float32 or half_offset.shape not in ((self.cout, 1), (self.cout, g.ho * g.wo)):
+            raise ValueError(f"half_offset must be float32 {(self.cout, 1)} or {(self.cout, g.ho * g.wo)}, not "
                              f"{half_offset.dtype} {half_offset.shape}")
         else:
-            offsets = split_half_offsets(half_offset, wo)
+            offsets = split_half_offsets(half_offset, g.wo)
         if out is None:
-            out = np.empty((cout, n, ho, wo), dtype=np.float32)
-        elif (out.shape != (cout, n, ho, wo) or out.dtype != np.float32 or not out.flags.c_contiguous
-              or not out.flags.writeable):
-            raise ValueError(f"out must be a writable C-contiguous float32 {(cout, n, ho, wo)}")
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError(f"out must be a writable C-contiguous float32 {shape}")
         if residual is None:
             res = out
         elif residual.shape == out.shape and residual.dtype == np.float32 and residual.flags.c_contiguous:
             res = residual
         else:
-            raise ValueError(f"residual must be a C-contiguous float32 {(cout, n, ho, wo)}")
+            raise ValueError(f"residual must be a C-contiguous float32 {shape}")
+        return x, g, offsets, out, res
+
+    def __call__(self, x: np.ndarray, pads=(0, 0, 0, 0), out: np.ndarray | None = None, crew=None,
+                 half_offset: np.ndarray | None = None, residual: np.ndarray | None = None,
+                 prepacked: np.ndarray | None = None) -> np.ndarray:
+        x, g, offsets, out, res = self._checked(x, pads, out, half_offset, residual)
+        c, n, h, w = x.shape
+        cout, ho, wo = self.cout, g.ho, g.wo
         wt = self.weights.wt
         blocks = wt.shape[0]
         positions = n * ho * wo
