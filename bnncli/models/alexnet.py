@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from bnncli.models._registry import register_model
-from bnncli.models.common import BinaryOptions, check_common
+from bnncli.models.common import BinaryOptions, build_with_options, check_common
 from bnncli.nn import BinaryConv2d, FloatConv2d, FloatLinear, UnscaledBatchNorm2d
 
 # Keras' BatchNormalization momentum 0.9 is PyTorch's 0.1.
@@ -161,18 +161,12 @@ class BinaryAlexNet(nn.Module):
         return self.flatten(self.pool(x))
 
 
-def _binary(clip_threshold, pad_value, scaling, activation_gradient, weight_gradient) -> BinaryOptions:
-    return BinaryOptions(clip_threshold, pad_value, scaling, activation_gradient, weight_gradient)
-
-
 @register_model("alexnet")
 def xnornet(*, num_classes: int = 1000, in_channels: int = 3, thumbnail: bool = False,
             clip_threshold: float = 1.0, pad_value: float = 0.0, scaling: str = "xnor",
             activation_gradient: str = "ste", weight_gradient: str = "larq") -> XNORNet:
     """XNOR-Net: AlexNet with XNOR-scaled binary convs and classifier (Larq Zoo 44.96% top-1)."""
-    return XNORNet((96, 256, 384, 384, 256), 4096, 6, num_classes=num_classes, in_channels=in_channels,
-                   thumbnail=thumbnail, binary=_binary(clip_threshold, pad_value, scaling, activation_gradient,
-                                                       weight_gradient))
+    return build_with_options(XNORNet, (96, 256, 384, 384, 256), 4096, 6, **locals())
 
 
 @register_model("alexnet")
@@ -181,9 +175,7 @@ def xnornet_tiny(*, num_classes: int = 10, in_channels: int = 3, thumbnail: bool
                  activation_gradient: str = "ste", weight_gradient: str = "larq") -> XNORNet:
     """A small XNOR-Net (widths 16-48, a 64-wide classifier whose first layer is 1x1) for tests and
     the CPU demo; without the thumbnail stem it takes 57-88 px inputs as Larq Zoo's would."""
-    return XNORNet((16, 32, 48, 48, 32), 64, 1, num_classes=num_classes, in_channels=in_channels,
-                   thumbnail=thumbnail, binary=_binary(clip_threshold, pad_value, scaling, activation_gradient,
-                                                       weight_gradient))
+    return build_with_options(XNORNet, (16, 32, 48, 48, 32), 64, 1, **locals())
 
 
 @register_model("alexnet")
@@ -192,9 +184,7 @@ def binary_alexnet(*, num_classes: int = 1000, in_channels: int = 3, thumbnail: 
                    activation_gradient: str = "ste", weight_gradient: str = "larq") -> BinaryAlexNet:
     """BinaryAlexNet: AlexNet with binary weights everywhere, binary activations after the first
     conv, binary classifier (Larq Zoo 36.30% top-1)."""
-    return BinaryAlexNet((64, 192, 384, 384, 256), 4096, 6, num_classes=num_classes, in_channels=in_channels,
-                         thumbnail=thumbnail, binary=_binary(clip_threshold, pad_value, scaling,
-                                                             activation_gradient, weight_gradient))
+    return build_with_options(BinaryAlexNet, (64, 192, 384, 384, 256), 4096, 6, **locals())
 
 
 @register_model("alexnet")
@@ -203,6 +193,4 @@ def binary_alexnet_tiny(*, num_classes: int = 10, in_channels: int = 3, thumbnai
                         activation_gradient: str = "ste", weight_gradient: str = "larq") -> BinaryAlexNet:
     """A small BinaryAlexNet (widths 16-48, 64-wide dense layers, the first over a 1x1 map) for
     tests and the CPU demo; without the thumbnail stem it takes 57-88 px inputs as Larq Zoo's would."""
-    return BinaryAlexNet((16, 32, 48, 48, 32), 64, 1, num_classes=num_classes, in_channels=in_channels,
-                         thumbnail=thumbnail, binary=_binary(clip_threshold, pad_value, scaling,
-                                                             activation_gradient, weight_gradient))
+    return build_with_options(BinaryAlexNet, (16, 32, 48, 48, 32), 64, 1, **locals())

@@ -44,3 +44,11 @@ def check_common(num_classes: int, in_channels: int) -> None:
 
 BatchNorm2d = partial(nn.BatchNorm2d, eps=1e-5, momentum=0.1)
 
+
+def build_with_options(cls, *args, num_classes, in_channels, thumbnail, clip_threshold, pad_value, scaling,
+                       activation_gradient, weight_gradient, **kw):
+    """``cls(*args, ...)`` from a registry function's keyword options: the binarization ones become
+    its :class:`BinaryOptions`, the others are passed on."""
+    binary = BinaryOptions(clip_threshold, pad_value, scaling, activation_gradient, weight_gradient)
+    return cls(*args, num_classes=num_classes, in_channels=in_channels, thumbnail=thumbnail, binary=binary, **kw)
+

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from bnncli.models._registry import register_model
-from bnncli.models.common import BatchNorm2d, BinaryOptions, check_common
+from bnncli.models.common import BatchNorm2d, BinaryOptions, build_with_options, check_common
 from bnncli.nn import FloatConv2d, FloatLinear
 
 # Keras' BatchNormalization defaults (the stem's): epsilon 1e-3, momentum 0.99 = PyTorch momentum 0.01.
@@ -125,11 +125,8 @@ class QuickNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.head_relu(x))))
 
 
-def _build(blocks, widths, *, num_classes, in_channels, thumbnail, clip_threshold, pad_value, scaling,
-           activation_gradient, weight_gradient) -> QuickNet:
-    binary = BinaryOptions(clip_threshold, pad_value, scaling, activation_gradient, weight_gradient)
-    return QuickNet(blocks, widths, num_classes=num_classes, in_channels=in_channels, thumbnail=thumbnail,
-                    binary=binary)
+def _build(blocks, widths, **options) -> QuickNet:
+    return build_with_options(QuickNet, blocks, widths, **options)
 
 
 @register_model("quicknet")

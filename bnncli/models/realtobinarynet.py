@@ -30,7 +30,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bnncli.models._registry import register_model
-from bnncli.models.common import BinaryOptions, check_common
+from bnncli.models.common import BinaryOptions, build_with_options, check_common
 from bnncli.models.resnete import Downsample
 from bnncli.nn import ChannelScale, FloatConv2d, FloatLinear, MaxPool2d
 
@@ -129,11 +129,8 @@ class RealToBinaryNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.features(self.stem(x)))))
 
 
-def _build(width, blocks, *, num_classes, in_channels, thumbnail, clip_threshold, pad_value, scaling,
-           activation_gradient, weight_gradient) -> RealToBinaryNet:
-    binary = BinaryOptions(clip_threshold, pad_value, scaling, activation_gradient, weight_gradient)
-    return RealToBinaryNet(width, blocks, num_classes=num_classes, in_channels=in_channels, thumbnail=thumbnail,
-                           binary=binary)
+def _build(width, blocks, **options) -> RealToBinaryNet:
+    return build_with_options(RealToBinaryNet, width, blocks, **options)
 
 
 @register_model("realtobinarynet")
