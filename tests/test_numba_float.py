@@ -241,3 +241,22 @@ def test_columns_equal_numpys(kernel, stride, dilation):
     assert got.shape == expected.shape and np.array_equal(got.view(np.uint32), expected.view(np.uint32))
     with pytest.raises(ValueError):
         F.columns(xp, kernel, stride, dilation, (ho, wo), np.empty((3, *kernel, 2, ho, wo + 1), np.float32))
+
+
+def test_a_crew_is_ready_to_close_from_a_finalizer(tmp_path):
+    """close() publishes through a compiled function; the crew compiles (or loads) it when it is
+    made, so a finalizer that closes a never-used crew compiles nothing (a finalizer can fire while
+    numba is compiling something else). In a new process with an empty cache."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        from bnncli.runtime.backends.numba import crew
+        c = crew.Crew(1)
+        print(len(crew._publish.overloads))
+        c.close()
+    """)
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0 and r.stdout.split() == ["1"], r.stderr

@@ -77,6 +77,9 @@ class Crew:
         self.helpers = max(0, int(helpers))
         self.spin_rounds = int(spin_rounds)
         self._control = np.zeros(8, np.int64)  # [0]: the number of jobs published
+        # Compiled (or loaded from the cache) now, not in close(): close() may run from a garbage
+        # collector's finalizer, which can fire while numba is compiling something else.
+        _publish(np.zeros(8, np.int64))
         self._job: tuple[Callable, tuple] | None = None
         self._cond = threading.Condition()
         self._sleepers = 0
