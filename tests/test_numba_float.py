@@ -146,7 +146,8 @@ def test_crew_helpers_take_part():
     crew = NC.Crew(1)
     try:
         threads = set()
-        for _ in range(20):
+        deadline = time.monotonic() + 10  # a loaded machine may keep the helper off its core for a while
+        while len(threads) < 2 and time.monotonic() < deadline:
             threads |= _run_job(crew)
         assert len(threads) == 2  # the caller and the helper both ran tasks
     finally:
@@ -160,7 +161,8 @@ def test_a_sleeping_crew_wakes_for_the_next_job_and_stops_on_close():
         time.sleep(0.01)
     assert crew._sleepers == 1
     threads = set()
-    for _ in range(20):
+    deadline = time.monotonic() + 10  # each job wakes the sleeping helper; a loaded machine may delay it
+    while len(threads) < 2 and time.monotonic() < deadline:
         threads |= _run_job(crew)
         time.sleep(0.005)
     assert len(threads) == 2
