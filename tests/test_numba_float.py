@@ -194,7 +194,10 @@ def test_cache_is_warm_after_calls():
     F.columns(x, (3, 3), (1, 1), (1, 1), (4, 4), np.empty((2, 3, 3, 1, 4, 4), np.float32))
     crew = NC.Crew(1)
     _run_job(crew)
+    crew.run_python(lambda task: None, [0, 1])  # a Python job's task counters
     crew.close()
+    for t in crew._threads:  # the helper compiles its polling loop in its own thread
+        t.join(timeout=60)
     assert functions_cached(F.COMPILED) and functions_cached(NC.COMPILED)
 
 
