@@ -467,6 +467,10 @@ def conv_columns(xp: np.ndarray, kernel, stride, dilation, out_hw, cols: np.ndar
 # Work below this many elements runs on the calling thread: each NumPy call hands the GIL over
 # twice, and on small arrays that costs more than a second core saves.
 PARALLEL_MIN_ELEMENTS = 1 << 18
+# Multiply-accumulates below which a matrix product stays on the calling thread (about 0.1 ms on
+# one core): a BinaryDenseNet transition's 1x1 conv (166 x 448 @ 448 x 784 at 224 px, 58 M) has few
+# output elements but is worth two threads.
+PARALLEL_MIN_MACS = 1 << 22
 
 
 class NumpyBinaryConv:
@@ -720,7 +724,7 @@ class NumpyKernels:
         """``a @ b`` of float32 matrices into a buffer, rows of the result split across the pool when worth it."""
         rows = a.shape[0]
         out = self.buffers.empty((rows, b.shape[1]))
-        if not self.split_products or rows < 16 or rows * b.shape[1] < PARALLEL_MIN_ELEMENTS:
+        if not self.split_products or rows < 16 or rows * b.shape[1] * a.shape[1] < PARALLEL_MIN_MACS:
             return np.matmul(a, b, out=out)
         self.split(lambda r0, r1: np.matmul(a[r0:r1], b, out=out[r0:r1]), rows)
         return out
