@@ -437,30 +437,24 @@ def pool(x: np.ndarray, kernel, stride, pads, ufunc, fill: float, out: np.ndarra
     return pool_axis(rows, 3, wo, kernel[1], stride[1], pads[1], ufunc, fill, out=out)
 
 
-def conv_columns(xp: np.ndarray, kernel, stride, dilation, out_hw, cols: np.ndarray, tasks=None) -> np.ndarray:
+def conv_columns(xp: np.ndarray, kernel, stride, dilation, out_hw, cols: np.ndarray) -> np.ndarray:
     """Columns ``[Cin * kh * kw, N * Ho * Wo]`` of a padded map ``xp`` [Cin, N, Hp, Wp], in the
     weights' (c, ky, kx) order, written into ``cols`` (``[Cin, kh, kw, N, Ho, Wo]``, float32).
 
     With a stride, the map is first split into its stride phases (every s-th row and column,
-    each offset), so that every tap copies unit-stride rows. ``tasks(fill, kh)``, when given,
-    runs ``fill(rows of the kernel)`` over blocks of kernel rows (in parallel).
+    each offset), so that every tap copies unit-stride rows (a float convolution calls this per
+    band of output rows, bands split across threads: NumpyConv).
     """
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     ho, wo = out_hw
     phases = {(ry, rx): np.ascontiguousarray(xp[:, :, ry::sh, rx::sw]) if (sh, sw) != (1, 1) else xp
               for ry in {ky * dh % sh for ky in range(kh)} for rx in {kx * dw % sw for kx in range(kw)}}
 
-    def fill(kys) -> None:
-        for ky in kys:
-            y0, ry = divmod(ky * dh, sh)
-            for kx in range(kw):
-                x0, rx = divmod(kx * dw, sw)
-                cols[:, ky, kx] = phases[(ry, rx)][:, :, y0:y0 + ho, x0:x0 + wo]
-
-    if tasks is not None and kh > 1:
-        tasks(fill, kh)
-    else:
-        fill(range(kh))
+    for ky in range(kh):
+        y0, ry = divmod(ky * dh, sh)
+        for kx in range(kw):
+            x0, rx = divmod(kx * dw, sw)
+            cols[:, ky, kx] = phases[(ry, rx)][:, :, y0:y0 + ho, x0:x0 + wo]
     return cols.reshape(cols.shape[0] * kh * kw, -1)
 
 
@@ -689,13 +683,6 @@ class NumpyKernels:
         """``fn(a, b)`` over ``threads`` near-equal blocks of range(size), the calling thread taking one."""
         edges = [round(i * size / self.threads) for i in range(self.threads + 1)]
         self.run_tasks(lambda e: fn(*e), list(zip(edges, edges[1:])))
-
-    def row_tasks(self, fill: Callable, rows: int) -> None:
-        """``fill(kernel rows)`` over interleaved blocks of ``range(rows)``, in parallel."""
-        if not self.parallel:
-            fill(range(rows))
-            return
-        self.run_tasks(fill, [range(i, rows, self.threads) for i in range(self.threads)])
 
     def by_channels(self, fn, x: np.ndarray, out: np.ndarray) -> np.ndarray:
         """``fn(x[a:b], out[a:b], a, b)`` over blocks of channels (axis 0), in parallel on large maps."""
