@@ -55,33 +55,11 @@ def _edge_max(r, i, kw, sx, left, w):
     return m
 
 
-@jit(inline="always")
-def _tap_row(r, phases, sx, c):
-    """The elements ``c``, ``c + sx``, ``c + 2 * sx``, ... of the row ``r``, as one contiguous array
-    (from its stride phases when ``sx`` > 1)."""
-    if sx == 1:
-        return r[c:]
-    return phases[c % sx, c // sx:]
-
-
-@jit(boundscheck=False, inline="always")
-def _max3(dst, a, b, c, m):
-    for i in range(m):
-        dst[i] = _max(_max(a[i], b[i]), c[i])
-
-
-@jit(boundscheck=False, inline="always")
-def _max2(dst, a, b, m):
-    for i in range(m):
-        dst[i] = _max(a[i], b[i])
-
-
 @jit(boundscheck=False)
-def _max_pool_plane(x, out, r, phases, kh, kw, sy, sx, top, left, relu, affine, s, t):
+def _max_pool_plane(x, out, r, kh, kw, sy, sx, top, left, relu, affine, s, t):
     """One [H, W] plane into [Ho, Wo]: per output row, the maximum over the window's rows into
-    ``r`` [W], then over its columns, tap by tap (``phases`` [sx, W // sx + 1]: scratch for the
-    row's stride phases). With ``affine``, every element is first ``x * s + t`` (two float32
-    roundings, as the affine op)."""
+    ``r`` [W], then over its columns. With ``affine``, every element is first ``x * s + t`` (two
+    float32 roundings, as the affine op)."""
     h, w = x.shape
     ho, wo = out.shape
     for oy in range(ho):
@@ -107,46 +85,20 @@ def _max_pool_plane(x, out, r, phases, kh, kw, sy, sx, top, left, relu, affine, 
                 for i in range(w):
                     r[i] = _max(r[i], src[i])
         dst = out[oy]
-        # Outputs whose taps all lie inside the row, tap by tap over contiguous memory: with a
-        # stride, the row is first split into its ``sx`` phases (every sx-th element), where
-        # tap kx of outputs i0, i0 + 1, ... are consecutive elements of one phase. The others,
-        # at the edges, tap by tap below.
+        # Outputs whose taps all lie inside the row, in one loop over them (with the window's
+        # width and stride constants, LLVM unrolls the taps and vectorizes the loop with
+        # interleaved loads); the others, at the edges, tap by tap below. Indices from 0: no
+        # wrap-around code in the loop.
         i0 = _tap_range(0, sx, left, w, wo)[0]
         i1 = max(i0, _tap_range(kw - 1, sx, left, w, wo)[1])
-        if i1 > i0:
-            if sx == 1:
-                pass
-            elif sx == 2:  # (a constant stride: loads and shuffles, no gathers)
-                even = phases[0]
-                odd = phases[1]
-                for j in range(w // 2):
-                    even[j] = r[2 * j]
-                    odd[j] = r[2 * j + 1]
-                if w % 2:
-                    even[w // 2] = r[w - 1]
-            else:
-                for q in range(sx):
-                    phase = phases[q]
-                    for j in range((w - q + sx - 1) // sx):
-                        phase[j] = r[q + sx * j]
-            # Tap kx of outputs i0, i0 + 1, ... are consecutive elements of one array from
-            # column c0 + kx on (_tap_row): one fused pass for 2- and 3-wide windows.
-            m = i1 - i0
-            c0 = i0 * sx - left  # the column of the first interior output's first tap
-            d = dst[i0:i1]
-            if kw == 3:
-                _max3(d, _tap_row(r, phases, sx, c0), _tap_row(r, phases, sx, c0 + 1),
-                      _tap_row(r, phases, sx, c0 + 2), m)
-            elif kw == 2:
-                _max2(d, _tap_row(r, phases, sx, c0), _tap_row(r, phases, sx, c0 + 1), m)
-            else:
-                src = _tap_row(r, phases, sx, c0)
-                for i in range(m):
-                    d[i] = src[i]
-                for kx in range(1, kw):
-                    src = _tap_row(r, phases, sx, c0 + kx)
-                    for i in range(m):
-                        d[i] = _max(d[i], src[i])
+        c0 = i0 * sx - left  # the column of the first interior output's first tap
+        d = dst[i0:i1]
+        for i in range(i1 - i0):
+            c = c0 + i * sx
+            m = r[c]
+            for kx in range(1, kw):
+                m = _max(m, r[c + kx])
+            d[i] = m
         for i in range(i0):
             dst[i] = _edge_max(r, i, kw, sx, left, w)
         for i in range(i1, wo):
@@ -157,11 +109,25 @@ def _max_pool_plane(x, out, r, phases, kh, kw, sy, sx, top, left, relu, affine, 
 
 
 @jit(boundscheck=False)
+def _max_pool_2x2_plane(x, out, s, t):
+    """:func:`_max_pool_plane` for a 2x2 window of stride 2 without padding (a DenseNet
+    transition's), with its affine and ReLU: each output straight from its four taps, compared
+    in the same order (the window's first row, then its second, then 0)."""
+    ho, wo = out.shape
+    for oy in range(ho):
+        a = x[2 * oy]
+        b = x[2 * oy + 1]
+        d = out[oy]
+        for i in range(wo):
+            m = _max(_max(a[2 * i] * s + t, b[2 * i] * s + t), _max(a[2 * i + 1] * s + t, b[2 * i + 1] * s + t))
+            d[i] = _max(m, np.float32(0))
+
+
+@jit(boundscheck=False)
 def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, scale, shift, batch, counters):
     """Planes of ``x`` [P, H, W] taken from ``counters`` ([0] next, [8] done) into ``out`` [P, Ho, Wo];
     plane p first scaled and shifted by channel p // batch where ``scale`` is not empty."""
     rows = np.empty(x.shape[2], np.float32)
-    phases = np.empty((sx, x.shape[2] // sx + 1), np.float32)
     affine = scale.shape[0] > 0
     while True:
         p = fetch_add(counters, 0)
@@ -174,12 +140,12 @@ def _max_pool_share(x, out, kh, kw, sy, sx, top, left, relu, scale, shift, batch
         # LLVM unrolls and vectorizes its loops), any other through the general code.
         if kh == 3 and kw == 3 and sy == 2 and sx == 2 and top == 1 and left == 1 and relu and affine:
             # a ResNet stem's pool, applying the stem's bias and its ReLU
-            _max_pool_plane(x[p], out[p], rows, phases, 3, 3, 2, 2, 1, 1, True, True, s, t)
+            _max_pool_plane(x[p], out[p], rows, 3, 3, 2, 2, 1, 1, True, True, s, t)
         elif kh == 2 and kw == 2 and sy == 2 and sx == 2 and top == 0 and left == 0 and relu and affine:
             # a DenseNet transition's pool, applying its BatchNorm and ReLU
-            _max_pool_plane(x[p], out[p], rows, phases, 2, 2, 2, 2, 0, 0, True, True, s, t)
+            _max_pool_2x2_plane(x[p], out[p], s, t)
         else:
-            _max_pool_plane(x[p], out[p], rows, phases, kh, kw, sy, sx, top, left, relu, affine, s, t)
+            _max_pool_plane(x[p], out[p], rows, kh, kw, sy, sx, top, left, relu, affine, s, t)
         fetch_add(counters, 8)
 
 
