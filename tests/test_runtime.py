@@ -289,6 +289,65 @@ def test_dense_blocks_are_packed_by_their_producers(name, backend, monkeypatch):
     assert np.array_equal(Model(graph, threads=1)(x), expected) and calls and not any(calls)
 
 
+@pytest.mark.parametrize("name", ["binarydensenet_tiny", "binarydensenet_tiny_wide", "binarydensenet_tiny_dilated"])
+def test_dense_blocks_are_pooled_as_they_are_computed(name, backend, monkeypatch):
+    """With the compiled backend, a dense block that only packed binary convs and its transition's
+    max pool read is pooled part by part (Model._plan_pooled_chains): its concatenations never run
+    (each layer writes a buffer of its own), and the logits equal the NumPy backend's, those with
+    intermediates (every concatenation made), and those where no chain can be used (every map
+    above FAN_OUT_MAX_BYTES), at batch 1 and 2, two sizes, on one and two threads."""
+    from bnncli.runtime import model as M
+    from bnncli.runtime.ops import Concat
+
+    graph = packed_graph(lower(small_registry_model(name)))
+    if backend != "numba":
+        assert not Model(graph, threads=1)._chains  # without fan-outs every concatenation is made
+        return
+    reference = Model(graph, threads=1, backend="numpy")
+    models = [Model(graph, threads=t) for t in (1, 2)]
+    links = {id(op) for op in models[0].ops if id(op) in models[0]._chain_links}
+    assert models[0]._chains and links
+    assert all(op.type == "MaxPool" for op in (chain.pool for chain in models[0]._chains))
+    made = []  # the concatenations of chains that ran
+    call = Concat.__call__
+    monkeypatch.setattr(Concat, "__call__", lambda self, *xs: made.append(self) or call(self, *xs))
+    for size, n in ((32, 1), (40, 2)):
+        x = np.random.default_rng(size).standard_normal((n, 3, size, size)).astype(np.float32)
+        expected = reference(x)
+        for model in models:
+            made.clear()
+            assert np.array_equal(model(x), expected)
+            assert not [op for op in made if id(op) in model._chain_links]
+            assert np.array_equal(model(x), expected)  # again, into the buffers the first call left
+            made.clear()
+            assert np.array_equal(model.run(x, intermediates=True)[graph.outputs[0]], expected)
+            assert len([op for op in made if id(op) in model._chain_links]) == len(model._chain_links)
+    monkeypatch.setattr(M, "FAN_OUT_MAX_BYTES", 0)
+    made.clear()
+    model = Model(graph, threads=1)
+    assert np.array_equal(model(x), expected) and len([op for op in made if id(op) in model._chain_links]) == len(
+        model._chain_links)
+
+
+def test_a_concatenation_read_by_a_float_op_is_made(backend):
+    """A dense block whose concatenation another op reads too (here a Relu whose result nothing
+    uses) is not pooled part by part: the plan leaves that chain out, and the logits stay those
+    of the NumPy backend."""
+    graph = packed_graph(lower(small_registry_model("binarydensenet_tiny")))
+    model = Model(graph, threads=1)
+    if backend != "numba":
+        return
+    chain = model._chains[0]
+    last = next(op for op in model.ops if id(op) in chain.links and chain.links[id(op)] == len(chain.parts))
+    nodes = list(graph.nodes)
+    nodes.insert(nodes.index(last.node) + 1, Node("Relu", "extra_relu", [last.node.outputs[0]], ["extra"], {}))
+    wider = Model(Graph(nodes, graph.tensors, graph.inputs, graph.outputs), threads=1)
+    pools = [c.pool.node.name for c in wider._chains]
+    assert chain.pool.node.name not in pools and len(pools) == len(model._chains) - 1
+    x = np.random.default_rng(3).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert np.array_equal(wider(x), Model(graph, threads=1, backend="numpy")(x))
+
+
 def test_a_reservation_left_from_a_failed_call_is_not_used():
     from bnncli.runtime.ops import Concat, Context
 

@@ -660,17 +660,19 @@ class BinaryConvKernel:
         return self._prepacked[1]
 
     def _checked(self, x: np.ndarray, pads, out: np.ndarray | None, half_offset: np.ndarray | None,
-                 residual: np.ndarray | None) -> tuple[np.ndarray, _Geometry, HalfOffsets, np.ndarray, np.ndarray]:
-        """A call's arguments checked and in the kernel's form: the input (C-contiguous and writable),
-        the geometry, the half offsets (cached, or split from the ones given), the output (made when
-        None) and the residual (the output itself when None)."""
+                 residual: np.ndarray | None, prepacked: bool) -> tuple[np.ndarray, _Geometry, HalfOffsets, np.ndarray,
+                                                                        np.ndarray]:
+        """A call's arguments checked and in the kernel's form: the input (C-contiguous and writable,
+        unless the call reads a ``prepacked`` input and only its shape), the geometry, the half
+        offsets (cached, or split from the ones given), the output (made when None) and the
+        residual (the output itself when None)."""
         if x.dtype != np.float32 or x.ndim != 4:
             raise TypeError(f"binary_conv takes a float32 map [C, N, H, W], not {x.dtype} of shape {x.shape}")
         c, n, h, w = x.shape
         if c != self.channels:
             raise ValueError(f"input has {c} channels, the layer {self.channels}")
-        if not (x.flags.c_contiguous and x.flags.writeable):  # numba compiles read-only arrays separately
-            x = np.array(x, order="C")
+        if not (x.flags.c_contiguous and x.flags.writeable) and not prepacked:
+            x = np.array(x, order="C")  # (numba compiles read-only arrays separately)
         g = self.geometry(h, w, pads)
         shape = (self.cout, n, g.ho, g.wo)
         if half_offset is None:
@@ -698,7 +700,7 @@ class BinaryConvKernel:
     def __call__(self, x: np.ndarray, pads=(0, 0, 0, 0), out: np.ndarray | None = None, crew=None,
                  half_offset: np.ndarray | None = None, residual: np.ndarray | None = None,
                  prepacked: np.ndarray | None = None) -> np.ndarray:
-        x, g, offsets, out, res = self._checked(x, pads, out, half_offset, residual)
+        x, g, offsets, out, res = self._checked(x, pads, out, half_offset, residual, prepacked is not None)
         c, n, h, w = x.shape
         cout, ho, wo = self.cout, g.ho, g.wo
         wt = self.weights.wt
@@ -723,7 +725,10 @@ class BinaryConvKernel:
             xf = prepacked
         else:
             xf = np.empty(words, dtype=np.uint64) if scratch is None else scratch.view(np.uint64)
-        args = (x.reshape(c, n * h * w), xf, wt, g.offsets, self.fill, self.sign, self.threshold, h, w, g.hp, g.wp,
+        # A prepacked call reads no float input: it may be a stand-in of the right shape
+        # (bnncli.runtime.model.Model._plan_pooled_chains), never materialized.
+        xs = _NO_INPUT if prepacked is not None else x.reshape(c, n * h * w)
+        args = (xs, xf, wt, g.offsets, self.fill, self.sign, self.threshold, h, w, g.hp, g.wp,
                 g.pads[0], g.pads[1], ho, wo, self.stride[0], self.stride[1], tuple(offsets), self.factor, self.bias,
                 self.has_bias, out.reshape(cout, positions), res.reshape(cout, positions), residual is not None,
                 pack_chunk, conv_chunk, prepacked is not None)
@@ -741,6 +746,8 @@ class BinaryConvKernel:
             self.buffers.release(scratch)
         return out
 
+
+_NO_INPUT = np.zeros((1, 0), np.float32)  # the float input a prepacked call passes (unread)
 
 # Positions per task of a FanOut: the map's rows of a task (64 channels: 32 KB) stay in L1 for every reader.
 FAN_OUT_CHUNK = 512
