@@ -208,6 +208,11 @@ class Model:
             segments[id(op)] = parts
             for index, v in enumerate(parts):
                 packers.setdefault(v, []).append((op, index))
+        for op in self.ops:  # a dense block's first layer, reading the first of its values alone
+            v = op.node.inputs[0]
+            if isinstance(op, BinaryConv) and v in packers and id(op) not in segments:
+                segments[id(op)] = [v]
+                packers[v].append((op, 0))
         return segments, packers
 
     def _pack_for_readers(self, name: str, values: dict[str, np.ndarray], channels: dict[str, int],
