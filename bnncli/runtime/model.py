@@ -26,8 +26,27 @@ FAN_OUT_MAX_BYTES = 1 << 20
 _NOTHING = np.zeros(1, np.float32)
 
 
+def _owner(x: np.ndarray) -> Any:
+    """The array that owns ``x``'s memory: its base, the base's base, ... (through the wrapper
+    of an ``as_strided`` view too). Two values share memory only if they have one owner."""
+    while True:
+        base = x.base
+        if isinstance(base, np.ndarray):
+            x = base
+        elif base is not None and isinstance(getattr(base, "base", None), np.ndarray):
+            x = base.base
+        else:
+            return x
+
+
+_STAND_INS: dict[tuple[int, ...], np.ndarray] = {}  # by shape, made once
+
+
 def _stand_in(shape: tuple[int, ...]) -> np.ndarray:
-    return np.lib.stride_tricks.as_strided(_NOTHING, shape, (0,) * len(shape), writeable=False)
+    x = _STAND_INS.get(shape)
+    if x is None:
+        x = _STAND_INS[shape] = np.lib.stride_tricks.as_strided(_NOTHING, shape, (0,) * len(shape), writeable=False)
+    return x
 
 
 @dataclass(eq=False)
@@ -57,7 +76,8 @@ class _Pass:
     channels: dict[str, int] = field(default_factory=dict)  # of the values packed for readers (_plan_prepacking)
     packed: dict[int, tuple[int, np.ndarray | None]] = field(default_factory=dict)  # by reader: segments packed, buffer
     chains: dict[int, _ChainPass | None] = field(default_factory=dict)  # by chain id: None where it concatenates
-    stand_ins: set[int] = field(default_factory=set)  # ids of the values of concatenations not made
+    stand_ins: set[int] = field(default_factory=set)  # ids of the values of concatenations not made (_stand_in)
+    owners: dict[int, int] = field(default_factory=dict)  # live values by the id of their memory's owner (_owner)
 
 
 @dataclass(eq=False)
@@ -70,7 +90,6 @@ class _ChainPass:
     pool_geometry: tuple[Any, int, int]  # the pool's (pads, Ho, Wo)
     done: int = 0  # parts pooled
     offset: int = 0  # channels pooled
-    stand_ins: list[np.ndarray] = field(default_factory=list)
 
 
 def _to_internal(x: np.ndarray) -> np.ndarray:
@@ -472,11 +491,18 @@ class Model:
         x = values[name]
         return x.flags.writeable and not any(np.may_share_memory(x, v) for k, v in values.items() if k != name)
 
-    def _release(self, name: str, values: dict[str, np.ndarray]) -> None:
+    def _release(self, name: str, p: _Pass) -> None:
         """Drop a value no later node reads; its buffer goes back to the context for reuse unless
-        it is the caller's input or shares memory with a value still live."""
-        x = values.pop(name)
-        if name not in self.graph.inputs and not any(np.may_share_memory(x, v) for v in values.values()):
+        it is the caller's input or another live value is a view of the same memory (counted by
+        owner, :func:`_owner`: a deferred ReLU's alias, a concatenation's prefix)."""
+        x = p.values.pop(name)
+        owner = id(_owner(x))
+        left = p.owners[owner] - 1
+        if left:
+            p.owners[owner] = left
+            return
+        del p.owners[owner]
+        if name not in self.graph.inputs:
             self.ctx.release(x)
 
     def _evaluate(self, op: Op, p: _Pass) -> np.ndarray:
@@ -494,7 +520,6 @@ class Model:
         if chain is not None and state is not None:  # a concatenation not made (pooled chain)
             n, h, w = state.map_shape
             stand_in = _stand_in((sum(state.counts[:chain.links[id(op)]]), n, h, w))
-            state.stand_ins.append(stand_in)
             p.stand_ins.add(id(stand_in))
             return stand_in
         if pooling is not None and p.chains.get(id(pooling)) is not None:
@@ -537,10 +562,12 @@ class Model:
             state = p.chains.get(id(chain))
             if state is not None:
                 self._pool_part(chain, state, index, p.values[out], done)
+        owner = id(_owner(p.values[out]))
+        p.owners[owner] = p.owners.get(owner, 0) + 1
         for v in op.node.inputs:
             p.refcount[v] -= 1
             if p.refcount[v] == 0 and v not in p.keep:
-                self._release(v, p.values)
+                self._release(v, p)
 
     def _input_channels(self) -> int | None:
         """Channels the first convolution reading the graph input expects (checked on every call)."""
@@ -588,6 +615,7 @@ class Model:
             for v in op.node.inputs:
                 refcount[v] = refcount.get(v, 0) + 1
         state = _Pass(values, refcount, set(self.graph.outputs), intermediates)
+        state.owners[id(_owner(values[self.graph.inputs[0]]))] = 1
         with self._lock, blas_single_threaded():
             if x.shape != self._last_shape:  # buffers of another input size would only sit there
                 self.ctx.drop_buffers()
