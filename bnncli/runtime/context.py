@@ -62,7 +62,8 @@ class Context:
         if root.base is not None or root.dtype != np.float32 or root.nbytes != x.nbytes \
                 or not (root.flags.c_contiguous and root.flags.writeable and root.flags.owndata):
             return
-        self.arena.pop(root.ctypes.data, None)  # no concatenation appends to it any more
+        if self.arena:
+            self.arena.pop(root.ctypes.data, None)  # no concatenation appends to it any more
         free = self._free.setdefault(root.nbytes, [])
         if len(free) < MAX_FREE_PER_SIZE and not any(b is root for b in free):
             free.append(root)

@@ -461,11 +461,12 @@ class Model:
             ready.update(op.node.outputs)
         return fused
 
-    def _run_with_residual(self, op: BinaryConv, x: np.ndarray, values: dict[str, np.ndarray],
-                           refcount: dict[str, int], keep: set[str], prepacked: np.ndarray | None = None) -> np.ndarray:
+    def _run_with_residual(self, op: BinaryConv, x: np.ndarray, p: _Pass, prepacked: np.ndarray | None = None
+                           ) -> np.ndarray:
         """``op(x) + residual`` (see _fuse_adds_into_binary_convs), into the residual's buffer when it is dead after."""
         add = self._residuals[id(op)]
         name = next(v for v in add.node.inputs if v != op.node.outputs[0])
+        values, refcount, keep = p.values, p.refcount, p.keep
         residual = values[name]
         shape = op.output_shape(x)
         if residual.shape != shape:
@@ -477,8 +478,9 @@ class Model:
 
         in_place = (name not in keep and name not in self.graph.inputs and later_reads(name) == 0
                     and residual.flags.writeable and residual.flags.c_contiguous and residual.dtype == np.float32
-                    and all(later_reads(k) == 0 and k not in keep for k, v in values.items()
-                            if k != name and np.may_share_memory(residual, v)))
+                    and (p.owners.get(id(_owner(residual))) == 1  # no other live view of its memory
+                         or all(later_reads(k) == 0 and k not in keep for k, v in values.items()
+                                if k != name and np.may_share_memory(residual, v))))
         return op(x, out=residual if in_place else None, residual=residual, prepacked=prepacked)
 
     def _dead_after(self, op: Op, values: dict[str, np.ndarray], refcount: dict[str, int], keep: set[str]) -> bool:
@@ -528,14 +530,14 @@ class Model:
             return state.pooled
         if ready is not None and ready[0] == len(self._segments[id(op)]):
             if id(op) in self._residuals:
-                return self._run_with_residual(op, args[0], values, p.refcount, p.keep, ready[1])
+                return self._run_with_residual(op, args[0], p, ready[1])
             return op(*args, out=self._in_place_target(op, args[0], values) if in_place else None, prepacked=ready[1])
         if not inter and id(op) in self._deferred:
             return values[self._deferred[id(op)]]
         if p.stand_ins and any(id(x) in p.stand_ins for x in args):
             raise RuntimeError(f"node {op.node.name!r} reads a concatenation that was not made")
         if not inter and id(op) in self._residuals:
-            return self._run_with_residual(op, args[0], values, p.refcount, p.keep)
+            return self._run_with_residual(op, args[0], p)
         if not inter and id(op) in self._pool_affines:
             return op(*args, affine=self._pool_affines[id(op)])
         if not inter and id(op) in self._unbiased:
